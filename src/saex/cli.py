@@ -1,0 +1,92 @@
+"""The ``saex`` command: one subcommand per stage.
+
+User mistakes (a ``SaexError``) print one line on stderr and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+from saex.config import add_arguments, from_namespace
+from saex.errors import SaexError
+
+
+def _cmd_harvest(args) -> None:
+    from saex.harvest import HarvestConfig, harvest
+    from saex.store.summary import summarize
+
+    cfg = from_namespace(HarvestConfig, args)
+    out = harvest(cfg, progress=not args.quiet)
+    print(summarize(out))
+
+
+def _cmd_store(args) -> None:
+    from saex.store.summary import summarize
+
+    print(summarize(args.path, verify=args.verify, as_json=args.json))
+
+
+def _cmd_hooks(args) -> None:
+    from saex.lm.hooks import HookedLM
+    from saex.lm.loading import load_model
+
+    hooked = HookedLM(load_model(args.model).model)
+    rows = [hooked.resolve(n) for n in hooked.hook_names()]
+    if args.json:
+        print(json.dumps({p.name: p.describe() for p in rows}, indent=1))
+        return
+    for p in rows:
+        print(f"{p.name:<28} {p.capture:>6} of {p.module:<40} width {p.width}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from saex.harvest import HarvestConfig
+
+    parser = argparse.ArgumentParser(prog="saex", description="Sparse dictionary learning on language-model activations.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("harvest", help="run a model over a corpus and store activations at hook points",
+                       description=HarvestConfig.__doc__)
+    add_arguments(p, HarvestConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_harvest)
+
+    p = sub.add_parser("store", help="summarise an activation store (and verify its checksums)")
+    p.add_argument("path", help="folder of the store")
+    p.add_argument("--verify", action="store_true", help="check every shard's sha256 against the manifest")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_store)
+
+    p = sub.add_parser("hooks", help="list a model's hook points and the modules behind them")
+    p.add_argument("--model", default="smollm2-135m", help="embedded model, local folder or hub id")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=_cmd_hooks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Tokenizer threads fight torch's two threads for the two cores, and fork warnings are noise here.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        args.func(args)
+    except SaexError as e:
+        print(f"saex {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"saex {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Dataclass configs whose field docstrings double as CLI help and are saved in every manifest.
+
+A config is a plain dataclass; the string literal under each field is its documentation. ``add_arguments``
+turns one into argparse options (``--context-length``), ``from_namespace`` reads them back, and
+``config_dict`` gives the JSON-ready dict that manifests record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+import types
+import typing
+from functools import cache
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _base_type(tp):
+    """``int | None`` -> (int, True); ``str`` -> (str, False)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, required: tuple[str, ...] = ()) -> None:
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, optional = _base_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        default = None if f.default is dataclasses.MISSING else f.default
+        help_text = docs.get(f.name, "")
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+            continue
+        kwargs = {"dest": f.name, "help": help_text + (f" (default: {default})" if default is not None else ""),
+                  "metavar": f.name.upper()}
+        if tp in (int, float, str):
+            kwargs["type"] = tp
+        if f.name in required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+        parser.add_argument(flag, **kwargs)
+
+
+def from_namespace(cls: type, ns: argparse.Namespace):
+    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+
+
+def config_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

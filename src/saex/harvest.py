@@ -1,0 +1,279 @@
+"""``saex harvest``: run a causal LM over a corpus and store activations at several hook points.
+
+Implements the paper's activation harvesting (Cunningham et al. 2023, §2 "we run the model ... while
+caching and saving the activations"; details in paper-spec.md §1.6): one forward pass captures every
+requested hook point and stops after the deepest one; all positions are kept. The store is crash-safe:
+shards are written atomically and the manifest is rewritten after each one, so a harvest killed at any
+moment and started again with the same arguments recomputes only the shard it was writing. Contexts are
+a deterministic function of the config, which is what makes that resume exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import saex
+from saex.config import config_dict
+from saex.data.corpora import resolve_corpus
+from saex.data.packing import SPLITS, pack, resolve_packing
+from saex.errors import SaexError
+from saex.lm.hooks import HookedLM
+from saex.lm.loading import load_model
+from saex.store.files import remove_stale_temporaries, sha256_path, write_json_atomic, write_safetensors_atomic
+from saex.store.reader import FORMAT, FORMAT_VERSION, MANIFEST, shard_name
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class HarvestConfig:
+    """What ``saex harvest`` does; saved in the store's manifest."""
+
+    out: str = "runs/acts"
+    """Folder of the activation store. Re-running with the same arguments resumes an interrupted harvest."""
+    model: str = "smollm2-135m"
+    """Embedded model (smollm2-135m, gemma3-270m), a local Hugging Face checkpoint folder, or a hub id."""
+    corpus: str = "default"
+    """Comma-separated sources: default (Wikipedia leads), debian or a Debian source name, a .txt/.jsonl file
+    or folder, or a Hugging Face dataset id (streamed)."""
+    hooks: str = "blocks.6.hook_resid_post"
+    """Comma-separated hook points, e.g. blocks.6.hook_resid_post,blocks.6.mlp.hook_post."""
+    tokens: int = 1_000_000
+    """Tokens (activation rows per hook) to harvest for the train split."""
+    heldout_tokens: int | None = None
+    """Tokens for the held-out split (default: a tenth of --tokens, at least one context)."""
+    heldout_fraction: float = 0.1
+    """Fraction of documents assigned to the held-out split (by a seeded hash of each document's key)."""
+    context_length: int = 128
+    """Tokens per context."""
+    bos_policy: str = "auto"
+    """auto, separator (the paper's: contexts cut from the separator-joined stream) or bos (BOS opens every
+    context; auto picks it when the tokenizer adds BOS by default)."""
+    separator: str = "auto"
+    """Token joining documents (auto: <|endoftext|>, else EOS, else BOS)."""
+    dtype: str = "float16"
+    """Storage dtype of activations: float16, bfloat16 or float32."""
+    batch_size: int = 16
+    """Contexts per forward pass."""
+    shard_tokens: int = 65_536
+    """Rows per shard file (rounded down to whole contexts): the unit of atomic writes and of resume."""
+    seed: int = 0
+    """Seed of document order and of the train / held-out split."""
+    text_field: str = "text"
+    """Field holding the text in .jsonl files and hub datasets."""
+    hub_split: str = "train"
+    """Split of a hub dataset to stream."""
+    hub_config: str | None = None
+    """Configuration name of a hub dataset, if it has several."""
+
+
+# Fields that may differ between the run that started a store and one that continues it.
+_MUTABLE = {"out", "tokens", "heldout_tokens"}
+
+
+def validate(cfg: HarvestConfig) -> list[str]:
+    hooks = [h.strip() for h in cfg.hooks.split(",") if h.strip()]
+    if not hooks:
+        raise SaexError(f"no hook points given in {cfg.hooks!r}")
+    if cfg.dtype not in DTYPES:
+        raise SaexError(f"unsupported dtype {cfg.dtype!r}; allowed: {list(DTYPES)}")
+    for name in ("tokens", "batch_size", "shard_tokens", "context_length"):
+        if getattr(cfg, name) <= 0:
+            raise SaexError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if cfg.heldout_tokens is not None and cfg.heldout_tokens < 0:
+        raise SaexError(f"--heldout-tokens must be >= 0, got {cfg.heldout_tokens}")
+    if not 0.0 < cfg.heldout_fraction < 1.0:
+        raise SaexError(f"--heldout-fraction must be in (0, 1), got {cfg.heldout_fraction}")
+    return hooks
+
+
+def _tokenizer_sha256(tokenizer) -> str:
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+
+
+def _check_existing(out: Path, identity: dict) -> dict | None:
+    """The existing manifest when it describes the same store; a clear error when it does not."""
+    mpath = out / MANIFEST
+    if not mpath.is_file():
+        if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+            raise SaexError(f"output folder {out} is not empty and holds no activation store; choose another --out")
+        return None
+    manifest = json.loads(mpath.read_text())
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise SaexError(f"output folder {out} holds something other than a saex v{FORMAT_VERSION} activation store")
+    differ = sorted(k for k in identity.keys() | manifest["identity"].keys()
+                    if identity.get(k) != manifest["identity"].get(k))
+    if differ:
+        details = "; ".join(f"{k}: store has {manifest['identity'].get(k)!r}, asked {identity.get(k)!r}" for k in differ)
+        raise SaexError(f"output folder {out} holds a different activation store ({details}). "
+                        "Choose another --out, or delete that folder to start over.")
+    return manifest
+
+
+def _usable_shards(out: Path, split: str, shards: list[dict], shard_contexts: int, target_contexts: int) -> list[dict]:
+    """Shards to keep on resume: intact ones, up to the first that is not. A short last shard is kept only
+    when nothing more is asked of the split; otherwise it is recomputed so that shards stay full-size."""
+    keep = []
+    for s in shards:
+        path = out / split / s["file"]
+        short = s["contexts"] != shard_contexts and sum(k["contexts"] for k in keep) + s["contexts"] < target_contexts
+        if short or not path.is_file() or path.stat().st_size != s["bytes"]:
+            break
+        if sha256_path(path) != s["sha256"]:
+            warnings.warn(f"shard {path} is corrupted; it and the shards after it will be recomputed")
+            break
+        keep.append(s)
+    return keep
+
+
+def harvest(cfg: HarvestConfig, progress: bool = True) -> Path:
+    """Harvest activations into ``cfg.out``; resumes when the folder holds the same store unfinished."""
+    hooks = validate(cfg)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise SaexError(f"--out {out} exists and is not a folder")
+    lm = load_model(cfg.model)
+    hooked = HookedLM(lm.model)
+    points = [hooked.resolve(h) for h in hooks]
+    packing = resolve_packing(lm.tokenizer, cfg.context_length, cfg.bos_policy, cfg.separator, hooked.max_context)
+    corpus = resolve_corpus(cfg.corpus, cfg.text_field, cfg.hub_split, cfg.hub_config)
+    T = cfg.context_length
+    shard_contexts = max(1, cfg.shard_tokens // T)
+    identity = {k: v for k, v in config_dict(cfg).items() if k not in _MUTABLE}
+    identity |= {"weights_sha256": lm.weights_sha256, "corpus_fingerprint": corpus.fingerprint,
+                 "tokenizer_sha256": _tokenizer_sha256(lm.tokenizer), "packing": packing.describe()}
+    manifest = _check_existing(out, identity)
+    n_tokens = {"train": cfg.tokens,
+                "heldout": cfg.heldout_tokens if cfg.heldout_tokens is not None else max(T, cfg.tokens // 10)}
+    if manifest is None:
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "saex_version": saex.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "status": "in_progress", "identity": identity, "config": config_dict(cfg),
+            "model": {"name": lm.name, "source": lm.source, "weights_sha256": lm.weights_sha256,
+                      "model_type": lm.model.config.model_type, "family": hooked.family.name,
+                      "n_layers": hooked.n_layers, "d_model": hooked.d_model, "d_mlp": hooked.d_mlp,
+                      "max_context": hooked.max_context},
+            "tokenizer": {"name_or_path": str(lm.tokenizer.name_or_path), "class": type(lm.tokenizer).__name__,
+                          "vocab_size": len(lm.tokenizer), "sha256": identity["tokenizer_sha256"]},
+            "corpus": corpus.describe(),
+            "split": {"method": "sha256(seed:document key) < heldout_fraction", "seed": cfg.seed,
+                      "heldout_fraction": cfg.heldout_fraction},
+            "packing": packing.describe(),
+            "dtype": cfg.dtype,
+            "hooks": {p.name: p.describe() for p in points},
+            "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+            "splits": {s: {"shards": []} for s in SPLITS},
+        }
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    manifest["config"] = config_dict(cfg)
+    manifest["status"] = "in_progress"
+    for split in SPLITS:
+        entry = manifest["splits"][split]
+        entry["shards"] = _usable_shards(out, split, entry["shards"], shard_contexts, math.ceil(n_tokens[split] / T))
+        entry["contexts"] = sum(x["contexts"] for x in entry["shards"])
+        entry["rows"] = entry["contexts"] * T
+        entry["target_tokens"] = n_tokens[split]
+        entry.pop("exhausted", None)
+    write_json_atomic(out / MANIFEST, manifest)
+
+    totals = {s: math.ceil(n_tokens[s] / T) * T for s in SPLITS}
+    done = {s: sum(x["rows"] for x in manifest["splits"][s]["shards"]) for s in SPLITS}
+    bar = tqdm(total=sum(totals.values()), initial=min(sum(done.values()), sum(totals.values())),
+               unit="tok", unit_scale=True, disable=not progress, desc="harvest", dynamic_ncols=True)
+    with hooked.capture(hooks) as run:
+        for split in SPLITS:
+            _harvest_split(cfg, out, manifest, split, run, lm.tokenizer, packing, corpus, points,
+                           math.ceil(n_tokens[split] / T), shard_contexts, bar)
+    bar.close()
+    manifest["status"] = "complete"
+    manifest["completed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json_atomic(out / MANIFEST, manifest)
+    return out
+
+
+def _harvest_split(cfg, out, manifest, split, run, tokenizer, packing, corpus, points, target_contexts,
+                   shard_contexts, bar) -> None:
+    entry = manifest["splits"][split]
+    shards = entry["shards"]
+    done_contexts = sum(s["contexts"] for s in shards)
+    if done_contexts >= target_contexts:
+        return
+    T = packing.context_length
+    dtype = DTYPES[cfg.dtype]
+    contexts = pack(corpus.documents(cfg.seed), tokenizer, packing, split, cfg.seed, cfg.heldout_fraction)
+    # Replay the contexts already stored and check they are the ones this config produces.
+    for s in shards:
+        h = hashlib.sha256()
+        for _ in range(s["contexts"]):
+            c = next(contexts, None)
+            if c is None:
+                raise SaexError(f"the corpus now yields fewer contexts than {out} holds; it changed since the harvest began")
+            h.update(c.tokens_T.tobytes())
+        if h.hexdigest() != s["tokens_sha256"]:
+            raise SaexError(f"the contexts of {out / split / s['file']} differ from what this corpus and tokenizer "
+                            "produce now; the inputs changed since the harvest began: harvest into a new folder")
+
+    while done_contexts < target_contexts:
+        n = min(shard_contexts, target_contexts - done_contexts)
+        tok_CT = np.zeros((n, T), dtype=np.int32)
+        doc_CT = np.zeros((n, T), dtype=np.int32)
+        acts = {p.name: torch.empty(n * T, p.width, dtype=dtype) for p in points}
+        filled = 0
+        while filled < n:
+            batch = []
+            for _ in range(min(cfg.batch_size, n - filled)):
+                c = next(contexts, None)
+                if c is None:
+                    break
+                batch.append(c)
+            if not batch:
+                break
+            b = len(batch)
+            tok_CT[filled:filled + b] = np.stack([c.tokens_T for c in batch])
+            doc_CT[filled:filled + b] = np.stack([c.doc_ids_T for c in batch])
+            got = run(torch.from_numpy(tok_CT[filled:filled + b]).long())
+            for name, x_BTD in got.items():
+                x = x_BTD.reshape(b * T, -1).to(dtype)
+                if not torch.isfinite(x).all():
+                    kind = "is not finite" if not torch.isfinite(x_BTD).all() else f"overflows {cfg.dtype}"
+                    raise SaexError(f"activation at {name} {kind} (max |x| = {x_BTD.abs().max().item():.4g}); "
+                                    "use --dtype float32 or bfloat16")
+                acts[name][filled * T:(filled + b) * T] = x
+            filled += b
+            bar.update(b * T)
+            bar.set_postfix_str(split)
+        if filled == 0:
+            entry["exhausted"] = True
+            warnings.warn(f"the corpus ran out: split {split!r} has {done_contexts * T} tokens, "
+                          f"fewer than the {target_contexts * T} asked for")
+            break
+        index = len(shards)
+        tensors = {k: v[:filled * T] for k, v in acts.items()}
+        tensors["tokens"] = torch.from_numpy(tok_CT[:filled])
+        tensors["doc_ids"] = torch.from_numpy(doc_CT[:filled])
+        path = out / split / shard_name(index)
+        digest = write_safetensors_atomic(path, tensors, {"split": split, "index": str(index), "format": FORMAT})
+        shards.append({"file": path.name, "contexts": filled, "rows": filled * T, "bytes": path.stat().st_size,
+                       "sha256": digest, "tokens_sha256": hashlib.sha256(tok_CT[:filled].tobytes()).hexdigest()})
+        done_contexts += filled
+        entry["rows"] = done_contexts * T
+        entry["contexts"] = done_contexts
+        write_json_atomic(out / MANIFEST, manifest)
+        if filled < n:
+            entry["exhausted"] = True
+            warnings.warn(f"the corpus ran out: split {split!r} has {done_contexts * T} tokens, "
+                          f"fewer than the {target_contexts * T} asked for")
+            break

@@ -1,0 +1,191 @@
+"""TransformerLens-style hook-point names on raw Hugging Face models, and the truncated forward.
+
+The paper harvests ``blocks.{L}.hook_resid_post`` (residual stream after block L) and
+``blocks.{L}.mlp.hook_post`` (MLP hidden neurons) with TransformerLens (paper-spec.md §1.5-1.6). saex keeps
+those names but hooks the Hugging Face modules directly, with no TransformerLens weight processing, so the
+activations are exactly what the HF model computes. Each family maps the five kinds of hook point onto
+its modules:
+
+=====================  =======================================  ============================
+hook point             module                                   captured
+=====================  =======================================  ============================
+``hook_resid_pre``     decoder layer L                          its input
+``hook_attn_out``      attention (Gemma: post-attention norm)   its output (first element)
+``mlp.hook_post``      MLP down-projection                      its input (width d_mlp)
+``hook_mlp_out``       MLP (Gemma: post-feedforward norm)       its output
+``hook_resid_post``    decoder layer L                          its output (first element)
+=====================  =======================================  ============================
+
+Gemma applies a norm to the attention and MLP outputs before adding them to the residual stream; the
+normed tensor is what the residual stream receives, so it is the one that "attn out" and "MLP out" mean.
+The forward stops right after the deepest requested hook point (an exception raised from its hook), so
+later layers and the LM head are never computed.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from saex.errors import SaexError
+
+# Execution order inside one block; truncation and "deepest hook" use it.
+HOOK_KINDS = ("hook_resid_pre", "hook_attn_out", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in HOOK_KINDS) + r")$")
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where one model family keeps the modules behind each hook kind (paths relative to a block)."""
+
+    name: str
+    layers: str
+    attn_out: str
+    mlp_out: str
+    mlp_down: str
+
+
+FAMILIES = {
+    "llama": Family("llama", "model.layers", "self_attn", "mlp", "mlp.down_proj"),
+    "gemma": Family("gemma", "model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "mlp.down_proj"),
+    "gpt_neox": Family("gpt_neox", "gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h"),
+    "gpt2": Family("gpt2", "transformer.h", "attn", "mlp", "mlp.c_proj"),
+}
+# HF model_type -> family. Llama-shaped decoders share module names.
+MODEL_TYPES = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
+    "gemma2": "gemma",
+    "gemma3": "gemma",
+    "gemma3_text": "gemma",
+    "gpt_neox": "gpt_neox",
+    "gpt2": "gpt2",
+}
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """One resolved hook point."""
+
+    name: str
+    """TransformerLens-style name, e.g. ``blocks.6.hook_resid_post``."""
+    layer: int
+    kind: str
+    module: str
+    """Dotted path of the Hugging Face module that is hooked."""
+    capture: str
+    """``input`` or ``output`` of that module."""
+    width: int
+    """Width of the captured activation (d_model, or d_mlp for ``mlp.hook_post``)."""
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.layer, HOOK_KINDS.index(self.kind))
+
+    def describe(self) -> dict:
+        return {"module": self.module, "capture": self.capture, "width": self.width, "layer": self.layer}
+
+
+class _StopForward(Exception):
+    """Raised from the deepest hook so the rest of the network is never computed."""
+
+
+def family_of(model: torch.nn.Module) -> Family:
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in MODEL_TYPES:
+        raise SaexError(
+            f"model type {model_type!r} has no hook-point mapping; supported: {sorted(MODEL_TYPES)}"
+        )
+    return FAMILIES[MODEL_TYPES[model_type]]
+
+
+def _first(x):
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+class HookedLM:
+    """A Hugging Face causal LM addressed by TransformerLens-style hook names."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.family = family_of(model)
+        self.blocks = model.get_submodule(self.family.layers)
+        self.n_layers = len(self.blocks)
+        cfg = model.config
+        self.d_model = cfg.hidden_size
+        down = self.blocks[0].get_submodule(self.family.mlp_down)
+        # nn.Linear keeps in_features; GPT-2's Conv1D stores its weight as [in, out].
+        self.d_mlp = getattr(down, "in_features", None) or down.weight.shape[0]
+        self.max_context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+    def hook_names(self) -> list[str]:
+        return [f"blocks.{L}.{k}" for L in range(self.n_layers) for k in HOOK_KINDS]
+
+    def resolve(self, name: str) -> HookPoint:
+        m = _HOOK_RE.match(name)
+        if not m or int(m.group(1)) >= self.n_layers:
+            raise SaexError(
+                f"unknown hook point {name!r}; valid names are blocks.{{L}}.{{kind}} with L in "
+                f"0..{self.n_layers - 1} and kind in {list(HOOK_KINDS)}, e.g. blocks.{self.n_layers // 2}.hook_resid_post"
+            )
+        layer, kind = int(m.group(1)), m.group(2)
+        block = f"{self.family.layers}.{layer}"
+        module, capture, width = {
+            "hook_resid_pre": (block, "input", self.d_model),
+            "hook_attn_out": (f"{block}.{self.family.attn_out}", "output", self.d_model),
+            "mlp.hook_post": (f"{block}.{self.family.mlp_down}", "input", self.d_mlp),
+            "hook_mlp_out": (f"{block}.{self.family.mlp_out}", "output", self.d_model),
+            "hook_resid_post": (block, "output", self.d_model),
+        }[kind]
+        return HookPoint(name, layer, kind, module, capture, width)
+
+    @contextmanager
+    def capture(self, names: list[str], stop_early: bool = True):
+        """Context manager yielding ``run(input_ids_BT) -> {name: act_BTD}`` for these hook points.
+
+        With ``stop_early`` the forward ends after the deepest of them; the LM head is never run.
+        """
+        points = [self.resolve(n) for n in names]
+        if len(set(names)) != len(names):
+            raise SaexError(f"hook points repeated in {names}")
+        deepest = max(points, key=lambda p: p.order)
+        store: dict[str, torch.Tensor] = {}
+        handles = []
+
+        def make(point: HookPoint):
+            last = stop_early and point is deepest
+
+            def keep(x):
+                store[point.name] = _first(x).detach()
+                if last:
+                    raise _StopForward
+
+            if point.capture == "input":
+                return self.model.get_submodule(point.module).register_forward_pre_hook(
+                    lambda mod, args, kwargs: keep(args[0] if args else kwargs["hidden_states"]),
+                    with_kwargs=True,
+                )
+            return self.model.get_submodule(point.module).register_forward_hook(lambda mod, args, out: keep(out))
+
+        try:
+            for p in points:
+                handles.append(make(p))
+
+            def run(input_ids_BT: torch.Tensor) -> dict[str, torch.Tensor]:
+                store.clear()
+                with torch.inference_mode():
+                    try:
+                        self.model(input_ids=input_ids_BT, use_cache=False)
+                    except _StopForward:
+                        pass
+                return {n: store[n] for n in names}
+
+            yield run
+        finally:
+            for h in handles:
+                h.remove()

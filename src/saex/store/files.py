@@ -1,0 +1,75 @@
+"""Atomic file writes and checksums shared by every writer of a store.
+
+A file is written under a temporary name in its final folder, flushed to disk, then renamed over the
+final name: a reader (or a resumed harvest) sees either the old file or the complete new one, never a
+torn one, whenever the writer is killed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+TMP_PREFIX = ".tmp-"
+
+
+def sha256_path(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tmp_for(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
+    os.close(fd)
+    return Path(tmp)
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    # The rename itself must reach the disk before the manifest that points at the file.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = _tmp_for(path)
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    _commit(tmp, path)
+
+
+def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """Write tensors atomically and return the sha256 of the file's bytes."""
+    tmp = _tmp_for(path)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        digest = sha256_path(tmp)
+        _commit(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return digest
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete temp files left by a killed writer; returns how many."""
+    n = 0
+    if folder.is_dir():
+        for p in folder.rglob(f"{TMP_PREFIX}*"):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n

@@ -1,0 +1,179 @@
+"""Reading an activation store: verified shards, random access and a shuffled batch stream.
+
+Layout of a store folder::
+
+    manifest.json                      what produced it, row counts, shard checksums
+    train/shard-00000.safetensors      one tensor per hook point [rows, width], plus
+    heldout/shard-00000.safetensors    ``tokens`` and ``doc_ids`` [contexts, context_length] (int32)
+
+Row ``r`` of a shard is position ``r % T`` of context ``r // T``, so every activation traces back to its
+token and document. Checksums are verified the first time this process reads a shard.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from saex.errors import SaexError
+from saex.store.files import sha256_path
+
+MANIFEST = "manifest.json"
+FORMAT = "saex.activation_store"
+FORMAT_VERSION = 1
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+class ActivationStore:
+    """Read access to a store written by ``saex harvest``."""
+
+    def __init__(self, path: str | Path, verify: bool = True):
+        self.path = Path(path)
+        mpath = self.path / MANIFEST
+        if not mpath.is_file():
+            raise SaexError(f"{self.path} is not an activation store (no {MANIFEST}); create one with `saex harvest`")
+        self.manifest = json.loads(mpath.read_text())
+        if self.manifest.get("format") != FORMAT:
+            raise SaexError(f"{mpath} is not a saex activation-store manifest")
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise SaexError(f"{mpath} has store format version {self.manifest.get('format_version')}; "
+                            f"this saex reads version {FORMAT_VERSION}")
+        self.verify = verify
+        self._verified: set[Path] = set()
+        self.context_length: int = self.manifest["packing"]["context_length"]
+
+    # -- description -------------------------------------------------------------------------------
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.manifest["hooks"])
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest["status"] == "complete"
+
+    def width(self, hook: str) -> int:
+        self._check_hook(hook)
+        return self.manifest["hooks"][hook]["width"]
+
+    def shards(self, split: str) -> list[dict]:
+        if split not in self.manifest["splits"]:
+            raise SaexError(f"unknown split {split!r}; this store has {sorted(self.manifest['splits'])}")
+        return self.manifest["splits"][split]["shards"]
+
+    def n_rows(self, split: str) -> int:
+        return sum(s["rows"] for s in self.shards(split))
+
+    def _check_hook(self, hook: str) -> None:
+        if hook not in self.manifest["hooks"]:
+            raise SaexError(f"hook {hook!r} is not in the store {self.path}; it has {self.hooks}")
+
+    # -- shards --------------------------------------------------------------------------------------
+    def shard_path(self, split: str, index: int) -> Path:
+        return self.path / split / self.shards(split)[index]["file"]
+
+    def _open(self, split: str, index: int):
+        entry = self.shards(split)[index]
+        path = self.path / split / entry["file"]
+        if not path.is_file():
+            raise SaexError(f"shard {path} is missing; re-run the same `saex harvest` to rebuild it")
+        if self.verify and path not in self._verified:
+            digest = sha256_path(path)
+            if digest != entry["sha256"]:
+                raise SaexError(
+                    f"shard {path} is corrupted or truncated: sha256 {digest[:16]}… does not match the manifest's "
+                    f"{entry['sha256'][:16]}…; re-run the same `saex harvest` to rebuild it"
+                )
+            self._verified.add(path)
+        return safe_open(str(path), framework="pt")
+
+    def verify_all(self) -> int:
+        """Check every shard's sha256 against the manifest; returns how many were checked."""
+        verify, self.verify = self.verify, True
+        try:
+            n = 0
+            for split in self.manifest["splits"]:
+                for i in range(len(self.shards(split))):
+                    with self._open(split, i):
+                        n += 1
+            return n
+        finally:
+            self.verify = verify
+
+    def load_shard(self, split: str, index: int, hook: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        """All rows of one shard for one hook, ``[rows, width]``."""
+        self._check_hook(hook)
+        with self._open(split, index) as f:
+            x = f.get_tensor(hook)
+        return x if dtype is None else x.to(dtype)
+
+    def load_tokens(self, split: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens, doc_ids)`` of one shard, each ``[contexts, T]`` int32."""
+        with self._open(split, index) as f:
+            return f.get_tensor("tokens"), f.get_tensor("doc_ids")
+
+    def tokens(self, split: str) -> torch.Tensor:
+        """Token ids of every context of a split, ``[contexts, T]``; row r is ``tokens.view(-1)[r]``."""
+        return torch.cat([self.load_tokens(split, i)[0] for i in range(len(self.shards(split)))])
+
+    def rows(self, split: str, hook: str, index: np.ndarray | list[int], dtype=torch.float32) -> torch.Tensor:
+        """Random access: activations of the given global row indices, in the order given."""
+        idx = np.asarray(index, dtype=np.int64)
+        n = self.n_rows(split)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise SaexError(f"row index out of range: split {split!r} has {n} rows")
+        starts = np.cumsum([0] + [s["rows"] for s in self.shards(split)])
+        which = np.searchsorted(starts, idx, side="right") - 1
+        out = torch.empty(len(idx), self.width(hook), dtype=dtype)
+        for s in np.unique(which):
+            sel = np.nonzero(which == s)[0]
+            with self._open(split, int(s)) as f:
+                x = f.get_slice(hook)
+                local = idx[sel] - starts[s]
+                # safetensors slices are contiguous ranges; read the covering range once per shard.
+                lo, hi = int(local.min()), int(local.max()) + 1
+                block = x[lo:hi]
+                out[torch.from_numpy(sel)] = block[torch.from_numpy(local - lo)].to(dtype)
+        return out
+
+    # -- training stream -----------------------------------------------------------------------------
+    def batches(self, split: str, hook: str, batch_size: int, seed: int = 0, epoch: int = 0,
+                shards_in_buffer: int = 4, skip_batches: int = 0, drop_last: bool = True,
+                dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+        """One shuffled pass over a split, deterministic in ``(seed, epoch)``.
+
+        Shards are visited in a seeded order, ``shards_in_buffer`` at a time; the rows of a buffer are
+        permuted together, so memory stays bounded while batches mix several shards. ``skip_batches``
+        resumes a pass without reading the skipped buffers.
+        """
+        self._check_hook(hook)
+        if batch_size <= 0:
+            raise SaexError(f"batch size must be positive, got {batch_size}")
+        shards = self.shards(split)
+        if not shards:
+            raise SaexError(f"split {split!r} of {self.path} has no rows")
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(shards))
+        groups = [order[i:i + shards_in_buffer] for i in range(0, len(order), shards_in_buffer)]
+        # Each buffer's leftover rows (fewer than a batch) are dropped rather than carried into the next
+        # buffer: then a buffer's batches depend on it alone, and resuming can skip buffers unread.
+        # A different permutation each epoch drops different rows.
+        for g, group in enumerate(groups):
+            n = sum(shards[i]["rows"] for i in group)
+            n_batches = n // batch_size + (0 if drop_last or n % batch_size == 0 else 1)
+            if skip_batches >= n_batches:
+                skip_batches -= n_batches
+                continue
+            buf = torch.cat([self.load_shard(split, int(i), hook, dtype) for i in group])
+            gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, g]).integers(2**62)))
+            buf = buf[torch.randperm(len(buf), generator=gen)]
+            for b in range(skip_batches, n_batches):
+                yield buf[b * batch_size:(b + 1) * batch_size]
+            skip_batches = 0
