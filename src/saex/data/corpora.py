@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import json
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,7 @@ def local_documents(path: Path, text_field: str = "text") -> list[Document]:
         if f.suffix == ".txt":
             # Blank lines separate documents: one-paragraph-per-document files and multi-document dumps
             # both work, and the document-disjoint split has units smaller than a whole book.
-            chunks = [c.strip() for c in f.read_text(encoding="utf-8").split("\n\n")]
+            chunks = [c.strip() for c in re.split(r"\n[ \t]*\n", f.read_text(encoding="utf-8"))]
             docs += [Document(f"{rel}:{i}", c) for i, c in enumerate(chunks) if c]
             continue
         for i, line in enumerate(f.read_text(encoding="utf-8").splitlines()):

@@ -3,28 +3,21 @@
 Each source is read from the files its package installs; nothing is downloaded at run time.
 ``get_source(name)`` returns a `DebianSource`, or tells the user which ``apt-get install`` is missing.
 
-===========  ===================  ==============================  ============================================
-name         Debian package       licence                         attribution
-===========  ===================  ==============================  ============================================
-kjv          bible-kjv            public domain                   King James Version (1611), decoded by Chip
-                                                                  Chapin's ``bible`` (Bible Retrieval System)
-gcide        dict-gcide           GPL-2+                          GNU Collaborative International Dictionary
-                                                                  of English 0.48 (Webster 1913 + WordNet),
-                                                                  ed. Patrick Cassidy
-linux-doc    linux-doc-6.1        GPL-2                           Linux kernel documentation, Linus Torvalds
-                                                                  and the kernel developers
-python-doc   python3.11-doc       PSF licence                     Python 3.11 documentation, Python Software
-                                                                  Foundation
-wordnet      wordnet-base         WordNet 3.0 licence             WordNet 3.0, Copyright 2006 by Princeton
-                                  (permissive)                    University
-fortunes     fortunes             BSD / mixed                     BSD fortune(6) data files, Ken Arnold and
-                                                                  many contributors
-jargon       jargon-text          public domain                   The Jargon File 4.4.7, ed. Eric S. Raymond
-===========  ===================  ==============================  ============================================
+Source (``name``): Debian package; licence; attribution.
+
+- ``kjv``: bible-kjv; public domain; King James Version (1611), decoded by Chip Chapin's ``bible``.
+- ``gcide``: dict-gcide; GPL-2+; GNU Collaborative International Dictionary of English 0.48
+  (Webster's Revised Unabridged 1913 + WordNet), ed. Patrick Cassidy.
+- ``linux-doc``: linux-doc-6.1; GPL-2; Linux kernel documentation, Linus Torvalds and others.
+- ``python-doc``: python3.11-doc; PSF licence; Python 3.11 documentation, Python Software Foundation.
+- ``wordnet``: wordnet-base; WordNet 3.0 licence (permissive); WordNet 3.0, (c) 2006 Princeton University.
+- ``fortunes``: fortunes; BSD / mixed; BSD fortune(6) data, Ken Arnold and many contributors.
+- ``jargon``: jargon-text; public domain; The Jargon File 4.4.7, ed. Eric S. Raymond.
 
 Document units: one Bible chapter (verses one per line), one GCIDE entry, one reST source file, 50
 consecutive WordNet synsets of one part of speech (one ``lemma, lemma: gloss`` line each, because a
 single gloss is only a dozen words), one fortune, one Jargon File entry or front/back-matter section.
+Left out as not English text: Linux's ``translations/`` and the ``ascii-art`` fortune file.
 Keys depend only on the source files, never on iteration order; a name that repeats (GCIDE has two
 entries "Bank") gets ``#2``, ``#3`` in file order.
 """
@@ -73,7 +66,7 @@ class DebianSource:
 
     def documents(self) -> Iterator[Document]:
         self.check_installed()
-        return (doc for doc in self.read(self.root) if doc.text)
+        return (doc for doc in self.read(self.root) if doc.text.strip())
 
     def fingerprint(self) -> str:
         """sha256 over the name and every source file (relative path and bytes), in sorted order."""
@@ -81,7 +74,7 @@ class DebianSource:
         digest = hashlib.sha256(self.name.encode() + b"\0")
         base = self.root if self.root.is_dir() else self.root.parent
         for path in self.files():
-            digest.update(str(path.relative_to(base)).encode() + b"\0")
+            digest.update(path.relative_to(base).as_posix().encode() + b"\0")
             with path.open("rb") as f:
                 while chunk := f.read(1 << 20):
                     digest.update(chunk)
@@ -170,12 +163,13 @@ def read_kjv(data_file: Path) -> Iterator[Document]:
 
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 # "\Spurt\ (sp[^u]rt)": the pronunciation (sometimes wrapped onto a second line), plus a
-# parenthesised respelling right after it; "(Bot.)" has no respelling characters ([ " ` * ?): kept.
-_PRON = re.compile(r"[ \t]*\\[^\\\n]*\n?[^\\\n]*\\(?:[ \t]*\([^()\n]*[\[\"`*?][^()\n]*\))?")
+# parenthesised respelling right after it; "(Bot.)" is capitalised and has no respelling characters.
+_PRON = re.compile(r"[ \t]*\\[^\\\n]*\n?[^\\\n]*\\(?:[ \t]*\((?![A-Z])[^()\n]*[\[\"`*?][^()\n]*\))?")
 _SOURCE_TAG = (r"(?:1913 Webster|Webster 1913 Suppl\.|WordNet(?: 1\.[56]| sense [\d+& ]+)?"
                r"|Century Dict(?:\.|ionary),? 1906\.?|Century Dict\.|PJC\.?|RDH|AS|CV|RP|GG|JG|CM|MW10|PC|#here)")
-# "[1913 Webster]", "[WordNet 1.5 +PJC]": who supplied the text, not part of it.
-_SOURCE = re.compile(rf"\[(?:\s*\+?\s*{_SOURCE_TAG})+\s*\]")
+# "[1913 Webster]", "[WordNet 1.5 +PJC]": who supplied the text, not part of it. Tags may wrap, and a
+# few lack the "[". Separators are written so that no two \s* meet (that backtracks badly on indents).
+_SOURCE = re.compile(rf"(?:\[\s*(?:\+\s*)?)?{_SOURCE_TAG}(?:(?:\s*\+\s*|\s+){_SOURCE_TAG})*\s*\]".replace(" ", r"\s+"))
 
 
 def _b64(text: str) -> int:
@@ -225,15 +219,22 @@ def read_gcide(root: Path) -> Iterator[Document]:
 # --- reST documentation trees (Linux, Python) -------------------------------------------------
 
 
-def _rst_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*.rst.txt") if p.is_file()] if root.is_dir() else []
+def _rst_files(root: Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return [p for p in root.rglob("*.rst.txt") if p.is_file() and p.relative_to(root).parts[0] not in skip]
 
 
-def read_rst_tree(root: Path, name: str) -> Iterator[Document]:
+def read_rst_tree(root: Path, name: str, skip: tuple[str, ...] = ()) -> Iterator[Document]:
     """One document per reST source, kept as written: code blocks need their line breaks."""
-    for path in sorted(_rst_files(root)):
-        key = str(path.relative_to(root).as_posix()).removesuffix(".rst.txt")
-        yield Document(f"{name}:{key}", _squeeze(path.read_text(encoding="utf-8", errors="replace")))
+    for path in sorted(_rst_files(root, skip)):
+        key = path.relative_to(root).as_posix().removesuffix(".rst.txt")
+        text = path.read_text(encoding="utf-8-sig", errors="replace")  # some start with a BOM
+        yield Document(f"{name}:{key}", _squeeze(text))
+
+
+# Linux's translations/ (zh_CN, zh_TW, it_IT, ja_JP, ko_KR: 342 files, 3.7 MB) are not English.
+_LINUX_SKIP = ("translations",)
 
 
 def _linux_doc_root() -> Path:
@@ -304,7 +305,7 @@ def read_fortunes(root: Path) -> Iterator[Document]:
 
 # --- Jargon File ------------------------------------------------------------------------------
 
-_ENTRY = re.compile(r"^   :([^:]+(?::[^:\s][^:]*)*):\s*(.*)$")  # "   :heisenbug: /hi:'zen·buhg/, n."
+_ENTRY = re.compile(r"^   :(.+?):(?=\s|$)\s*(.*)$")  # "   :heisenbug: /hi:'zen·buhg/, n."
 _LETTER = re.compile(r"^  [0-9A-Z]$")  # "  B": a letter of the lexicon, followed by its word list
 
 
@@ -326,7 +327,7 @@ def parse_jargon(lines: Iterable[str]) -> Iterator[Document]:
             if len(parts) > 1:  # a title alone (its section only lists contents) is dropped
                 yield Document(keys(name), "\n\n".join(parts))
             if entry is None:
-                name, toc = para[0].strip(), True
+                name, toc = " ".join(para[0].split()), True  # titles use no-break spaces
                 parts = [name]
                 continue
             name, toc = entry[1], False
@@ -365,7 +366,7 @@ _SOURCES = [
     DebianSource("gcide", "dict-gcide", "GPL-2+", Path("/usr/share/dictd"),
                  lambda p: _existing(p / "gcide.dict.dz", p / "gcide.index"), read_gcide),
     DebianSource("linux-doc", _LINUX_ROOT.parts[-3], "GPL-2", _LINUX_ROOT,
-                 _rst_files, partial(read_rst_tree, name="linux-doc")),
+                 partial(_rst_files, skip=_LINUX_SKIP), partial(read_rst_tree, name="linux-doc", skip=_LINUX_SKIP)),
     DebianSource("python-doc", "python3.11-doc", "PSF licence", Path("/usr/share/doc/python3.11/html/_sources"),
                  _rst_files, partial(read_rst_tree, name="python-doc")),
     DebianSource("wordnet", "wordnet-base", "WordNet 3.0 licence (permissive)", Path("/usr/share/wordnet"),

@@ -228,9 +228,20 @@ def load_model(name: str = DEFAULT_MODEL) -> LoadedModel:
             f"could not load model {name!r} from the Hugging Face hub or its local cache ({e.__class__.__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}). Offline, use one of {sorted(EMBEDDED)} or a local directory."
         ) from e
-    commit = getattr(model.config, "_commit_hash", None)
+    commit = _hub_commit(name)
     digest = f"hub:{name}@{commit}" if commit else f"hub:{name}"
     return LoadedModel(name=name, model=model, tokenizer=tok, weights_sha256=digest, source="hub")
+
+
+def _hub_commit(name: str) -> str | None:
+    """The commit of the snapshot the weights were read from (the hub cache names folders by commit)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = Path(hf_hub_download(name, "config.json"))
+    except Exception:  # a checkpoint without a resolvable snapshot is still usable, just less pinned
+        return None
+    return path.parent.name if path.parent.parent.name == "snapshots" else None
 
 
 def _looks_like_hub_id(name: str) -> bool:

