@@ -24,10 +24,12 @@ of real token contexts, with the same hook points):
 
 Method: a warm-up pass of each method, then ``--repeats`` rounds; in each round every method is timed once,
 in an order rotated from round to round, so slow drifts of machine load hit every method alike. Reported
-values are medians over rounds; ratios are given both as ratio of medians and as median of the per-round
-(paired) ratios, and as ratio of the best rounds (the least disturbed by other processes). Because every number that matters is a ratio against a reference measured in the same run
-and the same process, the results compare across machines far better than raw tokens/s do. The load
-average before and after is recorded: on a shared machine the numbers are noisy.
+values are medians over rounds; ratios are given as ratio of medians, as median of the per-round (paired)
+ratios, and as ratio of the best rounds (the least disturbed by other processes). Because every number
+that matters is a ratio against a reference measured in the same run and the same process, the results
+compare across machines far better than raw tokens/s do. The load average before and after is recorded:
+on a shared machine the numbers are noisy (with 2 threads on 2 busy cores, OpenMP barriers make single
+forwards up to ~5x slower at random; ``--threads 1`` is steadier there).
 
 Results: a table on stdout and JSON in ``benchmarks/results/harvest.json`` (``--json`` to change).
 

@@ -24,6 +24,20 @@ def _cmd_harvest(args) -> None:
     print(summarize(out))
 
 
+def _cmd_train(args) -> None:
+    from saex.config import load_config_file
+    from saex.train.config import TrainConfig
+    from saex.train.trainer import train
+
+    base = {}
+    for source in (args.config, args.from_run):
+        if source:
+            base |= load_config_file(TrainConfig, source)
+    cfg = from_namespace(TrainConfig, args, base)
+    out = train(cfg, progress=not args.quiet)
+    print(f"dictionaries in {out}: " + ", ".join(sorted(p.name for p in out.iterdir() if (p / "cfg.json").is_file())))
+
+
 def _cmd_store(args) -> None:
     from saex.store.summary import summarize
 
@@ -54,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, HarvestConfig)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_harvest)
+
+    from saex.train.config import TrainConfig
+
+    p = sub.add_parser("train", help="train a sweep of sparse autoencoders on an activation store",
+                       description=TrainConfig.__doc__)
+    add_arguments(p, TrainConfig)
+    p.add_argument("--config", help="a .json or .toml file of option values (the command line overrides it)")
+    p.add_argument("--from", dest="from_run", metavar="RUN_JSON",
+                   help="replay a saved run: its run.json supplies every option (the command line overrides it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("store", help="summarise an activation store (and verify its checksums)")
     p.add_argument("path", help="folder of the store")

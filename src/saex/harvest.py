@@ -30,7 +30,7 @@ from saex.errors import SaexError
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
 from saex.store.files import remove_stale_temporaries, sha256_path, write_json_atomic, write_safetensors_atomic
-from saex.store.reader import FORMAT, FORMAT_VERSION, MANIFEST, shard_name
+from saex.store.reader import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, shard_name
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -109,7 +109,7 @@ def _check_existing(out: Path, identity: dict) -> dict | None:
         if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
             raise SaexError(f"output folder {out} is not empty and holds no activation store; choose another --out")
         return None
-    manifest = json.loads(mpath.read_text())
+    manifest = read_manifest(mpath)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise SaexError(f"output folder {out} holds something other than a saex v{FORMAT_VERSION} activation store")
     differ = sorted(k for k in identity.keys() | manifest["identity"].keys()

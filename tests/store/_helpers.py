@@ -124,3 +124,22 @@ def reference_acts(model, tokens_CT: torch.Tensor, layer_resid: int, mlp_module:
     r = torch.cat(resid).reshape(-1, resid[0].shape[-1]).float()
     m = torch.cat(got_mlp).reshape(-1, got_mlp[0].shape[-1]).float() if got_mlp else None
     return r, m
+
+
+def assert_same_content(a: Path, b: Path) -> None:
+    """Two stores hold the same shards: same manifest entries (file, contexts, rows, size, token hash and
+    sha256, so byte-identical files), every tensor of every shard identical, and each shard's recorded
+    sha256 that of its file."""
+    la, lb = shard_lists(a), shard_lists(b)
+    assert la == lb
+    for folder, lists in ((a, la), (b, lb)):
+        for split, shards in lists.items():
+            assert sorted(p.name for p in (Path(folder) / split).iterdir()) == sorted(s["file"] for s in shards)
+            for s in shards:
+                assert sha256_file(Path(folder) / split / s["file"]) == s["sha256"]
+    for split, shards in la.items():
+        for s in shards:
+            ta, tb = read_shard(Path(a) / split / s["file"]), read_shard(Path(b) / split / s["file"])
+            assert ta.keys() == tb.keys()
+            for k in ta:
+                assert ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]), f"{split}/{s['file']}:{k} differs"

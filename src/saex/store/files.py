@@ -53,10 +53,15 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """Write tensors atomically and return the sha256 of the file's bytes."""
+    """Write tensors atomically and return the sha256 of the file's bytes.
+
+    The metadata goes in as one JSON string with sorted keys: safetensors writes several metadata keys
+    in arbitrary order, which would make identical contents hash differently.
+    """
     tmp = _tmp_for(path)
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        meta = {"saex": json.dumps(metadata, sort_keys=True)} if metadata else None
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
         digest = sha256_path(tmp)
         _commit(tmp, path)
     except BaseException:

@@ -32,6 +32,17 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
 
+def read_manifest(path: Path) -> dict:
+    """A manifest's JSON object, or a clear error when the file is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SaexError(f"{path} is not valid JSON ({e}); the folder does not hold a usable activation store") from e
+    if not isinstance(data, dict):
+        raise SaexError(f"{path} does not hold a JSON object; the folder does not hold a usable activation store")
+    return data
+
+
 class ActivationStore:
     """Read access to a store written by ``saex harvest``."""
 
@@ -40,7 +51,7 @@ class ActivationStore:
         mpath = self.path / MANIFEST
         if not mpath.is_file():
             raise SaexError(f"{self.path} is not an activation store (no {MANIFEST}); create one with `saex harvest`")
-        self.manifest = json.loads(mpath.read_text())
+        self.manifest = read_manifest(mpath)
         if self.manifest.get("format") != FORMAT:
             raise SaexError(f"{mpath} is not a saex activation-store manifest")
         if self.manifest.get("format_version") != FORMAT_VERSION:
@@ -84,6 +95,9 @@ class ActivationStore:
         path = self.path / split / entry["file"]
         if not path.is_file():
             raise SaexError(f"shard {path} is missing; re-run the same `saex harvest` to rebuild it")
+        if path.stat().st_size != entry["bytes"]:
+            raise SaexError(f"shard {path} is truncated or corrupted: {path.stat().st_size} bytes, the manifest "
+                            f"says {entry['bytes']}; re-run the same `saex harvest` to rebuild it")
         if self.verify and path not in self._verified:
             digest = sha256_path(path)
             if digest != entry["sha256"]:
@@ -92,7 +106,10 @@ class ActivationStore:
                     f"{entry['sha256'][:16]}…; re-run the same `saex harvest` to rebuild it"
                 )
             self._verified.add(path)
-        return safe_open(str(path), framework="pt")
+        try:
+            return safe_open(str(path), framework="pt")
+        except Exception as e:  # safetensors raises its own error types for unreadable headers
+            raise SaexError(f"shard {path} is corrupted: {e}; re-run the same `saex harvest` to rebuild it") from e
 
     def verify_all(self) -> int:
         """Check every shard's sha256 against the manifest; returns how many were checked."""
@@ -156,6 +173,10 @@ class ActivationStore:
         self._check_hook(hook)
         if batch_size <= 0:
             raise SaexError(f"batch size must be positive, got {batch_size}")
+        if shards_in_buffer < 1:
+            raise SaexError(f"shards_in_buffer must be at least 1, got {shards_in_buffer}")
+        if skip_batches < 0:
+            raise SaexError(f"skip_batches must be >= 0, got {skip_batches}")
         shards = self.shards(split)
         if not shards:
             raise SaexError(f"split {split!r} of {self.path} has no rows")

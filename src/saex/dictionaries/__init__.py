@@ -1,0 +1,39 @@
+"""Dictionaries: the protocol every method implements, the trainable SAEs, and their files.
+
+The Dictionary protocol (``shared/DESIGN.md`` §3): ``encode(x_BD) -> c_BF``, ``decode(c_BF) -> xhat_BD``,
+``W_dec_FD`` (unit-norm feature directions where the method has them), ``d_in``, ``d_dict``. SAEs and
+baselines both implement it, so evaluation, interpretation and patching take any of them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from saex.dictionaries.ensemble import Ensemble
+from saex.dictionaries.sae import SAE
+from saex.dictionaries.tied_l1 import TiedL1
+from saex.dictionaries.topk import TopK
+from saex.dictionaries.untied_l1 import UntiedL1
+
+ARCHS: dict[str, type[Ensemble]] = {"tied_l1": TiedL1, "untied_l1": UntiedL1, "topk": TopK}
+
+
+@runtime_checkable
+class Dictionary(Protocol):
+    d_in: int
+    d_dict: int
+    W_dec_FD: torch.Tensor
+
+    def encode(self, x_BD: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, c_BF: torch.Tensor) -> torch.Tensor: ...
+
+
+def load_dictionary(folder) -> SAE:
+    """Open a dictionary folder (SAELens layout) written by saex."""
+    return SAE.load(folder)
+
+
+__all__ = ["ARCHS", "Dictionary", "SAE", "TiedL1", "UntiedL1", "TopK", "load_dictionary"]

@@ -1,0 +1,57 @@
+"""The paper's sparse autoencoder: tied weights, ReLU, L1 penalty, row-normalised dictionary.
+
+Cunningham et al. 2023, §2 (eqs. 1, 2, 4): c = ReLU(M̂x + b), x̂ = M̂ᵀc, with M̂ the row-normalised M
+(rows are the dictionary features f_i) and only an encoder bias b. The loss is
+
+    L = mean over elements of (x - x̂)²  +  α · mean over the batch of ‖c‖₁
+
+which is the reference code's normalisation (paper-spec.md §1.3): the reconstruction term is ‖x - x̂‖²
+divided by d_in, so the paper's α values (8.6e-4 for the residual stream of Pythia-70M) mean what they
+say only under this loss. Initialisation as the reference code: xavier-uniform M, zero b.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saex.dictionaries.ensemble import Ensemble, StepOutput, unit_rows, xavier_uniform
+from saex.dictionaries.sae import SAE
+
+
+class TiedL1(Ensemble):
+    arch = "tied_l1"
+    feature_params = ("M_KFD", "b_KF")
+
+    def __init__(self, d_in: int, d_dict: int, seeds: list[int]):
+        super().__init__(d_in, d_dict, seeds)
+        self.M_KFD = torch.nn.Parameter(xavier_uniform(self.K, d_dict, d_in, seeds))
+        self.b_KF = torch.nn.Parameter(torch.zeros(self.K, d_dict))
+
+    def step(self, x_BD, coef_K, dead_KF=None) -> StepOutput:
+        K, (B, D) = self.K, x_BD.shape
+        M_hat = unit_rows(self.M_KFD)
+        pre_KBF = torch.baddbmm(self.b_KF.unsqueeze(1), x_BD.expand(K, B, D), M_hat.transpose(1, 2))
+        c_KBF = pre_KBF.relu()
+        xhat_KBD = torch.bmm(c_KBF, M_hat)
+        mse_K = (xhat_KBD - x_BD).pow(2).mean(dim=(1, 2))
+        l1_K = c_KBF.sum(-1).mean(-1)  # c >= 0, so the sum is the L1 norm
+        loss = (mse_K + coef_K * l1_K).sum()
+        with torch.no_grad():
+            active = c_KBF > 0
+            return StepOutput(loss, mse_K.detach(), active.sum(-1).float().mean(-1), active.any(1))
+
+    @torch.no_grad()
+    def export(self, k, scale=1.0, metadata=None) -> SAE:
+        M_hat = unit_rows(self.M_KFD[k])
+        return SAE(M_hat.T.clone(), M_hat.clone(), self.b_KF[k] / scale, torch.zeros(self.d_in),
+                   architecture="standard", apply_b_dec_to_input=False, metadata=metadata)
+
+    @torch.no_grad()
+    def resample(self, k, features, directions_ND) -> None:
+        # Rows are normalised in the forward pass, so only the direction matters for the function; the
+        # raw norm is set to that of the live rows so that Adam's step is as large relative to them.
+        live = torch.ones(self.d_dict, dtype=torch.bool)
+        live[features] = False
+        norm = self.M_KFD[k, live].norm(dim=-1).mean() if live.any() else torch.tensor(1.0)
+        self.M_KFD[k, features] = directions_ND * norm
+        self.b_KF[k, features] = 0.0

@@ -1,0 +1,69 @@
+"""TopK sparse autoencoder with the aux-k loss for dead latents.
+
+Gao et al. 2024, "Scaling and evaluating sparse autoencoders", §2.3 and Appendix A.2: c = ReLU(TopK(W_enc
+(x - b_dec) + b_enc)), keeping the K largest pre-activations; x̂ = W_decᵀ c + b_dec with unit-norm
+decoder rows; sparsity is set by K, so the loss is reconstruction only (mean over elements of (x - x̂)²),
+plus the aux-k term: the reconstruction error e = x - x̂ is predicted from the k_aux largest
+pre-activations of the latents that are dead (no activation for a window of tokens),
+ê = W_decᵀ TopK_aux(dead pre-activations), and ``aux_coef · mean((e - ê)²)`` is added (coef 1/32, as
+Gao et al.). The encoder starts as the decoder's transpose (their §A.1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saex.dictionaries.ensemble import Ensemble, StepOutput, unit_rows, xavier_uniform
+from saex.dictionaries.sae import SAE, topk_relu
+
+
+class TopK(Ensemble):
+    arch = "topk"
+    feature_params = ("W_enc_KFD", "W_dec_KFD", "b_enc_KF")
+
+    def __init__(self, d_in: int, d_dict: int, seeds: list[int], k: int, aux_k: int = 512, aux_coef: float = 1 / 32):
+        super().__init__(d_in, d_dict, seeds)
+        self.k, self.aux_k, self.aux_coef = k, min(aux_k, d_dict), aux_coef
+        W = unit_rows(xavier_uniform(self.K, d_dict, d_in, seeds))
+        self.W_dec_KFD = torch.nn.Parameter(W.clone())
+        self.W_enc_KFD = torch.nn.Parameter(W.clone())
+        self.b_enc_KF = torch.nn.Parameter(torch.zeros(self.K, d_dict))
+        self.b_dec_KD = torch.nn.Parameter(torch.zeros(self.K, d_in))
+
+    def step(self, x_BD, coef_K, dead_KF=None) -> StepOutput:
+        K, (B, D) = self.K, x_BD.shape
+        x_KBD = x_BD.expand(K, B, D) - self.b_dec_KD.unsqueeze(1)
+        pre_KBF = torch.baddbmm(self.b_enc_KF.unsqueeze(1), x_KBD, self.W_enc_KFD.transpose(1, 2))
+        c_KBF = topk_relu(pre_KBF, self.k)
+        W_dec = unit_rows(self.W_dec_KFD)
+        xhat_KBD = torch.bmm(c_KBF, W_dec) + self.b_dec_KD.unsqueeze(1)
+        mse_K = (xhat_KBD - x_BD).pow(2).mean(dim=(1, 2))
+        loss_K = mse_K
+        aux_K = None
+        if dead_KF is not None and self.aux_coef > 0 and bool(dead_KF.any()):
+            # Only dead latents compete; the residual is a fixed target (no gradient through x̂ here).
+            masked = pre_KBF.masked_fill(~dead_KF.unsqueeze(1), float("-inf"))
+            c_aux = topk_relu(masked, self.aux_k)
+            e_KBD = (x_BD - xhat_KBD).detach()
+            aux_K = (torch.bmm(c_aux, W_dec) - e_KBD).pow(2).mean(dim=(1, 2))
+            loss_K = loss_K + self.aux_coef * aux_K
+        with torch.no_grad():
+            active = c_KBF > 0
+            out = StepOutput(loss_K.sum(), mse_K.detach(), active.sum(-1).float().mean(-1), active.any(1))
+            out.aux_K = None if aux_K is None else aux_K.detach()
+            return out
+
+    @torch.no_grad()
+    def export(self, k, scale=1.0, metadata=None) -> SAE:
+        return SAE(self.W_enc_KFD[k].T.clone(), unit_rows(self.W_dec_KFD[k]).clone(), self.b_enc_KF[k] / scale,
+                   self.b_dec_KD[k] / scale, architecture="topk", k=self.k, apply_b_dec_to_input=True,
+                   metadata=metadata)
+
+    @torch.no_grad()
+    def resample(self, k, features, directions_ND) -> None:
+        live = torch.ones(self.d_dict, dtype=torch.bool)
+        live[features] = False
+        enc_norm = self.W_enc_KFD[k, live].norm(dim=-1).mean() if live.any() else torch.tensor(1.0)
+        self.W_enc_KFD[k, features] = directions_ND * 0.2 * enc_norm
+        self.W_dec_KFD[k, features] = directions_ND
+        self.b_enc_KF[k, features] = 0.0

@@ -1,0 +1,65 @@
+"""The paper's untied sparse autoencoder, used for MLP activations.
+
+Cunningham et al. 2023, Appendix C.3 (eqs. 5, 6): c = ReLU(M_e x + b), x̂ = M_dᵀ c, with the decoder's
+rows (the features) normalised to unit length in the forward pass, and the same loss as the tied model
+(mean over elements of (x - x̂)² + α · batch mean of ‖c‖₁; see :mod:`saex.dictionaries.tied_l1`). The
+authors "retain a larger number of features" with it on MLP data.
+
+An optional decoder bias b_d (off by default, as in the paper) is also subtracted from the encoder's
+input, c = ReLU(M_e (x - b_d) + b), which is SAELens's ``standard`` architecture.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saex.dictionaries.ensemble import Ensemble, StepOutput, unit_rows, xavier_uniform
+from saex.dictionaries.sae import SAE
+
+
+class UntiedL1(Ensemble):
+    arch = "untied_l1"
+    feature_params = ("W_enc_KFD", "W_dec_KFD", "b_enc_KF")
+
+    def __init__(self, d_in: int, d_dict: int, seeds: list[int], decoder_bias: bool = False):
+        super().__init__(d_in, d_dict, seeds)
+        self.W_enc_KFD = torch.nn.Parameter(xavier_uniform(self.K, d_dict, d_in, seeds))
+        # A second, independent draw per member for the decoder (seed offset keeps members independent).
+        self.W_dec_KFD = torch.nn.Parameter(xavier_uniform(self.K, d_dict, d_in, [s + 7_919 for s in seeds]))
+        self.b_enc_KF = torch.nn.Parameter(torch.zeros(self.K, d_dict))
+        self.decoder_bias = decoder_bias
+        self.b_dec_KD = torch.nn.Parameter(torch.zeros(self.K, d_in), requires_grad=decoder_bias)
+
+    def step(self, x_BD, coef_K, dead_KF=None) -> StepOutput:
+        K, (B, D) = self.K, x_BD.shape
+        x_KBD = x_BD.expand(K, B, D)
+        if self.decoder_bias:
+            x_KBD = x_KBD - self.b_dec_KD.unsqueeze(1)
+        pre_KBF = torch.baddbmm(self.b_enc_KF.unsqueeze(1), x_KBD, self.W_enc_KFD.transpose(1, 2))
+        c_KBF = pre_KBF.relu()
+        xhat_KBD = torch.bmm(c_KBF, unit_rows(self.W_dec_KFD))
+        if self.decoder_bias:
+            xhat_KBD = xhat_KBD + self.b_dec_KD.unsqueeze(1)
+        mse_K = (xhat_KBD - x_BD).pow(2).mean(dim=(1, 2))
+        l1_K = c_KBF.sum(-1).mean(-1)
+        loss = (mse_K + coef_K * l1_K).sum()
+        with torch.no_grad():
+            active = c_KBF > 0
+            return StepOutput(loss, mse_K.detach(), active.sum(-1).float().mean(-1), active.any(1))
+
+    @torch.no_grad()
+    def export(self, k, scale=1.0, metadata=None) -> SAE:
+        return SAE(self.W_enc_KFD[k].T.clone(), unit_rows(self.W_dec_KFD[k]).clone(), self.b_enc_KF[k] / scale,
+                   self.b_dec_KD[k] / scale, architecture="standard", apply_b_dec_to_input=self.decoder_bias,
+                   metadata=metadata)
+
+    @torch.no_grad()
+    def resample(self, k, features, directions_ND) -> None:
+        live = torch.ones(self.d_dict, dtype=torch.bool)
+        live[features] = False
+        enc_norm = self.W_enc_KFD[k, live].norm(dim=-1).mean() if live.any() else torch.tensor(1.0)
+        dec_norm = self.W_dec_KFD[k, live].norm(dim=-1).mean() if live.any() else torch.tensor(1.0)
+        # Bricken et al. 2023: encoder rows at 0.2 × the mean live encoder norm, pointing at the input.
+        self.W_enc_KFD[k, features] = directions_ND * 0.2 * enc_norm
+        self.W_dec_KFD[k, features] = directions_ND * dec_norm
+        self.b_enc_KF[k, features] = 0.0

@@ -1,0 +1,142 @@
+"""Training configuration and the sweep it expands to."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+from saex.errors import SaexError
+
+ARCH_NAMES = ("tied_l1", "untied_l1", "topk")
+NORMALIZE = ("none", "mean_norm")
+
+
+@dataclass
+class TrainConfig:
+    """What ``saex train`` does; saved as run.json and in every dictionary's metadata."""
+
+    acts: str = "runs/acts"
+    """Activation store to train on (written by saex harvest)."""
+    hook: str = ""
+    """Hook point in the store to train on, e.g. blocks.6.hook_resid_post."""
+    out: str = "runs/dicts"
+    """Output folder: one sub-folder per dictionary (SAELens layout), run.json, metrics.jsonl, checkpoint/."""
+    arch: str = "tied_l1"
+    """tied_l1 (the paper's SAE), untied_l1 (paper App. C.3, for MLPs) or topk (Gao et al. 2024)."""
+    ratio: str = "4"
+    """Dictionary ratios R = d_dict / d_in, comma-separated; each is one member group of the sweep."""
+    alpha: str = "8.6e-4"
+    """L1 coefficients α (tied_l1, untied_l1), comma-separated; every (R, α) pair is one dictionary."""
+    k: str = "32"
+    """Active latents per input (topk), comma-separated; every (R, k) pair is one dictionary."""
+    tokens: int = 1_000_000
+    """Training inputs (activation rows) seen by every dictionary; the store is re-read in new shuffles
+    (epochs) when it holds fewer."""
+    batch_size: int = 1024
+    """Inputs per step."""
+    lr: float = 1e-3
+    """Adam learning rate (the paper's 1e-3)."""
+    warmup_steps: int = 0
+    """Steps of linear learning-rate warm-up from 0."""
+    decay_fraction: float = 0.0
+    """Fraction of the run, at its end, over which the learning rate decays linearly to 0."""
+    normalize: str = "none"
+    """none, or mean_norm: scale inputs so that their mean norm is sqrt(d_in) (one α then carries across
+    layers); the scale is folded back into the saved weights."""
+    decoder_bias: bool = False
+    """untied_l1: learn a decoder bias (also subtracted before encoding). The paper has none."""
+    aux_k: int = 512
+    """topk: dead latents used by the aux-k loss."""
+    aux_coef: float = 0.03125
+    """topk: weight of the aux-k loss (Gao et al.: 1/32)."""
+    dead_window: int = 1_000_000
+    """A feature is dead when it has not fired on any of the last this-many training inputs."""
+    resample_every: int = 0
+    """Resample dead features every this-many steps (0: never; the paper does not resample)."""
+    eval_every: int = 500
+    """Steps between held-out evaluations (MSE, FVU, L0, dead fraction); 0 disables them."""
+    eval_tokens: int = 8192
+    """Held-out inputs per evaluation."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (exact resume after a kill)."""
+    seed: int = 0
+    """Seed of initialisation, data order and resampling."""
+    shards_in_buffer: int = 4
+    """Store shards shuffled together in memory (bounded memory, more mixing when larger)."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One dictionary of the sweep."""
+
+    name: str
+    ratio: float
+    d_dict: int
+    alpha: float
+    k: int | None
+    seed: int
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError as e:
+        raise SaexError(f"--{name} must be comma-separated numbers, got {text!r}") from e
+    if not values:
+        raise SaexError(f"--{name} is empty")
+    if any(not math.isfinite(v) for v in values):
+        raise SaexError(f"--{name} values must be finite, got {text!r}")
+    return values
+
+
+def _member_seed(seed: int, arch: str, ratio: float, alpha: float, k: int | None) -> int:
+    # A member's initialisation depends on its own settings only, not on what else is in the sweep:
+    # a dictionary trained alone equals the same dictionary trained inside any ensemble.
+    key = f"{seed}|{arch}|{ratio!r}|{alpha!r}|{k}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:6], "big")
+
+
+def validate(cfg: TrainConfig, d_in: int) -> list[Member]:
+    """Check the config against the store's width and expand the sweep into members."""
+    if cfg.arch not in ARCH_NAMES:
+        raise SaexError(f"unknown --arch {cfg.arch!r}; allowed: {list(ARCH_NAMES)}")
+    if cfg.normalize not in NORMALIZE:
+        raise SaexError(f"unknown --normalize {cfg.normalize!r}; allowed: {list(NORMALIZE)}")
+    for name in ("tokens", "batch_size", "eval_tokens", "shards_in_buffer", "dead_window"):
+        if getattr(cfg, name) <= 0:
+            raise SaexError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    for name in ("warmup_steps", "resample_every", "eval_every", "checkpoint_every"):
+        if getattr(cfg, name) < 0:
+            raise SaexError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if not cfg.lr > 0:
+        raise SaexError(f"--lr must be positive, got {cfg.lr}")
+    if not 0.0 <= cfg.decay_fraction <= 1.0:
+        raise SaexError(f"--decay-fraction must be in [0, 1], got {cfg.decay_fraction}")
+    if cfg.tokens < cfg.batch_size:
+        raise SaexError(f"--tokens {cfg.tokens} is less than one batch ({cfg.batch_size})")
+    ratios = _floats(cfg.ratio, "ratio")
+    bad = [r for r in ratios if r <= 0]
+    if bad:
+        raise SaexError(f"dictionary ratio R must be > 0, got {bad[0]:g}")
+    members = []
+    for r in ratios:
+        d_dict = round(r * d_in)
+        if d_dict < 1:
+            raise SaexError(f"ratio {r:g} gives no features for d_in {d_in}")
+        if cfg.arch == "topk":
+            for k in _floats(cfg.k, "k"):
+                if k != int(k) or not 1 <= k <= d_dict:
+                    raise SaexError(f"--k {k:g} must be an integer in 1..{d_dict} (the dictionary size for R={r:g})")
+                k = int(k)
+                members.append(Member(f"topk_r{r:g}_k{k}", r, d_dict, 0.0, k, _member_seed(cfg.seed, cfg.arch, r, 0.0, k)))
+        else:
+            for a in _floats(cfg.alpha, "alpha"):
+                if a < 0:
+                    raise SaexError(f"the sparsity coefficient α must be >= 0, got {a:g}")
+                members.append(Member(f"{cfg.arch}_r{r:g}_a{a:.3g}", r, d_dict, a, None,
+                                      _member_seed(cfg.seed, cfg.arch, r, a, None)))
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise SaexError(f"the sweep names a dictionary twice: {sorted(n for n in names if names.count(n) > 1)[0]}")
+    return members
