@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from saex.dictionaries.ensemble import Ensemble, StepOutput, unit_rows, xavier_uniform
+from saex.dictionaries.relu_l1 import ReluL1Step
 from saex.dictionaries.sae import SAE
 
 
@@ -28,17 +29,11 @@ class TiedL1(Ensemble):
         self.b_KF = torch.nn.Parameter(torch.zeros(self.K, d_dict))
 
     def step(self, x_BD, coef_K, dead_KF=None) -> StepOutput:
-        K, (B, D) = self.K, x_BD.shape
         M_hat = unit_rows(self.M_KFD)
-        pre_KBF = torch.baddbmm(self.b_KF.unsqueeze(1), x_BD.expand(K, B, D), M_hat.transpose(1, 2))
-        c_KBF = pre_KBF.relu()
-        xhat_KBD = torch.bmm(c_KBF, M_hat)
-        mse_K = (xhat_KBD - x_BD).pow(2).mean(dim=(1, 2))
-        l1_K = c_KBF.sum(-1).mean(-1)  # c >= 0, so the sum is the L1 norm
-        loss = (mse_K + coef_K * l1_K).sum()
-        with torch.no_grad():
-            active = c_KBF > 0
-            return StepOutput(loss, mse_K.detach(), active.sum(-1).float().mean(-1), active.any(1))
+        # The same M̂ encodes and decodes: autograd adds the two gradients the fused step returns for it.
+        loss, mse_K, _, c_BKF = ReluL1Step.apply(x_BD, M_hat, M_hat, self.b_KF, None, coef_K)
+        active = c_BKF > 0
+        return StepOutput(loss, mse_K, active.sum((0, 2)).float() / x_BD.shape[0], active.any(0))
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None) -> SAE:

@@ -47,11 +47,11 @@ class TopK(Ensemble):
             e_KBD = (x_BD - xhat_KBD).detach()
             aux_K = (torch.bmm(c_aux, W_dec) - e_KBD).pow(2).mean(dim=(1, 2))
             loss_K = loss_K + self.aux_coef * aux_K
+        loss = loss_K.sum()
         with torch.no_grad():
             active = c_KBF > 0
-            out = StepOutput(loss_K.sum(), mse_K.detach(), active.sum(-1).float().mean(-1), active.any(1))
-            out.aux_K = None if aux_K is None else aux_K.detach()
-            return out
+            return StepOutput(loss, mse_K.detach(), active.sum(-1).float().mean(-1), active.any(1),
+                              None if aux_K is None else aux_K.detach())
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None) -> SAE:

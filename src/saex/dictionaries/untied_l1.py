@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from saex.dictionaries.ensemble import Ensemble, StepOutput, unit_rows, xavier_uniform
+from saex.dictionaries.relu_l1 import ReluL1Step
 from saex.dictionaries.sae import SAE
 
 
@@ -31,21 +32,11 @@ class UntiedL1(Ensemble):
         self.b_dec_KD = torch.nn.Parameter(torch.zeros(self.K, d_in), requires_grad=decoder_bias)
 
     def step(self, x_BD, coef_K, dead_KF=None) -> StepOutput:
-        K, (B, D) = self.K, x_BD.shape
-        x_KBD = x_BD.expand(K, B, D)
-        if self.decoder_bias:
-            x_KBD = x_KBD - self.b_dec_KD.unsqueeze(1)
-        pre_KBF = torch.baddbmm(self.b_enc_KF.unsqueeze(1), x_KBD, self.W_enc_KFD.transpose(1, 2))
-        c_KBF = pre_KBF.relu()
-        xhat_KBD = torch.bmm(c_KBF, unit_rows(self.W_dec_KFD))
-        if self.decoder_bias:
-            xhat_KBD = xhat_KBD + self.b_dec_KD.unsqueeze(1)
-        mse_K = (xhat_KBD - x_BD).pow(2).mean(dim=(1, 2))
-        l1_K = c_KBF.sum(-1).mean(-1)
-        loss = (mse_K + coef_K * l1_K).sum()
-        with torch.no_grad():
-            active = c_KBF > 0
-            return StepOutput(loss, mse_K.detach(), active.sum(-1).float().mean(-1), active.any(1))
+        b_dec = self.b_dec_KD if self.decoder_bias else None
+        loss, mse_K, _, c_BKF = ReluL1Step.apply(x_BD, self.W_enc_KFD, unit_rows(self.W_dec_KFD), self.b_enc_KF,
+                                                 b_dec, coef_K)
+        active = c_BKF > 0
+        return StepOutput(loss, mse_K, active.sum((0, 2)).float() / x_BD.shape[0], active.any(0))
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None) -> SAE:
