@@ -172,7 +172,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         while step < total:
             stream = store.batches("train", cfg.hook, cfg.batch_size, seed=cfg.seed, epoch=epoch,
                                    shards_in_buffer=cfg.shards_in_buffer, skip_batches=in_epoch)
+            yielded = False
             for x_BD in stream:
+                yielded = True
                 if not torch.isfinite(x_BD).all():
                     raise SaexError(f"the store {store.path} holds NaN or Inf activations at {cfg.hook} "
                                     f"(found in the batch of step {step}); re-harvest with --dtype float32")
@@ -188,8 +190,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 if step == total:
                     break
             else:
+                if not yielded and in_epoch == 0:
+                    raise SaexError(f"the train split of {store.path} has {store.n_rows('train')} rows: not one batch of "
+                                    f"{cfg.batch_size} per buffer of {cfg.shards_in_buffer} shards; lower --batch-size "
+                                    "or raise --shards-in-buffer")
                 epoch, in_epoch = epoch + 1, 0
-                continue
     finally:
         metrics.close()
         bar.close()
