@@ -22,7 +22,14 @@ import torch
 # Above this fraction of active codes dense GEMMs beat the CSR products on CPU.
 SPARSE_MAX_DENSITY = 0.06
 
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+def _csr(crow, col, vals, shape) -> torch.Tensor:
+    # torch warns that CSR support is "in beta" on first use; the products used here are the stable,
+    # MKL-backed ones, and the warning would otherwise reach every user's terminal.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(crow, col, vals, shape, check_invariants=False)
 
 
 class _Sparse:
@@ -40,10 +47,10 @@ class _Sparse:
         self.shape = (B, F)
 
     def csr(self, vals: torch.Tensor) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.cols, vals, self.shape, check_invariants=False)
+        return _csr(self.crow, self.cols, vals, self.shape)
 
     def csr_T(self, vals: torch.Tensor) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.crow_T, self.rows_T, vals[self.order], self.shape[::-1], check_invariants=False)
+        return _csr(self.crow_T, self.rows_T, vals[self.order], self.shape[::-1])
 
 
 def _codes(c_BF: torch.Tensor) -> _Sparse | None:

@@ -109,6 +109,10 @@ def validate(cfg: TrainConfig, d_in: int) -> list[Member]:
     for name in ("warmup_steps", "resample_every", "eval_every", "checkpoint_every"):
         if getattr(cfg, name) < 0:
             raise SaexError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.aux_k < 1:
+        raise SaexError(f"--aux-k must be at least 1, got {cfg.aux_k}")
+    if cfg.aux_coef < 0:
+        raise SaexError(f"--aux-coef must be >= 0 (0 turns the aux-k loss off), got {cfg.aux_coef}")
     if not cfg.lr > 0:
         raise SaexError(f"--lr must be positive, got {cfg.lr}")
     if not 0.0 <= cfg.decay_fraction <= 1.0:

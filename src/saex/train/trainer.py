@@ -25,7 +25,7 @@ from tqdm import tqdm
 import saex
 from saex.dictionaries import ARCHS, Ensemble
 from saex.errors import SaexError
-from saex.store.files import write_json_atomic
+from saex.store.files import remove_stale_temporaries, write_json_atomic
 from saex.store.reader import ActivationStore
 from saex.train import checkpoint
 from saex.train.config import Member, TrainConfig, validate
@@ -90,6 +90,8 @@ def input_scale(store: ActivationStore, hook: str, normalize: str) -> float:
 
 
 def _check_out(out: Path, identity: dict) -> dict | None:
+    if out.exists() and not out.is_dir():
+        raise SaexError(f"--out {out} exists and is not a folder")
     run = out / RUN
     if not run.is_file():
         if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
@@ -109,7 +111,11 @@ def _heldout_sample(store: ActivationStore, hook: str, n: int, seed: int) -> tor
     if total == 0:
         raise SaexError(f"the store {store.path} has no held-out rows to evaluate on")
     idx = np.sort(np.random.default_rng([seed, 1]).permutation(total)[:min(n, total)])
-    return store.rows("heldout", hook, idx)
+    x = store.rows("heldout", hook, idx)
+    if not torch.isfinite(x).all():
+        raise SaexError(f"the store {store.path} holds NaN or Inf activations at {hook} in its held-out split; "
+                        "re-harvest with --dtype float32")
+    return x
 
 
 @torch.no_grad()
@@ -141,6 +147,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     total = cfg.tokens // cfg.batch_size
     step, epoch, in_epoch = 0, 0, 0
     scale = input_scale(store, cfg.hook, cfg.normalize)
+    remove_stale_temporaries(out)
     state = checkpoint.load(out)
     if state is not None:
         scalars, tensors = state
@@ -253,7 +260,13 @@ def _resample(cfg, g, grp, opt, x_BD, step) -> None:
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint being resumed from; they will be written again."""
     if path.is_file():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                pass  # a line torn by a kill mid-write
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in keep))
         tmp.replace(path)

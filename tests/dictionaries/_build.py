@@ -1,0 +1,33 @@
+"""Small ensembles with non-trivial parameters, shared by the dictionary tests."""
+
+from __future__ import annotations
+
+import torch
+
+from saex.dictionaries import TiedL1, TopK, UntiedL1
+
+
+def perturb(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
+    """Random (seeded) offsets on every trainable parameter, so that biases are non-zero and rows not unit-norm."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.requires_grad:  # a disabled decoder bias stays zero, as in training
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+def tied(D=8, F=16, K=2, seed=0):
+    return perturb(TiedL1(D, F, [11 + i for i in range(K)]), seed)
+
+
+def untied(D=8, F=16, K=2, decoder_bias=False, seed=0):
+    return perturb(UntiedL1(D, F, [21 + i for i in range(K)], decoder_bias=decoder_bias), seed)
+
+
+def topk(D=8, F=16, K=2, k=3, aux_k=4, seed=0):
+    return perturb(TopK(D, F, [31 + i for i in range(K)], k=k, aux_k=aux_k), seed)
+
+
+def inputs(B=32, D=8, seed=1, scale=1.0):
+    return torch.randn(B, D, generator=torch.Generator().manual_seed(seed)) * scale

@@ -1,0 +1,194 @@
+"""The inference SAE: files in SAELens's layout, round trips, errors, and SAELens itself opening them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from saex.dictionaries import SAE, load_dictionary
+from saex.errors import SaexError
+from tests.dictionaries._build import inputs, tied, topk, untied
+
+META = {"model_name": "tiny-model", "hook_name": "blocks.1.hook_resid_post", "alpha": 0.01, "ratio": 2.0}
+
+
+def exported() -> dict[str, SAE]:
+    """One exported SAE of every architecture / option, with non-trivial biases (scale != 1)."""
+    return {
+        "tied_l1": tied().export(0, scale=2.0, metadata=META),
+        "untied_l1": untied().export(1, scale=0.5, metadata=META),
+        "untied_l1_bdec": untied(decoder_bias=True).export(0, scale=3.0, metadata=META),
+        "topk": topk(k=3).export(1, scale=2.0, metadata=META),
+    }
+
+
+@pytest.mark.parametrize("name", ["tied_l1", "untied_l1", "untied_l1_bdec", "topk"])
+def test_save_load_round_trip_is_bitwise(tmp_path, name):
+    sae = exported()[name]
+    folder = sae.save(tmp_path / name)
+    assert sorted(p.name for p in folder.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    back = load_dictionary(folder)
+    for a in ("W_enc_DF", "W_dec_FD", "b_enc_F", "b_dec_D"):
+        assert torch.equal(getattr(back, a), getattr(sae, a)), a
+    assert (back.architecture, back.k, back.apply_b_dec_to_input, back.metadata) == \
+        (sae.architecture, sae.k, sae.apply_b_dec_to_input, sae.metadata)
+    x = inputs(D=sae.d_in)
+    assert torch.equal(back.encode(x), sae.encode(x)) and torch.equal(back(x), sae(x))
+    # the weights file holds exactly SAELens's four tensors, float32, in SAELens's orientation
+    w = load_file(str(folder / "sae_weights.safetensors"))
+    assert {k: tuple(v.shape) for k, v in w.items()} == {
+        "W_enc": (sae.d_in, sae.d_dict), "W_dec": (sae.d_dict, sae.d_in), "b_enc": (sae.d_dict,), "b_dec": (sae.d_in,)}
+    assert all(v.dtype == torch.float32 for v in w.values())
+    # saving again writes the same bytes
+    again = back.save(tmp_path / "again")
+    assert (again / "sae_weights.safetensors").read_bytes() == (folder / "sae_weights.safetensors").read_bytes()
+    assert (again / "cfg.json").read_text() == (folder / "cfg.json").read_text()
+
+
+def test_cfg_json_fields(tmp_path):
+    saes = exported()
+    cfgs = {n: json.loads((s.save(tmp_path / n) / "cfg.json").read_text()) for n, s in saes.items()}
+    for n, cfg in cfgs.items():
+        assert cfg["d_in"] == 8 and cfg["d_sae"] == 16 and cfg["dtype"] == "float32", n
+        assert cfg["metadata"] == META
+        assert cfg["model_name"] == META["model_name"] and cfg["hook_name"] == META["hook_name"]
+        assert "sae_lens_version" not in cfg  # would make SAELens demand more fields
+    assert cfgs["tied_l1"]["architecture"] == "standard" and cfgs["tied_l1"]["apply_b_dec_to_input"] is False
+    assert cfgs["untied_l1"]["apply_b_dec_to_input"] is False
+    assert cfgs["untied_l1_bdec"]["apply_b_dec_to_input"] is True
+    assert cfgs["topk"]["architecture"] == "topk" and cfgs["topk"]["k"] == 3
+    assert cfgs["topk"]["apply_b_dec_to_input"] is True
+    assert all("k" not in cfgs[n] for n in ("tied_l1", "untied_l1", "untied_l1_bdec"))
+
+
+def test_forward_is_the_documented_formula():
+    for name, sae in exported().items():
+        x = inputs(D=8)
+        pre = (x - sae.b_dec_D * sae.apply_b_dec_to_input) @ sae.W_enc_DF + sae.b_enc_F
+        if sae.architecture == "standard":
+            c = pre.relu()
+        else:
+            thr = pre.topk(sae.k, dim=1).values[:, -1:]
+            c = torch.where(pre >= thr, pre, 0).relu()
+        assert torch.allclose(sae.encode(x), c, atol=1e-6), name
+        assert torch.allclose(sae(x), c @ sae.W_dec_FD + sae.b_dec_D, atol=1e-6), name
+
+
+@pytest.mark.parametrize("shapes", [
+    dict(W_dec=(8, 16)),          # decoder not transposed
+    dict(b_enc=(8,)),             # encoder bias of width d_in
+    dict(b_dec=(16,)),            # decoder bias of width d_sae
+    dict(W_dec=(16, 7)),
+])
+def test_inconsistent_shapes_are_refused(shapes):
+    s = {"W_enc": (8, 16), "W_dec": (16, 8), "b_enc": (16,), "b_dec": (8,)} | shapes
+    with pytest.raises(SaexError, match="inconsistent SAE shapes"):
+        SAE(*(torch.zeros(s[k]) for k in ("W_enc", "W_dec", "b_enc", "b_dec")))
+
+
+def test_bad_architecture_and_topk_without_k():
+    args = (torch.zeros(8, 16), torch.zeros(16, 8), torch.zeros(16), torch.zeros(8))
+    with pytest.raises(SaexError, match="'jumprelu'"):
+        SAE(*args, architecture="jumprelu")
+    with pytest.raises(SaexError, match="needs k"):
+        SAE(*args, architecture="topk")
+
+
+def test_encode_with_the_wrong_width_names_both_widths():
+    sae = exported()["tied_l1"]
+    with pytest.raises(SaexError, match=r"input width 9 .* d_in 8"):
+        sae.encode(torch.zeros(4, 9))
+
+
+def test_load_a_folder_that_is_not_a_dictionary(tmp_path):
+    with pytest.raises(SaexError, match="not a dictionary folder"):
+        SAE.load(tmp_path)
+    (tmp_path / "cfg.json").write_text("{}")
+    with pytest.raises(SaexError, match="not a dictionary folder"):
+        SAE.load(tmp_path)
+
+
+def test_load_hand_written_minimal_saelens_folder(tmp_path):
+    """A folder as SAELens writes it (no apply_b_dec_to_input: SAELens's default subtracts b_dec)."""
+    g = torch.Generator().manual_seed(0)
+    w = {"W_enc": torch.randn(8, 16, generator=g), "W_dec": torch.randn(16, 8, generator=g),
+         "b_enc": torch.randn(16, generator=g), "b_dec": torch.randn(8, generator=g)}
+    save_file(w, str(tmp_path / "sae_weights.safetensors"))
+    (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 8, "d_sae": 16, "dtype": "float32"}))
+    sae = SAE.load(tmp_path)
+    x = inputs(D=8)
+    assert torch.allclose(sae.encode(x), ((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]).relu())
+
+
+# -- SAELens compatibility ---------------------------------------------------------------------------------
+
+def _write_check_folders(root: Path, trained: bool = False) -> set[str]:
+    """Exported folders (and, with ``trained``, folders written by ``train()`` on a synthetic store, whose
+    cfg.json carries the full training metadata), plus what saex computes on one input batch."""
+    x = inputs(B=64, D=8, seed=5, scale=2.0)
+    expected = {"x": x}
+    saes = dict(exported())
+    if trained:
+        from saex.train.trainer import train
+        from tests.train._synth import train_cfg, write_store
+
+        g = torch.Generator().manual_seed(0)
+        store = write_store(root / "acts", torch.randn(2048, 8, generator=g).relu(),
+                            torch.randn(256, 8, generator=g).relu(), shard_rows=1024)
+        for arch, extra in (("tied_l1", {}), ("untied_l1", {}), ("untied_l1", {"decoder_bias": True}),
+                            ("topk", {"k": "3"})):
+            out = train(train_cfg(store, root / f"run-{len(saes)}", arch=arch, ratio="2", alpha="0.01",
+                                  tokens=64 * 40, eval_every=0, lr=1e-2, normalize="mean_norm", **extra), progress=False)
+            (folder,) = [p for p in out.iterdir() if (p / "cfg.json").is_file()]
+            saes[f"trained_{arch}{'_bdec' if extra.get('decoder_bias') else ''}"] = SAE.load(folder)
+    for name, sae in saes.items():
+        sae.save(root / name)
+        c = sae.encode(x)
+        expected[f"{name}.c"], expected[f"{name}.xhat"] = c, sae.decode(c)
+    save_file(expected, str(root / "expected.safetensors"))
+    return set(saes)
+
+
+def _assert_report(report: dict, names: set[str]) -> None:
+    assert set(report) == names
+    for name, r in report.items():
+        assert "error" not in r, f"SAELens could not load {name}: {r.get('error')}\n{r.get('traceback')}"
+        assert r["encode_max_abs_diff"] < 1e-5 and r["decode_max_abs_diff"] < 1e-5, (name, r)
+    assert report["topk"]["l0"] <= 3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sae_lens") is None, reason="sae_lens is not installed")
+def test_saelens_opens_every_architecture(tmp_path):
+    from tests.dictionaries import _saelens_check
+
+    names = _write_check_folders(tmp_path)
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        _saelens_check.main(str(tmp_path))
+    _assert_report(json.loads(buf.getvalue().strip().splitlines()[-1]), names)
+
+
+@pytest.mark.skipif(not os.environ.get("SAEX_SAELENS_PYTHON"),
+                    reason="set SAEX_SAELENS_PYTHON to a Python with sae-lens installed to check against it")
+@pytest.mark.timeout(300)
+def test_saelens_in_another_python_opens_every_architecture(tmp_path):
+    """E.g. ``python3 -m venv /tmp/saelens-venv && /tmp/saelens-venv/bin/pip install torch==2.13.0
+    sae-lens==6.54.12``, then ``SAEX_SAELENS_PYTHON=/tmp/saelens-venv/bin/python pytest ...``."""
+    names = _write_check_folders(tmp_path, trained=True)
+    script = Path(__file__).with_name("_saelens_check.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)} | {"HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([os.environ["SAEX_SAELENS_PYTHON"], str(script), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_report(json.loads(proc.stdout.strip().splitlines()[-1]), names)
+

@@ -1,0 +1,134 @@
+"""Synthetic activation stores for the training tests: a valid store written straight from given matrices.
+
+The store follows ``docs/activation-store.md`` (format version 1): a manifest with the keys the reader and
+trainer use, and shards holding one activation tensor per hook plus ``tokens`` / ``doc_ids``, each shard's
+sha256 taken from :func:`saex.store.files.write_safetensors_atomic`. Rows are ``C*T`` with a small context
+length ``T`` so that any matrix whose row count is a multiple of ``T`` can be stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from saex.store.files import write_json_atomic, write_safetensors_atomic
+
+HOOK = "blocks.0.hook_resid_post"
+T = 8
+
+
+def write_store(path, train_ND: torch.Tensor, heldout_ND: torch.Tensor, hook: str = HOOK,
+                shard_rows: int = 4096, name: str = "synthetic", dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``train_ND`` / ``heldout_ND`` as a complete store at ``path``; returns the path."""
+    path = Path(path)
+    width = train_ND.shape[1]
+    assert heldout_ND.shape[1] == width
+    assert shard_rows % T == 0
+    splits = {}
+    for split, X in (("train", train_ND), ("heldout", heldout_ND)):
+        assert len(X) % T == 0, f"rows must be a multiple of {T}"
+        shards, doc = [], 0
+        for i, lo in enumerate(range(0, len(X), shard_rows)):
+            x = X[lo:lo + shard_rows].to(dtype).contiguous()
+            C = len(x) // T
+            tok = torch.arange(C * T, dtype=torch.int32).remainder(50).view(C, T)
+            docs = (torch.arange(C, dtype=torch.int32) + doc).unsqueeze(1).expand(C, T).contiguous()
+            doc += C
+            file = path / split / f"shard-{i:05d}.safetensors"
+            digest = write_safetensors_atomic(file, {hook: x, "tokens": tok, "doc_ids": docs},
+                                              {"split": split, "index": str(i), "format": "saex.activation_store"})
+            shards.append({"file": file.name, "contexts": C, "rows": C * T, "bytes": file.stat().st_size,
+                           "sha256": digest, "tokens_sha256": hashlib.sha256(tok.numpy().tobytes()).hexdigest()})
+        splits[split] = {"shards": shards, "rows": len(X), "contexts": len(X) // T, "target_tokens": len(X)}
+    content = hashlib.sha256()
+    for s in splits.values():
+        for sh in s["shards"]:
+            content.update(sh["sha256"].encode())
+    manifest = {
+        "format": "saex.activation_store", "format_version": 1, "saex_version": "test", "status": "complete",
+        "identity": {"synthetic": name, "content": content.hexdigest()},
+        "config": {"synthetic": name},
+        "model": {"name": name, "source": "local", "weights_sha256": "-", "model_type": "synthetic",
+                  "family": "synthetic", "n_layers": 1, "d_model": width, "d_mlp": None, "max_context": T},
+        "tokenizer": {"name_or_path": "-", "class": "-", "vocab_size": 50, "sha256": "-"},
+        "corpus": {"spec": "synthetic"},
+        "split": {"method": "given", "seed": 0, "heldout_fraction": len(heldout_ND) / (len(train_ND) + len(heldout_ND))},
+        "packing": {"context_length": T, "bos_policy": "separator"},
+        "dtype": {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype],
+        "hooks": {hook: {"module": "synthetic", "capture": "output", "width": width, "layer": 0}},
+        "versions": {"torch": torch.__version__},
+        "splits": splits,
+    }
+    write_json_atomic(path / "manifest.json", manifest)
+    return path
+
+
+def ground_truth(d: int = 32, n_gt: int | None = None, n: int = 65_536, n_heldout: int = 4096,
+                 active: float = 5.0, seed: int = 0):
+    """Sharkey et al. 2022 style data: ``n_gt`` random unit features in ``d`` dims, each active with
+    probability ``active / n_gt`` with a magnitude uniform in (0, 1]; returns (G [n_gt, d], train, heldout)."""
+    n_gt = n_gt or 2 * d
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn(n_gt, d, generator=g)
+    G = G / G.norm(dim=1, keepdim=True)
+
+    def sample(rows):
+        on = torch.rand(rows, n_gt, generator=g) < active / n_gt
+        mag = 1.0 - torch.rand(rows, n_gt, generator=g)  # (0, 1]
+        return (on * mag) @ G
+
+    return G, sample(n), sample(n_heldout)
+
+
+def mmcs(G_gd: torch.Tensor, W_FD: torch.Tensor) -> float:
+    """Mean over ground-truth features of the max cosine similarity with any learned feature."""
+    a = G_gd / G_gd.norm(dim=1, keepdim=True)
+    b = W_FD / W_FD.norm(dim=1, keepdim=True)
+    return (a @ b.T).max(dim=1).values.mean().item()
+
+
+def snapshot(folder) -> dict[str, str]:
+    """sha256 of every file under a folder, by relative path."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def random_data(n: int, d: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g) * scale
+
+
+def train_cfg(store, out, **kw):
+    """A small, fast training config on a synthetic store (override anything with keywords)."""
+    from saex.train.config import TrainConfig
+
+    base = dict(acts=str(store), hook=HOOK, out=str(out), ratio="4", alpha="0.01,0.02", tokens=64 * 300,
+                batch_size=64, eval_every=50, eval_tokens=512, checkpoint_every=50)
+    return TrainConfig(**(base | kw))
+
+
+def weights(out) -> dict[str, dict[str, torch.Tensor]]:
+    """Every saved dictionary's tensors, by folder name."""
+    from safetensors.torch import load_file
+
+    return {p.name: load_file(str(p / "sae_weights.safetensors"))
+            for p in sorted(Path(out).iterdir()) if (p / "cfg.json").is_file()}
+
+
+def assert_same_weights(a, b, exact: bool = True) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and wa
+    for name in wa:
+        for key in wa[name]:
+            if exact:
+                assert torch.equal(wa[name][key], wb[name][key]), f"{name}/{key} differs"
+            else:
+                torch.testing.assert_close(wa[name][key], wb[name][key], rtol=1e-6, atol=1e-6)

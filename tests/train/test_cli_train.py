@@ -1,0 +1,100 @@
+"""``saex train`` on the command line: output, exit codes, config files and replay."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from saex.cli import main
+from tests.train._synth import HOOK, assert_same_weights, snapshot
+
+
+def args(store, out, *extra):
+    return ["train", "--acts", str(store), "--hook", HOOK, "--out", str(out), "--ratio", "2", "--alpha",
+            "0.01,0.02", "--tokens", "3200", "--batch-size", "64", "--eval-every", "25", "--eval-tokens", "256",
+            "--quiet", *extra]
+
+
+def test_train_prints_the_dictionaries(small_store, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(args(small_store, out)) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"dictionaries in {out}: tied_l1_r2_a0.01, tied_l1_r2_a0.02"
+    assert captured.err == ""  # --quiet: no progress bar
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "complete" and run["steps"] == 50 and run["config"]["alpha"] == "0.01,0.02"
+    # again: a no-op that prints the same
+    before = snapshot(out)
+    assert main(args(small_store, out)) == 0
+    assert capsys.readouterr().out == captured.out and snapshot(out) == before
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--alpha=-1"], "α must be >= 0, got -1"),
+    (["--ratio", "0"], "ratio R must be > 0, got 0"),
+    (["--arch", "gated"], "unknown --arch 'gated'"),
+    (["--arch", "topk", "--k", "100"], "--k 100 must be an integer in 1..32"),
+    (["--tokens", "10"], "--tokens 10 is less than one batch (64)"),
+    (["--hook", "blocks.3.hook_mlp_out"], "hook 'blocks.3.hook_mlp_out' is not in the store"),
+])
+def test_bad_input_exits_2_with_one_line(small_store, tmp_path, capsys, extra, fragment):
+    assert main(args(small_store, tmp_path / "out", *extra)) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("saex train: error: ") and fragment in lines[0], captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_different_config_into_a_finished_out_exits_2_naming_the_field(small_store, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(args(small_store, out)) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(args(small_store, out, "--lr", "0.01")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("saex train: error: ") and "\n" not in err
+    assert "lr: folder has 0.001, asked 0.01" in err
+    assert snapshot(out) == before
+
+
+def test_config_files_toml_and_json(small_store, tmp_path, capsys):
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'acts = "{small_store}"\nhook = "{HOOK}"\nratio = "2"\nalpha = "0.03"\ntokens = 1280\n'
+                    'batch_size = 64\neval_every = 0\ndecay_fraction = 0.5\n')
+    jsn = tmp_path / "c.json"
+    jsn.write_text(json.dumps({"acts": str(small_store), "hook": HOOK, "ratio": "2", "alpha": "0.03", "tokens": 1280,
+                               "batch_size": 64, "eval_every": 0, "decay_fraction": 0.5}))
+    for f in (toml, jsn):
+        assert main(["train", "--config", str(f), "--out", str(tmp_path / f.suffix[1:]), "--quiet"]) == 0
+        assert capsys.readouterr().out.strip().endswith(": tied_l1_r2_a0.03")
+        cfg = json.loads((tmp_path / f.suffix[1:] / "run.json").read_text())["config"]
+        assert (cfg["alpha"], cfg["tokens"], cfg["decay_fraction"], cfg["out"]) == \
+            ("0.03", 1280, 0.5, str(tmp_path / f.suffix[1:]))
+    assert_same_weights(tmp_path / "toml", tmp_path / "json")
+    # the command line overrides the file
+    assert main(["train", "--config", str(toml), "--alpha", "0.04", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().endswith(": tied_l1_r2_a0.04")
+
+
+def test_config_file_with_an_unknown_key_exits_2(small_store, tmp_path, capsys):
+    f = tmp_path / "c.toml"
+    f.write_text(f'acts = "{small_store}"\nhook = "{HOOK}"\nalhpa = "0.03"\n')
+    assert main(["train", "--config", str(f), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("saex train: error: ") and "\n" not in err and "unknown option 'alhpa'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_from_replays_a_run(small_store, tmp_path, capsys):
+    a = tmp_path / "a"
+    assert main(args(small_store, a, "--arch", "topk", "--k", "3,5", "--normalize", "mean_norm")) == 0
+    capsys.readouterr()
+    assert main(["train", "--from", str(a / "run.json"), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == f"dictionaries in {tmp_path / 'b'}: topk_r2_k3, topk_r2_k5"
+    assert_same_weights(a, tmp_path / "b")
+    # --from without a new --out names the same folder: the finished run, a no-op
+    before = snapshot(a)
+    assert main(["train", "--from", str(a / "run.json"), "--quiet"]) == 0
+    assert snapshot(a) == before
