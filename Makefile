@@ -23,14 +23,18 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/saex harvest --model smollm2-135m --corpus default \
-		--hooks blocks.6.hook_resid_post,blocks.6.hook_mlp_out --tokens 20000 --out runs/demo/acts
-	$(VENV)/bin/saex store runs/demo/acts --verify > /dev/null && echo "demo store: runs/demo/acts (checksums verified)"
+		--hooks blocks.6.hook_resid_post,blocks.6.hook_mlp_out --tokens 200000 --out runs/demo/acts
+	$(VENV)/bin/saex store runs/demo/acts --verify > /dev/null && echo "checksums of runs/demo/acts verified"
+	$(VENV)/bin/saex train --acts runs/demo/acts --hook blocks.6.hook_resid_post --arch tied_l1 \
+		--ratio 4 --alpha 1e-4,8.6e-4,3e-3 --normalize mean_norm --tokens 200000 --batch-size 1024 \
+		--eval-every 50 --out runs/demo/dicts
 
 test: setup
 	$(PY) -m pytest
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/harvest.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -34,7 +34,7 @@ when the code density drops below ``saex.dictionaries.relu_l1.SPARSE_MAX_DENSITY
             state, to show what the other path would cost.
 
 Every timed call restores the method's saved state (weights and Adam moments) first, so every round does
-the same work on the same data. Method: a warm-up call of each method, then ``--repeats`` rounds, every
+the same work on the same data. Method: a warm-up call (one step) of each method, then ``--repeats`` rounds, every
 method once per round in an order rotated from round to round (SAELens's worker is driven from the same
 loop, so it is interleaved too); medians over rounds. Ratios are given as ratio of medians, as median of
 the per-round (paired) ratios and as ratio of best rounds. GFLOP/s count 12·B·d_in·F FLOPs per step and
@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=32, help="topk: active latents")
     p.add_argument("--ensemble", type=int, default=8, help="members of the ensemble compared with K = 1")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--steps", type=int, default=None, help="timed steps per call, K = 1 methods (default 3; quick 2)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per call, K = 1 methods (default 3; quick 1)")
     p.add_argument("--ensemble-steps", type=int, default=1, help="timed steps per call, ensemble")
     p.add_argument("--peak-reps", type=int, default=5, help="matmuls per call for the peak")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; quick 2)")
@@ -110,7 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="~1 min smoke run")
     p.add_argument("--saelens-worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    quick = {"steps": 2, "repeats": 2, "warmup_steps": 300, "trainer_steps": 2}
+    quick = {"steps": 1, "repeats": 2, "warmup_steps": 300, "trainer_steps": 2}
     full = {"steps": 3, "repeats": 5, "warmup_steps": 2000, "trainer_steps": 4}
     for k, v in (quick if a.quick else full).items():
         if getattr(a, k) is None:
@@ -539,12 +539,13 @@ def main(argv=None) -> dict:
     def call(m, warmup=False):
         if m == "peak":
             return peak_call(1 if warmup else a.peak_reps), None
+        n = 1 if warmup else steps_of.get(m, 1)
         if m in methods:
-            t, l0 = methods[m](batches[:steps_of[m]])
-            return t / steps_of[m], l0
+            t, l0 = methods[m](batches[:n])
+            return t / n, l0
         if m.startswith("saelens"):
-            r = worker.run(m.split("_")[1], steps_of[m])
-            return r["seconds"] / steps_of[m], [r["l0"]]
+            r = worker.run(m.split("_")[1], n)
+            return r["seconds"] / n, [r["l0"]]
         if m == "trainer":
             n = a.trainer_steps
             if warmup:

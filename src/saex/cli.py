@@ -27,7 +27,7 @@ def _cmd_harvest(args) -> None:
 def _cmd_train(args) -> None:
     from saex.config import load_config_file
     from saex.train.config import TrainConfig
-    from saex.train.trainer import train
+    from saex.train.trainer import summary, train
 
     base = {}
     for source in (args.config, args.from_run):
@@ -35,7 +35,7 @@ def _cmd_train(args) -> None:
             base |= load_config_file(TrainConfig, source)
     cfg = from_namespace(TrainConfig, args, base)
     out = train(cfg, progress=not args.quiet)
-    print(f"dictionaries in {out}: " + ", ".join(sorted(p.name for p in out.iterdir() if (p / "cfg.json").is_file())))
+    print(summary(out))
 
 
 def _cmd_store(args) -> None:

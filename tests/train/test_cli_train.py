@@ -20,7 +20,16 @@ def test_train_prints_the_dictionaries(small_store, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(args(small_store, out)) == 0
     captured = capsys.readouterr()
-    assert captured.out.strip() == f"dictionaries in {out}: tied_l1_r2_a0.01, tied_l1_r2_a0.02"
+    lines = captured.out.strip().splitlines()
+    assert lines[0] == f"2 dictionaries on {HOOK} of {json.loads((small_store / 'manifest.json').read_text())['model']['name']} in {out}"
+    last = {}
+    for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()):
+        last[row["dictionary"]] = row
+    for line, name in zip(lines[2:], ["tied_l1_r2_a0.01", "tied_l1_r2_a0.02"]):
+        cells = line.split()
+        assert cells[0] == name and float(cells[2]) == round(last[name]["fvu"], 4)
+        assert float(cells[3]) == round(last[name]["l0"], 1)
+    assert len(lines) == 4
     assert captured.err == ""  # --quiet: no progress bar
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["steps"] == 50 and run["config"]["alpha"] == "0.01,0.02"
@@ -68,14 +77,14 @@ def test_config_files_toml_and_json(small_store, tmp_path, capsys):
                                "batch_size": 64, "eval_every": 0, "decay_fraction": 0.5}))
     for f in (toml, jsn):
         assert main(["train", "--config", str(f), "--out", str(tmp_path / f.suffix[1:]), "--quiet"]) == 0
-        assert capsys.readouterr().out.strip().endswith(": tied_l1_r2_a0.03")
+        assert capsys.readouterr().out.strip().splitlines()[-1].split()[0] == "tied_l1_r2_a0.03"
         cfg = json.loads((tmp_path / f.suffix[1:] / "run.json").read_text())["config"]
         assert (cfg["alpha"], cfg["tokens"], cfg["decay_fraction"], cfg["out"]) == \
             ("0.03", 1280, 0.5, str(tmp_path / f.suffix[1:]))
     assert_same_weights(tmp_path / "toml", tmp_path / "json")
     # the command line overrides the file
     assert main(["train", "--config", str(toml), "--alpha", "0.04", "--out", str(tmp_path / "o"), "--quiet"]) == 0
-    assert capsys.readouterr().out.strip().endswith(": tied_l1_r2_a0.04")
+    assert capsys.readouterr().out.strip().splitlines()[-1].split()[0] == "tied_l1_r2_a0.04"
 
 
 def test_config_file_with_an_unknown_key_exits_2(small_store, tmp_path, capsys):
@@ -92,7 +101,8 @@ def test_from_replays_a_run(small_store, tmp_path, capsys):
     assert main(args(small_store, a, "--arch", "topk", "--k", "3,5", "--normalize", "mean_norm")) == 0
     capsys.readouterr()
     assert main(["train", "--from", str(a / "run.json"), "--out", str(tmp_path / "b"), "--quiet"]) == 0
-    assert capsys.readouterr().out.strip() == f"dictionaries in {tmp_path / 'b'}: topk_r2_k3, topk_r2_k5"
+    printed = capsys.readouterr().out
+    assert f"in {tmp_path / 'b'}" in printed and "topk_r2_k3" in printed and "topk_r2_k5" in printed
     assert_same_weights(a, tmp_path / "b")
     # --from without a new --out names the same folder: the finished run, a no-op
     before = snapshot(a)

@@ -283,3 +283,25 @@ def _log_eval(groups, x_eval, scale, step, cfg, metrics) -> list[dict]:
             rows.append(r)
     metrics.flush()
     return rows
+
+
+def summary(out: str | Path) -> str:
+    """A table of the run's dictionaries with their latest held-out metrics."""
+    out = Path(out)
+    last: dict[str, dict] = {}
+    if (out / METRICS).is_file():
+        for line in (out / METRICS).read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            last[row["dictionary"]] = row
+    run = json.loads((out / RUN).read_text())
+    n = len(run["members"])
+    lines = [f"{n} {'dictionary' if n == 1 else 'dictionaries'} on {run['hook']} of {run['store']['model']} in {out}",
+             f"  {'dictionary':<28}{'d_dict':>8}{'FVU':>9}{'L0':>9}{'dead':>8}"]
+    for m in run["members"]:
+        r = last.get(m["name"])
+        cells = (f"{r['fvu']:>9.4f}{r['l0']:>9.1f}{r['dead_fraction']:>8.1%}" if r else f"{'—':>9}{'—':>9}{'—':>8}")
+        lines.append(f"  {m['name']:<28}{m['d_dict']:>8}{cells}")
+    return "\n".join(lines)
