@@ -35,7 +35,8 @@ def _cmd_train(args) -> None:
             base |= load_config_file(TrainConfig, source)
     cfg = from_namespace(TrainConfig, args, base)
     out = train(cfg, progress=not args.quiet)
-    print(summary(out))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, from rank 0
+        print(summary(out))
 
 
 def _cmd_store(args) -> None:

@@ -63,6 +63,10 @@ class Ensemble(torch.nn.Module):
     def step(self, x_BD: torch.Tensor, coef_K: torch.Tensor, dead_KF: torch.Tensor | None = None) -> StepOutput:
         raise NotImplementedError
 
+    def forward(self, x_BD: torch.Tensor, coef_K: torch.Tensor, dead_KF: torch.Tensor | None = None) -> StepOutput:
+        # A training step is the module's forward, so DistributedDataParallel can wrap it.
+        return self.step(x_BD, coef_K, dead_KF)
+
     def export(self, k: int, scale: float = 1.0, metadata: dict | None = None) -> SAE:
         """Member k as an inference SAE for *unscaled* inputs, where training saw ``scale · x``.
 

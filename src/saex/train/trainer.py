@@ -27,7 +27,7 @@ from saex.dictionaries import ARCHS, Ensemble
 from saex.errors import SaexError
 from saex.store.files import remove_stale_temporaries, write_json_atomic
 from saex.store.reader import ActivationStore
-from saex.train import checkpoint
+from saex.train import checkpoint, distributed
 from saex.train.config import Member, TrainConfig, validate
 
 RUN = "run.json"
@@ -42,6 +42,8 @@ class Group:
     model: Ensemble
     coef_K: torch.Tensor
     since_fired_KF: torch.Tensor
+    step_fn: torch.nn.Module | None = None
+    """What a training step calls: the model, or its DistributedDataParallel wrapper."""
 
 
 def _build_groups(cfg: TrainConfig, members: list[Member], d_in: int) -> list[Group]:
@@ -134,6 +136,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         raise SaexError(f"name the hook point to train on with --hook; the store has {store.hooks}")
     d_in = store.width(cfg.hook)
     members = validate(cfg, d_in)
+    ranks = distributed.setup(cfg.batch_size)
     out = Path(cfg.out)
     s_hash = store_hash(store, cfg.hook)
     identity = {k: v for k, v in asdict(cfg).items() if k not in {"out", "acts", "eval_every", "checkpoint_every"}}
@@ -147,7 +150,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     total = cfg.tokens // cfg.batch_size
     step, epoch, in_epoch = 0, 0, 0
     scale = input_scale(store, cfg.hook, cfg.normalize)
-    remove_stale_temporaries(out)
+    if ranks.main:
+        remove_stale_temporaries(out)
+    ranks.barrier()
     state = checkpoint.load(out)
     if state is not None:
         scalars, tensors = state
@@ -158,14 +163,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             grp.model.load_state_dict({n: tensors[f"g{g}.{n}"] for n, _ in grp.model.named_parameters()})
             grp.since_fired_KF.copy_(tensors[f"g{g}.since_fired"])
         checkpoint.restore_optimizer(opt, params, tensors)
-        _truncate_metrics(out / METRICS, step)
+        if ranks.main:
+            _truncate_metrics(out / METRICS, step)
+    for grp in groups:  # after loading weights: DDP broadcasts rank 0's parameters when it wraps
+        grp.step_fn = distributed.wrap(grp.model, ranks)
     run = {"saex_version": saex.__version__, "config": asdict(cfg), "identity": identity, "status": "running",
            "members": [asdict(m) for m in members], "d_in": d_in, "hook": cfg.hook, "scale": scale,
            "store": {"path": str(store.path), "hash": s_hash, "model": store.manifest["model"]["name"]},
            "steps": total}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / RUN, run)
-    x_eval = _heldout_sample(store, cfg.hook, cfg.eval_tokens, cfg.seed) if cfg.eval_every else None
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / RUN, run)
+    x_eval = _heldout_sample(store, cfg.hook, cfg.eval_tokens, cfg.seed) if cfg.eval_every and ranks.main else None
 
     def save_checkpoint():
         tensors = {f"g{g}.{n}": p for g, grp in enumerate(groups) for n, p in grp.model.named_parameters()}
@@ -173,8 +182,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         tensors |= checkpoint.optimizer_tensors(opt, params)
         checkpoint.save(out, step, tensors, {"epoch": epoch, "in_epoch": in_epoch, "scale": scale, "store_hash": s_hash})
 
-    bar = tqdm(total=total, initial=step, unit="step", disable=not progress, desc="train", dynamic_ncols=True)
-    metrics = open(out / METRICS, "a")
+    bar = tqdm(total=total, initial=step, unit="step", disable=not (progress and ranks.main), desc="train",
+               dynamic_ncols=True)
+    metrics = open(out / METRICS, "a") if ranks.main else None
     try:
         while step < total:
             stream = store.batches("train", cfg.hook, cfg.batch_size, seed=cfg.seed, epoch=epoch,
@@ -185,14 +195,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 if not torch.isfinite(x_BD).all():
                     raise SaexError(f"the store {store.path} holds NaN or Inf activations at {cfg.hook} "
                                     f"(found in the batch of step {step}); re-harvest with --dtype float32")
-                _train_step(cfg, groups, opt, x_BD * scale if scale != 1.0 else x_BD, step, total)
+                _train_step(cfg, groups, opt, x_BD * scale if scale != 1.0 else x_BD, step, total, ranks)
                 step += 1
                 in_epoch += 1
                 bar.update(1)
-                if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
+                if ranks.main and cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
                     rows = _log_eval(groups, x_eval, scale, step, cfg, metrics)
                     bar.set_postfix_str(f"fvu {np.mean([r['fvu'] for r in rows]):.3f} l0 {np.mean([r['l0'] for r in rows]):.1f}")
-                if step == total or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                if ranks.main and (step == total or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
                     save_checkpoint()
                 if step == total:
                     break
@@ -203,8 +213,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                                     "or raise --shards-in-buffer")
                 epoch, in_epoch = epoch + 1, 0
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
         bar.close()
+    if not ranks.main:
+        ranks.barrier()
+        return out
     for grp in groups:
         for i, m in enumerate(grp.members):
             meta = {"saex_version": saex.__version__, "arch": cfg.arch, "alpha": m.alpha, "ratio": m.ratio, "k": m.k,
@@ -215,20 +229,22 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     run["status"] = "complete"
     run["completed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_json_atomic(out / RUN, run)
+    ranks.barrier()
     return out
 
 
-def _train_step(cfg, groups, opt, x_BD, step, total) -> None:
+def _train_step(cfg, groups, opt, x_BD, step, total, ranks) -> None:
     lr = lr_at(cfg, step, total)
     for pg in opt.param_groups:
         pg["lr"] = lr
     opt.zero_grad(set_to_none=True)
+    x_local = ranks.local_slice(x_BD)
     for grp in groups:
         dead = grp.since_fired_KF >= cfg.dead_window if cfg.arch == "topk" else None
-        o = grp.model.step(x_BD, grp.coef_K, dead)
+        o = grp.step_fn(x_local, grp.coef_K, dead)
         o.loss.backward()
         grp.since_fired_KF += x_BD.shape[0]
-        grp.since_fired_KF[o.fired_KF] = 0
+        grp.since_fired_KF[ranks.any_fired(o.fired_KF)] = 0
     opt.step()
     if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
         for g, grp in enumerate(groups):
