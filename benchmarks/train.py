@@ -104,7 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache", default=str(ROOT / "runs" / "bench"), help="where the warm-up state is cached")
     p.add_argument("--no-cache", action="store_true", help="redo the warm-up training even if cached")
     p.add_argument("--profile", action="store_true",
-                   help="after timing, cProfile the tied K=1 step (dense and steady) and print the hotspots")
+                   help="after timing, profile the tied K=1 and K=8 steps (cProfile and torch.profiler) and print the hotspots")
     p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/train.json; "
                    "--quick: train-quick.json)")
     p.add_argument("--quick", action="store_true", help="~1 min smoke run")
@@ -385,29 +385,44 @@ def run_trainer(acts: Path, hook: str, a, steps: int, tmp_root: Path) -> float:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def profile_tied(methods: dict, batches) -> str:
+def profile_tied(methods: dict, batches, ens_batches) -> str:
+    """cProfile (Python-level) and torch.profiler (operator-level) of saex's tied steps."""
     import cProfile
     import io
     import pstats
 
+    from torch.profiler import ProfilerActivity, profile
+
     buf = io.StringIO()
-    for name in ("tied_dense", "tied_steady"):
+    for name in ("tied_dense", "tied_steady", "tied8_dense", "tied8_steady"):
         if name not in methods:
             continue
         m = methods[name]
+        bs = ens_batches if name.startswith("tied8") else batches
         restore(m.params, m.opt, m.snap)
         pr = cProfile.Profile()
         pr.enable()
-        saex_steps(m.model, m.opt, m.coef, batches)
+        saex_steps(m.model, m.opt, m.coef, bs)
         pr.disable()
-        buf.write(f"\n=== cProfile: {name}, {len(batches)} steps ===\n")
-        st = pstats.Stats(pr, stream=buf).strip_dirs()
-        st.sort_stats("tottime").print_stats(22)
+        buf.write(f"\n=== cProfile: {name}, {len(bs)} step(s), sorted by tottime ===\n")
+        pstats.Stats(pr, stream=buf).strip_dirs().sort_stats("tottime").print_stats(15)
+        restore(m.params, m.opt, m.snap)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            saex_steps(m.model, m.opt, m.coef, bs)
+        buf.write(f"=== torch.profiler: {name}, {len(bs)} step(s), operators by self CPU time ===\n")
+        buf.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18) + "\n")
     return buf.getvalue()
 
 
-def fmt(x, spec=".0f"):
-    return "-" if x is None else format(x, spec)
+def no_nan(obj):
+    """JSON has no NaN: write null for the rounds left out."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [no_nan(v) for v in obj]
+    return obj
 
 
 def main(argv=None) -> dict:
@@ -558,7 +573,8 @@ def main(argv=None) -> dict:
                 t1 = run_trainer(acts, a.hook, a, n, tmp_root)
             trainer_raw["N"].append(t1)
             trainer_raw["2N"].append(t2)
-            return (t2 - t1) / n, None
+            # A round where load noise makes t(2N) <= t(N) has no usable difference: left out (NaN).
+            return ((t2 - t1) / n if t2 > t1 else float("nan")), None
         raise ValueError(m)
 
     order0 = ["peak", *wanted]
@@ -586,7 +602,7 @@ def main(argv=None) -> dict:
 
     profile = None
     if a.profile:
-        profile = profile_tied(methods, batches[:a.steps])
+        profile = profile_tied(methods, batches[:a.steps], batches[:a.ensemble_steps])
         print(profile)
     shutil.rmtree(tmp_root, ignore_errors=True)
     load_after = load_avg()
@@ -595,19 +611,23 @@ def main(argv=None) -> dict:
     # --- summary -----------------------------------------------------------------------------------
     flop_step = 12 * B * D * F
     flop_peak = 2 * B * D * F
-    med_t = {m: statistics.median(v) for m, v in timings.items() if v}
+    def finite(v):
+        return [t for t in v if t == t]
+
+    med_t = {m: statistics.median(finite(v)) for m, v in timings.items() if finite(v)}
     peak_gflops = [flop_peak / t / 1e9 for t in timings["peak"]]
     summary = {"peak": {"median_gflops": statistics.median(peak_gflops), "best_gflops": max(peak_gflops),
                         "gflops": peak_gflops}}
+    wanted = [m for m in wanted if m in med_t]
     for m in wanted:
         ts = timings[m]
-        acts_s = [B / t for t in ts]
+        acts_s = [B / t for t in finite(ts)]
         row = {"median_step_s": med_t[m], "median_acts_per_s": statistics.median(acts_s),
                "best_acts_per_s": max(acts_s), "acts_per_s": acts_s}
         k = K8 if m.startswith("tied8") else 1
         gf = [k * flop_step / t / 1e9 for t in ts]
-        row["dense_equiv_gflops"] = statistics.median(gf)
-        row["fraction_of_peak_median_paired"] = statistics.median([g / p for g, p in zip(gf, peak_gflops)])
+        row["dense_equiv_gflops"] = statistics.median(finite(gf))
+        row["fraction_of_peak_median_paired"] = statistics.median(finite([g / p for g, p in zip(gf, peak_gflops)]))
         row["fraction_of_peak_of_medians"] = row["dense_equiv_gflops"] / summary["peak"]["median_gflops"]
         if m in l0s and l0s[m]:
             per = [statistics.fmean(x[i] for x in l0s[m]) for i in range(len(l0s[m][0]))]
@@ -626,9 +646,9 @@ def main(argv=None) -> dict:
         if num not in med_t or den not in med_t:
             return None
         f = (lambda p, q: q * mult / p) if invert else (lambda p, q: p / (q * mult))
-        paired = [f(p, q) for p, q in zip(timings[num], timings[den])]
+        paired = finite([f(p, q) for p, q in zip(timings[num], timings[den])])
         return {"ratio_of_medians": f(med_t[num], med_t[den]), "median_paired": statistics.median(paired),
-                "ratio_of_best": f(min(timings[num]), min(timings[den])), "paired": paired}
+                "ratio_of_best": f(min(finite(timings[num])), min(finite(timings[den]))), "paired": paired}
 
     ratios = {
         "ensemble_dense_vs_1": ratio("tied8_dense", "tied_dense"),
@@ -701,7 +721,7 @@ def main(argv=None) -> dict:
     }
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out.write_text(json.dumps(no_nan(result), indent=1) + "\n")
     print(f"wrote {out}")
     return result
 

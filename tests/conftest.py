@@ -100,6 +100,17 @@ def corpus_file(tmp_path) -> Path:
     return write_corpus(tmp_path / "corpus.jsonl")
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The tests' matmuls are tiny and gain nothing from threads, while idle OpenMP workers spinning on a
+    busy 2-core machine slow them down many times over; one thread also keeps results reproducible
+    across processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     if not os.environ.get("SAEX_TEST_REAL_CACHE"):

@@ -24,14 +24,6 @@ HARVEST = ["--hooks", HOOKS, "--tokens", "1990", "--context-length", "16", "--sh
            "--batch-size", "4", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only cost time on a busy machine
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def harvested(tmp_path_factory, tiny_llama):
     """(store path, corpus path, stdout, exit code) of one in-process `saex harvest`."""

@@ -79,6 +79,7 @@ def test_step_statistics_follow_the_paper_equations():
     x = inputs(B=64, D=8)
     out = model.step(x, ALPHAS)
     with torch.no_grad():
+        total = 0.0
         for k in range(2):
             M = model.M_KFD[k]
             Mh = M / M.norm(dim=1, keepdim=True)           # rows are the features f_i
@@ -89,6 +90,8 @@ def test_step_statistics_follow_the_paper_equations():
             assert out.mse_K[k].item() == pytest.approx(mse.item(), rel=1e-5)
             assert out.l0_K[k].item() == pytest.approx((c > 0).sum(1).float().mean().item())
             assert torch.equal(out.fired_KF[k], (c > 0).any(0))
+            total += mse + ALPHAS[k] * l1                   # eq. 4 on the code's scale
+        assert out.loss.item() == pytest.approx(total.item(), rel=1e-5)
         assert out.aux_K is None
     ref = sum(reference(model.M_KFD[k].detach(), model.b_KF[k].detach(), x, ALPHAS[k].item())[0] for k in range(2))
     assert out.loss.item() == pytest.approx(ref.item(), rel=1e-5)

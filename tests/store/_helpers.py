@@ -131,10 +131,12 @@ def assert_same_content(a: Path, b: Path) -> None:
     sha256, so byte-identical files), every tensor of every shard identical, and each shard's recorded
     sha256 that of its file."""
     la, lb = shard_lists(a), shard_lists(b)
-    assert la == lb
+    assert la == lb, [(split, i, x, y) for split in la for i, (x, y) in enumerate(zip(la[split], lb.get(split, [])))
+                      if x != y][:3]
     for folder, lists in ((a, la), (b, lb)):
         for split, shards in lists.items():
-            assert sorted(p.name for p in (Path(folder) / split).iterdir()) == sorted(s["file"] for s in shards)
+            listed = sorted(p.name for p in (Path(folder) / split).iterdir())
+            assert listed == sorted(s["file"] for s in shards), (folder, split, set(listed) ^ {s["file"] for s in shards})
             for s in shards:
                 assert sha256_file(Path(folder) / split / s["file"]) == s["sha256"]
     for split, shards in la.items():

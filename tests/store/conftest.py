@@ -44,13 +44,3 @@ def copy_store(tmp_path):
     return copy
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The tiny models' matmuls gain nothing from threads, and on a busy machine idle OpenMP workers spinning
-    for work slow these tests down many times over."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -37,11 +37,11 @@ def interrupt_at(monkeypatch, n: int):
     """Make the (n+1)-th training step of this process raise, as a crash would."""
     real, calls = trainer._train_step, [0]
 
-    def step(cfg, groups, opt, x, step, total):
+    def step(cfg, groups, opt, x, step, *rest):
         if calls[0] == n:
             raise Interrupted(step)
         calls[0] += 1
-        return real(cfg, groups, opt, x, step, total)
+        return real(cfg, groups, opt, x, step, *rest)
 
     monkeypatch.setattr(trainer, "_train_step", step)
 
