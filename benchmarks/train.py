@@ -45,8 +45,10 @@ step does five of the six (no input gradient) and its sparse path far less arith
 
 Results: a table on stdout and JSON in ``benchmarks/results/train.json`` (``--json`` to change).
 
-    .venv/bin/python benchmarks/train.py --saelens-python /tmp/saelens-venv/bin/python            # ~4 min
-    .venv/bin/python benchmarks/train.py --quick --saelens-python /tmp/saelens-venv/bin/python    # ~1 min
+    .venv/bin/python benchmarks/train.py --saelens-python /tmp/saelens-venv/bin/python            # ~2.5-4 min
+    .venv/bin/python benchmarks/train.py --quick --saelens-python /tmp/saelens-venv/bin/python    # ~1-2 min
+
+(once the warm-up state is cached: the first run trains it, ~4 min on 2 quiet cores, more under load).
 
 The worker code path (``--saelens-worker``) imports only the standard library, torch, safetensors and
 sae_lens.
@@ -107,7 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="after timing, profile the tied K=1 and K=8 steps (cProfile and torch.profiler) and print the hotspots")
     p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/train.json; "
                    "--quick: train-quick.json)")
-    p.add_argument("--quick", action="store_true", help="~1 min smoke run")
+    p.add_argument("--quick", action="store_true", help="~1-2 min smoke run (1 step per call, 2 rounds, 300 warm-up steps)")
     p.add_argument("--saelens-worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     quick = {"steps": 1, "repeats": 2, "warmup_steps": 300, "trainer_steps": 2}

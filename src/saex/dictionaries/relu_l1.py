@@ -35,9 +35,9 @@ def _csr(crow, col, vals, shape) -> torch.Tensor:
 class _Sparse:
     """The active codes of one member in two CSR layouts: by input (c) and by feature (cᵀ)."""
 
-    def __init__(self, c_BF: torch.Tensor):
+    def __init__(self, c_BF: torch.Tensor, active_BF: torch.Tensor):
         B, F = c_BF.shape
-        rows, cols = (c_BF > 0).nonzero(as_tuple=True)
+        rows, cols = active_BF.nonzero(as_tuple=True)
         self.rows, self.cols, self.vals = rows, cols, c_BF[rows, cols]
         self.crow = torch.searchsorted(rows, torch.arange(B + 1))
         # Stable, so that within a feature the inputs stay in order: sums are then deterministic.
@@ -53,50 +53,66 @@ class _Sparse:
         return _csr(self.crow_T, self.rows_T, vals[self.order], self.shape[::-1])
 
 
-def _codes(c_BF: torch.Tensor) -> _Sparse | None:
-    return _Sparse(c_BF) if (c_BF > 0).sum() <= SPARSE_MAX_DENSITY * c_BF.numel() else None
-
-
 class ReluL1Step(torch.autograd.Function):
-    """Forward returns ``(loss, mse_K, l1_K, c_BKF)``; only ``loss`` carries a gradient."""
+    """Forward returns ``(loss, mse_K, l0_K, fired_KF)``; only ``loss`` carries a gradient.
+
+    Takes the *raw* decoder ``M_KFD`` and normalises its rows per member inside (W_dec = M / ‖M‖_row),
+    with the normalisation's backward done by hand too; ``W_enc_KFD`` is None for the tied model, which
+    encodes with the normalised decoder and sums both gradients. Each member's codes live in their own
+    contiguous [B, F] block, so that an ensemble's passes stream through memory one member at a time
+    instead of striding across all of them.
+    """
 
     @staticmethod
-    def forward(ctx, x_BD, W_enc_KFD, W_dec_KFD, b_enc_KF, b_dec_KD, alpha_K):
-        K, F, D = W_enc_KFD.shape
+    def forward(ctx, x_BD, W_enc_KFD, M_KFD, b_enc_KF, b_dec_KD, alpha_K):
+        K, F, D = M_KFD.shape
         B = x_BD.shape[0]
+        norm_KF = M_KFD.norm(dim=-1).clamp_min_(1e-8)
+        W_dec_KFD = M_KFD / norm_KF.unsqueeze(-1)
+        W_in_KFD = W_dec_KFD if W_enc_KFD is None else W_enc_KFD
         shift_KF = b_enc_KF
         if b_dec_KD is not None:
             # Each member subtracts its own decoder bias: W(x - b_dec) = Wx - W b_dec, a per-member shift.
-            shift_KF = b_enc_KF - torch.bmm(W_enc_KFD, b_dec_KD.unsqueeze(-1)).squeeze(-1)
-        pre_BKF = torch.addmm(shift_KF.reshape(1, K * F), x_BD, W_enc_KFD.reshape(K * F, D).T)
-        c_BKF = pre_BKF.relu_().view(B, K, F)
+            shift_KF = b_enc_KF - torch.bmm(W_in_KFD, b_dec_KD.unsqueeze(-1)).squeeze(-1)
+        c_KBF = torch.empty(K, B, F)
         err_KBD = torch.empty(K, B, D)
+        l0_K = torch.empty(K)
+        fired_KF = torch.empty(K, F, dtype=torch.bool)
         sparse = []
         for k in range(K):
-            sp = _codes(c_BKF[:, k])
+            c_BF = torch.addmm(shift_KF[k], x_BD, W_in_KFD[k].T, out=c_KBF[k]).relu_()
+            n_active = int(c_BF.count_nonzero())
+            l0_K[k] = n_active / B
+            sp = _Sparse(c_BF, c_BF > 0) if n_active <= SPARSE_MAX_DENSITY * B * F else None
             sparse.append(sp)
             if sp is None:
-                torch.mm(c_BKF[:, k], W_dec_KFD[k], out=err_KBD[k])
+                torch.gt(c_BF.amax(0), 0, out=fired_KF[k])
+                torch.mm(c_BF, W_dec_KFD[k], out=err_KBD[k])
             else:
+                fired_KF[k] = False
+                fired_KF[k, sp.cols] = True
                 err_KBD[k] = sp.csr(sp.vals) @ W_dec_KFD[k]
         if b_dec_KD is not None:
             err_KBD += b_dec_KD.unsqueeze(1)
         err_KBD -= x_BD
         mse_K = err_KBD.pow(2).mean(dim=(1, 2))
-        l1_K = c_BKF.sum(dim=(0, 2)) / B
+        l1_K = c_KBF.view(K, -1).sum(1) / B  # c >= 0: the sum is the L1 norm
         loss = (mse_K + alpha_K * l1_K).sum()
-        ctx.save_for_backward(x_BD, W_enc_KFD, W_dec_KFD, b_dec_KD, alpha_K, c_BKF, err_KBD)
+        ctx.save_for_backward(x_BD, W_enc_KFD, W_dec_KFD, norm_KF, b_dec_KD, alpha_K, c_KBF, err_KBD)
         ctx.sparse = sparse
-        ctx.mark_non_differentiable(mse_K, l1_K, c_BKF)
-        return loss, mse_K, l1_K, c_BKF
+        ctx.mark_non_differentiable(mse_K, l0_K, fired_KF)
+        return loss, mse_K, l0_K, fired_KF
 
     @staticmethod
-    def backward(ctx, g_loss, _g_mse, _g_l1, _g_c):
-        x_BD, W_enc_KFD, W_dec_KFD, b_dec_KD, alpha_K, c_BKF, err_KBD = ctx.saved_tensors
-        K, F, D = W_enc_KFD.shape
+    def backward(ctx, g_loss, _g_mse, _g_l0, _g_fired):
+        x_BD, W_enc_KFD, W_dec_KFD, norm_KF, b_dec_KD, alpha_K, c_KBF, err_KBD = ctx.saved_tensors
+        tied = W_enc_KFD is None
+        W_in_KFD = W_dec_KFD if tied else W_enc_KFD
+        K, F, D = W_dec_KFD.shape
         B = x_BD.shape[0]
         g_xhat_KBD = err_KBD.mul_(2.0 * g_loss / (B * D))  # err is not needed any more: reuse its memory
-        g_W_enc, g_W_dec = torch.empty_like(W_enc_KFD), torch.empty_like(W_dec_KFD)
+        g_M = torch.empty_like(W_dec_KFD)
+        g_W_enc = None if tied else torch.empty_like(W_enc_KFD)
         g_b_enc = torch.empty(K, F)
         g_b_dec = None if b_dec_KD is None else torch.empty(K, D)
         for k in range(K):
@@ -104,23 +120,32 @@ class ReluL1Step(torch.autograd.Function):
             x_in = x_BD if b_dec_KD is None else x_BD - b_dec_KD[k]
             l1_grad = alpha_K[k] * g_loss / B
             sp = ctx.sparse[k]
+            # g_enc_FD: gradient w.r.t. the encoder matrix; g_dec_FD: w.r.t. the normalised decoder.
             # dL/dc = g_x̂ W_decᵀ + α/B, passed through the ReLU only where the code is active.
             if sp is None:
-                c_BF = c_BKF[:, k]
+                c_BF = c_KBF[k]
                 g_pre_BF = g_xhat_BD @ W_dec_KFD[k].T
                 g_pre_BF += l1_grad
                 g_pre_BF *= c_BF > 0
-                torch.mm(c_BF.T, g_xhat_BD, out=g_W_dec[k])
-                torch.mm(g_pre_BF.T, x_in, out=g_W_enc[k])
-                g_b_enc[k] = g_pre_BF.sum(0)
+                g_dec_FD = c_BF.T @ g_xhat_BD
+                g_enc_FD = g_pre_BF.T @ x_in
+                torch.sum(g_pre_BF, dim=0, out=g_b_enc[k])
             else:
                 pattern = sp.csr(torch.zeros_like(sp.vals))
                 g_vals = torch.sparse.sampled_addmm(pattern, g_xhat_BD, W_dec_KFD[k].T, beta=0.0).values()
                 g_vals += l1_grad
-                g_W_dec[k] = sp.csr_T(sp.vals) @ g_xhat_BD
-                g_W_enc[k] = sp.csr_T(g_vals) @ x_in
+                g_dec_FD = sp.csr_T(sp.vals) @ g_xhat_BD
+                g_enc_FD = sp.csr_T(g_vals) @ x_in
                 g_b_enc[k] = torch.zeros(F).index_add_(0, sp.cols, g_vals)
             if b_dec_KD is not None:
                 # x enters the encoder as (x - b_dec) and b_dec is added to x̂.
-                g_b_dec[k] = g_xhat_BD.sum(0) - g_b_enc[k] @ W_enc_KFD[k]
-        return None, g_W_enc, g_W_dec, g_b_enc, g_b_dec, None
+                g_b_dec[k] = g_xhat_BD.sum(0) - g_b_enc[k] @ W_in_KFD[k]
+            if tied:
+                g_dec_FD += g_enc_FD  # the same normalised matrix encodes and decodes
+            else:
+                g_W_enc[k] = g_enc_FD
+            # Through W = M/‖M‖: dL/dM = (g - W (W·g)) / ‖M‖, row by row.
+            W_FD = W_dec_KFD[k]
+            g_dec_FD -= W_FD * (W_FD * g_dec_FD).sum(1, keepdim=True)
+            torch.div(g_dec_FD, norm_KF[k].unsqueeze(-1), out=g_M[k])
+        return None, g_W_enc, g_M, g_b_enc, g_b_dec, None

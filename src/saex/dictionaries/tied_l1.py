@@ -29,11 +29,8 @@ class TiedL1(Ensemble):
         self.b_KF = torch.nn.Parameter(torch.zeros(self.K, d_dict))
 
     def step(self, x_BD, coef_K, dead_KF=None) -> StepOutput:
-        M_hat = unit_rows(self.M_KFD)
-        # The same M̂ encodes and decodes: autograd adds the two gradients the fused step returns for it.
-        loss, mse_K, _, c_BKF = ReluL1Step.apply(x_BD, M_hat, M_hat, self.b_KF, None, coef_K)
-        active = c_BKF > 0
-        return StepOutput(loss, mse_K, active.sum((0, 2)).float() / x_BD.shape[0], active.any(0))
+        # No separate encoder: the fused step encodes with the normalised M as well.
+        return StepOutput(*ReluL1Step.apply(x_BD, None, self.M_KFD, self.b_KF, None, coef_K))
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None) -> SAE:

@@ -33,10 +33,7 @@ class UntiedL1(Ensemble):
 
     def step(self, x_BD, coef_K, dead_KF=None) -> StepOutput:
         b_dec = self.b_dec_KD if self.decoder_bias else None
-        loss, mse_K, _, c_BKF = ReluL1Step.apply(x_BD, self.W_enc_KFD, unit_rows(self.W_dec_KFD), self.b_enc_KF,
-                                                 b_dec, coef_K)
-        active = c_BKF > 0
-        return StepOutput(loss, mse_K, active.sum((0, 2)).float() / x_BD.shape[0], active.any(0))
+        return StepOutput(*ReluL1Step.apply(x_BD, self.W_enc_KFD, self.W_dec_KFD, self.b_enc_KF, b_dec, coef_K))
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None) -> SAE:
