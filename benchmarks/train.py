@@ -344,7 +344,7 @@ class SaexMethod:
 
     def __init__(self, model, coef_K, lr, init_batches, warm=None, density=None):
         self.model, self.coef = model, coef_K
-        self.opt = torch.optim.Adam(model.parameters(), lr=lr)
+        self.opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # as saex.train.trainer builds it
         self.params = list(model.parameters())
         self.density = density  # None: saex's own threshold; else forced SPARSE_MAX_DENSITY
         if warm is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from saex.dictionaries.ensemble import Ensemble, StepOutput, unit_rows, xavier_uniform
-from saex.dictionaries.relu_l1 import ReluL1Step
+from saex.dictionaries.relu_l1 import ReluL1Step, Workspace
 from saex.dictionaries.sae import SAE
 
 
@@ -25,12 +25,13 @@ class TiedL1(Ensemble):
 
     def __init__(self, d_in: int, d_dict: int, seeds: list[int]):
         super().__init__(d_in, d_dict, seeds)
+        self.workspace = Workspace()
         self.M_KFD = torch.nn.Parameter(xavier_uniform(self.K, d_dict, d_in, seeds))
         self.b_KF = torch.nn.Parameter(torch.zeros(self.K, d_dict))
 
     def step(self, x_BD, coef_K, dead_KF=None) -> StepOutput:
         # No separate encoder: the fused step encodes with the normalised M as well.
-        return StepOutput(*ReluL1Step.apply(x_BD, None, self.M_KFD, self.b_KF, None, coef_K))
+        return StepOutput(*ReluL1Step.apply(x_BD, None, self.M_KFD, self.b_KF, None, coef_K, self.workspace))
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None) -> SAE:

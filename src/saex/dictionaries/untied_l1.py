@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from saex.dictionaries.ensemble import Ensemble, StepOutput, unit_rows, xavier_uniform
-from saex.dictionaries.relu_l1 import ReluL1Step
+from saex.dictionaries.relu_l1 import ReluL1Step, Workspace
 from saex.dictionaries.sae import SAE
 
 
@@ -24,6 +24,7 @@ class UntiedL1(Ensemble):
 
     def __init__(self, d_in: int, d_dict: int, seeds: list[int], decoder_bias: bool = False):
         super().__init__(d_in, d_dict, seeds)
+        self.workspace = Workspace()
         self.W_enc_KFD = torch.nn.Parameter(xavier_uniform(self.K, d_dict, d_in, seeds))
         # A second, independent draw per member for the decoder (seed offset keeps members independent).
         self.W_dec_KFD = torch.nn.Parameter(xavier_uniform(self.K, d_dict, d_in, [s + 7_919 for s in seeds]))
@@ -33,7 +34,8 @@ class UntiedL1(Ensemble):
 
     def step(self, x_BD, coef_K, dead_KF=None) -> StepOutput:
         b_dec = self.b_dec_KD if self.decoder_bias else None
-        return StepOutput(*ReluL1Step.apply(x_BD, self.W_enc_KFD, self.W_dec_KFD, self.b_enc_KF, b_dec, coef_K))
+        return StepOutput(*ReluL1Step.apply(x_BD, self.W_enc_KFD, self.W_dec_KFD, self.b_enc_KF, b_dec, coef_K,
+                                            self.workspace))
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None) -> SAE:

@@ -146,7 +146,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         return out
     groups = _build_groups(cfg, members, d_in)
     params = {f"g{g}.{n}": p for g, grp in enumerate(groups) for n, p in grp.model.named_parameters() if p.requires_grad}
-    opt = torch.optim.Adam(params.values(), lr=cfg.lr)
+    # fused: one pass over each parameter and its two moments instead of several (CPU kernel since torch 2.4).
+    opt = torch.optim.Adam(params.values(), lr=cfg.lr, fused=True)
     total = cfg.tokens // cfg.batch_size
     step, epoch, in_epoch = 0, 0, 0
     scale = input_scale(store, cfg.hook, cfg.normalize)
