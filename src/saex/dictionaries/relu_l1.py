@@ -19,8 +19,9 @@ import warnings
 
 import torch
 
-# Above this fraction of active codes dense GEMMs beat the CSR products on CPU.
-SPARSE_MAX_DENSITY = 0.06
+# Above this fraction of active codes dense GEMMs beat the CSR products on CPU. Measured for a whole
+# tied step at B=4096, d=576, F=2304: CSR 264 ms vs dense 339 ms at 8% density, 372 vs 332 ms at 14%.
+SPARSE_MAX_DENSITY = 0.11
 
 
 
