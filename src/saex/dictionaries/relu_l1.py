@@ -86,6 +86,12 @@ class ReluL1Step(torch.autograd.Function):
     encodes with the normalised decoder and sums both gradients. Each member's codes live in their own
     contiguous [B, F] block, so that an ensemble's passes stream through memory one member at a time
     instead of striding across all of them.
+
+    The whole ensemble is one autograd node, one backward and one Adam step; inside it, each member's
+    products are issued as separate large GEMMs (or CSR products) on its block. That is faster here than
+    ``torch.bmm`` over the stacked tensors: on this 2-core CPU, a bmm version of this function made the
+    8-member dense step 3313 ms against 2636 ms (benchmarks/train.py, same day), and per-member issue also
+    lets each member switch to the CSR path on its own when its codes become sparse.
     """
 
     @staticmethod
