@@ -2,8 +2,9 @@
 
 Implements the paper's training (Cunningham et al. 2023, §2 and App. B; paper-spec.md §1.4) the way its
 reference code did it — many α values trained at once in one vmapped ensemble — generalised: members of
-equal width are stacked and stepped with batched matmuls, each batch is read once and fed to every
-group, and Adam (lr 1e-3 by default) updates all of them. Optional extras beyond the paper: learning-rate
+equal width are stacked into one model with [K, ...] parameters, stepped by one fused forward and
+backward (see ``saex.dictionaries.relu_l1``), each batch is read once and fed to every group, and one
+Adam (lr 1e-3 by default) updates all of them. Optional extras beyond the paper: learning-rate
 warm-up and decay, input scaling to a fixed mean norm (folded back into the saved weights), dead-feature
 resampling (Bricken et al. 2023), TopK with aux-k (Gao et al. 2024). Held-out MSE, FVU, L0 and dead
 fraction are logged to ``metrics.jsonl``; atomic checkpoints make a killed run resume to the same weights.
