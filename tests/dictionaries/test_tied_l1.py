@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saex.dictionaries.relu_l1 import SPARSE_MAX_DENSITY
 from saex.dictionaries import TiedL1
+from saex.dictionaries.relu_l1 import SPARSE_MAX_DENSITY
 from tests.dictionaries._build import inputs, tied
 
 ALPHAS = torch.tensor([3e-3, 5e-2])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from saex.dictionaries import TopK, UntiedL1
 from saex.dictionaries.relu_l1 import SPARSE_MAX_DENSITY
-from saex.dictionaries import UntiedL1
 from tests.dictionaries._build import inputs, untied
 
 ALPHAS = torch.tensor([1e-3, 2e-2])
@@ -90,3 +90,25 @@ def test_encoder_and_decoder_are_independent_draws():
     assert torch.equal(UntiedL1(8, 16, [4]).W_enc_KFD[0], m.W_enc_KFD[1])
     assert torch.equal(m.b_dec_KD, torch.zeros(2, 8)) and not m.b_dec_KD.requires_grad
     assert UntiedL1(8, 16, [3], decoder_bias=True).b_dec_KD.requires_grad
+
+
+@pytest.mark.parametrize("cls, kw", [(UntiedL1, {}), (TopK, {"k": 3})])
+def test_resample_sets_rows_as_bricken_et_al(cls, kw):
+    torch.manual_seed(3)
+    model = cls(8, 16, [1, 2], **kw)
+    feats = torch.tensor([2, 5, 11])
+    dirs = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    live = torch.ones(16, dtype=torch.bool)
+    live[feats] = False
+    enc_live = model.W_enc_KFD[1, live].norm(dim=1).mean()
+    dec_live = model.W_dec_KFD[1, live].norm(dim=1).mean()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        model.b_enc_KF.fill_(0.5)
+    model.resample(1, feats, dirs)
+    torch.testing.assert_close(model.W_enc_KFD[1, feats], dirs * 0.2 * enc_live)
+    torch.testing.assert_close(model.W_dec_KFD[1, feats], dirs * dec_live)
+    assert torch.all(model.b_enc_KF[1, feats] == 0) and torch.all(model.b_enc_KF[1, live] == 0.5)
+    # Other rows and the other member are untouched.
+    assert torch.equal(model.W_enc_KFD[0], before["W_enc_KFD"][0])
+    assert torch.equal(model.W_dec_KFD[1, live], before["W_dec_KFD"][1, live])

@@ -78,5 +78,17 @@ class Ensemble(torch.nn.Module):
     @torch.no_grad()
     def resample(self, k: int, features: torch.Tensor, directions_ND: torch.Tensor) -> None:
         """Re-initialise features of member k towards given unit directions (Bricken et al. 2023,
-        "Neuron resampling"); the trainer resets their optimiser state."""
-        raise NotImplementedError
+        "Neuron resampling"): encoder rows at 0.2 × the mean norm of the live encoder rows, decoder rows
+        at the live decoder rows' norm, biases 0. This default serves models with separate
+        ``W_enc_KFD``, ``W_dec_KFD`` and ``b_enc_KF``; the trainer resets the rows' optimiser state."""
+        self.W_enc_KFD[k, features] = directions_ND * 0.2 * live_row_norm(self.W_enc_KFD[k], features)
+        # The decoder is normalised in the forward pass; the raw norm only sets Adam's relative step size.
+        self.W_dec_KFD[k, features] = directions_ND * live_row_norm(self.W_dec_KFD[k], features)
+        self.b_enc_KF[k, features] = 0.0
+
+
+def live_row_norm(W_FD: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Mean norm of the rows not in ``features`` (1 when every row is)."""
+    live = torch.ones(W_FD.shape[0], dtype=torch.bool)
+    live[features] = False
+    return W_FD[live].norm(dim=-1).mean() if live.any() else torch.tensor(1.0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from saex.dictionaries.ensemble import Ensemble, StepOutput, unit_rows, xavier_uniform
+from saex.dictionaries.ensemble import Ensemble, StepOutput, live_row_norm, unit_rows, xavier_uniform
 from saex.dictionaries.relu_l1 import ReluL1Step, Workspace
 from saex.dictionaries.sae import SAE
 
@@ -43,8 +43,5 @@ class TiedL1(Ensemble):
     def resample(self, k, features, directions_ND) -> None:
         # Rows are normalised in the forward pass, so only the direction matters for the function; the
         # raw norm is set to that of the live rows so that Adam's step is as large relative to them.
-        live = torch.ones(self.d_dict, dtype=torch.bool)
-        live[features] = False
-        norm = self.M_KFD[k, live].norm(dim=-1).mean() if live.any() else torch.tensor(1.0)
-        self.M_KFD[k, features] = directions_ND * norm
+        self.M_KFD[k, features] = directions_ND * live_row_norm(self.M_KFD[k], features)
         self.b_KF[k, features] = 0.0

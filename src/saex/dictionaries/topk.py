@@ -58,12 +58,3 @@ class TopK(Ensemble):
         return SAE(self.W_enc_KFD[k].T.clone(), unit_rows(self.W_dec_KFD[k]).clone(), self.b_enc_KF[k] / scale,
                    self.b_dec_KD[k] / scale, architecture="topk", k=self.k, apply_b_dec_to_input=True,
                    metadata=metadata)
-
-    @torch.no_grad()
-    def resample(self, k, features, directions_ND) -> None:
-        live = torch.ones(self.d_dict, dtype=torch.bool)
-        live[features] = False
-        enc_norm = self.W_enc_KFD[k, live].norm(dim=-1).mean() if live.any() else torch.tensor(1.0)
-        self.W_enc_KFD[k, features] = directions_ND * 0.2 * enc_norm
-        self.W_dec_KFD[k, features] = directions_ND
-        self.b_enc_KF[k, features] = 0.0
