@@ -44,8 +44,6 @@ import cProfile
 import gc
 import io
 import json
-import os
-import platform
 import pstats
 import re
 import shutil
@@ -64,6 +62,8 @@ from saex.harvest import DTYPES, HarvestConfig, harvest
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
 from saex.store.files import write_json_atomic, write_safetensors_atomic
+
+from _common import load_avg, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "harvest.json"
 # Order of the hook kinds inside a block, and which module of a Llama-style block each is read from
@@ -115,11 +115,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def load_avg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def first_contexts(lm, hooked: HookedLM, a) -> torch.Tensor:
@@ -383,11 +378,8 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "harvest",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-                    "torch_threads": torch.get_num_threads(), "load_avg_before": load_before,
-                    "load_avg_after": load_after, "tmp_dir": str(tmp_root.parent)},
+        "machine": machine(torch.__version__, torch.get_num_threads(), load_before, load_after,
+                           transformers=__import__("transformers").__version__, tmp_dir=str(tmp_root.parent)),
         "config": {**{k: v for k, v in vars(a).items() if k not in {"json"}}, "hooks": hooks,
                    "batch_tokens": tok_batch, "harvest_N_tokens": n_h, "harvest_2N_tokens": 2 * n_h,
                    "shard_tokens": a.shard_batches * tok_batch, "methods": methods,

@@ -58,8 +58,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -69,6 +67,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from _common import load_avg, machine  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "train.json"
@@ -122,11 +122,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def load_avg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 # --- shared by both sides: save and restore weights and Adam state ------------------------------------
@@ -701,10 +696,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "train",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__, "torch_threads": threads, "load_avg_before": load_before,
-                    "load_avg_after": load_after},
+        "machine": machine(torch.__version__, threads, load_before, load_after),
         "config": {**{k: v for k, v in vars(a).items() if k not in {"json", "saelens_worker"}},
                    "acts": str(acts), "harvested_now": harvested, "rows": N, "d_in": D, "d_dict": F,
                    "input_scale": scale, "ensemble_alphas": alphas8.tolist(), "methods": wanted,
