@@ -8,8 +8,9 @@ Computes, for K members at once,
 (Cunningham et al. 2023, eqs. 1-4 and App. C.3) with a hand-written backward. Why not autograd: the
 backward needs none of the intermediates autograd would keep (the row normalisation and the tied
 model's two gradient paths are folded in by hand), and once the codes are sparse (a trained SAE has an
-L0 of tens out of thousands) every product except the encoder's forward touches only the active codes: the decoder (sparse × dense), the code gradient (sampled dense × dense) and both weight
-gradients (transposed sparse × dense), as CSR products. A dense step costs five B×D×F GEMMs; a sparse
+L0 of tens out of thousands) every product except the encoder's forward touches only the active codes:
+the decoder (sparse × dense), the code gradient (sampled dense × dense) and both weight gradients
+(transposed sparse × dense), as CSR products. A dense step costs five B×D×F GEMMs; a sparse
 one costs one plus work proportional to B·L0·D. The gradient is checked against autograd in the tests.
 """
 
