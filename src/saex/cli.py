@@ -21,7 +21,8 @@ def _cmd_harvest(args) -> None:
 
     cfg = from_namespace(HarvestConfig, args)
     out = harvest(cfg, progress=not args.quiet)
-    print(summarize(out))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, from rank 0
+        print(summarize(out))
 
 
 def _cmd_train(args) -> None:

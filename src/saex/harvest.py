@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 import saex
+from saex import distributed
 from saex.config import config_dict
 from saex.data.corpora import resolve_corpus
 from saex.data.packing import SPLITS, pack, resolve_packing
@@ -140,6 +141,7 @@ def _usable_shards(out: Path, split: str, shards: list[dict], shard_contexts: in
 def harvest(cfg: HarvestConfig, progress: bool = True) -> Path:
     """Harvest activations into ``cfg.out``; resumes when the folder holds the same store unfinished."""
     hooks = validate(cfg)
+    ranks = distributed.setup()
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise SaexError(f"--out {out} exists and is not a folder")
@@ -176,8 +178,10 @@ def harvest(cfg: HarvestConfig, progress: bool = True) -> Path:
             "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
             "splits": {s: {"shards": []} for s in SPLITS},
         }
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+    ranks.barrier()
     manifest["config"] = config_dict(cfg)
     manifest["status"] = "in_progress"
     for split in SPLITS:
@@ -187,32 +191,34 @@ def harvest(cfg: HarvestConfig, progress: bool = True) -> Path:
         entry["rows"] = entry["contexts"] * T
         entry["target_tokens"] = n_tokens[split]
         entry.pop("exhausted", None)
-    write_json_atomic(out / MANIFEST, manifest)
+    if ranks.main:
+        write_json_atomic(out / MANIFEST, manifest)
 
     totals = {s: math.ceil(n_tokens[s] / T) * T for s in SPLITS}
     done = {s: sum(x["rows"] for x in manifest["splits"][s]["shards"]) for s in SPLITS}
     bar = tqdm(total=sum(totals.values()), initial=min(sum(done.values()), sum(totals.values())),
-               unit="tok", unit_scale=True, disable=not progress, desc="harvest", dynamic_ncols=True)
+               unit="tok", unit_scale=True, disable=not (progress and ranks.main), desc="harvest", dynamic_ncols=True)
     with hooked.capture(hooks) as run:
         for split in SPLITS:
             _harvest_split(cfg, out, manifest, split, run, lm.tokenizer, packing, corpus, points,
-                           math.ceil(n_tokens[split] / T), shard_contexts, bar)
+                           math.ceil(n_tokens[split] / T), shard_contexts, bar, ranks)
     bar.close()
     manifest["status"] = "complete"
     manifest["completed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    write_json_atomic(out / MANIFEST, manifest)
+    if ranks.main:
+        write_json_atomic(out / MANIFEST, manifest)
+    ranks.barrier()
     return out
 
 
 def _harvest_split(cfg, out, manifest, split, run, tokenizer, packing, corpus, points, target_contexts,
-                   shard_contexts, bar) -> None:
+                   shard_contexts, bar, ranks) -> None:
     entry = manifest["splits"][split]
     shards = entry["shards"]
     done_contexts = sum(s["contexts"] for s in shards)
     if done_contexts >= target_contexts:
         return
     T = packing.context_length
-    dtype = DTYPES[cfg.dtype]
     contexts = pack(corpus.documents(cfg.seed), tokenizer, packing, split, cfg.seed, cfg.heldout_fraction)
     # Replay the contexts already stored and check they are the ones this config produces.
     for s in shards:
@@ -225,55 +231,78 @@ def _harvest_split(cfg, out, manifest, split, run, tokenizer, packing, corpus, p
         if h.hexdigest() != s["tokens_sha256"]:
             raise SaexError(f"the contexts of {out / split / s['file']} differ from what this corpus and tokenizer "
                             "produce now; the inputs changed since the harvest began: harvest into a new folder")
-
+    position = done_contexts  # contexts taken from the stream so far
     while done_contexts < target_contexts:
-        n = min(shard_contexts, target_contexts - done_contexts)
-        tok_CT = np.zeros((n, T), dtype=np.int32)
-        doc_CT = np.zeros((n, T), dtype=np.int32)
-        acts = {p.name: torch.empty(n * T, p.width, dtype=dtype) for p in points}
-        filled = 0
-        while filled < n:
-            batch = []
-            for _ in range(min(cfg.batch_size, n - filled)):
-                c = next(contexts, None)
-                if c is None:
-                    break
-                batch.append(c)
-            if not batch:
+        # One round: rank r computes the r-th of the next `world` shards (every earlier shard is full), so
+        # the shards and their order are those of a single process.
+        start = done_contexts + ranks.rank * shard_contexts
+        n = max(0, min(shard_contexts, target_contexts - start))
+        new = None
+        if n:
+            for _ in range(start - position):
+                next(contexts, None)
+            filled, tensors = _compute_shard(cfg, run, contexts, n, T, points, bar, split)
+            position = start + filled
+            if filled:
+                index = len(shards) + ranks.rank
+                path = out / split / shard_name(index)
+                digest = write_safetensors_atomic(path, tensors, {"split": split, "index": str(index), "format": FORMAT})
+                new = {"file": path.name, "contexts": filled, "rows": filled * T, "bytes": path.stat().st_size,
+                       "sha256": digest, "tokens_sha256": hashlib.sha256(tensors["tokens"].numpy().tobytes()).hexdigest()}
+        exhausted = False
+        for e in ranks.gather(new):
+            if e is not new:
+                bar.update(0 if e is None else e["rows"])
+            if e is None:
+                exhausted = done_contexts < target_contexts
                 break
-            b = len(batch)
-            tok_CT[filled:filled + b] = np.stack([c.tokens_T for c in batch])
-            doc_CT[filled:filled + b] = np.stack([c.doc_ids_T for c in batch])
-            got = run(torch.from_numpy(tok_CT[filled:filled + b]).long())
-            for name, x_BTD in got.items():
-                x = x_BTD.reshape(b * T, -1).to(dtype)
-                if not torch.isfinite(x).all():
-                    kind = "is not finite" if not torch.isfinite(x_BTD).all() else f"overflows {cfg.dtype}"
-                    raise SaexError(f"activation at {name} {kind} (max |x| = {x_BTD.abs().max().item():.4g}); "
-                                    "use --dtype float32 or bfloat16")
-                acts[name][filled * T:(filled + b) * T] = x
-            filled += b
-            bar.update(b * T)
-            bar.set_postfix_str(split)
-        if filled == 0:
-            entry["exhausted"] = True
-            warnings.warn(f"the corpus ran out: split {split!r} has {done_contexts * T} tokens, "
-                          f"fewer than the {target_contexts * T} asked for")
-            break
-        index = len(shards)
-        tensors = {k: v[:filled * T] for k, v in acts.items()}
-        tensors["tokens"] = torch.from_numpy(tok_CT[:filled])
-        tensors["doc_ids"] = torch.from_numpy(doc_CT[:filled])
-        path = out / split / shard_name(index)
-        digest = write_safetensors_atomic(path, tensors, {"split": split, "index": str(index), "format": FORMAT})
-        shards.append({"file": path.name, "contexts": filled, "rows": filled * T, "bytes": path.stat().st_size,
-                       "sha256": digest, "tokens_sha256": hashlib.sha256(tok_CT[:filled].tobytes()).hexdigest()})
-        done_contexts += filled
+            shards.append(e)
+            done_contexts += e["contexts"]
+            if e["contexts"] < shard_contexts and done_contexts < target_contexts:
+                exhausted = True
+                break
         entry["rows"] = done_contexts * T
         entry["contexts"] = done_contexts
-        write_json_atomic(out / MANIFEST, manifest)
-        if filled < n:
+        if ranks.main:
+            write_json_atomic(out / MANIFEST, manifest)
+        if exhausted:
             entry["exhausted"] = True
             warnings.warn(f"the corpus ran out: split {split!r} has {done_contexts * T} tokens, "
                           f"fewer than the {target_contexts * T} asked for")
             break
+
+
+def _compute_shard(cfg, run, contexts, n, T, points, bar, split) -> tuple[int, dict[str, torch.Tensor]]:
+    """Activations of up to n contexts from the stream: (contexts filled, the shard's tensors)."""
+    dtype = DTYPES[cfg.dtype]
+    tok_CT = np.zeros((n, T), dtype=np.int32)
+    doc_CT = np.zeros((n, T), dtype=np.int32)
+    acts = {p.name: torch.empty(n * T, p.width, dtype=dtype) for p in points}
+    filled = 0
+    while filled < n:
+        batch = []
+        for _ in range(min(cfg.batch_size, n - filled)):
+            c = next(contexts, None)
+            if c is None:
+                break
+            batch.append(c)
+        if not batch:
+            break
+        b = len(batch)
+        tok_CT[filled:filled + b] = np.stack([c.tokens_T for c in batch])
+        doc_CT[filled:filled + b] = np.stack([c.doc_ids_T for c in batch])
+        got = run(torch.from_numpy(tok_CT[filled:filled + b]).long())
+        for name, x_BTD in got.items():
+            x = x_BTD.reshape(b * T, -1).to(dtype)
+            if not torch.isfinite(x).all():
+                kind = "is not finite" if not torch.isfinite(x_BTD).all() else f"overflows {cfg.dtype}"
+                raise SaexError(f"activation at {name} {kind} (max |x| = {x_BTD.abs().max().item():.4g}); "
+                                "use --dtype float32 or bfloat16")
+            acts[name][filled * T:(filled + b) * T] = x
+        filled += b
+        bar.update(b * T)
+        bar.set_postfix_str(split)
+    tensors = {k: v[:filled * T] for k, v in acts.items()}
+    tensors["tokens"] = torch.from_numpy(tok_CT[:filled])
+    tensors["doc_ids"] = torch.from_numpy(doc_CT[:filled])
+    return filled, tensors

@@ -71,10 +71,16 @@ def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metad
 
 
 def remove_stale_temporaries(folder: Path) -> int:
-    """Delete temp files left by a killed writer; returns how many."""
+    """Delete temp files left by a killed writer; returns how many.
+
+    Two kinds: saex's own (``.tmp-<name>.<random>``), and those of safetensors' Rust writer, which
+    writes through a temporary file of its own in the same folder (``.tmp<random>``, the Rust tempfile
+    crate's naming) and leaves it behind when killed mid-write.
+    """
     n = 0
     if folder.is_dir():
-        for p in folder.rglob(f"{TMP_PREFIX}*"):
-            p.unlink(missing_ok=True)
-            n += 1
+        for p in folder.rglob(".tmp*"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                n += 1
     return n

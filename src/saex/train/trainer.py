@@ -24,11 +24,12 @@ import torch
 from tqdm import tqdm
 
 import saex
+from saex import distributed
 from saex.dictionaries import ARCHS, Ensemble
 from saex.errors import SaexError
 from saex.store.files import remove_stale_temporaries, write_json_atomic
 from saex.store.reader import ActivationStore
-from saex.train import checkpoint, distributed
+from saex.train import checkpoint
 from saex.train.config import Member, TrainConfig, validate
 
 RUN = "run.json"

@@ -1,11 +1,14 @@
-"""Data-parallel training across processes with torch.distributed, launched by torchrun.
+"""Several processes with torch.distributed, launched by torchrun: data-parallel training and harvesting.
 
 ``torchrun --nproc_per_node=N -m saex.cli train ...`` runs N ranks. Every rank reads the same shuffled
 batch stream and keeps its own slice of each batch; each group's ensemble is wrapped in
 ``DistributedDataParallel``, which averages the gradients, so the update equals the single-process one
 on the whole batch (up to floating-point summation order). Dead-feature counts are combined across
-ranks; rank 0 alone writes run.json, metrics, checkpoints and the dictionaries. CPU runs use gloo,
-GPU runs nccl.
+ranks; rank 0 alone writes run.json, metrics, checkpoints and the dictionaries.
+
+``torchrun --nproc_per_node=N -m saex.cli harvest ...`` splits the shards: in each round rank r computes
+the r-th of the next N shards and rank 0 records them in the manifest, so the store is the one a single
+process writes. CPU runs use gloo, GPU runs nccl.
 """
 
 from __future__ import annotations
@@ -40,6 +43,14 @@ class Ranks:
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
         return counts > 0
 
+    def gather(self, obj) -> list:
+        """Every rank's ``obj``, in rank order."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def local_slice(self, x_BD: torch.Tensor) -> torch.Tensor:
         if self.world == 1:
             return x_BD
@@ -47,14 +58,14 @@ class Ranks:
         return x_BD[self.rank * b:(self.rank + 1) * b]
 
 
-def setup(batch_size: int) -> Ranks:
+def setup(batch_size: int | None = None) -> Ranks:
     """Join the process group torchrun describes in the environment (a no-op for a single process)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     if not dist.is_initialized():
         return Ranks()
     ranks = Ranks(dist.get_world_size(), dist.get_rank())
-    if batch_size % ranks.world:
+    if batch_size is not None and batch_size % ranks.world:
         raise SaexError(f"--batch-size {batch_size} must be divisible by the number of processes ({ranks.world})")
     return ranks
 
