@@ -118,6 +118,15 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a torchrun rendezvous on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def has_package(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 

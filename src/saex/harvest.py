@@ -30,7 +30,8 @@ from saex.data.packing import SPLITS, pack, resolve_packing
 from saex.errors import SaexError
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
-from saex.store.files import remove_stale_temporaries, sha256_path, write_json_atomic, write_safetensors_atomic
+from saex.store.files import (check_output_folder, check_same_identity, remove_stale_temporaries, sha256_path,
+                              write_json_atomic, write_safetensors_atomic)
 from saex.store.reader import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, shard_name
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -105,20 +106,12 @@ def _tokenizer_sha256(tokenizer) -> str:
 
 def _check_existing(out: Path, identity: dict) -> dict | None:
     """The existing manifest when it describes the same store; a clear error when it does not."""
-    mpath = out / MANIFEST
-    if not mpath.is_file():
-        if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
-            raise SaexError(f"output folder {out} is not empty and holds no activation store; choose another --out")
+    if not (out / MANIFEST).is_file():
         return None
-    manifest = read_manifest(mpath)
+    manifest = read_manifest(out / MANIFEST)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise SaexError(f"output folder {out} holds something other than a saex v{FORMAT_VERSION} activation store")
-    differ = sorted(k for k in identity.keys() | manifest["identity"].keys()
-                    if identity.get(k) != manifest["identity"].get(k))
-    if differ:
-        details = "; ".join(f"{k}: store has {manifest['identity'].get(k)!r}, asked {identity.get(k)!r}" for k in differ)
-        raise SaexError(f"output folder {out} holds a different activation store ({details}). "
-                        "Choose another --out, or delete that folder to start over.")
+    check_same_identity(out, manifest["identity"], identity, "activation store", "store")
     return manifest
 
 
@@ -143,8 +136,7 @@ def harvest(cfg: HarvestConfig, progress: bool = True) -> Path:
     hooks = validate(cfg)
     ranks = distributed.setup()
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise SaexError(f"--out {out} exists and is not a folder")
+    check_output_folder(out, MANIFEST, "activation store")  # refuse a wrong --out before the slow model load
     lm = load_model(cfg.model)
     hooked = HookedLM(lm.model)
     points = [hooked.resolve(h) for h in hooks]

@@ -35,6 +35,16 @@ def cfg(out, model, corpus, **kw):
     return HarvestConfig(**base)
 
 
+def cli_args(c) -> list[str]:
+    """A HarvestConfig as `saex harvest` options."""
+    import dataclasses
+
+    from saex.harvest import HarvestConfig
+
+    return [arg for f in dataclasses.fields(HarvestConfig) if getattr(c, f.name) is not None
+            for arg in (f"--{f.name.replace('_', '-')}", str(getattr(c, f.name)))]
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -1,33 +1,17 @@
 """Harvesting with several processes under torchrun writes the store a single process writes."""
 
-import dataclasses
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from saex.harvest import HarvestConfig, harvest
+from saex.harvest import harvest
 from saex.store.files import remove_stale_temporaries
-from tests.conftest import write_corpus
-from tests.store._helpers import assert_same_content, cfg, manifest
+from tests.conftest import free_port, write_corpus
+from tests.store._helpers import assert_same_content, cfg, cli_args, manifest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _argv(c: HarvestConfig) -> list[str]:
-    out = []
-    for f in dataclasses.fields(HarvestConfig):
-        v = getattr(c, f.name)
-        if v is not None:
-            out += [f"--{f.name.replace('_', '-')}", str(v)]
-    return out
 
 
 @pytest.mark.parametrize("tokens", [2000, 1664])  # 1664 = 13 full shards of 128 tokens: an odd count per rank
@@ -36,8 +20,8 @@ def test_two_ranks_write_the_single_process_store(tmp_path, tiny_llama, tokens):
     kw = dict(tokens=tokens, shard_tokens=128)
     single = harvest(cfg(tmp_path / "single", tiny_llama, corpus, **kw), progress=False)
     torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "saex.cli",
-                           "harvest", "--quiet", *_argv(cfg(tmp_path / "ddp", tiny_llama, corpus, **kw))],
+    proc = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "saex.cli",
+                           "harvest", "--quiet", *cli_args(cfg(tmp_path / "ddp", tiny_llama, corpus, **kw))],
                           env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -24,11 +24,11 @@ import saex.harvest as H
 from saex.data.corpora import resolve_corpus
 from saex.data.packing import split_of
 from saex.errors import SaexError
-from saex.harvest import HarvestConfig, harvest
+from saex.harvest import harvest
 from saex.lm.loading import load_model
 from saex.store.reader import ActivationStore
 from tests.conftest import FAMILIES, write_corpus
-from tests.store._helpers import (BOS_ID, MLP, RESID, SEP_ID, all_tokens, assert_same_content, cfg,
+from tests.store._helpers import (BOS_ID, MLP, RESID, SEP_ID, all_tokens, assert_same_content, cfg, cli_args,
                                   expected_contexts, expected_stream, manifest, mtimes, read_shard, reference_acts,
                                   sha256_file, shard_lists, snapshot)
 
@@ -262,11 +262,7 @@ def test_resume_after_sigkill(tmp_path, tiny_llama):
     env = dict(os.environ, HF_HUB_OFFLINE="1", SAEX_CACHE=str(tmp_path / "cache"), TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS="1")  # like the in-process runs (see conftest); tiny matmuls gain nothing from threads
     c = cfg(out, tiny_llama, corpus, **kw)
-    argv = [sys.executable, "-m", "saex.cli", "harvest", "--quiet"]
-    for f in dataclasses.fields(HarvestConfig):
-        v = getattr(c, f.name)
-        if v is not None:
-            argv += [f"--{f.name.replace('_', '-')}", str(v)]
+    argv = [sys.executable, "-m", "saex.cli", "harvest", "--quiet", *cli_args(c)]
     log = tmp_path / "stderr.txt"
     with open(log, "wb") as err:
         proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)

@@ -1,7 +1,6 @@
 """Data-parallel training under torchrun: two CPU processes with gloo reproduce a single-process run."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +9,9 @@ import pytest
 from safetensors.torch import load_file
 
 from saex.train.trainer import train
+from tests.conftest import free_port
 from tests.train._synth import HOOK, metrics, train_cfg, weights
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("arch, extra", [("tied_l1", []), ("topk", ["--k", "4,6", "--dead-window", "256"])])
@@ -31,7 +26,7 @@ def test_two_ranks_match_one_process(small_store, tmp_path, arch, extra):
     single = train(train_cfg(small_store, tmp_path / "single", **kw), progress=False)
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "saex.cli",
+    proc = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "saex.cli",
                            "train", *args, "--out", str(tmp_path / "ddp")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -55,7 +50,7 @@ def test_two_ranks_match_one_process(small_store, tmp_path, arch, extra):
 
 def test_batch_must_divide_across_ranks(small_store, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "saex.cli",
+    proc = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "saex.cli",
                            "train", "--acts", str(small_store), "--hook", HOOK, "--batch-size", "63", "--tokens", "630",
                            "--out", str(tmp_path / "x"), "--quiet"],
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from saex.errors import SaexError
+from saex.store.files import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -132,16 +133,8 @@ def _gguf_sha256(path: Path) -> str:
     table = json.loads(memo.read_text()) if memo.is_file() else {}
     if key not in table:
         table[key] = sha256_file(path)
-        _atomic_write_text(memo, json.dumps(table, indent=1))
+        write_json_atomic(memo, table)
     return table[key]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _load_embedded(name: str) -> LoadedModel:

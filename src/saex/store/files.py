@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from saex.errors import SaexError
+
 TMP_PREFIX = ".tmp-"
 
 
@@ -84,3 +86,24 @@ def remove_stale_temporaries(folder: Path) -> int:
                 p.unlink(missing_ok=True)
                 n += 1
     return n
+
+
+def check_output_folder(out: Path, marker: str, what: str) -> bool:
+    """Whether ``out`` already holds a ``what`` (its ``marker`` file exists). A path that is not a folder,
+    or a non-empty folder without the marker, is refused: writing there could clobber someone's files."""
+    if out.exists() and not out.is_dir():
+        raise SaexError(f"--out {out} exists and is not a folder")
+    if (out / marker).is_file():
+        return True
+    if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+        raise SaexError(f"output folder {out} is not empty and holds no {what}; choose another --out")
+    return False
+
+
+def check_same_identity(out: Path, saved: dict, asked: dict, what: str, holder: str) -> None:
+    """Refuse to continue a ``what`` in ``out`` whose recorded identity differs, naming every difference."""
+    differ = sorted(k for k in asked.keys() | saved.keys() if asked.get(k) != saved.get(k))
+    if differ:
+        details = "; ".join(f"{k}: {holder} has {saved.get(k)!r}, asked {asked.get(k)!r}" for k in differ)
+        raise SaexError(f"output folder {out} holds a different {what} ({details}). "
+                        "Choose another --out, or delete that folder to start over.")

@@ -27,7 +27,7 @@ import saex
 from saex import distributed
 from saex.dictionaries import ARCHS, Ensemble
 from saex.errors import SaexError
-from saex.store.files import remove_stale_temporaries, write_json_atomic
+from saex.store.files import check_output_folder, check_same_identity, remove_stale_temporaries, write_json_atomic
 from saex.store.reader import ActivationStore
 from saex.train import checkpoint
 from saex.train.config import Member, TrainConfig, validate
@@ -94,19 +94,10 @@ def input_scale(store: ActivationStore, hook: str, normalize: str) -> float:
 
 
 def _check_out(out: Path, identity: dict) -> dict | None:
-    if out.exists() and not out.is_dir():
-        raise SaexError(f"--out {out} exists and is not a folder")
-    run = out / RUN
-    if not run.is_file():
-        if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
-            raise SaexError(f"output folder {out} is not empty and holds no saex training run; choose another --out")
+    if not check_output_folder(out, RUN, "saex training run"):
         return None
-    saved = json.loads(run.read_text())
-    differ = sorted(k for k in identity.keys() | saved["identity"].keys() if identity.get(k) != saved["identity"].get(k))
-    if differ:
-        details = "; ".join(f"{k}: folder has {saved['identity'].get(k)!r}, asked {identity.get(k)!r}" for k in differ)
-        raise SaexError(f"output folder {out} holds a different training run ({details}). "
-                        "Choose another --out, or delete that folder to start over.")
+    saved = json.loads((out / RUN).read_text())
+    check_same_identity(out, saved["identity"], identity, "training run", "folder")
     return saved
 
 
