@@ -77,6 +77,37 @@ def _cmd_ioi(args) -> None:
     print(f"IOI curves and plots in {out}")
 
 
+def _cmd_reproduce(args) -> None:
+    from saex.report.pipeline import ReproduceConfig, reproduce
+
+    reproduce(from_namespace(ReproduceConfig, args), progress=not args.quiet)
+
+
+def _cmd_dashboard(args) -> None:
+    from saex.viz.dashboard.run import DashboardConfig, build_dashboard
+
+    out = build_dashboard(from_namespace(DashboardConfig, args), progress=not args.quiet)
+    print(f"dashboard in {out}: open {out / 'index.html'} in a browser")
+
+
+def _cmd_case_study(args) -> None:
+    from saex.causal.case_study import CaseStudyConfig, run_case_study
+
+    out = run_case_study(from_namespace(CaseStudyConfig, args), progress=not args.quiet)
+    print(f"case study in {out / 'case_study.json'} (figures beside it)")
+
+
+def _cmd_report(args) -> None:
+    from pathlib import Path
+
+    from saex.report.render import build_report
+
+    if not (Path(args.run) / "reproduce.json").exists():
+        raise SaexError(f"{args.run} is not a saex reproduce run folder (it has no reproduce.json)")
+    paths = build_report(Path(args.run))
+    print(f"report: {paths['html']}  (Markdown: {paths['md']}; numbers: {paths['results']})")
+
+
 def _cmd_mmcs(args) -> None:
     from saex.dictionaries.sae import SAE
     from saex.evaluate.mmcs import mmcs
@@ -115,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     from saex.features.build import FeaturesConfig
     from saex.causal.run import IOIConfig
     from saex.interpret.run import InterpretConfig
+    from saex.report.pipeline import ReproduceConfig
     from saex.train.config import TrainConfig
 
     def stage(name: str, help_text: str, cls: type, func) -> argparse.ArgumentParser:
@@ -139,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
           InterpretConfig, _cmd_interpret)
     stage("ioi", "patch feature subsets on indirect object identification: KL against features patched and edit size",
           IOIConfig, _cmd_ioi)
+    stage("reproduce", "the paper's whole study, resumable: harvest, sweeps, baselines, eval, autointerp, IOI, "
+          "case studies, dashboard and the report", ReproduceConfig, _cmd_reproduce)
+
+    from saex.viz.dashboard.run import DashboardConfig
+    stage("dashboard", "write a static feature dashboard (opens from disk): examples, explanations, scores, analyses",
+          DashboardConfig, _cmd_dashboard)
+
+    from saex.causal.case_study import CaseStudyConfig
+    stage("case-study", "per-feature case studies: prompt search, token histograms, logit lens, ablation effects, "
+          "upstream circuits", CaseStudyConfig, _cmd_case_study)
+
+    p = sub.add_parser("report", help="rebuild the paper report of a saex reproduce run folder from what it holds")
+    p.add_argument("run", help="the run folder (--out of saex reproduce)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("mmcs", help="mean max cosine similarity of one dictionary's features against another's")
     p.add_argument("reference", help="dictionary folder whose atoms are matched against")

@@ -1,0 +1,215 @@
+"""Output effect of a feature: the paper's less-than-rank-one ablation (Cunningham et al. 2023 §5.2, Fig. 4 right).
+
+At every position of the hook point the activation becomes ``x ← x − c_k(x)·f_k`` (``f_k = W_dec[k]``, in
+activation space, so any dictionary works, including signed ``linear`` ones such as PCA where ``c_k < 0``):
+the feature is lowered along its own direction until it is no longer active, and the rest of ``x`` (other
+features, the reconstruction error) is kept. The paper's code calls this "partial" ablation. The effect is
+``log_softmax(ablated) − log_softmax(clean)`` for every vocabulary token, averaged over the positions where
+the feature is active (``c_k ≠ 0``) in the given contexts. The apostrophe feature's largest effect is a
+drop of "s".
+
+Cost: ``Segment`` runs the network from one hook point to another. On the clean run it records the
+activations at both ends and the arguments the model passed to each block in between (rotary embeddings,
+masks); a modified activation then goes through those blocks only, called directly, as
+``saex.causal.patching`` does after a hook. Hook points inside a block (MLP neurons, attention / MLP
+outputs) as the start fall back to a full forward with the activation spliced in, stopped after the end
+hook. The final norm and the LM head run only at the positions where the feature is active.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from saex.errors import SaexError
+from saex.lm.hooks import HookedLM, _first
+
+
+class _Stop(Exception):
+    pass
+
+
+def _expand(value, n: int, times: int):
+    """Repeat every tensor whose first dimension is the batch ``n``, ``times`` times along it."""
+    if torch.is_tensor(value):
+        return value.repeat(times, *([1] * (value.dim() - 1))) if value.dim() and value.shape[0] == n else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_expand(v, n, times) for v in value)
+    if isinstance(value, dict):
+        return {k: _expand(v, n, times) for k, v in value.items()}
+    return value
+
+
+def _hook_module(hooked: HookedLM, name: str, fn: Callable, replace: bool = False):
+    """Register ``fn(act)`` at a hook point: it sees the activation, and with ``replace`` returns its substitute."""
+    point = hooked.resolve(name)
+    module = hooked.model.get_submodule(point.module)
+    if point.capture == "input":
+        def pre(mod, args, kwargs):
+            if args:
+                new = fn(args[0])
+                return ((new, *args[1:]), kwargs) if replace else None
+            new = fn(kwargs["hidden_states"])
+            return (args, {**kwargs, "hidden_states": new}) if replace else None
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+    def post(mod, args, out):
+        new = fn(_first(out))
+        if not replace:
+            return None
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+    return module.register_forward_hook(post)
+
+
+class Segment:
+    """The network from hook point ``start`` to hook point ``end`` (default: the last block's output) on
+    fixed token ids: ``seg(x_BNTD)`` is the activation at ``end`` for each of B replacements of the one at
+    ``start``; differentiable. ``x_start`` / ``x_end`` hold the clean activations [N, T, D]."""
+
+    def __init__(self, hooked: HookedLM, start: str, ids_NT: torch.Tensor, end: str | None = None):
+        self.hooked, self.ids_NT = hooked, ids_NT
+        end = end or f"blocks.{hooked.n_layers - 1}.hook_resid_post"
+        p0, p1 = hooked.resolve(start), hooked.resolve(end)
+        if p0.order > p1.order:
+            raise SaexError(f"hook point {start} is not before {end}")
+        self.start, self.end, self.p1 = start, end, p1
+        self.identity = start == end
+        # blocks called directly: start at a residual hook, so the blocks' inputs are known exactly
+        self.first = {"hook_resid_post": p0.layer + 1, "hook_resid_pre": p0.layer}.get(p0.kind)
+        self.calls: dict[int, tuple] = {}
+        got: dict[str, torch.Tensor] = {}
+        handles = []
+        if self.first is not None and not self.identity:
+            for i in range(self.first, min(p1.layer, hooked.n_layers - 1) + 1):
+                def keep(mod, args, kwargs, i=i):
+                    self.calls[i] = (tuple(args[1:]), {k: v for k, v in kwargs.items() if k != "hidden_states"})
+                handles.append(hooked.blocks[i].register_forward_pre_hook(keep, with_kwargs=True))
+
+        def grab(name, last):
+            def fn(a):
+                got[name] = a.detach().clone()
+                if last:
+                    raise _Stop
+            return fn
+        handles.append(_hook_module(hooked, start, grab("start", self.identity)))
+        if not self.identity:
+            handles.append(_hook_module(hooked, end, grab("end", True)))
+        try:
+            with torch.no_grad():
+                hooked.model(input_ids=ids_NT, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        self.x_start = got["start"].float()
+        self.x_end = self.x_start if self.identity else got["end"].float()
+
+    def __call__(self, x_BNTD: torch.Tensor) -> torch.Tensor:
+        B, N, T, D = x_BNTD.shape
+        if self.identity:
+            return x_BNTD
+        h = x_BNTD.reshape(B * N, T, D)
+        if self.first is None:
+            return self._spliced(h).reshape(B, N, T, -1)
+        p1 = self.p1
+        for i in range(self.first, p1.layer):
+            args, kw = self.calls[i]
+            h = _first(self.hooked.blocks[i](h, *_expand(args, N, B), **_expand(kw, N, B)))
+        if p1.kind != "hook_resid_pre":  # the end is in block p1.layer: run it (up to the end hook)
+            args, kw = self.calls[p1.layer]
+            block = self.hooked.blocks[p1.layer]
+            if p1.kind == "hook_resid_post":
+                h = _first(block(h, *_expand(args, N, B), **_expand(kw, N, B)))
+            else:
+                got = {}
+
+                def fn(a):
+                    got["x"] = a
+                    raise _Stop
+                handle = _hook_module(self.hooked, self.end, fn)
+                try:
+                    block(h, *_expand(args, N, B), **_expand(kw, N, B))
+                except _Stop:
+                    pass
+                finally:
+                    handle.remove()
+                h = got["x"]
+        return h.reshape(B, N, T, -1)
+
+    def _spliced(self, h: torch.Tensor) -> torch.Tensor:
+        ids = self.ids_NT.repeat(h.shape[0] // self.ids_NT.shape[0], 1)
+        got = {}
+
+        def fn(a):
+            got["x"] = a
+            raise _Stop
+        handles = [_hook_module(self.hooked, self.start, lambda a: h.to(a.dtype), replace=True),
+                   _hook_module(self.hooked, self.end, fn)]
+        try:
+            self.hooked.model(input_ids=ids, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return got["x"]
+
+
+def final_logits(hooked: HookedLM, h_PD: torch.Tensor) -> torch.Tensor:
+    """Logits from last-block outputs at chosen positions: the final norm and LM head only there."""
+    model = hooked.model
+    logits = model.get_output_embeddings()(model.get_submodule(hooked.family.final_norm)(h_PD)).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def pad_contexts(contexts: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids [N, T] (pad = the context's first token; causal attention never lets a position see
+    the padding after it) and the lengths [N]."""
+    rows = [torch.as_tensor(c, dtype=torch.long).reshape(-1) for c in contexts]
+    if not rows or any(len(r) == 0 for r in rows):
+        raise SaexError("need at least one non-empty context")
+    T = max(len(r) for r in rows)
+    ids = torch.stack([torch.cat([r, r[:1].expand(T - len(r))]) for r in rows])
+    return ids, torch.tensor([len(r) for r in rows])
+
+
+@torch.no_grad()
+def output_effect(hooked: HookedLM, hook: str, dictionary, feature: int, contexts: Sequence,
+                  decode: Callable[[int], str] = str, top: int = 20, batch: int = 8, position_chunk: int = 256) -> dict:
+    """The ``output_effect`` payload of ``schema.md``: mean Δ log-prob of every token when the feature is
+    ablated (x ← x − c_k f_k at every position) over the positions where it is active in ``contexts``
+    (token-id sequences; ``contexts`` counts those with at least one active position)."""
+    if not 0 <= feature < dictionary.d_dict:
+        raise SaexError(f"feature {feature} is out of range: the dictionary has features 0..{dictionary.d_dict - 1}")
+    if dictionary.d_in != hooked.resolve(hook).width:
+        raise SaexError(f"the dictionary has d_in {dictionary.d_in}, but {hook} has width {hooked.resolve(hook).width}")
+    f_D = dictionary.W_dec_FD[feature].detach().float()
+    total_V, positions, used = None, 0, 0
+    for lo in range(0, len(contexts), batch):
+        ids_NT, len_N = pad_contexts(contexts[lo:lo + batch])
+        seg = Segment(hooked, hook, ids_NT)
+        c_NT = dictionary.encode(seg.x_start)[..., feature]
+        valid_NT = torch.arange(ids_NT.shape[1])[None] < len_N[:, None]
+        active_NT = (c_NT != 0) & valid_NT
+        if not active_NT.any():
+            continue
+        used += int(active_NT.any(1).sum())
+        h_abl = seg((seg.x_start - c_NT[..., None] * f_D)[None])[0]
+        clean_PD, abl_PD = seg.x_end[active_NT], h_abl[active_NT]
+        for p in range(0, len(clean_PD), position_chunk):
+            d = (F.log_softmax(final_logits(hooked, abl_PD[p:p + position_chunk]), -1)
+                 - F.log_softmax(final_logits(hooked, clean_PD[p:p + position_chunk]), -1)).double().sum(0)
+            total_V = d if total_V is None else total_V + d
+        positions += int(active_NT.sum())
+    if total_V is None:
+        return {"positions": 0, "contexts": 0, "decreased": [], "increased": []}
+    mean_V = (total_V / positions).float()
+    k = min(top, len(mean_V))
+    dec, inc = mean_V.topk(k, largest=False), mean_V.topk(k)
+    row = lambda r: [{"token": decode(int(i)), "id": int(i), "delta": float(v)}  # noqa: E731
+                     for v, i in zip(r.values.tolist(), r.indices.tolist())]
+    return {"positions": positions, "contexts": used, "decreased": row(dec), "increased": row(inc)}

@@ -1,0 +1,1 @@
+"""The reproduce pipeline (``saex reproduce``) and the paper report it ends with."""

@@ -1,0 +1,263 @@
+"""``saex reproduce``: the paper's whole study as one resumable pipeline (Cunningham et al. 2023, §3-5, App. B-G).
+
+harvest (residual + MLP hooks, one pass) → SAE sweeps over α and R (tied on the residual stream, untied on
+the MLP, as the paper) → baselines → evaluation → feature index → autointerp → IOI → case studies →
+dashboard → report. Every stage writes under one run folder (layout in ``docs/report.md``) and is recorded in
+``reproduce.json`` with a key: the hash of its configuration and of the content hashes of what its inputs
+wrote. A stage whose key and outputs are unchanged is skipped; one killed half-way is run again with the
+same key, and the stage itself resumes (each saex command does); a stage whose key changed has its old
+outputs removed first, so that nothing stale is mixed in.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import datetime
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from saex.config import config_dict
+from saex.errors import SaexError
+from saex.report import presets
+from saex.store.files import sha256_path, write_json_atomic
+
+STATE = "reproduce.json"
+
+
+@dataclass
+class ReproduceConfig:
+    """What ``saex reproduce`` runs; saved in reproduce.json."""
+
+    preset: str = "quick"
+    """quick (minutes on 2 CPU cores: 2 residual layers + 1 MLP, 150k tokens) or paper (the paper's sweeps
+    and sample sizes: days on a CPU; the expected time is printed before it starts)."""
+    model: str = "smollm2-135m"
+    """Model: embedded (smollm2-135m, gemma3-270m), a local folder or a hub id."""
+    corpus: str = "default"
+    """Corpus, as for saex harvest (default: the embedded Wikipedia leads)."""
+    out: str = "runs/reproduce"
+    """Run folder: one sub-folder per stage, reproduce.json, and report/ with report.html."""
+    set: str = ""
+    """Overrides of the preset's plan, e.g. 'tokens=50000,ioi_prompts=5,resid_layers=[3,4]' (keys as printed
+    by --dry-run)."""
+    backend: str = "offline"
+    """Autointerp backend: offline (lexical predictability, no network), openai or hf (see saex interpret)."""
+    llm_model: str | None = None
+    """openai / hf backends: the explainer-simulator model."""
+    base_url: str | None = None
+    """openai backend: the endpoint's base URL."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """openai backend: the environment variable holding the API key (the key is never written anywhere)."""
+    dry_run: bool = False
+    """Print the plan, the stages and the expected time, and stop."""
+
+
+@dataclass
+class Stage:
+    name: str
+    folder: str
+    """Sub-folder of the run folder this stage owns (removed when its key changes)."""
+    inputs: tuple[str, ...]
+    config: Callable[[], dict]
+    """The stage's configuration, built when it is reached (it may name folders its inputs wrote)."""
+    run: Callable[[dict], None]
+    optional: bool = False
+    """A SaexError here (e.g. IOI on a tokenizer without single-token names) is recorded, not fatal."""
+    soft: tuple[str, ...] = ()
+    """Stages read when they ran (their hashes enter the key) but not required (the report)."""
+
+
+def tree_hash(folder: Path) -> str:
+    """Content hash of what a stage wrote: every file's path and sha256, except resume state and temporaries.
+
+    An activation store is hashed through its manifest, which holds every shard's checksum (verified on read).
+    """
+    h = hashlib.sha256()
+    if (folder / "manifest.json").exists() and (folder / "train").is_dir():
+        files = [folder / "manifest.json"]
+    else:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and "checkpoint" not in p.relative_to(folder).parts
+                       and not p.name.endswith(".tmp") and ".tmp-" not in p.name)
+    for p in files:
+        h.update(str(p.relative_to(folder)).encode() + b"\0" + sha256_path(p).encode() + b"\n")
+    return h.hexdigest()
+
+
+def stage_key(name: str, config: dict, input_hashes: dict[str, str]) -> str:
+    blob = json.dumps({"stage": name, "config": config, "inputs": input_hashes}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def parse_overrides(text: str, plan: dict) -> dict:
+    """``key=value,key=[1,2]`` → a dict; keys must be plan keys and values Python literals of the same kind."""
+    out: dict = {}
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        if "=" not in part:
+            raise SaexError(f"--set item {part!r} is not key=value")
+        key, value = (s.strip() for s in part.split("=", 1))
+        if key not in plan:
+            raise SaexError(f"--set key {key!r} is not in the plan; allowed: {', '.join(sorted(plan))}")
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        old = plan[key]
+        if isinstance(old, list) and not isinstance(parsed, list):
+            parsed = [parsed]
+        if isinstance(old, float) and isinstance(parsed, int):
+            parsed = float(parsed)
+        if type(parsed) is not type(old) and not (isinstance(old, str) and isinstance(parsed, str)):
+            raise SaexError(f"--set {key}={value!r}: expected a {type(old).__name__} like {old!r}")
+        out[key] = parsed
+    return out
+
+
+class Pipeline:
+    """Runs stages in order against the state file; skip, resume and invalidate as the module docstring says."""
+
+    def __init__(self, root: Path, header: dict, stages: list[Stage], log=print):
+        self.root, self.stages, self.log = root, stages, log
+        self.path = root / STATE
+        self.state = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.state.update(header)
+        self.state.setdefault("stages", {})
+
+    def _save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, self.state)
+
+    def run(self) -> dict:
+        records = self.state["stages"]
+        for i, st in enumerate(self.stages, 1):
+            tag = f"[{i}/{len(self.stages)}] {st.name}"
+            missing = [n for n in st.inputs if records.get(n, {}).get("status") != "done"]
+            if missing:
+                records[st.name] = {"status": "not run", "reason": f"needs {', '.join(missing)}"}
+                self.log(f"{tag}: not run (needs {', '.join(missing)})")
+                self._save()
+                continue
+            cfg = st.config()
+            done = [n for n in st.inputs + st.soft if records.get(n, {}).get("status") == "done"]
+            key = stage_key(st.name, cfg, {n: records[n]["outputs"] for n in done})
+            rec = records.get(st.name, {})
+            folder = self.root / st.folder
+            if rec.get("status") == "done" and rec.get("key") == key:
+                if folder.exists() and tree_hash(folder) == rec.get("outputs"):
+                    self.log(f"{tag}: unchanged, skipped")
+                    continue
+                self.log(f"{tag}: its outputs changed on disk since it ran; running it again")
+                shutil.rmtree(folder, ignore_errors=True)
+            elif rec.get("key") not in (None, key) and folder.exists():
+                self.log(f"{tag}: configuration or inputs changed; removing its old outputs")
+                shutil.rmtree(folder)
+            elif rec.get("status") == "running":
+                self.log(f"{tag}: resuming an interrupted run")
+            records[st.name] = {"key": key, "status": "running", "config": cfg}
+            self._save()
+            self.log(f"{tag}: running")
+            t0 = time.perf_counter()
+            try:
+                st.run(cfg)
+            except SaexError as e:
+                if not st.optional:
+                    raise
+                records[st.name] = {"key": key, "status": "failed", "reason": str(e), "config": cfg}
+                self.log(f"{tag}: failed, continuing without it: {e}")
+                self._save()
+                continue
+            records[st.name] = {
+                "key": key, "status": "done", "config": cfg, "outputs": tree_hash(folder),
+                "seconds": round(time.perf_counter() - t0, 1),
+                "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+            self._save()
+            self.log(f"{tag}: done in {records[st.name]['seconds']:.0f} s")
+        return self.state
+
+
+def _rel(obj, root: Path):
+    """Configs name folders inside the run folder relative to it, so a moved run folder keeps its keys."""
+    if isinstance(obj, dict):
+        return {k: _rel(v, root) for k, v in obj.items()}
+    if isinstance(obj, str) and obj.startswith(str(root)):
+        return "$OUT" + obj[len(str(root)):]
+    return obj
+
+
+def _abs(obj, root: Path):
+    if isinstance(obj, dict):
+        return {k: _abs(v, root) for k, v in obj.items()}
+    if isinstance(obj, str) and obj.startswith("$OUT"):
+        return str(root) + obj[4:]
+    return obj
+
+
+def reproduce(cfg: ReproduceConfig, progress: bool = True) -> Path:
+    """Plan the study for the model, print it and its expected time, then run (or resume) every stage."""
+    from saex.report.stages import build_stages, describe_model
+
+    root = Path(cfg.out).resolve()
+    info = describe_model(cfg.model)
+    plan = presets.plan(cfg.preset, info["n_layers"])
+    plan.update(parse_overrides(cfg.set, plan))
+    plan["resid_layers"] = sorted(set(plan["resid_layers"]) | {plan["main_layer"] - 1, plan["main_layer"],
+                                                             plan["ioi_layer"]})
+    bad = [L for L in plan["resid_layers"] + plan["mlp_layers"] if not 0 <= L < info["n_layers"]]
+    if bad:
+        raise SaexError(f"layers {bad} are out of range: {cfg.model} has layers 0..{info['n_layers'] - 1}")
+    estimate = presets.estimate_seconds(plan, info["params_per_layer"], info["d_model"], info["d_mlp"],
+                                        info["vocab"], info["gflops"])
+    total = sum(estimate.values())
+    print(f"saex reproduce --preset {cfg.preset}: {cfg.model} ({info['n_layers']} layers, d_model {info['d_model']})"
+          f" on {cfg.corpus}")
+    print("plan: " + json.dumps(plan))
+    print(f"expected time on this machine: about {_human(total)} (an estimate from FLOP counts and a measured "
+          f"{info['gflops']:.0f} GFLOP/s matmul rate: " + ", ".join(f"{k} {_human(v)}" for k, v in estimate.items())
+          + ")", flush=True)
+    header = {"preset": cfg.preset, "reproduce_config": config_dict(cfg), "plan": plan, "model": info,
+              "estimate_seconds": estimate}
+    stages = build_stages(cfg, plan, root, progress)
+    if cfg.dry_run:
+        print("stages: " + ", ".join(s.name for s in stages))
+        return root
+    t0 = time.perf_counter()
+    state = Pipeline(root, header, stages, log=lambda m: print(m, file=sys.stderr, flush=True)).run()
+    failed = {n: r.get("reason") for n, r in state["stages"].items() if r.get("status") in ("failed", "not run")}
+    for n, why in failed.items():
+        print(f"note: stage {n} did not run: {why}")
+    print(f"finished in {_human(time.perf_counter() - t0)}; report: {root / 'report' / 'report.html'}")
+    return root
+
+
+def _human(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def stage_config(obj) -> dict:
+    """A stage's dataclass config as the JSON dict its key is computed from."""
+    return config_dict(obj) if dataclasses.is_dataclass(obj) else dict(obj)

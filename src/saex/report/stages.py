@@ -1,0 +1,179 @@
+"""The stages of ``saex reproduce`` (see pipeline.py), each a saex command run in-process on the run folder.
+
+The folder layout they write is the report's input (``docs/report.md``):
+``acts/``, ``dicts/<hook>/``, ``baselines/<hook>/``, ``eval/<hook>/``, ``features/<hook>/``,
+``interpret/<hook>/``, ``ioi/``, ``case_studies/``, ``dashboard/``, ``report/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from saex.errors import SaexError
+from saex.report.pipeline import ReproduceConfig, Stage, _abs, _rel, stage_config
+
+
+def describe_model(name: str) -> dict:
+    """Depth and widths of the model (for the plan), and this machine's fp32 matmul rate (for the estimate)."""
+    from saex.lm.hooks import HookedLM
+    from saex.lm.loading import load_model
+
+    model = load_model(name).model
+    hooked = HookedLM(model)
+    a = torch.randn(1024, 1024)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(8):
+        a @ a
+    gflops = 8 * 2 * 1024**3 / (time.perf_counter() - t0) / 1e9
+    return {"name": name, "n_layers": hooked.n_layers, "d_model": hooked.d_model, "d_mlp": hooked.d_mlp,
+            "vocab": model.config.vocab_size,
+            "params_per_layer": sum(p.numel() for p in hooked.blocks[0].parameters()),
+            "gflops": round(gflops, 1)}
+
+
+def resid_hook(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def mlp_hook(layer: int) -> str:
+    # The paper's MLP dictionaries read the post-nonlinearity hidden neurons (paper-spec §1.5).
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def member(folder: Path, ratio: float, alpha: float) -> Path:
+    """The dictionary of a training run with this R and α (read from each member's metadata)."""
+    found = []
+    for cfg_path in sorted(folder.glob("*/cfg.json")):
+        meta = json.loads(cfg_path.read_text()).get("metadata", {})
+        found.append((meta.get("ratio"), meta.get("alpha")))
+        if (meta.get("ratio") is not None and math.isclose(meta["ratio"], ratio, rel_tol=1e-6)
+                and meta.get("alpha") is not None and math.isclose(meta["alpha"], alpha, rel_tol=1e-6)):
+            return cfg_path.parent
+    raise SaexError(f"no dictionary with R={ratio:g}, α={alpha:g} in {folder}; it has (R, α) = {found}")
+
+
+def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -> list[Stage]:
+    from saex.baselines import BaselinesConfig, build_baselines
+    from saex.causal.run import IOIConfig, run_ioi
+    from saex.evaluate.run import EvalConfig, evaluate_dictionaries
+    from saex.features.build import FeaturesConfig, build_features
+    from saex.harvest import HarvestConfig, harvest
+    from saex.interpret.run import InterpretConfig, interpret
+    from saex.train.config import TrainConfig
+    from saex.train.trainer import train
+
+    acts = root / "acts"
+    hooks = [resid_hook(L) for L in plan["resid_layers"]] + [mlp_hook(L) for L in plan["mlp_layers"]]
+    main = resid_hook(plan["main_layer"])
+    stages: list[Stage] = []
+
+    def add(name, folder, inputs, make, run, optional=False, soft=()):
+        """``make()`` builds the saex config dataclass; the key sees it with run-folder paths made relative."""
+        stages.append(Stage(name, folder, tuple(inputs), lambda: _rel(stage_config(make()), root),
+                            lambda c: run(_abs(c, root)), optional, tuple(soft)))
+
+    def sweep(hook: str) -> dict:
+        is_mlp = hook.endswith("mlp.hook_post")
+        ratios = plan["ratios_mlp"] if is_mlp else (plan["ratios_resid"] if hook == main else [plan["main_ratio"]])
+        return {"arch": "untied_l1" if is_mlp else "tied_l1", "ratios": ratios,
+                "alphas": plan["alphas_mlp"] if is_mlp else plan["alphas_resid"],
+                "main_ratio": plan["main_ratio_mlp"] if is_mlp else plan["main_ratio"],
+                "main_alpha": plan["main_alpha_mlp"] if is_mlp else plan["main_alpha_resid"]}
+
+    def main_dict(hook: str) -> Path:
+        s = sweep(hook)
+        return member(root / "dicts" / hook, s["main_ratio"], s["main_alpha"])
+
+    add("harvest", "acts", (),
+        lambda: HarvestConfig(out=str(acts), model=cfg.model, corpus=cfg.corpus, hooks=",".join(hooks),
+                              tokens=plan["tokens"], heldout_tokens=plan["heldout_tokens"],
+                              context_length=plan["context_length"]),
+        lambda c: harvest(HarvestConfig(**c), progress=progress))
+    for hook in hooks:
+        s = sweep(hook)
+        add(f"train:{hook}", f"dicts/{hook}", ("harvest",),
+            lambda hook=hook, s=s: TrainConfig(
+                acts=str(acts), hook=hook, out=str(root / "dicts" / hook), arch=s["arch"],
+                ratio=",".join(f"{r:g}" for r in s["ratios"]), alpha=",".join(f"{a:g}" for a in s["alphas"]),
+                tokens=plan["tokens"], batch_size=plan["train_batch"], normalize="mean_norm", eval_every=50),
+            lambda c: train(TrainConfig(**c), progress=progress))
+    for hook in hooks:
+        mlp = hook.endswith("mlp.hook_post")
+        # Fig. 10 compares MLP dictionaries with the MLP's own neurons; the residual stream gets every
+        # baseline of Fig. 2 / Fig. 18.
+        kinds = "neurons,random" if mlp else "neurons,random,pca,pca_topk,ica,ica_topk"
+        add(f"baselines:{hook}", f"baselines/{hook}", ("harvest", f"train:{hook}"),
+            lambda hook=hook, kinds=kinds: BaselinesConfig(
+                acts=str(acts), hook=hook, kinds=kinds, out=str(root / "baselines" / hook),
+                k_from=None if "topk" not in kinds else str(main_dict(hook)), ica_rows=plan["ica_rows"],
+                ica_max_iter=plan["ica_max_iter"]),
+            lambda c: build_baselines(BaselinesConfig(**c), progress=progress))
+    for hook in hooks:
+        add(f"eval:{hook}", f"eval/{hook}", ("harvest", f"train:{hook}", f"baselines:{hook}"),
+            lambda hook=hook: EvalConfig(
+                acts=str(acts), dicts=f"{root / 'dicts' / hook},{root / 'baselines' / hook}",
+                out=str(root / "eval" / hook), tokens=plan["eval_tokens"] or None,
+                contexts=plan["eval_contexts"], reference=str(main_dict(hook)), model=cfg.model),
+            lambda c: evaluate_dictionaries(EvalConfig(**c), progress=progress))
+    for hook in hooks:
+        def features_cfg(hook=hook):
+            s = sweep(hook)
+            # The main dictionary, and at the main layer every R at the main α (the Fig. 8 series).
+            chosen = [member(root / "dicts" / hook, r, s["main_alpha"]) for r in s["ratios"]]
+            chosen = [main_dict(hook)] + [p for p in chosen if p != main_dict(hook)]
+            return FeaturesConfig(acts=str(acts), dicts=",".join(map(str, chosen + [root / "baselines" / hook])),
+                                  out=str(root / "features" / hook), fragments=plan["fragments"],
+                                  fragment_length=plan["fragment_length"], model=cfg.model)
+
+        add(f"features:{hook}", f"features/{hook}", ("harvest", f"train:{hook}", f"baselines:{hook}"),
+            features_cfg, lambda c: build_features(FeaturesConfig(**c), progress=progress))
+    for hook in hooks:
+        add(f"interpret:{hook}", f"interpret/{hook}", (f"features:{hook}",),
+            lambda hook=hook: InterpretConfig(
+                features=str(root / "features" / hook), out=str(root / "interpret" / hook), backend=cfg.backend,
+                n_features=plan["interpret_features"], model=cfg.llm_model, base_url=cfg.base_url,
+                api_key_env=cfg.api_key_env),
+            lambda c: interpret(InterpretConfig(**c), progress=progress))
+
+    ioi_hook = resid_hook(plan["ioi_layer"])
+
+    def ioi_cfg():
+        # Fig. 3: the α sweep at the main R, against PCA.
+        s = sweep(ioi_hook)
+        dicts = [member(root / "dicts" / ioi_hook, s["main_ratio"], a) for a in s["alphas"]]
+        return IOIConfig(model=cfg.model, dicts=",".join(map(str, dicts)), layers=str(plan["ioi_layer"]),
+                         baselines="pca", acts=str(acts), prompts=plan["ioi_prompts"], mode=plan["ioi_mode"],
+                         out=str(root / "ioi"))
+
+    add("ioi", "ioi", ("harvest", f"train:{ioi_hook}"), ioi_cfg,
+        lambda c: run_ioi(IOIConfig(**c), progress=progress), optional=True)
+    _late_stages(cfg, plan, root, progress, main, main_dict, add, stages)
+    return stages
+
+
+def _late_stages(cfg, plan, root, progress, main, main_dict, add, stages) -> None:
+    """Case studies, dashboard and report: they read what the stages above wrote."""
+    from saex.causal.case_study import CaseStudyConfig, run_case_study
+    from saex.report.render import build_report
+    from saex.viz.dashboard.run import DashboardConfig, build_dashboard
+
+    upstream = resid_hook(plan["main_layer"] - 1)
+    add("case_study", "case_studies", ("harvest", f"train:{main}", f"train:{upstream}", f"features:{main}"),
+        lambda: CaseStudyConfig(acts=str(root / "acts"), dict=str(main_dict(main)),
+                                features_index=str(root / "features" / main),
+                                upstream=str(main_dict(upstream)), depth=plan["circuit_depth"],
+                                top=plan["case_top"], model=cfg.model, out=str(root / "case_studies")),
+        lambda c: run_case_study(CaseStudyConfig(**c), progress=progress), optional=True)
+    add("dashboard", "dashboard", (f"features:{main}", f"interpret:{main}"),
+        lambda: DashboardConfig(features=str(root / "features" / main), dict=main_dict(main).name,
+                                interpret=str(root / "interpret" / main), out=str(root / "dashboard"),
+                                limit=plan["dashboard_features"] or None),
+        lambda c: build_dashboard(DashboardConfig(**c), progress=progress), optional=True)
+    soft = tuple(s.name for s in stages) + ("case_study", "dashboard")
+    add("report", "report", (), lambda: {"run": "$OUT"}, lambda c: build_report(root), soft=soft)

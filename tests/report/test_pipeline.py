@@ -1,0 +1,219 @@
+"""``saex reproduce`` end to end on a tiny llama whose tokenizer knows the IOI templates: every stage runs,
+an unchanged rerun skips everything, a changed option reruns only what depends on it, and a run killed
+inside a stage resumes to the same outputs as an uninterrupted one."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+
+import pytest
+import torch
+
+from saex.cli import main
+from saex.report.pipeline import parse_overrides, tree_hash
+from saex.report.presets import plan
+from tests.causal._helpers import ioi_tokenizer, template_words
+
+TINY = ("tokens=3072,heldout_tokens=1024,context_length=32,fragment_length=16,train_batch=256,"
+        "alphas_resid=[1e-3,3e-3],alphas_mlp=[1e-3],ratios_resid=[1,2],main_ratio=2.0,main_alpha_resid=1e-3,"
+        "main_alpha_mlp=1e-3,eval_tokens=512,eval_contexts=2,ica_rows=512,fragments=40,interpret_features=4,"
+        "ioi_prompts=4,circuit_depth=1")
+
+
+def _main(*args) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import tiny_config
+
+    root = tmp_path_factory.mktemp("reproduce")
+    tok = ioi_tokenizer()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", len(tok)))
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    rng = random.Random(0)
+    words = template_words() + ["Mary", "John", "Alice", "Bob", "store", "ring", "'", "s"]
+    with open(root / "corpus.jsonl", "w") as f:
+        for _ in range(200):
+            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(40))}) + "\n")
+    return root
+
+
+def _reproduce(inputs, out, extra=""):
+    return _main("reproduce", "--model", str(inputs / "model"), "--corpus", str(inputs / "corpus.jsonl"),
+                 "--out", str(out), "--set", TINY + extra, "--quiet")
+
+
+def _state(out) -> dict:
+    return json.loads((out / "reproduce.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def full_run(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    rc, stdout, err = _reproduce(inputs, out)
+    assert rc == 0, err
+    return out, stdout, err
+
+
+def test_every_stage_runs(full_run):
+    out, stdout, err = full_run
+    stages = _state(out)["stages"]
+    assert {n: r["status"] for n, r in stages.items() if r["status"] != "done"} == {}
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.mlp.hook_post"]
+    for hook in hooks:
+        for kind in ("train", "baselines", "eval", "features", "interpret"):
+            assert f"{kind}:{hook}" in stages
+    # the sweeps: tied on the residual stream (R 1, 2 at the main layer), untied on the MLP
+    members = [json.loads(p.read_text())["metadata"] for p in (out / "dicts" / hooks[1]).glob("*/cfg.json")]
+    assert sorted((m["arch"], m["ratio"], m["alpha"]) for m in members) == [
+        ("tied_l1", 1.0, 1e-3), ("tied_l1", 1.0, 3e-3), ("tied_l1", 2.0, 1e-3), ("tied_l1", 2.0, 3e-3)]
+    mlp = [json.loads(p.read_text())["metadata"] for p in (out / "dicts" / hooks[2]).glob("*/cfg.json")]
+    assert [m["arch"] for m in mlp] == ["untied_l1"]
+    assert (out / "ioi" / "task.json").exists()
+    assert (out / "report" / "report.html").exists() and (out / "report" / "results.json").exists()
+    assert "report: " in stdout and "expected time on this machine" in stdout
+    # each record's outputs hash is the content of its folder now
+    for name, rec in _state(out)["stages"].items():
+        folder = {"harvest": "acts", "case_study": "case_studies"}.get(name, name.replace(":", "/").replace(
+            "train/", "dicts/"))
+        assert tree_hash(out / folder) == rec["outputs"], name
+
+
+def test_unchanged_rerun_skips_every_stage(full_run, inputs):
+    out, _, _ = full_run
+    before = _state(out)
+    rc, _, err = _reproduce(inputs, out)
+    assert rc == 0, err
+    n = len(before["stages"])
+    assert err.count("unchanged, skipped") == n, err
+    assert _state(out)["stages"] == before["stages"]
+
+
+def test_changed_option_reruns_only_dependants(full_run, inputs):
+    out, _, _ = full_run
+    before = _state(out)["stages"]
+    rc, _, err = _reproduce(inputs, out, ",interpret_features=3")
+    assert rc == 0, err
+    after = _state(out)["stages"]
+    rerun = {n for n in after if after[n]["key"] != before[n]["key"]}
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.mlp.hook_post"]
+    assert rerun == {f"interpret:{h}" for h in hooks} | {"dashboard", "report"}
+    for n in set(after) - rerun:
+        assert after[n]["finished"] == before[n]["finished"], n
+    scores = list((out / "interpret" / hooks[1]).rglob("scores.jsonl"))
+    assert scores
+
+
+def test_killed_stage_resumes_to_the_same_outputs(full_run, inputs, tmp_path, monkeypatch):
+    import saex.features.build as fb
+
+    real = fb.build_features
+    calls = []
+
+    def killed(cfg, progress=True):
+        calls.append(cfg.out)
+        if len(calls) == 2:  # the second hook's feature index: die after it wrote part of its outputs
+            real(cfg, progress)
+            raise KeyboardInterrupt
+        return real(cfg, progress)
+
+    monkeypatch.setattr(fb, "build_features", killed)
+    out = tmp_path / "run"
+    rc, _, err = _reproduce(inputs, out)
+    assert rc == 130 and "interrupted; run the same command again to resume" in err
+    state = _state(out)["stages"]
+    assert state["features:blocks.1.hook_resid_post"]["status"] == "running"
+    assert "interpret:blocks.0.hook_resid_post" not in state
+    monkeypatch.setattr(fb, "build_features", real)
+    rc, _, err = _reproduce(inputs, out)
+    assert rc == 0, err
+    assert "features:blocks.1.hook_resid_post: resuming an interrupted run" in err
+    assert err.count("unchanged, skipped") >= 10  # harvest, 3 trains, 3 baselines, 3 evals, first features
+    ref, _, _ = full_run
+    for hook in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post"):
+        mine = sorted(p.relative_to(out) for p in (out / "features" / hook).rglob("*.safetensors"))
+        theirs = sorted(p.relative_to(ref) for p in (ref / "features" / hook).rglob("*.safetensors"))
+        assert mine == theirs and mine
+        for p in mine:
+            assert (out / p).read_bytes() == (ref / p).read_bytes(), p
+
+
+def test_outputs_edited_on_disk_are_recomputed(tmp_path):
+    from saex.report.pipeline import Pipeline, Stage
+
+    runs = []
+
+    def run(cfg):
+        runs.append(cfg)
+        (tmp_path / "a").mkdir(exist_ok=True)
+        (tmp_path / "a" / "x.txt").write_text(str(cfg["v"]))
+
+    stage = Stage("a", "a", (), lambda: {"v": 1}, run)
+    Pipeline(tmp_path, {}, [stage], log=lambda m: None).run()
+    Pipeline(tmp_path, {}, [stage], log=lambda m: None).run()
+    assert len(runs) == 1
+    (tmp_path / "a" / "x.txt").write_text("tampered")
+    Pipeline(tmp_path, {}, [stage], log=lambda m: None).run()
+    assert len(runs) == 2 and (tmp_path / "a" / "x.txt").read_text() == "1"
+
+
+def test_downstream_of_a_failed_stage_is_not_run(tmp_path):
+    from saex.errors import SaexError
+    from saex.report.pipeline import Pipeline, Stage
+
+    def fail(cfg):
+        raise SaexError("no single-token names")
+
+    def ok(cfg):
+        (tmp_path / "b").mkdir(exist_ok=True)
+
+    stages = [Stage("a", "a", (), lambda: {}, fail, optional=True), Stage("b", "b", ("a",), lambda: {}, ok),
+              Stage("c", "c", (), lambda: {}, lambda cfg: (tmp_path / "c").mkdir(), soft=("a",))]
+    state = Pipeline(tmp_path, {}, stages, log=lambda m: None).run()["stages"]
+    assert state["a"] == {"key": state["a"]["key"], "status": "failed", "reason": "no single-token names",
+                          "config": {}}
+    assert state["b"]["status"] == "not run" and state["c"]["status"] == "done"
+    with pytest.raises(SaexError):
+        Pipeline(tmp_path, {}, [Stage("a", "a", (), lambda: {}, fail)], log=lambda m: None).run()
+
+
+def test_plan_and_overrides():
+    p = plan("quick", 30)
+    assert p["main_layer"] == 6 and p["resid_layers"] == [5, 6] and p["mlp_layers"] == [6]
+    paper = plan("paper", 6)  # Pythia-70M: every layer, as the paper
+    assert paper["resid_layers"] == [0, 1, 2, 3, 4, 5] and paper["main_alpha_resid"] == 8.6e-4
+    got = parse_overrides("tokens=5,resid_layers=[1,2],main_alpha_resid=1,ioi_mode=greedy", p)
+    assert got == {"tokens": 5, "resid_layers": [1, 2], "main_alpha_resid": 1.0, "ioi_mode": "greedy"}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("tokenz=5", "--set key 'tokenz' is not in the plan"),
+    ("tokens=many", "--set tokens='many': expected a int"),
+    ("tokens", "--set item 'tokens' is not key=value"),
+])
+def test_bad_overrides_are_one_line_errors(inputs, tmp_path, bad, message):
+    rc, _, err = _main("reproduce", "--model", str(inputs / "model"), "--out", str(tmp_path), "--set", bad,
+                       "--dry-run")
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "reproduce.json").exists()
+
+
+def test_paper_preset_states_its_time_first(inputs, tmp_path):
+    rc, stdout, err = _main("reproduce", "--preset", "paper", "--model", str(inputs / "model"), "--out",
+                            str(tmp_path / "r"), "--dry-run")
+    assert rc == 0, err
+    lines = stdout.splitlines()
+    assert lines[2].startswith("expected time on this machine: about ")
+    assert "stages: harvest, train:" in stdout and not (tmp_path / "r").exists()
