@@ -65,30 +65,40 @@ def _heldout(acts, hook):
 
 
 def test_end_to_end_with_index_and_circuit(setup, tmp_path):
+    from saex.features.index import FeatureIndex
     from saex.lm.loading import load_model
 
     root, acts, model = setup
-    out = tmp_path / "out"
-    rc, stdout, err = _run(setup, out, "--features-index", str(root / "features"), "--upstream",
-                           f"{root / 'd1'},{root / 'd0'}", "--candidates", "4", "--children", "2",
-                           "--max-samples", "100000", "--contexts", "5")
-    assert rc == 0, err
-    assert stdout.strip() == f"case study in {out / 'case_study.json'} (figures beside it)"
-    r = json.loads((out / "case_study.json").read_text())
-    assert set(r) == {"search", "features", "circuit", "figures"}
-    s = r["search"]
-    assert set(s) == {"prompt", "tokens", "position", "hook", "dictionary", "features", "resid_max", "resid_min"}
     lm = load_model(str(model))
     ids = lm.tokenizer(PROMPT)["input_ids"]
     d = SAE.load(root / "d2")
     with torch.no_grad():
         x = lm.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[3][0, -1]
         c = d.encode(x[None])[0]
+    # --max-density just below the strongest active feature's density: it is skipped, sparser ones are kept
+    density = FeatureIndex(root / "features" / "d2").density()
+    ranked = [f for f in c.argsort(descending=True).tolist() if c[f] > 0]
+    thr = float(max(density[f] for f in ranked if density[f] < density[ranked[0]]))
+    out = tmp_path / "out"
+    rc, stdout, err = _run(setup, out, "--features-index", str(root / "features"), "--upstream",
+                           f"{root / 'd1'},{root / 'd0'}", "--candidates", "4", "--children", "2",
+                           "--max-samples", "100000", "--contexts", "5", "--max-density", repr(thr))
+    assert rc == 0, err
+    assert stdout.strip() == f"case study in {out / 'case_study.json'} (figures beside it)"
+    r = json.loads((out / "case_study.json").read_text())
+    assert set(r) == {"search", "features", "circuit", "figures"}
+    s = r["search"]
+    assert set(s) == {"prompt", "tokens", "position", "hook", "dictionary", "features", "resid_max", "resid_min",
+                      "skipped_dense"}
     assert s["position"] == len(ids) - 1 and s["hook"] == HOOKS[2] and s["dictionary"] == "d2"
     assert [f["feature"] for f in s["features"]] == c.argsort(descending=True)[:10].tolist()
     assert [f["dim"] for f in s["resid_min"]] == x.argsort()[:10].tolist()
-    top = [f["feature"] for f in s["features"][:3] if f["activation"] > 0]
-    assert [e["feature"] for e in r["features"]] == top and [e["rank"] for e in r["features"]] == list(range(len(top)))
+    # analysed: the top 3 active features of the full ranking that fire on at most thr of the tokens
+    top = [f for f in ranked if density[f] <= thr][:3]
+    assert top and [e["feature"] for e in r["features"]] == top
+    assert [e["rank"] for e in r["features"]] == [ranked.index(f) for f in top]
+    skipped = [f for f in ranked[:ranked.index(top[-1])] if density[f] > thr]
+    assert skipped and [e["feature"] for e in s["skipped_dense"]] == skipped
     X, toks = _heldout(acts, HOOKS[2])
     with torch.no_grad():
         codes = d.encode(X).numpy()
@@ -113,12 +123,10 @@ def test_end_to_end_with_index_and_circuit(setup, tmp_path):
     assert res["total"] == int((sign * X[:, dim] > 0).sum()) and f"dimension {dim}" in res["source"]
     assert all(e["residual_histogram"] is None for e in r["features"][1:])
     assert (out / r["figures"][f"residual{dim}_histogram"]).is_file()
-    # the circuit: root = the top search feature, two levels, nodes per schema.md
+    # the circuit: root = the first analysed feature, two levels, nodes per schema.md
     tree = r["circuit"]
     assert set(tree) == NODE | {"contexts", "max_activation", "method"}
-    assert tree["feature"] == s["features"][0]["feature"] and tree["hook"] == HOOKS[2] and 1 <= tree["contexts"] <= 5
-    from saex.features.index import FeatureIndex
-
+    assert tree["feature"] == top[0] and tree["hook"] == HOOKS[2] and 1 <= tree["contexts"] <= 5
     ix = FeatureIndex(root / "features" / "d2")
     assert tree["max_activation"] == pytest.approx(float(ix.t["max"][tree["feature"]]))
     assert tree["children"] and all(c["children"] for c in tree["children"])
@@ -131,7 +139,7 @@ def test_end_to_end_with_index_and_circuit(setup, tmp_path):
     stamp = (out / "case_study.json").stat().st_mtime_ns
     rc, _, err = _run(setup, out, "--features-index", str(root / "features"), "--upstream",
                       f"{root / 'd1'},{root / 'd0'}", "--candidates", "4", "--children", "2",
-                      "--max-samples", "100000", "--contexts", "5")
+                      "--max-samples", "100000", "--contexts", "5", "--max-density", repr(thr))
     assert rc == 0 and (out / "case_study.json").stat().st_mtime_ns == stamp
 
 

@@ -60,6 +60,8 @@ def test_advantage_declines_slope():
 def test_random_below_top_and_small_dictionaries():
     assert C.random_below_top({"l0": {"top_random": st(0.3), "random": st(0.1)}}).verdict == HELD
     assert C.random_below_top({"l0": {"top_random": st(0.1), "random": st(0.2)}}).verdict == NOT_HELD
+    assert "random 0.200 ≥ top-and-random 0.100" in C.random_below_top({"l0": {"top_random": st(0.1),
+                                                                          "random": st(0.2)}}).detail
     assert C.random_below_top({"l0": {"top_random": st(0.1), "random": None}}).verdict == NOT_MEASURED
     layers = {"l0": {"by_ratio": {0.5: st(0.3), 2.0: st(0.4)}, "baselines": {"pca": st(0.2)}}}
     assert C.small_dictionaries(layers).verdict == HELD

@@ -69,8 +69,12 @@ class CaseStudyConfig:
     """Comma-separated features to analyse instead of the top search features."""
     search_top: int = 10
     """Features and basis dimensions listed by the search."""
+    max_density: float = 0.05
+    """When the analysed features are chosen from the search: skip features active on more than this fraction
+    of held-out tokens (the feature index's density; 1 keeps all). The paper's top search result was an
+    outlier-dimension feature, and a token histogram only describes features active on few tokens (§5.1)."""
     target: int | None = None
-    """Target feature of the circuit (default: the top search feature)."""
+    """Target feature of the circuit (default: the first analysed feature)."""
     children: int = 3
     """Strongest upstream causes kept per circuit node."""
     candidates: int = 64
@@ -129,6 +133,8 @@ def _validate(cfg: CaseStudyConfig) -> None:
         raise SaexError(f"--depth must be >= 0, got {cfg.depth}")
     if cfg.threshold < 0:
         raise SaexError(f"--threshold must be >= 0, got {cfg.threshold}")
+    if not 0 < cfg.max_density <= 1:
+        raise SaexError(f"--max-density must be in (0, 1], got {cfg.max_density}")
 
 
 def _same_store(folder: Path, d: SAE, store: ActivationStore, hook: str, option: str) -> None:
@@ -271,14 +277,25 @@ def _analyse(cfg: CaseStudyConfig, store, folder: Path, d: SAE, hook: str, level
         + ", ".join(f"{r['feature']} ({r['activation']:.3g})" for r in search["features"][:5]))
     feats = _ints(cfg.features, "--features")
     if feats is None:
-        feats = [r["feature"] for r in search["features"][:cfg.top] if r["activation"] > 0]
+        density = index.density() if index is not None and cfg.max_density < 1 else None
+        feats, dense = [], []
+        for f in torch.argsort(codes_F, descending=True).tolist():
+            if codes_F[f] <= 0 or len(feats) == cfg.top:
+                break
+            if density is not None and density[f] > cfg.max_density:
+                dense.append({"feature": f, "density": float(density[f]), "activation": float(codes_F[f])})
+            else:
+                feats.append(f)
+        search["skipped_dense"] = dense
+        if dense:
+            say(f"skipped {len(dense)} higher-ranked features active on more than {cfg.max_density:g} of tokens")
         if not feats:
             raise SaexError(f"no feature of {folder} is active at token {search['position']} of the prompt; "
                             "name features with --features")
     for f in feats + ([cfg.target] if cfg.target is not None else []):
         if not 0 <= f < F:
             raise SaexError(f"feature {f} is out of range: the dictionary {folder} has features 0..{F - 1}")
-    target = cfg.target if cfg.target is not None else search["features"][0]["feature"]
+    target = cfg.target if cfg.target is not None else feats[0]
     if cfg.residual_dim is not None:
         if not 0 <= cfg.residual_dim < d.d_in:
             raise SaexError(f"--residual-dim {cfg.residual_dim} is out of range: {hook} has dimensions "

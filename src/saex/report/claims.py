@@ -118,8 +118,9 @@ def random_below_top(layers: dict[str, dict]) -> Claim:
             ok.append(r < t)
     return Claim("fig9_smaller", "Fig. 9", "random-only scores are significantly smaller than top-and-random scores",
                  "the SAE's random-only mean is below its top-and-random mean at each layer", _verdict(ok),
-                 "; ".join(f"{k}: random {_f(v['random'])} < top-and-random {_f(v['top_random'])}"
-                           for k, v in nums.items()) or "no layer has both scores", nums)
+                 "; ".join(f"{k}: random {_f(v['random'])} {'<' if v['random'] < v['top_random'] else '≥'} "
+                           f"top-and-random {_f(v['top_random'])}" for k, v in nums.items())
+                 or "no layer has both scores", nums)
 
 
 def small_dictionaries(layers: dict[str, dict]) -> Claim:

@@ -20,7 +20,7 @@ def overview(run: Run, fig_dir: Path, results: dict) -> Section:
                               ["stage", "status", "seconds", "key"],
                               [[n, str(v.get("status", "—")) + (f" ({v['reason']})" if v.get("reason") else ""),
                                 fmt(v.get("seconds"), "{:.0f}"), str(v.get("key", "—"))]
-                               for n, v in run.stages.items() if isinstance(v, dict)]))
+                               for n, v in run.stages.items() if isinstance(v, dict) and n != "report"]))
     else:
         s.notes.append("reproduce.json is missing: the stage keys are unknown and the paper's α and R name the main "
                        "SAEs.")
