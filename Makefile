@@ -39,11 +39,12 @@ browser:
 test: setup browser
 	$(PY) -m pytest
 
-bench: setup
+bench: setup browser
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/harvest.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/train.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/eval.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/ioi.py --threads 1
+	$(PY) benchmarks/dashboard.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

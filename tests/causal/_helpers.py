@@ -218,3 +218,26 @@ def sharpened_llama(tiny_models, scale: float = 30.0):
     with torch.no_grad():
         model.lm_head.weight.mul_(scale)
     return HookedLM(model)
+
+
+def save_ioi_model(root, docs: int = 60, extra_words: tuple[str, ...] = ()):
+    """A tiny llama (seed 0) with ``ioi_tokenizer`` saved at ``root/model``, and ``root/corpus.jsonl``: ``docs``
+    documents of 40 random template words, IOI names and objects. Returns (model folder, corpus path)."""
+    import json
+    import random
+
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import tiny_config
+
+    tok = ioi_tokenizer()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", len(tok)))
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    rng = random.Random(0)
+    words = template_words() + ["Mary", "John", "Alice", "Bob", "store", "ring", *extra_words]
+    with open(root / "corpus.jsonl", "w") as f:
+        for _ in range(docs):
+            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(40))}) + "\n")
+    return root / "model", root / "corpus.jsonl"

@@ -4,15 +4,13 @@ figures, the no-op rerun, and one-line errors (exit 2) for bad inputs."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from saex.cli import main
+from tests._cli import run_cli as _main
 from saex.dictionaries.sae import SAE
 from saex.features.histogram import token_histogram
 from tests.causal._helpers import random_sae
@@ -20,13 +18,6 @@ from tests.causal._helpers import random_sae
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
 PROMPT = "the king of the north gave the city water"
 NODE = {"hook", "feature", "effect", "cos", "children"}
-
-
-def _main(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(args))
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

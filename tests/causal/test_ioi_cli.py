@@ -3,47 +3,24 @@ results for dictionaries and the PCA baselines, both modes, resume, plots, and o
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import random
 
 import pytest
-import torch
 
-from saex.cli import main
+from tests._cli import run_cli as _main
 from saex.dictionaries.sae import SAE
-from tests.causal._helpers import identity_dictionary, ioi_tokenizer, random_sae, template_words
+from tests.causal._helpers import identity_dictionary, random_sae, save_ioi_model
 
 HOOK = "blocks.1.hook_resid_post"
 
 
-def _main(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(args))
-    return rc, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from transformers import AutoModelForCausalLM
-
     from saex.harvest import harvest
-    from tests.conftest import tiny_config
     from tests.store._helpers import cfg
 
     root = tmp_path_factory.mktemp("ioi-cli")
-    tok = ioi_tokenizer()
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config("llama", len(tok)))
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    rng = random.Random(0)
-    words = template_words() + ["Mary", "John", "Alice", "Bob", "store", "ring"]
-    with open(root / "corpus.jsonl", "w") as f:
-        for i in range(60):
-            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(40))}) + "\n")
+    save_ioi_model(root)
     acts = harvest(cfg(root / "acts", root / "model", root / "corpus.jsonl", hooks=HOOK, tokens=1024,
                        heldout_tokens=64), progress=False)
     dicts = root / "dicts"

@@ -14,8 +14,6 @@ dictionaries are indexed:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import shutil
@@ -25,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from saex.cli import main
+from tests._cli import run_cli as _main
 from saex.dictionaries.random_directions import random_directions
 from saex.dictionaries.sae import SAE
 from saex.features.index import FeatureIndex
@@ -91,14 +89,6 @@ def features(tmp_path_factory) -> Path:
     for name in ("onehot", "random"):
         write_vocab(out / name, vocab)
     return out
-
-
-def _main(*args) -> tuple[int, str, str]:
-    """``saex.cli.main`` with its stdout and stderr captured."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(args))
-    return rc, out.getvalue(), err.getvalue()
 
 
 def _interpret(features, out, *extra) -> tuple[int, str, str]:

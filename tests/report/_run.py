@@ -8,16 +8,11 @@ reproduce.json is written as ``saex reproduce`` writes it (preset, reproduce_con
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import random
 from pathlib import Path
 
-import torch
-
-from saex.cli import main
+from tests._cli import run_cli
 
 RESID = ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
 MLP = "blocks.2.mlp.hook_post"
@@ -28,10 +23,8 @@ HOSTILE = "<script>alert('x')</script>"
 
 
 def _main(*args: str) -> None:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    assert rc == 0, f"saex {args[0]} failed: {err.getvalue()}"
+    rc, _, err = run_cli(*args)
+    assert rc == 0, f"saex {args[0]} failed: {err}"
 
 
 def _name(arch: str, r: float, a: float) -> str:
@@ -39,26 +32,13 @@ def _name(arch: str, r: float, a: float) -> str:
 
 
 def build_run(root: Path) -> Path:
-    from transformers import AutoModelForCausalLM
+    from tests.causal._helpers import save_ioi_model
 
-    from tests.causal._helpers import ioi_tokenizer, template_words
-    from tests.conftest import tiny_config
-
-    tok = ioi_tokenizer()
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config("llama", len(tok)))
-    model_dir = root / "model"
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    rng = random.Random(0)
-    words = template_words() + ["Mary", "John", "Alice", "Bob", "store", "ring", "'", "s"]
-    with open(root / "corpus.jsonl", "w") as f:
-        for i in range(120):
-            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(40))}) + "\n")
+    model_dir, corpus = save_ioi_model(root, docs=120, extra_words=("'", "s"))
     run = root / "run"
     acts = run / "acts"
     hooks = RESID + [MLP]
-    _main("harvest", "--out", acts, "--model", model_dir, "--corpus", root / "corpus.jsonl", "--hooks", ",".join(hooks),
+    _main("harvest", "--out", acts, "--model", model_dir, "--corpus", corpus, "--hooks", ",".join(hooks),
           "--tokens", 3072, "--heldout-tokens", 640, "--context-length", 16, "--shard-tokens", 1024,
           "--batch-size", 8, "--quiet")
     alphas = ",".join(f"{a:g}" for a in ALPHAS)
@@ -84,7 +64,7 @@ def build_run(root: Path) -> Path:
     main_dict = {h: run / "dicts" / h / _name("tied_l1", MAIN_RATIO, 8.6e-4) for h in RESID}
     _main("case-study", "--acts", acts, "--dict", main_dict[RESID[1]], "--features-index",
           run / "features" / RESID[1] / main_dict[RESID[1]].name, "--upstream", main_dict[RESID[0]], "--out",
-          run / "case_studies", "--contexts", 5, "--effect-contexts", 5, "--candidates", 16, "--max-samples", 500,
+          run / "case_studies", "--contexts", 5, "--effect-contexts", 5, "--candidates", 16, "--max-samples", 500, "--max-density", 1,
           "--quiet")
     _main("ioi", "--model", model_dir, "--dicts", run / "dicts" / RESID[0], "--baselines", "pca", "--acts", acts,
           "--prompts", 6, "--mode", "quick", "--out", run / "ioi", "--quiet")
@@ -95,7 +75,7 @@ def build_run(root: Path) -> Path:
     stages = {name: {"key": hashlib.sha256(name.encode()).hexdigest(), "status": "done", "seconds": 1.0,
                      "finished": "2024-01-01T00:00:00+00:00"} for name in names + ["case_study", "ioi"]}
     (run / "reproduce.json").write_text(json.dumps({
-        "preset": "test", "reproduce_config": {"model": str(model_dir), "corpus": str(root / "corpus.jsonl"),
+        "preset": "test", "reproduce_config": {"model": str(model_dir), "corpus": str(corpus),
                                                "backend": "offline"},
         "plan": plan, "stages": stages}))
     return run

@@ -4,49 +4,25 @@ inside a stage resumes to the same outputs as an uninterrupted one."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import random
 
 import pytest
-import torch
 
-from saex.cli import main
+from tests._cli import run_cli as _main
 from saex.report.pipeline import parse_overrides, tree_hash
 from saex.report.presets import plan
-from tests.causal._helpers import ioi_tokenizer, template_words
+from tests.causal._helpers import save_ioi_model
 
 TINY = ("tokens=3072,heldout_tokens=1024,context_length=32,fragment_length=16,train_batch=256,"
         "alphas_resid=[1e-3,3e-3],alphas_mlp=[1e-3],ratios_resid=[1,2],main_ratio=2.0,main_alpha_resid=1e-3,"
         "main_alpha_mlp=1e-3,eval_tokens=512,eval_contexts=2,ica_rows=512,fragments=40,interpret_features=4,"
-        "ioi_prompts=4,circuit_depth=1")
-
-
-def _main(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(args))
-    return rc, out.getvalue(), err.getvalue()
+        "ioi_prompts=4,circuit_depth=1,case_max_density=1.0")
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from transformers import AutoModelForCausalLM
-
-    from tests.conftest import tiny_config
-
     root = tmp_path_factory.mktemp("reproduce")
-    tok = ioi_tokenizer()
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config("llama", len(tok)))
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    rng = random.Random(0)
-    words = template_words() + ["Mary", "John", "Alice", "Bob", "store", "ring", "'", "s"]
-    with open(root / "corpus.jsonl", "w") as f:
-        for _ in range(200):
-            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(40))}) + "\n")
+    save_ioi_model(root, docs=200, extra_words=("'", "s"))
     return root
 
 

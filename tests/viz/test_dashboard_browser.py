@@ -249,6 +249,17 @@ def test_null_fields_say_not_computed(browser, site):
     assert browser.find_element("id", "explanation").text == synth.explanation(0)
 
 
+def test_not_computed_says_why(browser, tmp_path):
+    why = {"logit_lens": f"MLP neurons {synth.IMG}", "output_effect": "run saex case-study"}
+    p = synth.payload(synth.EMPTY) | {"not_computed": why}
+    site = write_site(tmp_path / "dash", synth.META, [r for r in synth.rows() if r["id"] == synth.EMPTY], [p])
+    _open(browser, site.joinpath("feature.html").as_uri() + f"#{synth.EMPTY}", str(synth.EMPTY))
+    assert browser.find_element("id", "logit-lens").text == f"not computed (MLP neurons {synth.IMG})"
+    assert browser.find_element("id", "output-effect").text == "not computed (run saex case-study)"
+    assert browser.find_element("id", "histogram").text == "not computed"
+    _assert_not_pwned(browser)
+
+
 def test_a_missing_feature_says_so(driver, site):
     driver.get_log("browser")
     _open(driver, site.joinpath("feature.html").as_uri() + "#13", "missing")

@@ -4,15 +4,13 @@ against the index, scores against scores.jsonl, resumable rebuilds, one-line err
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from saex.cli import main
+from tests._cli import run_cli as _main
 from saex.errors import SaexError
 from saex.features.index import FeatureIndex
 from saex.viz.dashboard.gather import load_interpretations
@@ -21,13 +19,6 @@ from saex.viz.dashboard.site import feature_path
 from tests.interpret._fixtures import build_protocol_index
 
 TAG = "offline-table-8"
-
-
-def _main(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(args))
-    return rc, out.getvalue(), err.getvalue()
 
 
 def _call_args(path: Path, callback: str) -> list:
@@ -58,7 +49,8 @@ def site(inputs, tmp_path_factory):
     features, _, interp = inputs
     out = tmp_path_factory.mktemp("dashboard-site") / "dash"
     rc, stdout, err = _main("dashboard", "--features", str(features), "--dict", "ident", "--interpret", str(interp),
-                            "--out", str(out), "--examples", "5", "--decile-examples", "3", "--quiet")
+                            "--out", str(out), "--examples", "5", "--decile-examples", "3", "--analyses", "histogram",
+                            "--quiet")
     assert rc == 0, err
     assert stdout.strip() == f"dashboard in {out}: open {out / 'index.html'} in a browser"
     return out
@@ -98,8 +90,13 @@ def test_payload_scores_from_every_preset(inputs, site):
     assert d["auroc"] == pytest.approx(delphi[0]["scores"]["auroc"]) and d["top_and_random"] is None
     assert p["explanations"][f"{TAG}/delphi"] == delphi[0]["explanation"]["text"]
     assert p["explanation"] == cunn[0]["explanation"]["text"]
-    for k in ("histogram", "logit_lens", "output_effect", "upstream"):
+    # the synthetic store has no model: --analyses histogram only (tests/viz/test_dashboard_analyses.py
+    # checks the panels' numbers)
+    assert p["histogram"]["source"].startswith("index random sample")
+    for k in ("logit_lens", "output_effect", "upstream"):
         assert p[k] is None
+    assert p["not_computed"]["logit_lens"] == "not requested (--analyses)"
+    assert all("saex case-study" in p["not_computed"][k] for k in ("output_effect", "upstream"))
     p1, _ = _call_args(site / feature_path(1), "saexFeature")
     assert p1["skipped"][f"{TAG}/cunningham2023"].startswith("fewer than 20 activating fragments")
 
@@ -137,7 +134,7 @@ def test_sections_are_the_index_examples(inputs, site):
 def test_rebuild_rewrites_nothing(inputs, site):
     features, _, interp = inputs
     args = ["dashboard", "--features", str(features), "--dict", "ident", "--interpret", str(interp),
-            "--out", str(site), "--examples", "5", "--decile-examples", "3", "--quiet"]
+            "--out", str(site), "--examples", "5", "--decile-examples", "3", "--analyses", "histogram", "--quiet"]
     assert _main(*args)[0] == 0
     m = json.loads((site / "dashboard.json").read_text())
     assert (m["status"], m["written"], m["unchanged"]) == ("complete", 0, 4)
@@ -147,12 +144,14 @@ def test_analyses_are_merged_and_limit_applies(inputs, tmp_path):
     features, _, _ = inputs
     hist = {"edges": [0.1 * k for k in range(11)], "series": [{"label": "t1", "other": False, "counts": [1] * 10}],
             "n": 10, "total": 10, "source": "test"}
-    cfg = DashboardConfig(features=str(features), dict=str(features / "twin"), out=str(tmp_path / "d"), limit=2)
+    cfg = DashboardConfig(features=str(features), dict=str(features / "twin"), out=str(tmp_path / "d"), limit=2,
+                          analyses="")
     out = build_dashboard(cfg, progress=False, analyses={1: {"histogram": hist}})
     (data,) = _call_args(out / "data" / "index.js", "saexIndex")
     assert [r["id"] for r in data["rows"]] == [0, 1] and data["rows"][0]["score"] is None
     p, nav = _call_args(out / feature_path(1), "saexFeature")
     assert p["histogram"] == hist and p["logit_lens"] is None and nav == {"prev": 0, "next": None}
+    assert "histogram" not in p["not_computed"] and p["not_computed"]["logit_lens"] == "not requested (--analyses)"
     assert p["scores"] == {} and p["explanation"] is None
     with pytest.raises(SaexError, match="unknown analysis 'histo'"):
         build_dashboard(cfg, progress=False, analyses={0: {"histo": hist}})
@@ -172,6 +171,12 @@ def test_interpretations_of_another_index_are_refused(inputs):
     (["--dict", "ident", "--examples", "-1"], "--examples must be >= 0, got -1"),
     (["--dict", "ident", "--limit", "0"], "--limit must be positive, got 0"),
     (["--dict", "ident", "--interpret", "/nonexistent/x"], "--interpret folder /nonexistent/x does not exist"),
+    (["--dict", "ident"], "the logit lens needs the store's model: could not load model 'synthetic'"),
+    (["--dict", "ident", "--analyses", "histogram,output_effect"],
+     "unknown --analyses 'output_effect'; allowed: histogram, logit_lens, comma-separated, or '' for none "
+     "(output_effect and upstream come from --case-study)"),
+    (["--dict", "ident", "--analyses", "lens"], "unknown --analyses 'lens'; allowed: histogram, logit_lens"),
+    (["--dict", "ident", "--case-study", "/nonexistent/c"], "--case-study folder /nonexistent/c does not exist"),
 ])
 def test_errors_are_one_line(inputs, tmp_path, args, message):
     features, _, _ = inputs

@@ -290,8 +290,9 @@ def _analyse(cfg: CaseStudyConfig, store, folder: Path, d: SAE, hook: str, level
         if dense:
             say(f"skipped {len(dense)} higher-ranked features active on more than {cfg.max_density:g} of tokens")
         if not feats:
-            raise SaexError(f"no feature of {folder} is active at token {search['position']} of the prompt; "
-                            "name features with --features")
+            raise SaexError(f"no feature of {folder} active on at most --max-density {cfg.max_density:g} of tokens "
+                            f"is active at token {search['position']} of the prompt ({len(dense)} denser ones "
+                            "are); raise --max-density or name features with --features")
     for f in feats + ([cfg.target] if cfg.target is not None else []):
         if not 0 <= f < F:
             raise SaexError(f"feature {f} is out of range: the dictionary {folder} has features 0..{F - 1}")

@@ -70,6 +70,7 @@ def plan(preset: str, n_layers: int) -> dict:
             "ioi_prompts": 6,
             "ioi_mode": "quick",
             "case_top": 3,
+            "case_max_density": 0.05,
             "circuit_depth": 1,
             "dashboard_features": 0,
         }
@@ -106,6 +107,7 @@ def plan(preset: str, n_layers: int) -> dict:
         "ioi_prompts": 50,
         "ioi_mode": "quick",
         "case_top": 3,
+        "case_max_density": 0.05,
         "circuit_depth": 2,
         "dashboard_features": 0,
     }
@@ -115,26 +117,34 @@ def estimate_seconds(p: dict, n_params_per_layer: float, d_model: int, d_mlp: in
                      gflops: float) -> dict[str, float]:
     """Rough time of each stage from FLOP counts and a measured fp32 matmul rate (``gflops``).
 
-    An estimate, not a measurement: the efficiencies below are what this code reached on a 2-core CPU
-    (harvest ~0.5 of peak, training ~0.8, a full forward with the LM head ~0.5).
+    An estimate, not a measurement. The efficiency factors were fitted once to the quick preset on SmolLM2-135M
+    on 2 CPU cores (where they reproduce the measured stage times within about 30%); other shapes and machines
+    will differ.
     """
     rate = gflops * 1e9
     depth = max(p["resid_layers"] + p["mlp_layers"]) + 1
     tokens = p["tokens"] + p["heldout_tokens"]
-    out = {"harvest": 2 * n_params_per_layer * depth * tokens / (0.5 * rate)}
+    hooks = len(p["resid_layers"]) + len(p["mlp_layers"])
+    out = {"harvest": 2 * n_params_per_layer * depth * tokens / (0.7 * rate)}
 
     def train_flops(d: int, ratios, alphas) -> float:
         # Forward + backward of a tied/untied SAE: about 6 matmuls of B·d·F per step.
         return sum(6 * 2 * d * r * d for r in ratios) * len(alphas) * p["tokens"]
 
-    train = sum(train_flops(d_model, p["ratios_resid"], p["alphas_resid"]) for _ in p["resid_layers"])
-    train += sum(train_flops(d_mlp, p["ratios_mlp"], p["alphas_mlp"]) for _ in p["mlp_layers"])
-    out["train"] = train / (0.8 * rate)
+    # The R sweep runs at the main layer only; the other residual layers train the main R.
+    train = train_flops(d_model, p["ratios_resid"], p["alphas_resid"])
+    train += (len(p["resid_layers"]) - 1) * train_flops(d_model, [p["main_ratio"]], p["alphas_resid"])
+    train += len(p["mlp_layers"]) * train_flops(d_mlp, p["ratios_mlp"], p["alphas_mlp"])
+    out["train"] = train / rate
+    # FastICA: iterations × rows × d² multiply-adds a few times over, per residual layer (PCA is cheap).
+    out["baselines"] = len(p["resid_layers"]) * 24 * p["ica_max_iter"] * p["ica_rows"] * d_model ** 2 / rate
     n_model = n_params_per_layer * depth + 2 * vocab * d_model
-    n_dicts = len(p["ratios_resid"]) * len(p["alphas_resid"]) + 6
+    n_dicts = len(p["alphas_resid"]) * (len(p["ratios_resid"]) + len(p["resid_layers"]) - 1) + 6 * hooks
     eval_tokens = p["eval_contexts"] * p["context_length"]
-    out["eval"] = len(p["resid_layers"] + p["mlp_layers"]) * (n_dicts + 2) * 2 * n_model * eval_tokens / (0.5 * rate)
-    out["features"] = len(p["resid_layers"] + p["mlp_layers"]) * 8 * 2 * d_model * 4 * d_model * min(
-        p["heldout_tokens"], 64 * p["fragments"]) / (0.5 * rate)
-    out["ioi"] = 200 * 2 * n_model * p["ioi_prompts"] * 20 / (0.5 * rate)
+    out["eval"] = (n_dicts + 2 * hooks) * 2 * n_model * eval_tokens / (0.25 * rate)
+    out["features"] = hooks * 8 * 2 * d_model * 4 * d_model * min(p["heldout_tokens"], 64 * p["fragments"]) / (
+        0.5 * rate)
+    # Quick mode: ~160 exact evaluations of ~20-token prompts per dictionary (the α sweep and 2 PCA variants).
+    out["ioi"] = (len(p["alphas_resid"]) + 2) * 160 * 2 * n_model * p["ioi_prompts"] * 20 / (0.75 * rate)
+    out["other"] = 0.1 * sum(out.values())  # autointerp (offline), case studies, dashboard, report
     return {k: math.ceil(v) for k, v in out.items()}

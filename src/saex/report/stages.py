@@ -168,12 +168,15 @@ def _late_stages(cfg, plan, root, progress, main, main_dict, add, stages) -> Non
         lambda: CaseStudyConfig(acts=str(root / "acts"), dict=str(main_dict(main)),
                                 features_index=str(root / "features" / main),
                                 upstream=str(main_dict(upstream)), depth=plan["circuit_depth"],
-                                top=plan["case_top"], model=cfg.model, out=str(root / "case_studies")),
+                                top=plan["case_top"], max_density=plan["case_max_density"], model=cfg.model,
+                                out=str(root / "case_studies")),
         lambda c: run_case_study(CaseStudyConfig(**c), progress=progress), optional=True)
+    case = root / "case_studies"
     add("dashboard", "dashboard", (f"features:{main}", f"interpret:{main}"),
         lambda: DashboardConfig(features=str(root / "features" / main), dict=main_dict(main).name,
                                 interpret=str(root / "interpret" / main), out=str(root / "dashboard"),
-                                limit=plan["dashboard_features"] or None),
-        lambda c: build_dashboard(DashboardConfig(**c), progress=progress), optional=True)
+                                limit=plan["dashboard_features"] or None, model=cfg.model,
+                                case_study=str(case) if (case / "case_study.json").exists() else None),
+        lambda c: build_dashboard(DashboardConfig(**c), progress=progress), optional=True, soft=("case_study",))
     soft = tuple(s.name for s in stages) + ("case_study", "dashboard")
     add("report", "report", (), lambda: {"run": "$OUT"}, lambda c: build_report(root), soft=soft)

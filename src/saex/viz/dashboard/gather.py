@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -169,12 +169,21 @@ class Gatherer:
                         "score": _main_score(r.get("scores") or {}), "explanation": r.get("explanation")})
         return out
 
-    def payloads(self, analyses: dict[int, dict] | None = None) -> Iterator[dict]:
+    def payloads(self, analyses: dict[int, dict] | None = None,
+                 computed: Callable[[int], tuple[dict, dict]] | None = None) -> Iterator[dict]:
+        """One payload per feature, made when asked for. ``computed(f) -> (panels, not_computed reasons)``
+        supplies analysis panels feature by feature (``analyses.Analyses``); ``analyses`` (given panels)
+        take precedence over them."""
         analyses = analyses or {}
         for f in self.features:
-            yield self.payload(f, analyses.get(f) or {})
+            panels, notes = computed(f) if computed else ({}, {})
+            given = analyses.get(f) or {}
+            check_analyses({f: given})
+            panels = {**panels, **given}
+            yield self.payload(f, panels, {k: v for k, v in notes.items() if panels.get(k) is None})
 
-    def payload(self, f: int, analysis: dict) -> dict:
+    def payload(self, f: int, analysis: dict, not_computed: dict | None = None) -> dict:
+        """``not_computed``: panel -> why it is empty (shown on the page)."""
         check_analyses({f: analysis})
         idx = self.index
         interp = {k: v[f] for k, v in self.interp.items() if f in v}
@@ -189,6 +198,7 @@ class Gatherer:
                "sections": self.sections(f)}
         for k in ANALYSES:
             out[k] = analysis.get(k)
+        out["not_computed"] = dict(not_computed or {})
         return out
 
     def sections(self, f: int) -> list[dict]:

@@ -3,7 +3,9 @@
 Reads one feature index (``saex features``) and, when given, ``saex interpret`` outputs, and writes a site
 that opens from disk: an index of every feature (search; sort by id, density, max activation, score,
 explanation) and one page per feature with its examples, explanation and scores, and the analysis panels
-(histogram, output effect, logit lens, upstream tree) where they were computed (paper §5 case studies).
+(histogram, output effect, logit lens, upstream tree; paper §5 case studies): the histogram and the logit lens
+are computed for every feature (``analyses.py``), the output effect and the circuit come from a
+``saex case-study`` folder.
 A rebuild into the same folder rewrites only the feature files whose content changed.
 """
 
@@ -14,8 +16,10 @@ from pathlib import Path
 
 from saex.errors import SaexError
 from saex.features.index import FeatureIndex
+from saex.store.files import check_output_folder
+from saex.viz.dashboard.analyses import Analyses, parse_analyses
 from saex.viz.dashboard.gather import Gatherer, check_analyses, find_index, load_interpretations
-from saex.viz.dashboard.site import write_site
+from saex.viz.dashboard.site import MARKER, write_site
 
 
 @dataclass
@@ -38,21 +42,37 @@ class DashboardConfig:
     """Examples shown for each of the 10 activation deciles of the random activating sample."""
     limit: int | None = None
     """Only the first this many features (default: all)."""
+    analyses: str = "histogram,logit_lens"
+    """Analyses computed for every feature shown, comma-separated: histogram (token histogram of the index's
+    random activating sample), logit_lens (decoder direction · unembedding; needs the store's model; none at
+    MLP-neuron hooks); "" for none. Output effects and circuits come only from --case-study."""
+    case_study: str | None = None
+    """saex case-study output folder of this dictionary: its per-feature histogram, output effect and logit
+    lens, and its circuit (as the target feature's upstream tree), replace the computed panels."""
+    model: str | None = None
+    """Model whose unembedding the logit lens uses (default: the store's; its weights must be the store's)."""
 
 
 def build_dashboard(cfg: DashboardConfig, progress: bool = True, analyses: dict[int, dict] | None = None) -> Path:
-    """Write the site; ``analyses`` maps a feature id to its histogram / logit_lens / output_effect /
-    upstream payloads (docs/dashboard.md), shown on its page (the others say "not computed")."""
+    """Write the site. Every feature shown gets the panels of ``cfg.analyses`` (computed) and of
+    ``cfg.case_study``; ``analyses`` maps a feature id to histogram / logit_lens / output_effect / upstream
+    payloads (docs/dashboard.md) that replace those. An empty panel says "not computed" and why."""
     for name in ("examples", "decile_examples"):
         if getattr(cfg, name) < 0:
             raise SaexError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if cfg.limit is not None and cfg.limit <= 0:
         raise SaexError(f"--limit must be positive, got {cfg.limit}")
     check_analyses(analyses or {})
+    names = parse_analyses(cfg.analyses)
+    if cfg.case_study is not None and not Path(cfg.case_study).is_dir():
+        raise SaexError(f"--case-study folder {cfg.case_study} does not exist")
     if not Path(cfg.features).exists():
         raise SaexError(f"--features path {cfg.features} does not exist")
+    check_output_folder(Path(cfg.out), MARKER, "saex dashboard")  # before the model loads
     index = FeatureIndex(find_index(cfg.features, cfg.dict))
     interp = load_interpretations(cfg.interpret, index.meta["identity"]) if cfg.interpret else None
     g = Gatherer(index, interp, examples=cfg.examples, decile_examples=cfg.decile_examples, limit=cfg.limit)
-    out = write_site(cfg.out, g.meta(), g.rows(), g.payloads(analyses), progress=progress)
+    computed = Analyses(index, g.features, names, cfg.model, cfg.case_study, progress)
+    meta = g.meta() | {k: v for k, v in computed.info.items() if v is not None}
+    out = write_site(cfg.out, meta, g.rows(), g.payloads(analyses, computed), progress=progress)
     return out

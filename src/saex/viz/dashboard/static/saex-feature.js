@@ -1,5 +1,6 @@
 // The feature page (feature.html#<id>): loads data/f/<id // 1000>/<id>.js, which calls saexFeature, and
-// draws every panel of the payload; a panel whose data is null says "not computed".
+// draws every panel of the payload; a panel whose data is null says "not computed" (and why, from
+// the payload's not_computed).
 "use strict";
 
 (function () {
@@ -123,9 +124,9 @@
   }
 
   // ---- histogram: stacked bars over 10 equal-width bins ------------------------------------------------
-  function renderHistogram(node, h) {
+  function renderHistogram(node, h, why) {
     saex.clear(node);
-    if (!h) { node.appendChild(saex.notComputed()); return; }
+    if (!h) { node.appendChild(saex.notComputed(why)); return; }
     var series = h.series || [], edges = h.edges || [], nb = Math.max(0, edges.length - 1);
     var W = 460, H = 220, ml = 44, mr = 8, mt = 8, mb = 34, pw = W - ml - mr, ph = H - mt - mb;
     var totals = [];
@@ -183,9 +184,9 @@
     })));
   }
 
-  function renderOutputEffect(node, o) {
+  function renderOutputEffect(node, o, why) {
     saex.clear(node);
-    if (!o) { node.appendChild(saex.notComputed()); return; }
+    if (!o) { node.appendChild(saex.notComputed(why)); return; }
     node.appendChild(el("div", {class: "two"},
       el("div", null, el("h3", null, "decreased"), effectBars(o.decreased || [], "delta", "neg")),
       el("div", null, el("h3", null, "increased"), effectBars(o.increased || [], "delta", "pos"))));
@@ -201,9 +202,9 @@
     })));
   }
 
-  function renderLogitLens(node, l) {
+  function renderLogitLens(node, l, why) {
     saex.clear(node);
-    if (!l) { node.appendChild(saex.notComputed()); return; }
+    if (!l) { node.appendChild(saex.notComputed(why)); return; }
     node.appendChild(el("div", {class: "two"},
       el("div", null, el("h3", null, "top"), tokenList(l.top || [])),
       el("div", null, el("h3", null, "bottom"), tokenList(l.bottom || []))));
@@ -224,9 +225,9 @@
     return li;
   }
 
-  function renderUpstream(node, u) {
+  function renderUpstream(node, u, why) {
     saex.clear(node);
-    if (!u) { node.appendChild(saex.notComputed()); return; }
+    if (!u) { node.appendChild(saex.notComputed(why)); return; }
     node.appendChild(el("ul", {class: "tree"}, treeNode(u)));
     node.appendChild(el("p", {class: "note"}, "effect: mean drop in the parent's activation when the feature is ablated; " +
       "cos: cosine of the two directions. " + (u.method ? "Method: " + u.method + "; " : "") + u.contexts +
@@ -244,10 +245,11 @@
     kvTable($("stats"), [["density", fmt(f.density, 4), String(f.density)], ["max activation", fmt(f.max, 4), String(f.max)]]);
     renderExplanation($("explanation"), f);
     renderScores($("scores"), f);
-    renderHistogram($("histogram"), f.histogram);
-    renderOutputEffect($("output-effect"), f.output_effect);
-    renderLogitLens($("logit-lens"), f.logit_lens);
-    renderUpstream($("upstream"), f.upstream);
+    var why = f.not_computed || {};  // panel -> why it is empty
+    renderHistogram($("histogram"), f.histogram, why.histogram);
+    renderOutputEffect($("output-effect"), f.output_effect, why.output_effect);
+    renderLogitLens($("logit-lens"), f.logit_lens, why.logit_lens);
+    renderUpstream($("upstream"), f.upstream, why.upstream);
     renderExamples($("examples"), f);
     $("message").hidden = true;
     $("content").hidden = false;
