@@ -193,3 +193,41 @@ def test_paper_preset_states_its_time_first(inputs, tmp_path):
     lines = stdout.splitlines()
     assert lines[2].startswith("expected time on this machine: about ")
     assert "stages: harvest, train:" in stdout and not (tmp_path / "r").exists()
+
+
+def test_sigkill_inside_a_stage_resumes(full_run, inputs, tmp_path):
+    """A real kill (SIGKILL of a separate process while reproduce.json says a training stage is running):
+    the rerun skips what finished, runs the killed stage again, and ends with the uninterrupted run's weights."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    stage = "train:blocks.1.hook_resid_post"
+    cmd = [sys.executable, "-m", "saex.cli", "reproduce", "--model", str(inputs / "model"), "--corpus",
+           str(inputs / "corpus.jsonl"), "--out", str(out), "--set", TINY, "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "reproduce.json").exists() and _state(out)["stages"].get(stage, {}).get("status") == "running":
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the pipeline ended before the stage to kill started"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _state(out)["stages"][stage]["status"] == "running"
+    rc, _, err = _reproduce(inputs, out)
+    assert rc == 0, err
+    assert f"{stage}: resuming an interrupted run" in err
+    assert "[1/20] harvest: unchanged, skipped" in err
+    assert {r["status"] for r in _state(out)["stages"].values()} == {"done"}
+    ref, _, _ = full_run
+    for hook in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.mlp.hook_post"):
+        mine = sorted(p.relative_to(out) for p in (out / "dicts" / hook).glob("*/sae_weights.safetensors"))
+        assert mine == sorted(p.relative_to(ref) for p in (ref / "dicts" / hook).glob("*/sae_weights.safetensors"))
+        for p in mine:
+            assert (out / p).read_bytes() == (ref / p).read_bytes(), p
