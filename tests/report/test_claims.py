@@ -174,9 +174,13 @@ def test_case_study_claims():
     assert c["fig5_effects"].verdict == HELD
     assert c["fig5_cosine"].verdict == HELD and c["fig5_cosine"].numbers["mean_cos"] == pytest.approx(0.4)
     apos["output_effect"]["decreased"].reverse()
-    circuit["children"][1]["effect"] = -0.1
+    circuit["children"] = []  # traced, but no upstream ablation lowered the target
     c = by_key(case_study_claims({"features": [outlier, apos], "circuit": circuit}, d_in=4))  # 3/√4 = 1.5
-    assert [c[k].verdict for k in ("fig4_s", "fig5_effects", "fig5_cosine")] == [NOT_HELD] * 3
+    assert [c[k].verdict for k in ("fig4_s", "fig5_effects")] == [NOT_HELD] * 2
+    assert c["fig5_cosine"].verdict == NOT_MEASURED  # no edge
+    circuit["children"] = [{"hook": "g", "feature": 3, "effect": 0.2, "cos": 0.4, "children": []}]
+    c = by_key(case_study_claims({"features": [outlier, apos], "circuit": circuit}, d_in=4))  # 3/√4 = 1.5
+    assert c["fig5_effects"].verdict == HELD and c["fig5_cosine"].verdict == NOT_HELD
     c = by_key(case_study_claims({"features": [outlier], "circuit": None}, d_in=None))
     assert c["fig4_apostrophe"].verdict == NOT_HELD
     assert [c[k].verdict for k in ("fig4_s", "fig5_effects", "fig5_cosine")] == [NOT_MEASURED] * 3

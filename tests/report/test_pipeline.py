@@ -159,7 +159,7 @@ def test_downstream_of_a_failed_stage_is_not_run(tmp_path):
               Stage("c", "c", (), lambda: {}, lambda cfg: (tmp_path / "c").mkdir(), soft=("a",))]
     state = Pipeline(tmp_path, {}, stages, log=lambda m: None).run()["stages"]
     assert state["a"] == {"key": state["a"]["key"], "status": "failed", "reason": "no single-token names",
-                          "config": {}}
+                          "config": {}, "folder": "a"}
     assert state["b"]["status"] == "not run" and state["c"]["status"] == "done"
     with pytest.raises(SaexError):
         Pipeline(tmp_path, {}, [Stage("a", "a", (), lambda: {}, fail)], log=lambda m: None).run()
@@ -231,3 +231,15 @@ def test_sigkill_inside_a_stage_resumes(full_run, inputs, tmp_path):
         assert mine == sorted(p.relative_to(ref) for p in (ref / "dicts" / hook).glob("*/sae_weights.safetensors"))
         for p in mine:
             assert (out / p).read_bytes() == (ref / p).read_bytes(), p
+
+
+def test_stages_dropped_from_the_plan_lose_their_outputs(tmp_path):
+    from saex.report.pipeline import Pipeline, Stage
+
+    def make(name):
+        return Stage(name, name, (), lambda: {}, lambda cfg: (tmp_path / name).mkdir(exist_ok=True))
+
+    Pipeline(tmp_path, {}, [make("a"), make("b")], log=lambda m: None).run()
+    assert (tmp_path / "b").is_dir()
+    state = Pipeline(tmp_path, {}, [make("a")], log=lambda m: None).run()
+    assert set(state["stages"]) == {"a"} and not (tmp_path / "b").exists() and (tmp_path / "a").is_dir()

@@ -71,7 +71,7 @@ class CaseStudyConfig:
     """Features and basis dimensions listed by the search."""
     max_density: float = 0.05
     """When the analysed features are chosen from the search: skip features active on more than this fraction
-    of held-out tokens (the feature index's density; 1 keeps all). The paper's top search result was an
+    of held-out tokens (the feature index's density, so it needs --features-index; 1 keeps all). The paper's top search result was an
     outlier-dimension feature, and a token histogram only describes features active on few tokens (§5.1)."""
     target: int | None = None
     """Target feature of the circuit (default: the first analysed feature)."""
@@ -176,17 +176,31 @@ def _one(spec: str, option: str) -> Path:
     return next(iter(found.values()))
 
 
-def _open_index(path: str, folder: Path, weights_sha: str, hook: str):
-    from saex.features.index import INDEX_JSON, FeatureIndex
+def _index_folder(path: str, folder: Path, weights_sha: str) -> Path:
+    from saex.features.index import INDEX_JSON
 
     p = Path(path)
     if not (p / INDEX_JSON).is_file():
         candidates = [p / folder.name] + [q for q in p.iterdir() if q.is_dir()] if p.is_dir() else []
         matches = [q for q in candidates if (q / INDEX_JSON).is_file()
-                   and json.loads((q / INDEX_JSON).read_text())["identity"]["weights_sha256"] == weights_sha]
+                   and json.loads((q / INDEX_JSON).read_text()).get("identity", {}).get("weights_sha256")
+                   == weights_sha]
         if not matches:
             raise SaexError(f"--features-index {p} holds no feature index of the dictionary {folder}")
         p = matches[0]
+    return p
+
+
+def _index_hash(path: str, folder: Path, weights_sha: str) -> str:
+    """Content of the index a case study read (a rebuilt index makes the study stale)."""
+    p = _index_folder(path, folder, weights_sha)
+    return ",".join(sha256_path(f) for f in sorted(p.iterdir()) if f.is_file() and f.suffix in (".json", ".safetensors"))
+
+
+def _open_index(path: str, folder: Path, weights_sha: str, hook: str):
+    from saex.features.index import FeatureIndex
+
+    p = _index_folder(path, folder, weights_sha)
     ix = FeatureIndex(p)
     ident = ix.meta["identity"]
     if ident["weights_sha256"] != weights_sha or ident["hook"] != hook:
@@ -212,7 +226,8 @@ def run_case_study(cfg: CaseStudyConfig, progress: bool = True) -> Path:
     _check_order(hook, [h for _, h, _ in levels], cfg.depth)
     weights_sha = sha256_path(folder / WEIGHTS)
     identity = {"config": {k: v for k, v in asdict(cfg).items() if k != "out"}, "dictionary": weights_sha,
-                "store": store_hash(store, hook), "upstream": [sha256_path(f / WEIGHTS) for f, _, _ in levels]}
+                "store": store_hash(store, hook), "upstream": [sha256_path(f / WEIGHTS) for f, _, _ in levels],
+                "index": _index_hash(cfg.features_index, folder, weights_sha) if cfg.features_index else None}
     out = Path(cfg.out)
     if check_output_folder(out, MARKER, "saex case study") and (out / "config.json").is_file():
         if json.loads((out / "config.json").read_text()).get("identity") == identity:

@@ -239,3 +239,15 @@ def stage_keys(run: Run, kinds: tuple[str, ...], hook: str | None = None) -> dic
             continue
         out[name] = s.get("key")
     return out
+
+
+SPLICED = ("ce_clean", "ce_spliced", "ce_zero", "ce_recovered", "kl", "ppl_clean", "ppl_spliced")
+"""The spliced-model numbers of an eval result (§6.2), in the order the report shows them."""
+
+
+def store_rows(store: dict | None, split: str) -> int | None:
+    """Rows of a store split, from its manifest (None where the manifest lacks them)."""
+    try:
+        return sum(int(s["rows"]) for s in store["splits"][split]["shards"])
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -127,6 +127,12 @@ def parse_overrides(text: str, plan: dict) -> dict:
             parsed = float(parsed)
         if type(parsed) is not type(old) and not (isinstance(old, str) and isinstance(parsed, str)):
             raise SaexError(f"--set {key}={value!r}: expected a {type(old).__name__} like {old!r}")
+        if isinstance(old, list) and old:
+            kind = type(old[0])
+            if kind is float:
+                parsed = [float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in parsed]
+            if not parsed or any(type(x) is not kind for x in parsed):
+                raise SaexError(f"--set {key}={value!r}: expected a non-empty list of {kind.__name__} like {old!r}")
         out[key] = parsed
     return out
 
@@ -145,17 +151,36 @@ class Pipeline:
         self.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, self.state)
 
+    def _drop(self, folder: str | None) -> None:
+        """Remove a stage's folder (always one inside the run folder) so the report cannot read stale outputs."""
+        if folder and (self.root / folder).resolve().is_relative_to(self.root.resolve()):
+            shutil.rmtree(self.root / folder, ignore_errors=True)
+
     def run(self) -> dict:
         records = self.state["stages"]
+        names = {st.name for st in self.stages}
+        for name in [n for n in records if n not in names]:  # stages of an earlier plan (e.g. other layers)
+            self.log(f"{name}: not in this plan any more; removing its outputs")
+            self._drop(records.pop(name).get("folder"))
         for i, st in enumerate(self.stages, 1):
             tag = f"[{i}/{len(self.stages)}] {st.name}"
             missing = [n for n in st.inputs if records.get(n, {}).get("status") != "done"]
             if missing:
-                records[st.name] = {"status": "not run", "reason": f"needs {', '.join(missing)}"}
+                self._drop(st.folder)
+                records[st.name] = {"status": "not run", "reason": f"needs {', '.join(missing)}", "folder": st.folder}
                 self.log(f"{tag}: not run (needs {', '.join(missing)})")
                 self._save()
                 continue
-            cfg = st.config()
+            try:
+                cfg = st.config()
+            except SaexError as e:
+                if not st.optional:
+                    raise
+                self._drop(st.folder)
+                records[st.name] = {"status": "failed", "reason": str(e), "folder": st.folder}
+                self.log(f"{tag}: failed, continuing without it: {e}")
+                self._save()
+                continue
             done = [n for n in st.inputs + st.soft if records.get(n, {}).get("status") == "done"]
             key = stage_key(st.name, cfg, {n: records[n]["outputs"] for n in done})
             rec = records.get(st.name, {})
@@ -171,7 +196,7 @@ class Pipeline:
                 shutil.rmtree(folder)
             elif rec.get("status") == "running":
                 self.log(f"{tag}: resuming an interrupted run")
-            records[st.name] = {"key": key, "status": "running", "config": cfg}
+            records[st.name] = {"key": key, "status": "running", "config": cfg, "folder": st.folder}
             self._save()
             self.log(f"{tag}: running")
             t0 = time.perf_counter()
@@ -180,12 +205,14 @@ class Pipeline:
             except SaexError as e:
                 if not st.optional:
                     raise
-                records[st.name] = {"key": key, "status": "failed", "reason": str(e), "config": cfg}
+                self._drop(st.folder)
+                records[st.name] = {"key": key, "status": "failed", "reason": str(e), "config": cfg,
+                                    "folder": st.folder}
                 self.log(f"{tag}: failed, continuing without it: {e}")
                 self._save()
                 continue
             records[st.name] = {
-                "key": key, "status": "done", "config": cfg, "outputs": tree_hash(folder),
+                "key": key, "status": "done", "config": cfg, "folder": st.folder, "outputs": tree_hash(folder),
                 "seconds": round(time.perf_counter() - t0, 1),
                 "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             }
@@ -219,8 +246,10 @@ def reproduce(cfg: ReproduceConfig, progress: bool = True) -> Path:
     info = describe_model(cfg.model)
     plan = presets.plan(cfg.preset, info["n_layers"])
     plan.update(parse_overrides(cfg.set, plan))
-    plan["resid_layers"] = sorted(set(plan["resid_layers"]) | {plan["main_layer"] - 1, plan["main_layer"],
-                                                             plan["ioi_layer"]})
+    # The circuit needs one upstream dictionary per level, at the layers just before the main one.
+    plan["circuit_depth"] = max(1, min(plan["circuit_depth"], plan["main_layer"]))
+    upstream = {plan["main_layer"] - i for i in range(1, plan["circuit_depth"] + 1)}
+    plan["resid_layers"] = sorted(set(plan["resid_layers"]) | upstream | {plan["main_layer"], plan["ioi_layer"]})
     bad = [L for L in plan["resid_layers"] + plan["mlp_layers"] if not 0 <= L < info["n_layers"]]
     if bad:
         raise SaexError(f"layers {bad} are out of range: {cfg.model} has layers 0..{info['n_layers'] - 1}")

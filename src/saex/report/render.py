@@ -63,7 +63,9 @@ def _md_cell(value) -> str:
 def _md_escape(value) -> str:
     """Markdown output: the characters that could open HTML (a viewer may render raw HTML) as entities;
     quotes stay readable."""
-    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # and link / code syntax, so an explanation cannot make a live link in a lenient viewer
+    return text.replace("[", "\\[").replace("]", "\\]").replace("`", "\\`")
 
 
 def _environment(markdown: bool) -> jinja2.Environment:

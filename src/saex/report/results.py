@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 
 import saex
-from saex.report.collect import Run, main_result, stage_keys
+from saex.report.collect import SPLICED, Run, main_result, stage_keys, store_rows
 
 FORMAT = "saex.report.results"
 MAIN_METRICS = ("fvu", "mse", "l0", "alive", "dead", "alive_fraction", "cosine")
-SPLICED = ("ce_clean", "ce_spliced", "ce_zero", "ce_recovered", "kl", "ppl_clean", "ppl_spliced")
 SCORES = ("top_random", "top", "random", "auroc", "balanced_accuracy")
 
 
@@ -28,13 +27,6 @@ def _clean(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
-
-
-def _rows(store: dict | None, split: str) -> int | None:
-    try:
-        return sum(int(s["rows"]) for s in store["splits"][split]["shards"])
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 def main_saes(run: Run) -> dict[str, dict]:
@@ -81,7 +73,7 @@ def build_results(run: Run, extra: dict, claims: list[dict]) -> dict:
            "store": {"model": model.get("name") or run.config.get("model"),
                      "model_weights_sha256": model.get("weights_sha256"),
                      "corpus": (store.get("corpus") or {}).get("spec") or run.config.get("corpus"),
-                     "rows": {"train": _rows(store, "train"), "heldout": _rows(store, "heldout")},
+                     "rows": {"train": store_rows(store, "train"), "heldout": store_rows(store, "heldout")},
                      "hashes": store.get("hashes") or {}} if store or run.reproduce else None,
            "main_sae": main_saes(run),
            "autointerp": autointerp(run)}

@@ -142,8 +142,8 @@ def fig4_5(run: Run, fig_dir: Path, results: dict) -> list[Section]:
     for f in sorted(cs.get("features") or [], key=lambda f: f.get("rank", 0)):
         if (t := _hist_table(f)) is not None:
             s4.tables.append(t)
-        if (t := _hist_table(f, "residual_histogram", "the most similar residual dimension's histogram (Fig. 11 "
-                             "contrast)")) is not None:
+        if (t := _hist_table(f, "residual_histogram", "the histogram of the residual dimension most extreme at the "
+                             "search token (Fig. 11 contrast)")) is not None:
             s4.tables.append(t)
         eff = f.get("output_effect") or {}
         if eff:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from saex.report import claims as C
-from saex.report.collect import Run, hook_kind, is_sae, main_result
+from saex.report.collect import SPLICED, Run, hook_kind, is_sae, main_result
 from saex.report.sections import Figure, Section, Table, differences, fmt, not_run
 
 
@@ -101,7 +101,6 @@ def fig16(run: Run, fig_dir: Path, results: dict) -> Section:
     return s
 
 
-SPLICED = ("ce_clean", "ce_spliced", "ce_zero", "ce_recovered", "kl", "ppl_clean", "ppl_spliced")
 
 
 def perplexity(run: Run, fig_dir: Path, results: dict) -> Section:

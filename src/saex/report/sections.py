@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saex.report.claims import Claim
-from saex.report.collect import Run, hook_kind, main_target
+from saex.report.collect import Run, hook_kind, main_target, store_rows
 
 NOT_RUN = "not run in this reproduction"
 
@@ -72,13 +72,6 @@ def not_run(section: Section, what: str, reason: str | None = None) -> Section:
     return section
 
 
-def _rows(store: dict, split: str) -> int | None:
-    try:
-        return sum(int(s["rows"]) for s in store["splits"][split]["shards"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 def differences(run: Run, *, ioi: bool = False, scorer: str | None = None, hooks: list[str] | None = None,
                 extra: list[str] | None = None) -> list[str]:
     """How this run differs from the paper, for one section."""
@@ -94,7 +87,7 @@ def differences(run: Run, *, ioi: bool = False, scorer: str | None = None, hooks
     corpus = (store.get("corpus") or {}).get("spec") or run.config.get("corpus") or "unknown"
     out.append(f"Corpus: {corpus}; the paper: " + ("NeelNanda/pile-10k (≈ 7M activations)." if ioi
                                                     else "the Pile (train shard 00), ≈ 20M activations per layer."))
-    tr, he = _rows(store, "train"), _rows(store, "heldout")
+    tr, he = store_rows(store, "train"), store_rows(store, "heldout")
     if tr is not None:
         out.append(f"Activations per hook: {tr:,} training rows, {he or 0:,} held-out rows "
                    "(the paper: ≈ 2.1M per 2 GB chunk, 10 chunks for Fig. 2).")

@@ -163,11 +163,13 @@ def _late_stages(cfg, plan, root, progress, main, main_dict, add, stages) -> Non
     from saex.report.render import build_report
     from saex.viz.dashboard.run import DashboardConfig, build_dashboard
 
-    upstream = resid_hook(plan["main_layer"] - 1)
-    add("case_study", "case_studies", ("harvest", f"train:{main}", f"train:{upstream}", f"features:{main}"),
+    # one upstream dictionary per level of the circuit, nearest first
+    upstream = [resid_hook(plan["main_layer"] - i) for i in range(1, plan["circuit_depth"] + 1)]
+    add("case_study", "case_studies", ("harvest", f"train:{main}", *(f"train:{h}" for h in upstream),
+                                       f"features:{main}"),
         lambda: CaseStudyConfig(acts=str(root / "acts"), dict=str(main_dict(main)),
                                 features_index=str(root / "features" / main),
-                                upstream=str(main_dict(upstream)), depth=plan["circuit_depth"],
+                                upstream=",".join(str(main_dict(h)) for h in upstream), depth=plan["circuit_depth"],
                                 top=plan["case_top"], max_density=plan["case_max_density"], model=cfg.model,
                                 out=str(root / "case_studies")),
         lambda c: run_case_study(CaseStudyConfig(**c), progress=progress), optional=True)

@@ -29,10 +29,10 @@ from tqdm import tqdm
 from saex.dictionaries.sae import WEIGHTS
 from saex.errors import SaexError
 from saex.features.index import VOCAB_JSON, FeatureIndex
+from saex.viz.dashboard.gather import ANALYSES as PANELS
 
 COMPUTED = ("histogram", "logit_lens")
 """What ``--analyses`` may name: the analyses ``saex dashboard`` computes itself."""
-PANELS = ("histogram", "logit_lens", "output_effect", "upstream")
 LOGIT_TOP = 20
 """Tokens at each end of the logit lens (as ``saex case-study --logit-top``'s default)."""
 UNEMBED_OUTLIERS = "5x"

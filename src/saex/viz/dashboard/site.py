@@ -39,7 +39,6 @@ FORMAT = "saex.dashboard"
 STATIC = ("saex.css", "saex-common.js", "saex-index.js", "saex-feature.js")
 PAGES = ("index.html", "feature.html")
 ROW_KEYS = ("id", "density", "max", "score", "explanation")
-ANALYSES = ("histogram", "logit_lens", "output_effect", "upstream")
 SHARD = 1000
 """Feature files per folder: data/f/<id // SHARD>/<id>.js keeps folders small for 50,000+ features."""
 

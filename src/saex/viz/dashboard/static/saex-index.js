@@ -16,7 +16,8 @@
     h.split("&").forEach(function (part) {
       var i = part.indexOf("=");
       if (i < 0) return;
-      var k = part.slice(0, i), v = decodeURIComponent(part.slice(i + 1));
+      var k = part.slice(0, i), v;
+      try { v = decodeURIComponent(part.slice(i + 1)); } catch (e) { return; }  // a malformed hand-typed hash
       if (k === "q") state.q = v;
       else if (k === "sort" && DEFAULT_DIR[v]) state.sort = v;
       else if (k === "dir" && (v === "asc" || v === "desc")) state.dir = v;
