@@ -24,43 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from saex.errors import SaexError
-from saex.lm.hooks import HookedLM, _first
-
-
-class _Stop(Exception):
-    pass
-
-
-def _expand(value, n: int, times: int):
-    """Repeat every tensor whose first dimension is the batch ``n``, ``times`` times along it."""
-    if torch.is_tensor(value):
-        return value.repeat(times, *([1] * (value.dim() - 1))) if value.dim() and value.shape[0] == n else value
-    if isinstance(value, (tuple, list)):
-        return type(value)(_expand(v, n, times) for v in value)
-    if isinstance(value, dict):
-        return {k: _expand(v, n, times) for k, v in value.items()}
-    return value
-
-
-def _hook_module(hooked: HookedLM, name: str, fn: Callable, replace: bool = False):
-    """Register ``fn(act)`` at a hook point: it sees the activation, and with ``replace`` returns its substitute."""
-    point = hooked.resolve(name)
-    module = hooked.model.get_submodule(point.module)
-    if point.capture == "input":
-        def pre(mod, args, kwargs):
-            if args:
-                new = fn(args[0])
-                return ((new, *args[1:]), kwargs) if replace else None
-            new = fn(kwargs["hidden_states"])
-            return (args, {**kwargs, "hidden_states": new}) if replace else None
-        return module.register_forward_pre_hook(pre, with_kwargs=True)
-
-    def post(mod, args, out):
-        new = fn(_first(out))
-        if not replace:
-            return None
-        return (new, *out[1:]) if isinstance(out, tuple) else new
-    return module.register_forward_hook(post)
+from saex.lm.hooks import HookedLM, _first, _StopForward, expand_batch
 
 
 class Segment:
@@ -91,15 +55,15 @@ class Segment:
             def fn(a):
                 got[name] = a.detach().clone()
                 if last:
-                    raise _Stop
+                    raise _StopForward
             return fn
-        handles.append(_hook_module(hooked, start, grab("start", self.identity)))
+        handles.append(hooked.hook(start, grab("start", self.identity)))
         if not self.identity:
-            handles.append(_hook_module(hooked, end, grab("end", True)))
+            handles.append(hooked.hook(end, grab("end", True)))
         try:
             with torch.no_grad():
                 hooked.model(input_ids=ids_NT, use_cache=False)
-        except _Stop:
+        except _StopForward:
             pass
         finally:
             for h in handles:
@@ -117,22 +81,22 @@ class Segment:
         p1 = self.p1
         for i in range(self.first, p1.layer):
             args, kw = self.calls[i]
-            h = _first(self.hooked.blocks[i](h, *_expand(args, N, B), **_expand(kw, N, B)))
+            h = _first(self.hooked.blocks[i](h, *expand_batch(args, N, B), **expand_batch(kw, N, B)))
         if p1.kind != "hook_resid_pre":  # the end is in block p1.layer: run it (up to the end hook)
             args, kw = self.calls[p1.layer]
             block = self.hooked.blocks[p1.layer]
             if p1.kind == "hook_resid_post":
-                h = _first(block(h, *_expand(args, N, B), **_expand(kw, N, B)))
+                h = _first(block(h, *expand_batch(args, N, B), **expand_batch(kw, N, B)))
             else:
                 got = {}
 
                 def fn(a):
                     got["x"] = a
-                    raise _Stop
-                handle = _hook_module(self.hooked, self.end, fn)
+                    raise _StopForward
+                handle = self.hooked.hook(self.end, fn)
                 try:
-                    block(h, *_expand(args, N, B), **_expand(kw, N, B))
-                except _Stop:
+                    block(h, *expand_batch(args, N, B), **expand_batch(kw, N, B))
+                except _StopForward:
                     pass
                 finally:
                     handle.remove()
@@ -145,25 +109,17 @@ class Segment:
 
         def fn(a):
             got["x"] = a
-            raise _Stop
-        handles = [_hook_module(self.hooked, self.start, lambda a: h.to(a.dtype), replace=True),
-                   _hook_module(self.hooked, self.end, fn)]
+            raise _StopForward
+        handles = [self.hooked.hook(self.start, lambda a: h.to(a.dtype), replace=True),
+                   self.hooked.hook(self.end, fn)]
         try:
             self.hooked.model(input_ids=ids, use_cache=False)
-        except _Stop:
+        except _StopForward:
             pass
         finally:
             for handle in handles:
                 handle.remove()
         return got["x"]
-
-
-def final_logits(hooked: HookedLM, h_PD: torch.Tensor) -> torch.Tensor:
-    """Logits from last-block outputs at chosen positions: the final norm and LM head only there."""
-    model = hooked.model
-    logits = model.get_output_embeddings()(model.get_submodule(hooked.family.final_norm)(h_PD)).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def pad_contexts(contexts: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,8 +157,8 @@ def output_effect(hooked: HookedLM, hook: str, dictionary, feature: int, context
         h_abl = seg((seg.x_start - c_NT[..., None] * f_D)[None])[0]
         clean_PD, abl_PD = seg.x_end[active_NT], h_abl[active_NT]
         for p in range(0, len(clean_PD), position_chunk):
-            d = (F.log_softmax(final_logits(hooked, abl_PD[p:p + position_chunk]), -1)
-                 - F.log_softmax(final_logits(hooked, clean_PD[p:p + position_chunk]), -1)).double().sum(0)
+            d = (F.log_softmax(hooked.logits_at(abl_PD[p:p + position_chunk]), -1)
+                 - F.log_softmax(hooked.logits_at(clean_PD[p:p + position_chunk]), -1)).double().sum(0)
             total_V = d if total_V is None else total_V + d
         positions += int(active_NT.sum())
     if total_V is None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -33,6 +32,7 @@ from saex.dictionaries.folders import find_dictionaries, open_for_store
 from saex.dictionaries.sae import SAE, WEIGHTS
 from saex.errors import SaexError
 from saex.features.search import DAVE
+from saex.lm.hooks import hook_order
 from saex.store.files import check_output_folder, sha256_path, write_json_atomic
 from saex.store.reader import ActivationStore, store_hash
 
@@ -148,20 +148,11 @@ def _same_store(folder: Path, d: SAE, store: ActivationStore, hook: str, option:
         raise SaexError(f"{option} dictionary {folder} was trained on another activation store than {store.path}")
 
 
-def _order(hook: str) -> tuple[int, int]:
-    from saex.lm.hooks import HOOK_KINDS
-
-    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", hook)
-    if not m or m.group(2) not in HOOK_KINDS:
-        raise SaexError(f"unknown hook point {hook!r} in a dictionary's metadata")
-    return int(m.group(1)), HOOK_KINDS.index(m.group(2))
-
-
 def _check_order(hook: str, upstream: list[str], depth: int | None) -> None:
     """Before any work: each upstream hook strictly earlier than the one before it, and enough levels."""
     prev = hook
     for h in upstream:
-        if _order(h) >= _order(prev):
+        if hook_order(h) >= hook_order(prev):
             raise SaexError(f"upstream hook {h} is not earlier than {prev}; give --upstream dictionaries nearest "
                             "first, each at an earlier hook point")
         prev = h
@@ -191,16 +182,9 @@ def _index_folder(path: str, folder: Path, weights_sha: str) -> Path:
     return p
 
 
-def _index_hash(path: str, folder: Path, weights_sha: str) -> str:
-    """Content of the index a case study read (a rebuilt index makes the study stale)."""
-    p = _index_folder(path, folder, weights_sha)
-    return ",".join(sha256_path(f) for f in sorted(p.iterdir()) if f.is_file() and f.suffix in (".json", ".safetensors"))
-
-
-def _open_index(path: str, folder: Path, weights_sha: str, hook: str):
+def _open_index(p: Path, folder: Path, weights_sha: str, hook: str):
     from saex.features.index import FeatureIndex
 
-    p = _index_folder(path, folder, weights_sha)
     ix = FeatureIndex(p)
     ident = ix.meta["identity"]
     if ident["weights_sha256"] != weights_sha or ident["hook"] != hook:
@@ -225,16 +209,19 @@ def run_case_study(cfg: CaseStudyConfig, progress: bool = True) -> Path:
         levels.append((up_folder, up_hook, up))
     _check_order(hook, [h for _, h, _ in levels], cfg.depth)
     weights_sha = sha256_path(folder / WEIGHTS)
+    index_dir = _index_folder(cfg.features_index, folder, weights_sha) if cfg.features_index else None
     identity = {"config": {k: v for k, v in asdict(cfg).items() if k != "out"}, "dictionary": weights_sha,
                 "store": store_hash(store, hook), "upstream": [sha256_path(f / WEIGHTS) for f, _, _ in levels],
-                "index": _index_hash(cfg.features_index, folder, weights_sha) if cfg.features_index else None}
+                # the index's content: a rebuilt index makes the study stale
+                "index": [sha256_path(f) for f in sorted(index_dir.iterdir())
+                          if f.suffix in (".json", ".safetensors")] if index_dir else None}
     out = Path(cfg.out)
     if check_output_folder(out, MARKER, "saex case study") and (out / "config.json").is_file():
         if json.loads((out / "config.json").read_text()).get("identity") == identity:
             if progress:
                 print(f"case study in {out} is up to date")
             return out
-    index = _open_index(cfg.features_index, folder, weights_sha, hook) if cfg.features_index else None
+    index = _open_index(index_dir, folder, weights_sha, hook) if index_dir else None
 
     # figures go to a hidden staging folder first: a run that fails half-way leaves --out reusable
     staging = out / ".staging"

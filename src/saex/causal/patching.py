@@ -22,24 +22,7 @@ import torch.nn.functional as F
 
 from saex.causal.ioi import IOIPrompts
 from saex.errors import SaexError
-from saex.lm.hooks import HookedLM, _first
-
-
-class _Stop(Exception):
-    pass
-
-
-def _expand(value, n: int, times: int):
-    """Repeat every tensor whose first dimension is the prompt batch ``n``, ``times`` times along it."""
-    if torch.is_tensor(value):
-        return value.repeat(times, *([1] * (value.dim() - 1))) if value.dim() and value.shape[0] == n else value
-    if isinstance(value, tuple):
-        return tuple(_expand(v, n, times) for v in value)
-    if isinstance(value, list):
-        return [_expand(v, n, times) for v in value]
-    if isinstance(value, dict):
-        return {k: _expand(v, n, times) for k, v in value.items()}
-    return value
+from saex.lm.hooks import HookedLM, _first, expand_batch
 
 
 def _clone(value):
@@ -132,16 +115,9 @@ class PatchingSetup:
             return logits[torch.arange(B * N), last].reshape(B, N, -1).float()
         h = flat
         for i in range(self.suffix_from, self.hooked.n_layers):
-            h = _first(self.hooked.blocks[i](h, **_expand(self._kwargs[i], N, B)))
+            h = _first(self.hooked.blocks[i](h, **expand_batch(self._kwargs[i], N, B)))
         last = self.last_N.repeat(B)
-        model = self.hooked.model
-        h_last = model.get_submodule(self.hooked.family.final_norm)(h[torch.arange(B * N), last])
-        # the model's own accessor: module names move between transformers releases (GPT-NeoX's embed_out)
-        logits = model.get_output_embeddings()(h_last).float()
-        cap = getattr(model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits.reshape(B, N, -1)
+        return self.hooked.logits_at(h[torch.arange(B * N), last]).reshape(B, N, -1)
 
     def kl(self, logits_BNV: torch.Tensor) -> torch.Tensor:
         """KL(patched ‖ target) at the final position, mean over prompts, one value per candidate."""

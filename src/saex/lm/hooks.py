@@ -38,6 +38,16 @@ HOOK_KINDS = ("hook_resid_pre", "hook_attn_out", "mlp.hook_post", "hook_mlp_out"
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in HOOK_KINDS) + r")$")
 
 
+def hook_order(name: str) -> tuple[int, int]:
+    """(layer, position within the block) of a hook point, from its name alone (no model needed): earlier
+    hook points sort first."""
+    m = _HOOK_RE.match(name)
+    if not m:
+        raise SaexError(f"unknown hook point {name!r}; valid names are blocks.{{L}}.{{kind}} with kind in "
+                        f"{list(HOOK_KINDS)}")
+    return int(m.group(1)), HOOK_KINDS.index(m.group(2))
+
+
 @dataclass(frozen=True)
 class Family:
     """Where one model family keeps the modules behind each hook kind (paths relative to a block)."""
@@ -90,7 +100,7 @@ class HookPoint:
 
     @property
     def order(self) -> tuple[int, int]:
-        return (self.layer, HOOK_KINDS.index(self.kind))
+        return hook_order(self.name)
 
     def describe(self) -> dict:
         return {"module": self.module, "capture": self.capture, "width": self.width, "layer": self.layer}
@@ -111,6 +121,18 @@ def family_of(model: torch.nn.Module) -> Family:
 
 def _first(x):
     return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def expand_batch(value, n: int, times: int):
+    """Repeat every tensor whose first dimension is the batch ``n``, ``times`` times along it (in nested
+    tuples, lists and dicts): a block's captured arguments for ``times`` candidate inputs at once."""
+    if torch.is_tensor(value):
+        return value.repeat(times, *([1] * (value.dim() - 1))) if value.dim() and value.shape[0] == n else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(expand_batch(v, n, times) for v in value)
+    if isinstance(value, dict):
+        return {k: expand_batch(v, n, times) for k, v in value.items()}
+    return value
 
 
 class HookedLM:
@@ -170,12 +192,7 @@ class HookedLM:
                 if last:
                     raise _StopForward
 
-            if point.capture == "input":
-                return self.model.get_submodule(point.module).register_forward_pre_hook(
-                    lambda mod, args, kwargs: keep(args[0] if args else kwargs["hidden_states"]),
-                    with_kwargs=True,
-                )
-            return self.model.get_submodule(point.module).register_forward_hook(lambda mod, args, out: keep(out))
+            return self.hook(point.name, keep)
 
         try:
             for p in points:
@@ -201,30 +218,45 @@ class HookedLM:
 
         ``fn`` must return a tensor of the same shape; the rest of the network runs on what it returns.
         """
-        point = self.resolve(name)
-        module = self.model.get_submodule(point.module)
-
         def checked(act):
             new = fn(act)
             if new.shape != act.shape:
                 raise SaexError(f"a splice at {name} returned shape {tuple(new.shape)}, expected {tuple(act.shape)}")
             return new.to(act.dtype)
 
-        if point.capture == "input":
-            def pre(mod, args, kwargs):
-                if args:
-                    return (checked(args[0]), *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": checked(kwargs["hidden_states"])}
-
-            handle = module.register_forward_pre_hook(pre, with_kwargs=True)
-        else:
-            def post(mod, args, out):
-                if isinstance(out, tuple):
-                    return (checked(out[0]), *out[1:])
-                return checked(out)
-
-            handle = module.register_forward_hook(post)
+        handle = self.hook(name, checked, replace=True)
         try:
             yield
         finally:
             handle.remove()
+
+    def hook(self, name: str, fn, replace: bool = False):
+        """Register ``fn(act)`` at hook point ``name`` and return the handle: ``fn`` sees the activation (it may
+        raise to stop the forward), and with ``replace`` what it returns goes on in the activation's place."""
+        point = self.resolve(name)
+        module = self.model.get_submodule(point.module)
+        if point.capture == "input":
+            def pre(mod, args, kwargs):
+                if args:
+                    new = fn(args[0])
+                    return ((new, *args[1:]), kwargs) if replace else None
+                new = fn(kwargs["hidden_states"])
+                return (args, {**kwargs, "hidden_states": new}) if replace else None
+
+            return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+        def post(mod, args, out):
+            new = fn(_first(out))
+            if not replace:
+                return None
+            return (new, *out[1:]) if isinstance(out, tuple) else new
+
+        return module.register_forward_hook(post)
+
+    def logits_at(self, h_PD: torch.Tensor) -> torch.Tensor:
+        """Logits from last-block outputs at chosen positions: the final norm, the LM head (the model's own
+        accessor: module names move between transformers releases) and Gemma's soft-capping, only there."""
+        model = self.model
+        logits = model.get_output_embeddings()(model.get_submodule(self.family.final_norm)(h_PD)).float()
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits

@@ -12,10 +12,8 @@ escaped by the templates (jinja2 autoescape): explanations and token strings are
 from __future__ import annotations
 
 import base64
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import jinja2
@@ -25,7 +23,7 @@ from saex.report.claims import HELD, NOT_HELD, NOT_MEASURED
 from saex.report.collect import collect
 from saex.report.results import build_results
 from saex.report.sections import Section
-from saex.store.files import write_json_atomic
+from saex.store.files import write_json_atomic, write_text_atomic
 
 # (section ids, builder) in paper order; fig2_9_18 and fig4_5 build several sections at once.
 BUILDERS = [
@@ -41,18 +39,6 @@ FALLBACK_TITLES = {"run": "This reproduction", "table1": "Table 1", "fig2": "Fig
                    "fig4": "Figure 4", "fig5": "Figure 5", "fig6": "Figures 6/7", "fig8": "Figure 8",
                    "fig9": "Figure 9", "fig10": "Figure 10", "fig16": "Figure 16", "fig18": "Figure 18",
                    "table2": "Table 2", "ppl": "Spliced perplexity (§6.2)"}
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _md_cell(value) -> str:
@@ -133,8 +119,8 @@ def build_report(run_dir: Path) -> dict[str, Path]:
     html = _environment(False).get_template("report.html.j2").render(**ctx, image=lambda f: _data_uri(f.path))
     md = _environment(True).get_template("report.md.j2").render(**ctx, image=lambda f: f"figures/{Path(f.path).name}")
     paths = {"html": out / "report.html", "md": out / "report.md", "results": out / "results.json"}
-    _write_text(paths["html"], html)
-    _write_text(paths["md"], md)
+    write_text_atomic(paths["html"], html)
+    write_text_atomic(paths["md"], md)
     write_json_atomic(paths["results"], build_results(run, extra, [c.to_dict() for c in claims]))
     for p in [*paths.values(), *fig_dir.iterdir()]:
         p.chmod(0o644)  # temporary files are created private; a report is meant to be shared

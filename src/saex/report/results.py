@@ -8,25 +8,14 @@ Numbers are copied from the stage outputs, never recomputed, so they equal what 
 
 from __future__ import annotations
 
-import math
 
 import saex
 from saex.report.collect import SPLICED, Run, main_result, stage_keys, store_rows
+from saex.store.files import json_ready
 
 FORMAT = "saex.report.results"
 MAIN_METRICS = ("fvu", "mse", "l0", "alive", "dead", "alive_fraction", "cosine")
 SCORES = ("top_random", "top", "random", "auroc", "balanced_accuracy")
-
-
-def _clean(x):
-    """JSON-ready: non-finite floats become null."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def main_saes(run: Run) -> dict[str, dict]:
@@ -85,4 +74,4 @@ def build_results(run: Run, extra: dict, claims: list[dict]) -> dict:
         out["case_study"]["stage_keys"] = stage_keys(run, ("harvest", "train", "features", "case_study"))
     out["claims"] = claims
     out["problems"] = list(run.problems)
-    return _clean(out)
+    return json_ready(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -46,6 +47,25 @@ def _commit(tmp: Path, path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = _tmp_for(path)
+    tmp.write_text(text, encoding="utf-8")
+    _commit(tmp, path)
+
+
+def json_ready(x):
+    """JSON-ready: NaN and infinities become null, numpy scalars and arrays (and tensors) plain numbers / lists."""
+    if isinstance(x, dict):
+        return {str(k): json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_ready(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
+        return json_ready(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def write_json_atomic(path: Path, obj) -> None:

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from saex.store.files import write_json_atomic  # noqa: E402
+from saex.viz import save_figure  # noqa: E402
 
 TITLES = {"top_random": "top-and-random", "top": "top-only", "random": "random-only", "auroc": "detection AUROC",
           "balanced_accuracy": "detection balanced accuracy"}
@@ -42,9 +42,5 @@ def plot_scores(methods: list[dict], keys, folder: Path, label: str) -> list[Pat
         ax.set_ylabel(TITLES.get(k, k))
         ax.set_title(f"{TITLES.get(k, k)}, mean ± 95% CI\n{label}", fontsize=9)
         ax.axhline(0, color="black", linewidth=0.5)
-        path = folder / f"{k}.png"
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        write_json_atomic(path.with_suffix(".json"), {"score": k, "scorer": label, "methods": data})
-        paths.append(path)
+        paths.append(save_figure(fig, folder / f"{k}.png", {"score": k, "scorer": label, "methods": data}, dpi=120))
     return paths

@@ -20,16 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from saex.store.files import write_json_atomic  # noqa: E402
-
-
-def _save(fig, path: Path, data) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    write_json_atomic(path.with_suffix(".json"), data)
-    return path
+from saex.viz import save_figure as _save  # noqa: E402
 
 
 def _show(token: str) -> str:

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from saex.store.files import write_json_atomic  # noqa: E402
+from saex.viz import save_figure  # noqa: E402
 
 
 def _curve(r: dict, mode: str) -> list[dict]:
@@ -48,10 +48,6 @@ def plot_ioi(results: dict[int, dict[str, dict]], out: Path, mode: str) -> list[
                 ax.grid(alpha=0.3)
             left.legend(fontsize=7)
         name = ("fig3" if len(layers) == 1 else "fig17") + f"_{m}"
-        path = out / f"{name}.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        write_json_atomic(path.with_suffix(".json"), {"mode": m, "layers": data})
-        paths.append(path)
+        paths.append(save_figure(fig, out / f"{name}.png", {"mode": m, "layers": data}, tight=False))
     return paths

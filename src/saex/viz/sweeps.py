@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on CI machines
 import matplotlib.pyplot as plt  # noqa: E402
 
-from saex.store.files import write_json_atomic  # noqa: E402
+from saex.viz import save_figure  # noqa: E402
 
 
 def _series(results: list[dict]) -> dict[str, list[dict]]:
@@ -34,13 +34,6 @@ def _series(results: list[dict]) -> dict[str, list[dict]]:
     for pts in out.values():
         pts.sort(key=lambda p: p["alpha"])
     return dict(sorted(out.items()))
-
-
-def _save(fig, path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    write_json_atomic(path.with_suffix(".json"), data)
 
 
 def plot_fvu_vs_l0(results: list[dict], path: Path) -> None:
@@ -60,7 +53,7 @@ def plot_fvu_vs_l0(results: list[dict], path: Path) -> None:
     if series:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    _save(fig, path, {"series": series, "points": points})
+    save_figure(fig, path, {"series": series, "points": points}, dpi=120)
 
 
 def plot_alive_vs_alpha(results: list[dict], path: Path) -> None:
@@ -79,7 +72,7 @@ def plot_alive_vs_alpha(results: list[dict], path: Path) -> None:
     if series:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    _save(fig, path, {"alive_threshold": threshold, "series": series})
+    save_figure(fig, path, {"alive_threshold": threshold, "series": series}, dpi=120)
 
 
 def plot_density(result: dict, path: Path) -> None:
@@ -90,7 +83,7 @@ def plot_density(result: dict, path: Path) -> None:
     ax.set_xlabel("log10 feature density")
     ax.set_ylabel("features")
     ax.set_title(f"{result['name']}: {h['never_fired']} of {result['d_dict']} never fired", fontsize=9)
-    _save(fig, path, {"name": result["name"], **h})
+    save_figure(fig, path, {"name": result["name"], **h}, dpi=120)
 
 
 def plot_all(results: list[dict], folder: Path) -> list[Path]:

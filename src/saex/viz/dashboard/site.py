@@ -18,7 +18,6 @@ is unchanged untouched, so an interrupted build resumes cheaply; ``dashboard.jso
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -33,6 +32,7 @@ from tqdm import tqdm
 import saex
 from saex.errors import SaexError
 from saex.store.files import TMP_PREFIX, check_output_folder, remove_stale_temporaries, write_json_atomic
+from saex.store.files import json_ready as clean
 
 MARKER = "dashboard.json"
 FORMAT = "saex.dashboard"
@@ -43,19 +43,6 @@ SHARD = 1000
 """Feature files per folder: data/f/<id // SHARD>/<id>.js keeps folders small for 50,000+ features."""
 
 _ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-
-
-def clean(x):
-    """JSON-ready: NaN and infinities become null, numpy scalars and arrays become plain numbers / lists."""
-    if isinstance(x, dict):
-        return {str(k): clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [clean(v) for v in x]
-    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):  # numpy scalars and arrays, tensors
-        return clean(x.tolist())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def js_json(obj) -> str:
