@@ -38,8 +38,9 @@ def store(tmp_path_factory, data) -> Path:
 
 
 def argv(store, out, *extra) -> list[str]:
+    # synthetic rows have no attention sink: every position counts unless a test says otherwise
     return ["baselines", "--acts", str(store), "--hook", HOOK, "--out", str(out), "--ica-rows", "1000",
-            "--quiet", *extra]
+            "--exclude-first", "0", "--quiet", *extra]
 
 
 def run(args, capsys) -> tuple[int, str, str]:
@@ -310,3 +311,24 @@ def test_an_unrelated_non_empty_folder_is_refused(store, tmp_path, capsys):
     assert code == 2
     assert "is not empty" in one_error_line(err)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_fits_and_k_use_only_the_kept_rows(store, data, tmp_path, capsys):
+    """With position 0 of every (8-token) context excluded, PCA is fitted on the other 7/8 of the train
+    rows, and --k-from's L0 is measured on the kept held-out rows."""
+    from tests.train._synth import T
+
+    X, H = data
+    keep_train, keep_held = torch.arange(len(X)) % T != 0, torch.arange(len(H)) % T != 0
+    sae = SAE(torch.eye(WIDTH), torch.eye(WIDTH), -0.3 * torch.ones(WIDTH), torch.zeros(WIDTH), "standard",
+              metadata={"hook_name": HOOK})
+    sae.save(tmp_path / "sae")
+    code, _, err = run(argv(store, tmp_path / "out", "--kinds", "pca,pca_topk", "--k-from", str(tmp_path / "sae"),
+                            "--exclude-first", "1"), capsys)
+    assert code == 0, err
+    pca = SAE.load(tmp_path / "out" / "pca")
+    assert pca.metadata["fit_rows"] == int(keep_train.sum()) == 3584
+    assert pca.metadata["row_filter"] == {"exclude_first": 1, "exclude_special_tokens": True}
+    np.testing.assert_allclose(pca.b_dec_D.numpy(), X[keep_train].double().mean(0).numpy(), atol=1e-5)
+    k = SAE.load(tmp_path / "out" / "pca_topk").k
+    assert k == max(1, round(mean_l0(sae, H[keep_held])))

@@ -40,6 +40,12 @@ def _cmd_train(args) -> None:
         print(summary(out))
 
 
+def _cmd_calibrate(args) -> None:
+    from saex.train.calibrate import CalibrateConfig, calibrate, summary
+
+    print(summary(calibrate(from_namespace(CalibrateConfig, args), progress=not args.quiet)))
+
+
 def _cmd_baselines(args) -> None:
     from saex.baselines import BaselinesConfig, build_baselines
 
@@ -162,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a .json or .toml file of option values (the command line overrides it)")
     p.add_argument("--from", dest="from_run", metavar="RUN_JSON",
                    help="replay a saved run: its run.json supplies every option (the command line overrides it)")
+    from saex.train.calibrate import CalibrateConfig
+    stage("calibrate", "choose the L1 coefficients α that give target L0s on a store's hook (a short sweep)",
+          CalibrateConfig, _cmd_calibrate)
     stage("baselines", "build baseline dictionaries (neurons, random, PCA, ICA, top-k) from a store",
           BaselinesConfig, _cmd_baselines)
     stage("eval", "FVU, L0, dead features, spliced CE/KL and MMCS of dictionaries, with plots", EvalConfig, _cmd_eval)

@@ -18,6 +18,8 @@ from tests.causal._helpers import random_sae
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
 PROMPT = "the king of the north gave the city water"
 NODE = {"hook", "feature", "effect", "cos", "children"}
+# A node whose upstream level was ablated also lists the rises and counts what was ablated (circuits.py).
+TRACED = NODE | {"increases", "ablated", "effect_sum_positive", "effect_sum_negative"}
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +50,16 @@ def _run(setup, out, *extra):
 
 
 def _heldout(acts, hook):
+    """Held-out activations, token ids, and which rows the default filter keeps (not position 0, not the
+    separator / BOS token), from the tokens and the manifest directly."""
     from saex.store.reader import ActivationStore
 
     s = ActivationStore(acts)
     x = torch.cat([s.load_shard("heldout", i, hook) for i in range(len(s.shards("heldout")))])
-    return x, s.tokens("heldout").reshape(-1).numpy()
+    tok_CT = s.tokens("heldout")
+    special = [i for i in (s.manifest["packing"]["separator_id"], s.manifest["packing"]["bos_id"]) if i is not None]
+    keep = (torch.arange(tok_CT.shape[1]) > 0).expand_as(tok_CT) & ~torch.isin(tok_CT, torch.tensor(special))
+    return x, tok_CT.reshape(-1).numpy(), keep.reshape(-1)
 
 
 def test_end_to_end_with_index_and_circuit(setup, tmp_path):
@@ -90,9 +97,10 @@ def test_end_to_end_with_index_and_circuit(setup, tmp_path):
     assert [e["rank"] for e in r["features"]] == [ranked.index(f) for f in top]
     skipped = [f for f in ranked[:ranked.index(top[-1])] if density[f] > thr]
     assert skipped and [e["feature"] for e in s["skipped_dense"]] == skipped
-    X, toks = _heldout(acts, HOOKS[2])
+    X, toks, keep = _heldout(acts, HOOKS[2])
+    assert not keep.all()
     with torch.no_grad():
-        codes = d.encode(X).numpy()
+        codes = (d.encode(X) * keep[:, None]).numpy()  # excluded rows count as inactive
     W_U = lm.model.get_output_embeddings().weight.detach()
     for e in r["features"]:
         f = e["feature"]
@@ -111,20 +119,22 @@ def test_end_to_end_with_index_and_circuit(setup, tmp_path):
     res = r["features"][0]["residual_histogram"]
     dim = int(x.abs().argmax())
     sign = 1 if x[dim] > 0 else -1
-    assert res["total"] == int((sign * X[:, dim] > 0).sum()) and f"dimension {dim}" in res["source"]
+    assert res["total"] == int((sign * X[keep, dim] > 0).sum()) and f"dimension {dim}" in res["source"]
     assert all(e["residual_histogram"] is None for e in r["features"][1:])
     assert (out / r["figures"][f"residual{dim}_histogram"]).is_file()
     # the circuit: root = the first analysed feature, two levels, nodes per schema.md
     tree = r["circuit"]
-    assert set(tree) == NODE | {"contexts", "max_activation", "method"}
+    assert set(tree) == TRACED | {"contexts", "max_activation", "method"}
     assert tree["feature"] == top[0] and tree["hook"] == HOOKS[2] and 1 <= tree["contexts"] <= 5
     ix = FeatureIndex(root / "features" / "d2")
     assert tree["max_activation"] == pytest.approx(float(ix.t["max"][tree["feature"]]))
     assert tree["children"] and all(c["children"] for c in tree["children"])
     for child in tree["children"]:
-        assert set(child) == NODE and child["hook"] == HOOKS[1] and child["effect"] > 0
+        assert set(child) == TRACED and child["hook"] == HOOKS[1] and child["effect"] > 0
         for g in child["children"]:
-            assert g["hook"] == HOOKS[0] and g["children"] == []
+            assert set(g) == NODE and g["hook"] == HOOKS[0] and g["children"] == []
+        assert all(set(g) == NODE - {"children"} and g["effect"] < 0 for g in child["increases"])
+    assert all(g["hook"] == HOOKS[1] and g["effect"] < 0 for g in tree["increases"])
     assert (out / "circuit.png").read_bytes()[:4] == b"\x89PNG"
     # a rerun with the same inputs is a no-op
     stamp = (out / "case_study.json").stat().st_mtime_ns
@@ -145,9 +155,9 @@ def test_store_only_explicit_features(setup, tmp_path):
     for e in r["features"]:
         assert e["histogram"]["n"] <= 50 and e["output_effect"]["contexts"] <= 3
     assert "dimension 5" in r["features"][0]["residual_histogram"]["source"]
-    X, _ = _heldout(acts, HOOKS[2])
+    X, _, keep = _heldout(acts, HOOKS[2])
     with torch.no_grad():
-        M = float(SAE.load(root / "d2").encode(X)[:, 7].max())
+        M = float(SAE.load(root / "d2").encode(X[keep])[:, 7].max())
     assert r["circuit"]["feature"] == 7 and r["circuit"]["max_activation"] == pytest.approx(M, rel=1e-5)
     assert r["circuit"]["method"].startswith("exact ablation")
     assert r["circuit"]["children"] and np.isfinite([c["effect"] for c in r["circuit"]["children"]]).all()

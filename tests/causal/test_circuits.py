@@ -3,7 +3,8 @@
 Known answers: with the upstream hook blocks.{L-1}.hook_resid_post and the target blocks.{L}.hook_resid_pre
 (the same tensor) the drop from ablating upstream j is c_j(last)·⟨f_j, W_enc[:, k]⟩ (the target stays above
 its ReLU); through real blocks, every effect equals a naive full-forward ablation written here (each context
-alone, unpadded), at two levels; the attribution-prefiltered tree agrees with the exhaustive one.
+alone, unpadded), at two levels; the attribution-prefiltered tree agrees with the exhaustive one. Both signs:
+the tree follows the drops, and each expanded node lists its strongest rises (``increases``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,20 @@ def test_same_tensor_is_hand_computable(hooked):
             cos = torch.nn.functional.cosine_similarity(tgt.W_dec_FD[k], up.W_dec_FD[c["feature"]], dim=0)
             assert c["cos"] == pytest.approx(float(cos), abs=1e-6)
             assert c["hook"] == "blocks.1.hook_resid_post" and c["children"] == []
+        # the other sign: the strongest rises of the target (ablation raises it), recorded but not expanded
+        bottom = [j for j in want.argsort()[:3].tolist() if want[j] < 0]
+        assert bottom and [c["feature"] for c in tree["increases"]] == bottom
+        for c in tree["increases"]:
+            assert c["effect"] == pytest.approx(float(want[c["feature"]]), rel=1e-4, abs=1e-5) and c["effect"] < 0
+            assert "children" not in c and c["hook"] == "blocks.1.hook_resid_post"
+        with torch.no_grad():  # features active at any position of any context: the ones that can be ablated
+            n_active = int(torch.stack([(up.encode(module_activation(hooked, "blocks.1.hook_resid_post",
+                                                                     torch.tensor([c]))[0]) != 0).any(0)
+                                        for c in CONTEXTS]).any(0).sum())
+        assert tree["ablated"] == (n_active if candidates == 0 else min(n_active, 2 * candidates))
+        if candidates == 0:
+            assert tree["effect_sum_positive"] == pytest.approx(float(want.clamp(min=0).sum()), rel=1e-4)
+            assert tree["effect_sum_negative"] == pytest.approx(float(want.clamp(max=0).sum()), rel=1e-4)
         assert ("exact ablation of every" in tree["method"]) == (candidates == 0)
         # M defaults to the largest clean activation at the contexts' last tokens
         with torch.no_grad():
@@ -130,7 +145,18 @@ def test_real_blocks_equal_naive_ablation_two_levels(hooked):
     for node in _walk(quick):
         if node["effect"] is not None and node["hook"] == H_1:
             assert node["effect"] == pytest.approx(float(want1[node["feature"]]), rel=1e-3, abs=1e-5)
-    assert "attribution" in quick["method"] and "top 6" in quick["method"]
+    assert "attribution" in quick["method"] and "top 6 and the bottom 6" in quick["method"]
+    # the rises, at every expanded node: exact effects < 0, the strongest first, not expanded
+    want1_rises = [j for j in want1.argsort()[:2].tolist() if want1[j] < 0]
+    assert tree["increases"] and [c["feature"] for c in tree["increases"]] == want1_rises
+    for node in _walk(tree):
+        if node["hook"] == H_2:  # the last level is not expanded
+            assert set(node) == {"hook", "feature", "effect", "cos", "children"}
+            continue
+        assert [c["effect"] for c in node["increases"]] == sorted(c["effect"] for c in node["increases"])
+        assert all(c["effect"] < 0 and "children" not in c for c in node["increases"])
+        assert node["effect_sum_negative"] <= sum(c["effect"] for c in node["increases"]) + 1e-6
+        assert node["effect_sum_positive"] >= sum(c["effect"] for c in node["children"]) - 1e-6
 
 
 def test_refusals(hooked):

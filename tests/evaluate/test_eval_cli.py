@@ -77,9 +77,22 @@ def _result(out, name):
     return json.loads((Path(out) / "results" / f"{name}.json").read_text())
 
 
+def _kept(store) -> np.ndarray:
+    """The held-out rows eval's default row filter keeps, from the tokens and the manifest directly: not
+    position 0 of a context, not the separator or BOS token."""
+    tok = all_tokens(store, "heldout").numpy()
+    packing = json.loads((Path(store) / "manifest.json").read_text())["packing"]
+    special = [i for i in (packing["separator_id"], packing["bos_id"]) if i is not None]
+    keep = np.ones(tok.shape, dtype=bool)
+    keep[:, 0] = False
+    return (keep & ~np.isin(tok, special)).reshape(-1)
+
+
 def _heldout(store):
-    return torch.cat([read_shard(store / "heldout" / s["file"])[RESID].float()
-                      for s in shard_lists(store)["heldout"]]).double().numpy()
+    """The held-out activations that eval's metrics use by default (the kept rows)."""
+    X = torch.cat([read_shard(store / "heldout" / s["file"])[RESID].float()
+                   for s in shard_lists(store)["heldout"]]).double().numpy()
+    return X[_kept(store)]
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +129,11 @@ def test_result_files(evaluated, store):
     assert r["hook"] == RESID and r["d_in"] == 32 and r["d_dict"] == 32 and r["ratio"] == 1
     assert r["architecture"] == "linear" and r["kind"] == "linear"
     n = sum(s["rows"] for s in shard_lists(store)["heldout"])
-    assert n == 160 and r["metrics"]["n_activations"] == n
+    kept = int(_kept(store).sum())
+    # position 0 of each of the 10 contexts and the separators inside them are left out
+    assert n == 160 and kept <= n - 10 and r["metrics"]["n_activations"] == kept
+    assert r["metrics"]["row_filter"] == {"exclude_first": 1, "exclude_special_tokens": True}
+    assert r["spliced"]["positions"] == "all"
     assert r["metrics"]["fvu"] == pytest.approx(0.0, abs=1e-12) and r["metrics"]["mse"] == pytest.approx(0.0, abs=1e-12)
     assert r["metrics"]["cosine"] == pytest.approx(1.0) and r["metrics"]["norm_ratio"] == pytest.approx(1.0)
     s = r["spliced"]
@@ -273,7 +290,8 @@ def test_metric_only_eval_on_a_synthetic_store(tmp_path, capsys):
             tmp_path / parent / "sae")
     out = tmp_path / "out"
     assert main(["eval", "--acts", str(store), "--dicts", f"{tmp_path / 'a'},{tmp_path / 'b' / 'sae'}",
-                 "--contexts", "0", "--alive-threshold", "3", "--batch-size", "5", "--out", str(out), "--quiet"]) == 0
+                 "--contexts", "0", "--alive-threshold", "3", "--batch-size", "5", "--out", str(out),
+                 "--exclude-first", "0", "--quiet"]) == 0  # synthetic rows: every position counts
     assert sorted(p.name for p in (out / "results").iterdir()) == ["a__sae.json", "b__sae.json"]
     r = json.loads((out / "results" / "a__sae.json").read_text())
     assert r["name"] == "a/sae" and r["spliced"] is None and r["alpha"] == 0.1
@@ -334,7 +352,8 @@ def test_tokens_limits_rows_across_shards(tmp_path):
                  "--batch-size", "7", "--out", str(out), "--quiet"]) == 0
     m = json.loads((out / "results" / "d.json").read_text())["metrics"]
     assert m["n_activations"] == 40
-    X, Wn = H[:40].double().numpy(), W.double().numpy()
+    # the first 40 rows the default filter keeps: position 0 of each 8-token context is left out
+    X, Wn = H[torch.arange(64) % 8 != 0][:40].double().numpy(), W.double().numpy()
     err = ((X - np.maximum(X @ Wn, 0) @ Wn.T) ** 2).sum()
     assert m["fvu"] == pytest.approx(err / ((X - X.mean(0)) ** 2).sum(), rel=1e-5)
 

@@ -192,12 +192,22 @@ def test_trainer_evaluate_agrees():
     sae, x = _random_sae(seed=5), _data(seed=6)
     r = evaluate(sae, x)
     ref = _numpy_metrics(sae, x)
-    assert set(r) == {"mse", "fvu", "l0"}
+    assert set(r) == {"mse", "fvu", "l0", "loss", "dense_fraction"}
     assert r["mse"] == pytest.approx(ref["mse"], rel=1e-5)
     assert r["fvu"] == pytest.approx(ref["fvu"], rel=1e-5)
     assert r["l0"] == pytest.approx(ref["l0"], rel=1e-6)
+    assert r["loss"] == pytest.approx(ref["mse"], rel=1e-5)  # α = 0: the objective is the MSE
     hand = evaluate(SAE(torch.eye(2), torch.eye(2), torch.tensor([-2.0, -1.0]), torch.zeros(2), "standard"), X)
-    assert hand == pytest.approx({"mse": 11 / 6, "fvu": 11 / 16, "l0": 4 / 3}, rel=1e-12)
+    assert {k: hand[k] for k in ("mse", "fvu", "l0")} == pytest.approx({"mse": 11 / 6, "fvu": 11 / 16, "l0": 4 / 3},
+                                                                       rel=1e-12)
+    # the training objective in the scaled units: s² MSE + α s L1, with L1 the mean over rows of Σ|c|
+    c = torch.relu(X.double() + torch.tensor([-2.0, -1.0], dtype=torch.float64))
+    l1 = c.abs().sum(1).mean().item()
+    scaled = evaluate(SAE(torch.eye(2), torch.eye(2), torch.tensor([-2.0, -1.0]), torch.zeros(2), "standard"), X,
+                      scale=3.0, alpha=0.5)
+    assert scaled["loss"] == pytest.approx(9 * 11 / 6 + 0.5 * 3 * l1, rel=1e-6)
+    # dense: the share of features firing on more than 10% of the rows
+    assert hand["dense_fraction"] == pytest.approx(((c > 0).double().mean(0) > 0.1).double().mean().item())
 
 
 def test_fvu_is_accurate_for_a_large_mean():

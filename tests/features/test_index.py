@@ -206,8 +206,9 @@ def setup(tmp_path_factory):
 
 
 def _build_index(setup, name, **kw):
+    # every token counts unless a build says otherwise ("excl")
     opts = dict(fragment_length=L, one_per_document=False, top=TOP, random=RANDOM, zero=ZERO, chunk=3,
-                decode=False) | kw
+                decode=False, exclude_first=0, exclude_special_tokens=False) | kw
     out = setup["root"] / ("out-" + name)
     cfg = FeaturesConfig(acts=str(setup["store"]), dicts=str(setup["root"] / "dicts"), out=str(out), **opts)
     build_features(cfg, progress=False)
@@ -222,7 +223,9 @@ def built(setup):
             "chunk1000": _build_index(setup, "chunk1000", chunk=1000),
             "len5": _build_index(setup, "len5", fragment_length=5),
             "opd": _build_index(setup, "opd", one_per_document=True, seed=4),
-            "limit": _build_index(setup, "limit", fragments=17, random=100, zero=100)}
+            "limit": _build_index(setup, "limit", fragments=17, random=100, zero=100),
+            # positions 0 and 1 of every context are left out: zero codes there, and not counted
+            "excl": _build_index(setup, "excl", exclude_first=2)}
 
 
 def _fragment_rows(kind):
@@ -240,7 +243,7 @@ def _slots(kind):
     return (TOP, 100, 100) if kind == "limit" else (TOP, RANDOM, ZERO)
 
 
-@pytest.mark.parametrize("kind", ["chunk3", "chunk1", "chunk1000", "len5", "opd", "limit"])
+@pytest.mark.parametrize("kind", ["chunk3", "chunk1", "chunk1000", "len5", "opd", "limit", "excl"])
 @pytest.mark.parametrize("dname", ["std", "lin", "topk"])
 def test_index_matches_brute_force(setup, built, kind, dname):
     ix = built[kind][dname]
@@ -248,12 +251,17 @@ def test_index_matches_brute_force(setup, built, kind, dname):
     rows = _fragment_rows(kind)
     N, L_ = rows.shape
     codes = encode_np(d, setup["X"])
+    kept = np.ones(len(codes), dtype=bool)
+    if kind == "excl":
+        kept = np.arange(len(codes)) % T >= 2
+        codes = codes * kept[:, None]
     c_NLF = codes[rows]
     fmax = c_NLF.max(1)
     F = d.d_dict
     assert_top_is_well_separated(fmax, TOP)
     # fragments, tokens, documents
-    assert ix.n_features == F and ix.fragment_length == L_ and ix.n_tokens == N * L_
+    assert ix.n_features == F and ix.fragment_length == L_ and ix.n_tokens == kept[rows].sum()
+    assert kind != "excl" or ix.n_tokens < N * L_
     np.testing.assert_array_equal(ix.t["fragment_rows"].numpy(), rows[:, 0])
     flat_docs = heldout_docs().reshape(-1).numpy()
     np.testing.assert_array_equal(ix.t["fragment_docs"].numpy(), [majority(flat_docs[r]) for r in rows])
@@ -273,8 +281,8 @@ def test_index_matches_brute_force(setup, built, kind, dname):
             np.testing.assert_allclose(acts, c_NLF[ids, :, f], rtol=1e-5, atol=1e-5,
                                        err_msg=f"{dname} f{f} {kk}")
             np.testing.assert_array_equal(ix.tokens(ids).numpy(), flat_tok[rows[ids]])
-    # statistics over every token of every fragment
-    flat = c_NLF.reshape(N * L_, F)
+    # statistics over every (kept) token of every fragment
+    flat = c_NLF.reshape(N * L_, F)[kept[rows].reshape(-1)]
     np.testing.assert_array_equal(ix.t["nonzero"].numpy(), (flat != 0).sum(0))
     np.testing.assert_array_equal(ix.t["positive"].numpy(), (flat > 0).sum(0))
     np.testing.assert_array_equal(ix.t["active_fragments"].numpy(), (fmax > 0).sum(0))

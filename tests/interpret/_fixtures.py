@@ -76,6 +76,6 @@ def build_protocol_index(root: Path, top: int = TOP, random: int = RANDOM, zero:
     out = root / f"features-{top}-{random}-{zero}"
     build_features(FeaturesConfig(acts=str(acts), dicts=str(dicts / name), out=str(out), fragment_length=PL,
                                   one_per_document=False, top=top, random=random, zero=zero, chunk=64, seed=0,
-                                  decode=False), progress=False)
+                                  decode=False, exclude_first=0, exclude_special_tokens=False), progress=False)
     write_vocab(out / name, {i: f"t{i}" for i in range(PROTOCOL_VOCAB)})
     return out / name

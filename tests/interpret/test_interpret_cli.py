@@ -27,6 +27,7 @@ from tests._cli import run_cli as _main
 from saex.dictionaries.random_directions import random_directions
 from saex.dictionaries.sae import SAE
 from saex.features.index import FeatureIndex
+from saex.interpret.density import density_bin
 from saex.interpret.offline import LABEL, TableExplainer, TableSimulator
 from saex.interpret.protocol import sample_feature
 from saex.interpret.records import Explanation
@@ -82,7 +83,7 @@ def features(tmp_path_factory) -> Path:
     out = root / "features"
     rc, _, err = _main("features", "--acts", str(acts), "--dicts", str(dicts), "--out", str(out),
                        "--fragment-length", str(L), "--no-one-per-document", "--top", "25", "--random", "40",
-                       "--zero", "30", "--no-decode", "--quiet")
+                       "--zero", "30", "--no-decode", "--exclude-first", "0", "--no-exclude-special-tokens", "--quiet")
     assert rc == 0, err
     vocab = {i: tok.decode([i]) for i in torch.unique(tokens).tolist()}
     assert vocab[tok.convert_tokens_to_ids("river")] == "river"
@@ -212,10 +213,14 @@ def test_comparison_tables_and_plots(run):
     assert oh["kind"] == "standard" and rd["kind"] == "random" and oh["hook"] == HOOK
     assert oh["d_dict"] == 4 and oh["ratio"] == 4 / D
     rows = _rows(res / "onehot" / "scores.jsonl")
-    defined = [r["scores"]["top_random"] for r in rows[:2]]
-    assert (oh["top_random"]["n"], oh["top_random"]["undefined"]) == (2, 1)
-    assert oh["top_random"]["mean"] == pytest.approx(np.mean(defined))
-    assert oh["top_random"]["ci95"] == pytest.approx(1.96 * np.std(defined, ddof=1) / math.sqrt(2))
+    # the mean is over all 3 scored features, an undefined (null) correlation counted as 0 (issue 13; it used to
+    # be left out: for feature 2, constant, that gave n = 2 and the mean of features 0 and 1 alone)
+    raw = {k: [r["scores"][k] for r in rows[:3]] for k in ("top_random", "top", "random")}
+    for k, values in raw.items():
+        counted = [0.0 if v is None else v for v in values]
+        assert (oh[k]["n"], oh[k]["undefined"]) == (3, values.count(None))
+        assert oh[k]["mean"] == pytest.approx(np.mean(counted))
+        assert oh[k]["ci95"] == pytest.approx(1.96 * np.std(counted, ddof=1) / math.sqrt(3))
     rand = [r["scores"]["top_random"] for r in _rows(res / "random" / "scores.jsonl")]
     assert rd["top_random"]["mean"] == pytest.approx(np.mean(rand))
     assert rd["top_random"]["ci95"] == pytest.approx(1.96 * np.std(rand, ddof=1) / math.sqrt(12))
@@ -225,6 +230,10 @@ def test_comparison_tables_and_plots(run):
     assert [f["feature"] for f in oh["first_features"]] == [0, 1, 2]
     md = (res / "comparison.md").read_text()
     assert LABEL in md and "| onehot |" in md and "| random |" in md and "cunningham2023" in md
+    assert "An undefined correlation — constant simulation — counts as 0" in md
+    k = oh["top_random"]["undefined"]
+    cell = f"{oh['top_random']['mean']:.3f} ± {oh['top_random']['ci95']:.3f}" + (f" ({k} undefined)" if k else "")
+    assert f"| {HOOK} | 3 | 1 | {cell} |" in md
     t1 = (res / "table1.md").read_text()
     assert "### onehot" in t1 and "### random" in t1 and "'river'" in t1 and LABEL in t1
     plots = res / "plots"
@@ -340,3 +349,35 @@ def test_missing_features_path_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     rc, _, err = _interpret(tmp_path / "empty", out)
     assert rc == 2 and "holds no feature indexes" in _one_error_line(err)
+
+
+def test_comparison_by_density(run, features):
+    _, res = run
+    comp = json.loads((res / "comparison.json").read_text())
+    bd, dm = comp["by_density"], comp["density_matched"]
+    assert bd["score"] == "top_random" and bd["undefined_as"] == 0.0
+    assert bd["edges"] == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    # every scored feature lands in the bin of its recorded density; skipped ones (feature 3) in none
+    for name in ("onehot", "random"):
+        rows = [r for r in _rows(res / name / "scores.jsonl") if "scores" in r]
+        bins = bd["methods"][name]
+        assert sum(b["n"] for b in bins.values()) == len(rows)
+        for label, stat in bins.items():
+            inside = [r["scores"]["top_random"] for r in rows if density_bin(r["density"]) == label]
+            assert stat["n"] == len(inside)
+            assert stat["undefined"] == sum(v is None for v in inside)
+            if inside:
+                assert stat["mean"] == pytest.approx(np.mean([0.0 if v is None else v for v in inside]))
+    # feature 2 (0.5 on every token) and the random directions (signed, non-zero everywhere) are in the top bin
+    assert bd["methods"]["onehot"]["[1e-1, 1]"]["n"] >= 1
+    assert bd["methods"]["random"]["[1e-1, 1]"]["n"] == 12
+    # onehot is the SAE, random the baseline; onehot has fewer than 5 features in any bin: no matched difference
+    pair = dm["pairs"]["onehot"]["random"]
+    assert list(dm["pairs"]) == ["onehot"] and pair["diff"] is None and pair["bins"] == []
+    m = {x["method"]: x for x in comp["methods"]}
+    want = m["onehot"]["top_random"]["mean"] - m["random"]["top_random"]["mean"]
+    assert pair["unmatched_diff"] == pytest.approx(want)
+    md = (res / "comparison.md").read_text()
+    used = [b for b in bd["bins"] if any(bd["methods"][x][b]["n"] for x in ("onehot", "random"))]
+    assert "top_random by activation density" in md and "| method | " + " | ".join(used) + " |" in md
+    assert f"| onehot | no matched bin / {pair['unmatched_diff']:+.3f} |" in md

@@ -1,7 +1,8 @@
 """Scores (``saex.interpret.scoring``) against hand-computed values, numpy, scipy and scikit-learn.
 
 Bills et al.'s aggregate score is one Pearson r over all tokens of all scored fragments pooled (not the
-mean of per-fragment correlations); undefined correlations are NaN, never 0 (autointerp.md §1.5, §5.6).
+mean of per-fragment correlations); an undefined correlation is NaN per feature (autointerp.md §1.5, §5.6),
+and the headline mean counts it as 0 and says how many there were (issue 13).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from saex.interpret.scoring import auroc, balanced_accuracy, mean_ci95, pooled_pearson
+from saex.interpret.scoring import NO_INFORMATION, auroc, balanced_accuracy, mean_ci95, pooled_pearson
 
 
 def a(*xs) -> np.ndarray:
@@ -135,3 +136,30 @@ def test_mean_ci95_with_too_few_values():
     assert math.isnan(none["mean"]) and math.isnan(none["ci95"]) and (none["n"], none["undefined"]) == (0, 2)
     empty = mean_ci95([])
     assert math.isnan(empty["mean"]) and (empty["n"], empty["undefined"]) == (0, 0)
+
+
+def test_mean_ci95_counts_undefined_as_zero():
+    # [0.5, NaN, 0.3] with NaN as 0: values 0.5 0 0.3, mean 0.8/3; deviations 7/30, -8/30, 1/30
+    # sd(ddof=1) = sqrt((49 + 64 + 1) / 900 / 2) = sqrt(114 / 1800)
+    got = mean_ci95([0.5, math.nan, 0.3], undefined_as=0.0)
+    assert got["mean"] == pytest.approx(0.26666666666666666, rel=1e-12)
+    assert got["ci95"] == pytest.approx(1.96 * math.sqrt(114 / 1800) / math.sqrt(3), rel=1e-12)
+    assert (got["n"], got["undefined"]) == (3, 1)
+    # None (a JSON null) and ±inf are undefined too; the same numbers as numpy on the filled-in values
+    got = mean_ci95([0.2, None, 0.4, 0.9, math.nan, -math.inf], undefined_as=0.0)
+    v = np.array([0.2, 0, 0.4, 0.9, 0, 0])
+    assert got["mean"] == pytest.approx(v.mean(), rel=1e-12)
+    assert got["ci95"] == pytest.approx(1.96 * v.std(ddof=1) / math.sqrt(6), rel=1e-12)
+    assert (got["n"], got["undefined"]) == (6, 3)
+    # all undefined: a defined mean of 0 with a zero-width CI, every one counted
+    assert mean_ci95([None, None], undefined_as=0.0) == {"mean": 0.0, "ci95": 0.0, "n": 2, "undefined": 2}
+    assert mean_ci95([None], undefined_as=0.5)["mean"] == 0.5 and math.isnan(mean_ci95([None], 0.0)["ci95"])
+    empty = mean_ci95([], undefined_as=0.0)
+    assert math.isnan(empty["mean"]) and (empty["n"], empty["undefined"]) == (0, 0)
+
+
+def test_no_information_values():
+    # a correlation without information is 0; detection without information is chance (ties counted half)
+    assert NO_INFORMATION == {"top_random": 0.0, "top": 0.0, "random": 0.0, "auroc": 0.5, "balanced_accuracy": 0.5}
+    assert auroc(a(1, 1, 1), a(1, 1)) == NO_INFORMATION["auroc"]
+    assert balanced_accuracy(np.array([False] * 3), np.array([False] * 4)) == NO_INFORMATION["balanced_accuracy"]

@@ -47,7 +47,7 @@ def build_run(root: Path) -> Path:
     for h in hooks:
         arch = "untied_l1" if h == MLP else "tied_l1"
         _main("train", "--acts", acts, "--hook", h, "--out", run / "dicts" / h, "--arch", arch, "--ratio", ratios,
-              "--alpha", alphas, "--tokens", 12288, "--batch-size", 256, "--normalize", "mean_norm", "--eval-every", 0,
+              "--alpha", alphas, "--steps", 48, "--batch-size", 256, "--decay-fraction", 0, "--normalize", "mean_norm", "--eval-every", 0,
               "--checkpoint-every", 10000, "--quiet")
         k_from = run / "dicts" / h / _name(arch, 0.5, main_alpha[h])
         _main("baselines", "--acts", acts, "--hook", h, "--out", run / "baselines" / h,

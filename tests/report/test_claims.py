@@ -53,7 +53,9 @@ def test_advantage_declines_slope():
     mx, my = sum(xs) / 3, sum(ys) / 3
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
     assert c.numbers["slope"] == pytest.approx(slope)
-    assert C.advantage_declines(rows({0: 0.01, 5: 0.05})).verdict == NOT_HELD
+    assert C.advantage_declines(rows({0: 0.01, 3: 0.02, 5: 0.05})).verdict == NOT_HELD
+    # issue 13: a decline needs ≥ 3 layers (was 2), so two layers are not measured
+    assert C.advantage_declines(rows({0: 0.01, 5: 0.05})).verdict == NOT_MEASURED
     assert C.advantage_declines(rows({2: 0.1})).verdict == NOT_MEASURED
 
 
@@ -75,12 +77,14 @@ def test_fvu_and_tradeoff():
     assert C.fvu_falls_with_ratio({"l0": {0.5: 0.4, 1.0: 0.3, 2.0: 0.2}}).verdict == HELD
     assert C.fvu_falls_with_ratio({"l0": {0.5: 0.4, 1.0: 0.45}}).verdict == NOT_HELD
     assert C.fvu_falls_with_ratio({"l0": {1.0: 0.4}}).verdict == NOT_MEASURED
-    good = [{"l0": 50, "fvu": 0.05}, {"l0": 10, "fvu": 0.2}, {"l0": 2, "fvu": 0.5}]
+    # issue 13: a sweep needs ≥ 5 sparsity levels (was 3)
+    good = [{"l0": 200, "fvu": 0.01}, {"l0": 100, "fvu": 0.02}, {"l0": 50, "fvu": 0.05}, {"l0": 10, "fvu": 0.2},
+            {"l0": 2, "fvu": 0.5}]
     assert C.smooth_tradeoff({"s": good}).verdict == HELD
     bad = good + [{"l0": 5, "fvu": 0.1}]  # sorted by L0: 2 → .5, 5 → .1, 10 → .2: FVU rises from L0 5 to 10
     c = C.smooth_tradeoff({"s": bad})
     assert c.verdict == NOT_HELD and c.numbers["s"]["non_monotone_steps"] == 1
-    assert C.smooth_tradeoff({"s": good[:2]}).verdict == NOT_MEASURED
+    assert C.smooth_tradeoff({"s": good[:4]}).verdict == NOT_MEASURED
 
 
 def test_alive_claims():
@@ -165,7 +169,9 @@ def test_case_study_claims():
     circuit = {"hook": "h", "feature": 7, "effect": None, "cos": None,
                "children": [{"hook": "g", "feature": 1, "effect": 0.5, "cos": 0.5,
                              "children": [{"hook": "f", "feature": 2, "effect": 0.1, "cos": 0.3, "children": []}]},
-                            {"hook": "g", "feature": 3, "effect": 0.2, "cos": 0.4, "children": []}]}
+                            {"hook": "g", "feature": 3, "effect": 0.2, "cos": 0.4, "children": []}],
+               # issue 13: the tracer records the rises too, and the claim weighs the strongest drop against them
+               "increases": [{"hook": "g", "feature": 9, "effect": -0.1, "cos": 0.0}], "ablated": 12}
     c = by_key(case_study_claims({"features": [outlier, apos], "circuit": circuit}, d_in=100))
     assert c["fig4_apostrophe"].verdict == HELD
     share = [f for f in c["fig4_apostrophe"].numbers["features"] if f["feature"] == 7][0]["share"]
@@ -181,6 +187,10 @@ def test_case_study_claims():
     circuit["children"] = [{"hook": "g", "feature": 3, "effect": 0.2, "cos": 0.4, "children": []}]
     c = by_key(case_study_claims({"features": [outlier, apos], "circuit": circuit}, d_in=4))  # 3/√4 = 1.5
     assert c["fig5_effects"].verdict == HELD and c["fig5_cosine"].verdict == NOT_HELD
+    circuit["increases"][0]["effect"] = -0.3  # a rise stronger than the strongest drop
+    assert by_key(case_study_claims({"circuit": circuit}, d_in=4))["fig5_effects"].verdict == NOT_HELD
+    del circuit["increases"]  # a circuit without the rises (an older tracer): the claim cannot fail, so not judged
+    assert by_key(case_study_claims({"circuit": circuit}, d_in=4))["fig5_effects"].verdict == NOT_MEASURED
     c = by_key(case_study_claims({"features": [outlier], "circuit": None}, d_in=None))
     assert c["fig4_apostrophe"].verdict == NOT_HELD
     assert [c[k].verdict for k in ("fig4_s", "fig5_effects", "fig5_cosine")] == [NOT_MEASURED] * 3

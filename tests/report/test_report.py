@@ -110,10 +110,13 @@ def test_results_equal_the_stage_outputs(built):
     mlp = res["main_sae"]["blocks.2.mlp.hook_post"]
     assert mlp["name"] == "untied_l1_r2_a0.00032"
 
-    # autointerp: the mean and CI of the top-and-random scores, recomputed from scores.jsonl
+    # autointerp: the mean and CI of the top-and-random scores, recomputed from scores.jsonl over every scored
+    # feature; an undefined (null) score counts as 0 (issue 13: it used to be left out of the mean and of n)
     ai = res["autointerp"][SCORER][HOOK][MAIN]
     rows = [json.loads(x) for x in (run / "interpret" / HOOK / SCORER / MAIN / "scores.jsonl").read_text().splitlines()]
-    s = np.array([r["scores"]["top_random"] for r in rows if "scores" in r and r["scores"]["top_random"] is not None])
+    raw = [r["scores"]["top_random"] for r in rows if "scores" in r]
+    s = np.array([0.0 if v is None else v for v in raw])
+    assert (ai["top_random"]["n"], ai["top_random"]["undefined"]) == (len(raw), raw.count(None))
     assert ai["top_random"]["mean"] == pytest.approx(s.mean(), rel=1e-12)
     assert ai["top_random"]["ci95"] == pytest.approx(1.96 * s.std(ddof=1) / np.sqrt(len(s)), rel=1e-9)
     assert ai["provenance"]["weights_sha256"] == prov["weights_sha256"]
@@ -128,7 +131,7 @@ def test_results_equal_the_stage_outputs(built):
                     pooled.append((r["scores"]["top_random"], r["skew"], r["kurtosis"]))
     p = np.array(pooled)
     t2 = res["table2"][SCORER]["pooled_sae_main_alpha"]
-    assert t2["skew"]["n"] == len(p)
+    assert t2["skew"]["n"] == len(p)  # Table 2 keeps to the defined scores
     assert t2["skew"]["r"] == pytest.approx(np.corrcoef(p[:, 0], p[:, 1])[0, 1], abs=1e-9)
     assert t2["kurtosis"]["r"] == pytest.approx(np.corrcoef(p[:, 0], p[:, 2])[0, 1], abs=1e-9)
 
@@ -154,10 +157,29 @@ def test_claims_are_judged(built):
             "fig4_apostrophe", "fig4_s", "fig5_effects", "fig5_cosine", "fig6_tradeoff", "fig8_small", "fig8_fvu",
             "fig9_above", "fig9_smaller", "fig10_top_random_above", "fig16_overcomplete", "fig16_mlp_dead",
             "fig18_above", "table1_positive", "table2_skew", "table2_kurtosis", "ppl_spliced"} <= keys
-    # Fig. 5: the first-level effects of the traced circuit, read from case_study.json
+    # Fig. 5: the target's strongest drop against its strongest rise (issue 13: the rises are recorded too),
+    # read from case_study.json
     cs = json.loads((run / "case_studies" / "case_study.json").read_text())
-    effects = [c["effect"] for c in cs["circuit"]["children"]]
-    assert verdicts[("fig5_effects", "")] == (HELD if any(e > 0 for e in effects) else NOT_HELD)
+    drop = max([c["effect"] for c in cs["circuit"]["children"]], default=0.0)
+    rise = max([-c["effect"] for c in cs["circuit"]["increases"]], default=0.0)
+    assert verdicts[("fig5_effects", "")] == (HELD if drop > rise else NOT_HELD)
+    # two residual layers and four α per sweep: too few for the decline (≥ 3 layers) and the trade-off (≥ 5)
+    assert verdicts[("fig6_tradeoff", "")] == NOT_MEASURED
+    assert {v for (k, _), v in verdicts.items() if k == "fig2_declines"} == {NOT_MEASURED}
+    # Fig. 18: the top-K baselines took K from the R = 0.5 SAE (_run.py); a layer whose source is flagged not
+    # converged in its cfg.json is left out of the comparison, and one with no record is judged
+    flagged = []
+    for hook in RESID:
+        meta = json.loads((run / "dicts" / hook / "tied_l1_r0.5_a0.00086" / "cfg.json").read_text())["metadata"]
+        methods = json.loads((run / "interpret" / hook / SCORER / "comparison.json").read_text())["methods"]
+        scored = any(m["kind"].endswith("_topk") and (m.get("top_random") or {}).get("mean") is not None
+                     for m in methods)
+        if (meta.get("convergence") or {}).get("converged") is False and scored:
+            flagged.append(f"layer {hook.split('.')[1]}")
+    fig18 = next(c for c in res["claims"] if c["key"] == "fig18_above" and c["scope"] == SCORER)
+    assert sorted(fig18["numbers"].get("topk_left_out") or {}) == flagged
+    if len(flagged) == len(RESID):
+        assert fig18["verdict"] == NOT_MEASURED and "flagged not converged" in fig18["detail"]
     assert verdicts[("fig16_overcomplete", "")] == NOT_MEASURED  # no R ≥ 4 in this sweep
     # Fig. 2 verdict, recomputed from the comparison of each residual hook
     above = []
@@ -207,3 +229,28 @@ def test_malformed_output_costs_only_its_section(built, tmp_path):
     html = paths["html"].read_text()
     assert '<h2 id="fig2">' in html and "could not be built" in html
     assert res["main_sae"][HOOK]["fvu"] is not None
+
+
+def test_density_tables_per_hook(built):
+    run, paths = built
+    html, md = paths["html"].read_text(), paths["md"].read_text()
+    for sid, hooks in (("fig2", RESID), ("fig10", ["blocks.2.mlp.hook_post"])):
+        chunk = html.split(f'<h2 id="{sid}">')[1].split("<h2 ")[0]
+        for hook in hooks:
+            assert f"top-and-random by activation density at {hook} ({SCORER})" in chunk, (sid, hook)
+        assert "favours dense features" in chunk
+    assert "An undefined correlation — constant simulation — counts as 0" in md
+    # the main SAE's cell in each occupied bin is comparison.json's numbers, with its feature count
+    comp = json.loads((run / "interpret" / HOOK / SCORER / "comparison.json").read_text())
+    bins = comp["by_density"]["methods"][MAIN]
+    assert sum(b["n"] for b in bins.values()) == next(m for m in comp["methods"] if m["method"] == MAIN)["scored"]
+    table = md.split(f"top-and-random by activation density at {HOOK} ({SCORER})")[1].split("\n\n")[1]
+    for label, b in bins.items():
+        if b["n"]:
+            escaped = label.replace("[", "\\[").replace("]", "\\]")  # the Markdown escapes link syntax
+            row = next(x for x in table.splitlines() if x.startswith(f"| {escaped} |"))
+            assert f"{b['mean']:.3f}" in row.split(" | ")[1] and f"n={b['n']}" in row.split(" | ")[1]
+    assert f"SAE {MAIN}" in table and "SAE − column at matched density" in table
+    pairs = comp["density_matched"]["pairs"][MAIN]
+    assert set(pairs) == {m["method"] for m in comp["methods"] if m["kind"] in ("neurons", "random", "pca", "pca_topk",
+                                                                                "ica", "ica_topk")}

@@ -230,3 +230,48 @@ def test_verify_false_reads_without_checksums(store_path, copy_store):
         ActivationStore(out).load_shard("train", 3, MLP)
     x = ActivationStore(out, verify=False).load_shard("train", 3, MLP)
     assert x.shape == (SHARD_ROWS, 48)
+
+
+# -- row filter (attention sinks, separators) ---------------------------------------------------------------
+
+def _expected_keep(store, split, first, special):
+    """The kept rows computed from the manifest and the stored tokens directly."""
+    tok = store.tokens(split).reshape(-1)
+    pos = torch.arange(len(tok)) % store.context_length
+    p = store.manifest["packing"]
+    ids = [i for i in (p["separator_id"], p.get("bos_id")) if i is not None]
+    keep = pos >= first
+    if special:
+        for i in ids:
+            keep &= tok != i
+    return keep
+
+
+@pytest.mark.parametrize("first, special", [(1, True), (0, True), (3, False), (0, False)])
+def test_kept_rows_are_the_positions_and_tokens_named(store, first, special):
+    from saex.store.reader import RowFilter
+
+    expected = _expected_keep(store, "train", first, special)
+    got = store.kept_rows("train", RowFilter(first, special))
+    assert np.array_equal(got, expected.nonzero().flatten().numpy())
+    if special:  # the corpus puts separators inside contexts too, so the test sees both kinds of exclusion
+        assert (_expected_keep(store, "train", first, False) & ~expected).any()
+
+
+def test_filtered_epoch_yields_every_kept_row_once_and_resumes(store):
+    from saex.store.reader import RowFilter
+
+    rows = RowFilter(1, True)
+    keep = _expected_keep(store, "train", 1, True)
+    full = list(store.batches("train", RESID, 32, seed=3, shards_in_buffer=3, drop_last=False, rows=rows))
+    assert _multiset(torch.cat(full)) == _multiset(_all_rows(store, "train", RESID)[keep])
+    rest = list(store.batches("train", RESID, 32, seed=3, shards_in_buffer=3, drop_last=False, rows=rows,
+                              skip_batches=7))
+    assert len(rest) == len(full) - 7 and all(torch.equal(a, b) for a, b in zip(rest, full[7:]))
+
+
+def test_row_filter_beyond_the_context_is_refused(store):
+    from saex.store.reader import RowFilter
+
+    with pytest.raises(SaexError, match=r"--exclude-first must be in 0\.\.15 .* got 16"):
+        store.kept_rows("train", RowFilter(16, False))

@@ -124,8 +124,10 @@ def train_cfg(store, out, **kw):
     """A small, fast training config on a synthetic store (override anything with keywords)."""
     from saex.train.config import TrainConfig
 
-    base = dict(acts=str(store), hook=HOOK, out=str(out), ratio="4", alpha="0.01,0.02", tokens=64 * 300,
-                batch_size=64, eval_every=50, eval_tokens=512, checkpoint_every=50)
+    base = dict(acts=str(store), hook=HOOK, out=str(out), ratio="4", alpha="0.01,0.02", steps=300,
+                batch_size=64, eval_every=50, eval_tokens=512, checkpoint_every=50,
+                # synthetic data has no attention sink or separator tokens: every row is a training row
+                exclude_first=0, exclude_special_tokens=False)
     return TrainConfig(**(base | kw))
 
 

@@ -12,7 +12,7 @@ from tests.train._synth import HOOK, assert_same_weights, snapshot
 
 def args(store, out, *extra):
     return ["train", "--acts", str(store), "--hook", HOOK, "--out", str(out), "--ratio", "2", "--alpha",
-            "0.01,0.02", "--tokens", "3200", "--batch-size", "64", "--eval-every", "25", "--eval-tokens", "256",
+            "0.01,0.02", "--steps", "50", "--batch-size", "64", "--exclude-first", "0", "--no-exclude-special-tokens", "--eval-every", "25", "--eval-tokens", "256",
             "--quiet", *extra]
 
 
@@ -21,7 +21,12 @@ def test_train_prints_the_dictionaries(small_store, tmp_path, capsys):
     assert main(args(small_store, out)) == 0
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
-    assert lines[0] == f"2 dictionaries on {HOOK} of {json.loads((small_store / 'manifest.json').read_text())['model']['name']} in {out}"
+    run = json.loads((out / "run.json").read_text())
+    # 50 steps of 64 over the store's train rows (every row kept: the filter is off for synthetic data)
+    passes = round(50 * 64 / json.loads((small_store / "manifest.json").read_text())["splits"]["train"]["rows"], 2)
+    assert run["passes"] == passes
+    assert lines[0] == (f"2 dictionaries on {HOOK} of {json.loads((small_store / 'manifest.json').read_text())['model']['name']} "
+                        f"in {out} (50 steps, {passes:g} passes over the store)")
     last = {}
     for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()):
         last[row["dictionary"]] = row
@@ -29,9 +34,14 @@ def test_train_prints_the_dictionaries(small_store, tmp_path, capsys):
         cells = line.split()
         assert cells[0] == name and float(cells[2]) == round(last[name]["fvu"], 4)
         assert float(cells[3]) == round(last[name]["l0"], 1)
-    assert len(lines) == 4
+        verdict = run["convergence"][name]["converged"]
+        assert line.endswith({True: "ok", False: "NOT CONVERGED", None: "not checked"}[verdict])
+    # one warning per unconverged dictionary, after the table and its legend
+    warned = [name for name, v in run["convergence"].items() if v["converged"] is False]
+    assert lines[4].startswith("  (held-out sample") and len(lines) == 5 + len(warned)
+    for line, name in zip(lines[5:], warned):
+        assert line.startswith(f"warning: {name} is NOT converged: ") and "--steps" in line
     assert captured.err == ""  # --quiet: no progress bar
-    run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["steps"] == 50 and run["config"]["alpha"] == "0.01,0.02"
     # again: a no-op that prints the same
     before = snapshot(out)
@@ -44,7 +54,7 @@ def test_train_prints_the_dictionaries(small_store, tmp_path, capsys):
     (["--ratio", "0"], "ratio R must be > 0, got 0"),
     (["--arch", "gated"], "unknown --arch 'gated'"),
     (["--arch", "topk", "--k", "100"], "--k 100 must be an integer in 1..32"),
-    (["--tokens", "10"], "--tokens 10 is less than one batch (64)"),
+    (["--steps", "0"], "--steps must be positive, got 0"),
     (["--hook", "blocks.3.hook_mlp_out"], "hook 'blocks.3.hook_mlp_out' is not in the store"),
 ])
 def test_bad_input_exits_2_with_one_line(small_store, tmp_path, capsys, extra, fragment):
@@ -70,21 +80,21 @@ def test_different_config_into_a_finished_out_exits_2_naming_the_field(small_sto
 
 def test_config_files_toml_and_json(small_store, tmp_path, capsys):
     toml = tmp_path / "c.toml"
-    toml.write_text(f'acts = "{small_store}"\nhook = "{HOOK}"\nratio = "2"\nalpha = "0.03"\ntokens = 1280\n'
+    toml.write_text(f'acts = "{small_store}"\nhook = "{HOOK}"\nratio = "2"\nalpha = "0.03"\nsteps = 20\n'
                     'batch_size = 64\neval_every = 0\ndecay_fraction = 0.5\n')
     jsn = tmp_path / "c.json"
-    jsn.write_text(json.dumps({"acts": str(small_store), "hook": HOOK, "ratio": "2", "alpha": "0.03", "tokens": 1280,
+    jsn.write_text(json.dumps({"acts": str(small_store), "hook": HOOK, "ratio": "2", "alpha": "0.03", "steps": 20,
                                "batch_size": 64, "eval_every": 0, "decay_fraction": 0.5}))
     for f in (toml, jsn):
         assert main(["train", "--config", str(f), "--out", str(tmp_path / f.suffix[1:]), "--quiet"]) == 0
-        assert capsys.readouterr().out.strip().splitlines()[-1].split()[0] == "tied_l1_r2_a0.03"
+        assert capsys.readouterr().out.strip().splitlines()[2].split()[0] == "tied_l1_r2_a0.03"
         cfg = json.loads((tmp_path / f.suffix[1:] / "run.json").read_text())["config"]
-        assert (cfg["alpha"], cfg["tokens"], cfg["decay_fraction"], cfg["out"]) == \
-            ("0.03", 1280, 0.5, str(tmp_path / f.suffix[1:]))
+        assert (cfg["alpha"], cfg["steps"], cfg["decay_fraction"], cfg["out"]) == \
+            ("0.03", 20, 0.5, str(tmp_path / f.suffix[1:]))
     assert_same_weights(tmp_path / "toml", tmp_path / "json")
     # the command line overrides the file
     assert main(["train", "--config", str(toml), "--alpha", "0.04", "--out", str(tmp_path / "o"), "--quiet"]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].split()[0] == "tied_l1_r2_a0.04"
+    assert capsys.readouterr().out.strip().splitlines()[2].split()[0] == "tied_l1_r2_a0.04"
 
 
 def test_config_file_with_an_unknown_key_exits_2(small_store, tmp_path, capsys):

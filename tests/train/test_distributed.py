@@ -17,9 +17,9 @@ from tests.train._synth import HOOK, metrics, train_cfg, weights
 @pytest.mark.parametrize("arch, extra", [("tied_l1", []), ("topk", ["--k", "4,6", "--dead-window", "256"])])
 def test_two_ranks_match_one_process(small_store, tmp_path, arch, extra):
     args = ["--acts", str(small_store), "--hook", HOOK, "--arch", arch, "--ratio", "2", "--alpha", "0.01,0.03",
-            "--tokens", str(64 * 60), "--batch-size", "64", "--eval-every", "20", "--eval-tokens", "256",
+            "--steps", "60", "--batch-size", "64", "--exclude-first", "0", "--no-exclude-special-tokens", "--eval-every", "20", "--eval-tokens", "256",
             "--checkpoint-every", "20", "--quiet", *extra]
-    kw = dict(arch=arch, ratio="2", alpha="0.01,0.03", tokens=64 * 60, batch_size=64, eval_every=20,
+    kw = dict(arch=arch, ratio="2", alpha="0.01,0.03", steps=60, batch_size=64, eval_every=20,
               eval_tokens=256, checkpoint_every=20)
     if arch == "topk":
         kw |= dict(k="4,6", dead_window=256)
@@ -51,7 +51,7 @@ def test_two_ranks_match_one_process(small_store, tmp_path, arch, extra):
 def test_batch_must_divide_across_ranks(small_store, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     proc = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "saex.cli",
-                           "train", "--acts", str(small_store), "--hook", HOOK, "--batch-size", "63", "--tokens", "630",
+                           "train", "--acts", str(small_store), "--hook", HOOK, "--batch-size", "63", "--steps", "10",
                            "--out", str(tmp_path / "x"), "--quiet"],
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0

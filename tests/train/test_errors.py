@@ -24,7 +24,7 @@ class Interrupted(Exception):
 def completed(small_store, tmp_path_factory):
     """A completed run (copy it before handing it to a test that may write)."""
     out = tmp_path_factory.mktemp("done") / "out"
-    train(train_cfg(small_store, out, tokens=64 * 40, eval_every=20, checkpoint_every=20), progress=False)
+    train(train_cfg(small_store, out, steps=40, eval_every=20, checkpoint_every=20), progress=False)
     return out
 
 
@@ -44,7 +44,8 @@ def out_done(completed, tmp_path):
     (dict(arch="topk", k="0"), r"--k 0 must be an integer"),
     (dict(arch="topk", k="2.5"), r"--k 2\.5 must be an integer"),
     (dict(arch="gated"), r"unknown --arch 'gated'"),
-    (dict(tokens=63), r"--tokens 63 is less than one batch \(64\)"),
+    (dict(steps=0), r"--steps must be positive, got 0"),
+    (dict(steps=10, dead_window=640), r"--dead-window 640 is not shorter than the run \(10 steps × 64 = 640 inputs\)"),
     (dict(batch_size=0), r"--batch-size must be positive, got 0"),
     (dict(lr=0.0), r"--lr must be positive, got 0\.0"),
     (dict(decay_fraction=1.5), r"--decay-fraction must be in \[0, 1\], got 1\.5"),
@@ -57,7 +58,7 @@ def out_done(completed, tmp_path):
 ])
 def test_bad_config_is_refused_before_anything_is_written(small_store, out_done, tmp_path, change, message):
     before = snapshot(out_done)
-    cfg = train_cfg(small_store, out_done, tokens=64 * 40, eval_every=20, checkpoint_every=20)
+    cfg = train_cfg(small_store, out_done, steps=40, eval_every=20, checkpoint_every=20)
     with pytest.raises(SaexError, match=message):
         train(replace(cfg, **change), progress=False)
     assert snapshot(out_done) == before
@@ -81,7 +82,7 @@ def _wider_store(tmp_path):
 
 def test_completed_run_on_a_store_of_another_width_is_refused(small_store, out_done, tmp_path):
     before = snapshot(out_done)
-    cfg = train_cfg(_wider_store(tmp_path), out_done, tokens=64 * 40, eval_every=20, checkpoint_every=20)
+    cfg = train_cfg(_wider_store(tmp_path), out_done, steps=40, eval_every=20, checkpoint_every=20)
     with pytest.raises(SaexError, match=r"different training run \(d_in: folder has 16, asked 24; store_hash") as e:
         train(cfg, progress=False)
     assert "Choose another --out" in str(e.value)
@@ -93,7 +94,7 @@ def test_interrupted_run_on_a_store_of_another_width_is_refused(small_store, tmp
     import saex.train.trainer as trainer
 
     out = tmp_path / "out"
-    cfg = train_cfg(small_store, out, tokens=64 * 100, eval_every=20, checkpoint_every=20)
+    cfg = train_cfg(small_store, out, steps=100, eval_every=20, checkpoint_every=20)
     real, calls = trainer._train_step, [0]
 
     def step(*a):
@@ -124,7 +125,7 @@ def test_non_finite_training_activations_are_refused(small_data, tmp_path, bad):
     store = write_store(tmp_path / "acts", X, H, shard_rows=1024)
     out = tmp_path / "out"
     with pytest.raises(SaexError, match=rf"holds NaN or Inf activations at {HOOK} \(found in the batch of step \d+\)"):
-        train(train_cfg(store, out, tokens=64 * 200), progress=False)
+        train(train_cfg(store, out, steps=200), progress=False)
     # no dictionary was saved and no run claims to be complete
     assert json.loads((out / "run.json").read_text())["status"] == "running"
     assert not [p for p in out.iterdir() if (p / "cfg.json").exists()]
@@ -136,7 +137,7 @@ def test_non_finite_heldout_activations_are_refused(small_data, tmp_path):
     H[:, 0] = float("nan")
     store = write_store(tmp_path / "acts", X, H, shard_rows=1024)
     with pytest.raises(SaexError, match="NaN or Inf"):
-        train(train_cfg(store, tmp_path / "out", tokens=64 * 60, eval_every=20), progress=False)
+        train(train_cfg(store, tmp_path / "out", steps=60, eval_every=20), progress=False)
 
 
 def test_config_file_with_an_unknown_key(tmp_path):
@@ -164,4 +165,4 @@ def test_out_that_is_a_file_is_refused(small_store, tmp_path):
 def test_negative_aux_k_is_refused(small_store, tmp_path):
     with pytest.raises(SaexError, match="aux"):
         train(train_cfg(small_store, tmp_path / "out", arch="topk", k="3", aux_k=-1, dead_window=64,
-                        tokens=64 * 30), progress=False)
+                        steps=30), progress=False)

@@ -25,7 +25,7 @@ from saex.train.trainer import lr_at, train
 from tests.train._synth import assert_same_weights, metrics, snapshot, train_cfg, weights
 
 # 8192 train rows / 64 = 128 steps per epoch: resumable runs cross several epochs.
-RESUME = dict(ratio="4", alpha="0.01,0.3", tokens=64 * 400, lr=3e-3, warmup_steps=20, decay_fraction=0.3,
+RESUME = dict(ratio="4", alpha="0.01,0.3", steps=400, lr=3e-3, warmup_steps=20, decay_fraction=0.3,
               dead_window=64 * 8, resample_every=40, eval_every=30)
 
 
@@ -79,7 +79,7 @@ def reference(small_store, tmp_path_factory):
     ("topk", dict(k="2,4,6"), [dict(k=k) for k in ("2", "4", "6")]),
 ])
 def test_ensemble_equals_separate_runs(tmp_path, small_store, arch, sweep, one):
-    common = dict(arch=arch, tokens=64 * 150, eval_every=50, checkpoint_every=0, lr=3e-3, dead_window=64 * 4)
+    common = dict(arch=arch, steps=150, eval_every=50, checkpoint_every=0, lr=3e-3, dead_window=64 * 4)
     out = train(train_cfg(small_store, tmp_path / "sweep", **common, **sweep), progress=False)
     together = weights(out)
     assert len(together) == len(one)
@@ -235,7 +235,7 @@ def test_interrupted_while_saving_the_dictionaries(tmp_path, monkeypatch, small_
 
 def test_stale_checkpoint_temporaries_are_removed(tmp_path, monkeypatch, small_store):
     out = tmp_path / "out"
-    cfg = train_cfg(small_store, out, tokens=64 * 100, checkpoint_every=25)
+    cfg = train_cfg(small_store, out, steps=100, checkpoint_every=25)
     with monkeypatch.context() as m:
         interrupt_at(m, 60)
         with pytest.raises(Interrupted):
@@ -264,7 +264,7 @@ def test_resume_drops_a_torn_metrics_line(tmp_path, monkeypatch, small_store, re
 # -- idempotence, refusal, replay -------------------------------------------------------------------------
 
 def test_completed_run_again_is_a_no_op(tmp_path, small_store):
-    cfg = train_cfg(small_store, tmp_path / "out", tokens=64 * 60)
+    cfg = train_cfg(small_store, tmp_path / "out", steps=60)
     out = train(cfg, progress=False)
     before = snapshot(out)
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
@@ -272,7 +272,8 @@ def test_completed_run_again_is_a_no_op(tmp_path, small_store):
     orig = trainer._train_step
     trainer._train_step = lambda *a: called.append(1) or orig(*a)
     try:
-        assert train(replace(cfg, eval_every=7, checkpoint_every=3), progress=False) == out  # not identity fields
+        # not an identity field (eval_every is: the evaluations decide the convergence verdict)
+        assert train(replace(cfg, checkpoint_every=3), progress=False) == out
     finally:
         trainer._train_step = orig
     assert not called and snapshot(out) == before
@@ -281,13 +282,13 @@ def test_completed_run_again_is_a_no_op(tmp_path, small_store):
 
 @pytest.mark.parametrize("change, field", [
     (dict(alpha="0.01,0.03"), "alpha"),
-    (dict(tokens=64 * 61), "tokens"),
+    (dict(steps=61), "steps"),
     (dict(arch="untied_l1"), "arch"),
     (dict(seed=1), "seed"),
     (dict(lr=2e-3), "lr"),
 ])
 def test_different_config_into_the_same_out_is_refused(tmp_path, small_store, change, field):
-    cfg = train_cfg(small_store, tmp_path / "out", tokens=64 * 60)
+    cfg = train_cfg(small_store, tmp_path / "out", steps=60)
     out = train(cfg, progress=False)
     before = snapshot(out)
     with pytest.raises(SaexError, match=rf"different training run \({field}: folder has") as e:
@@ -297,7 +298,7 @@ def test_different_config_into_the_same_out_is_refused(tmp_path, small_store, ch
 
 
 def test_from_run_json_into_a_new_out_reproduces_the_weights(tmp_path, small_store, capsys):
-    out = train(train_cfg(small_store, tmp_path / "a", tokens=64 * 80, arch="untied_l1", decoder_bias=True,
+    out = train(train_cfg(small_store, tmp_path / "a", steps=80, arch="untied_l1", decoder_bias=True,
                           normalize="mean_norm"), progress=False)
     assert main(["train", "--from", str(out / "run.json"), "--out", str(tmp_path / "b"), "--quiet"]) == 0
     assert_same_weights(out, tmp_path / "b", exact=True)
@@ -323,14 +324,14 @@ def test_metrics_rows_and_independent_fvu(tmp_path, small_store, small_data, nor
 
     _, X, H = small_data
     store = small_store if scale == 1.0 else write_store(tmp_path / "acts", X * scale, H * scale, shard_rows=1024)
-    cfg = train_cfg(store, tmp_path / "out", alpha="0.005,0.02", tokens=64 * 170, eval_every=40, eval_tokens=300,
+    cfg = train_cfg(store, tmp_path / "out", alpha="0.005,0.02", steps=170, eval_every=40, eval_tokens=300,
                     normalize=normalize, dead_window=64 * 20)
     out = train(cfg, progress=False)
     rows = metrics(out)
     names = ["tied_l1_r4_a0.005", "tied_l1_r4_a0.02"]
     assert [(r["step"], r["dictionary"]) for r in rows] == [(s, n) for s in (40, 80, 120, 160, 170) for n in names]
     for r in rows:
-        assert set(r) == {"step", "tokens", "dictionary", "mse", "fvu", "l0", "dead_fraction"}
+        assert set(r) == {"step", "tokens", "dictionary", "mse", "fvu", "l0", "loss", "dense_fraction", "dead_fraction"}
         assert r["tokens"] == 64 * r["step"] and 0 <= r["dead_fraction"] <= 1 and r["mse"] >= 0
     for n in names:
         first, last = [r for r in rows if r["dictionary"] == n][::4]
@@ -343,7 +344,12 @@ def test_metrics_rows_and_independent_fvu(tmp_path, small_store, small_data, nor
         c = sae.encode(x)
         err = (c @ sae.W_dec_FD + sae.b_dec_D - x).pow(2).sum()
         got = {"mse": (err / x.numel()).item(), "fvu": (err / (x - x.mean(0)).pow(2).sum()).item(),
-               "l0": (c > 0).sum(1).float().mean().item()}
+               "l0": (c > 0).sum(1).float().mean().item(),
+               "dense_fraction": ((c > 0).float().mean(0) > 0.1).float().mean().item()}
+        # the objective in the units training saw: inputs s·x give codes s·c, so MSE·s² + α·s·L1
+        s = json.loads((out / "run.json").read_text())["scale"]
+        alpha = json.loads((out / n / "cfg.json").read_text())["metadata"]["alpha"]
+        got["loss"] = got["mse"] * s**2 + alpha * s * c.abs().sum(1).mean().item()
         last = rows[-2 + names.index(n)]
         for key in got:
             assert last[key] == pytest.approx(got[key], rel=1e-4, abs=1e-7), (n, key)
@@ -354,7 +360,7 @@ def test_metrics_rows_and_independent_fvu(tmp_path, small_store, small_data, nor
 
 
 def test_no_evaluation_when_eval_every_is_zero(tmp_path, small_store):
-    out = train(train_cfg(small_store, tmp_path / "out", tokens=64 * 30, eval_every=0), progress=False)
+    out = train(train_cfg(small_store, tmp_path / "out", steps=30, eval_every=0), progress=False)
     assert (out / "metrics.jsonl").read_text() == ""
 
 
@@ -372,7 +378,7 @@ def test_lr_schedule_by_hand():
     assert lr_at(c, 80, 100) == pytest.approx(0.8e-3)
     assert lr_at(c, 99, 100) == pytest.approx(0.04e-3)
     # no schedule: constant
-    plain = TrainConfig(lr=3e-4)
+    plain = TrainConfig(lr=3e-4, decay_fraction=0.0)
     assert {lr_at(plain, s, 10) for s in range(10)} == {3e-4}
     # overlapping warm-up and decay: the smaller factor wins
     short = TrainConfig(lr=1.0, warmup_steps=8, decay_fraction=1.0)
@@ -388,7 +394,7 @@ def test_trainer_sets_the_scheduled_lr_every_step(tmp_path, small_store, monkeyp
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(torch.optim.Adam, "step", step)
-    cfg = train_cfg(small_store, tmp_path / "out", tokens=64 * 40, lr=1e-2, warmup_steps=5, decay_fraction=0.5,
+    cfg = train_cfg(small_store, tmp_path / "out", steps=40, lr=1e-2, warmup_steps=5, decay_fraction=0.5,
                     eval_every=0)
     train(cfg, progress=False)
     assert seen == pytest.approx([lr_at(cfg, s, 40) for s in range(40)])
@@ -401,7 +407,7 @@ def test_resampling_revives_dead_features(tmp_path, small_store, small_data):
     """A large α with lr 1e-2 kills most features within a few hundred steps; resampling every 100 steps
     re-points the dead ones at badly reconstructed inputs, and many of them stay alive."""
     _, X, H = small_data
-    common = dict(alpha="1", tokens=64 * 650, lr=1e-2, eval_every=50, eval_tokens=1024, dead_window=64 * 25,
+    common = dict(alpha="1", steps=650, lr=1e-2, eval_every=50, eval_tokens=1024, dead_window=64 * 25,
                   checkpoint_every=0)
     plain = train(train_cfg(small_store, tmp_path / "plain", **common), progress=False)
     resampled = train(train_cfg(small_store, tmp_path / "resampled", resample_every=100, **common), progress=False)
@@ -416,13 +422,35 @@ def test_resampling_revives_dead_features(tmp_path, small_store, small_data):
 def test_resampled_rows_point_at_training_inputs(tmp_path, small_store, small_data):
     """When the last step resamples, the re-initialised rows are exactly unit training inputs."""
     _, X, _ = small_data
-    out = train(train_cfg(small_store, tmp_path / "out", alpha="1", tokens=64 * 300, lr=1e-2, eval_every=0,
+    out = train(train_cfg(small_store, tmp_path / "out", alpha="1", steps=300, lr=1e-2, eval_every=0,
                           dead_window=64 * 25, resample_every=100, checkpoint_every=0), progress=False)
     W = SAE.load(out / "tied_l1_r4_a1").W_dec_FD
     best = (W @ torch.nn.functional.normalize(X, dim=1).T).max(1).values
     assert (best > 1 - 1e-5).sum() >= 20, best.sort().values
     # the same run without resampling has no row that close to an input
-    ref = train(train_cfg(small_store, tmp_path / "ref", alpha="1", tokens=64 * 300, lr=1e-2, eval_every=0,
+    ref = train(train_cfg(small_store, tmp_path / "ref", alpha="1", steps=300, lr=1e-2, eval_every=0,
                           dead_window=64 * 25, checkpoint_every=0), progress=False)
     W0 = SAE.load(ref / "tied_l1_r4_a1").W_dec_FD
     assert (W0 @ torch.nn.functional.normalize(X, dim=1).T).max() < 1 - 1e-4
+
+
+def test_excluded_positions_never_reach_training(tmp_path, small_data):
+    """Two stores that differ only at position 0 of every context (there: a 50× 'attention sink'): with
+    position 0 excluded, training, input scaling and held-out metrics cannot tell them apart."""
+    from tests.train._synth import T, write_store
+
+    _, X, H = small_data
+    sink = lambda A: torch.where((torch.arange(len(A)) % T == 0)[:, None], 50 * A + 7, A)  # noqa: E731
+    plain = write_store(tmp_path / "plain", X, H, shard_rows=1024)
+    sunk = write_store(tmp_path / "sunk", sink(X), sink(H), shard_rows=1024)
+    kw = dict(alpha="0.01", steps=40, eval_every=20, normalize="mean_norm", exclude_first=1)
+    a = train(train_cfg(plain, tmp_path / "a", **kw), progress=False)
+    b = train(train_cfg(sunk, tmp_path / "b", **kw), progress=False)
+    assert_same_weights(a, b)
+    assert metrics(a) == metrics(b)  # the same held-out numbers too
+    run = json.loads((a / "run.json").read_text())
+    assert run["rows"] == {"exclude_first": 1, "exclude_special_tokens": False, "kept_train_rows": len(X) * (T - 1) // T,
+                           "train_rows": len(X)}
+    # kept, the sink changes everything
+    c = train(train_cfg(sunk, tmp_path / "c", **(kw | {"exclude_first": 0})), progress=False)
+    assert json.loads((c / "run.json").read_text())["scale"] != run["scale"]

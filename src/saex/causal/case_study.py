@@ -34,7 +34,7 @@ from saex.errors import SaexError
 from saex.features.search import DAVE
 from saex.lm.hooks import hook_order
 from saex.store.files import check_output_folder, sha256_path, write_json_atomic
-from saex.store.reader import ActivationStore, store_hash
+from saex.store.reader import ActivationStore, RowFilter, store_hash
 
 MARKER = "case_study.json"
 
@@ -76,9 +76,10 @@ class CaseStudyConfig:
     target: int | None = None
     """Target feature of the circuit (default: the first analysed feature)."""
     children: int = 3
-    """Strongest upstream causes kept per circuit node."""
+    """Strongest upstream causes kept per circuit node (and as many of the strongest rises, listed)."""
     candidates: int = 64
-    """Active upstream features ablated exactly per node, chosen by attribution (0: every active feature)."""
+    """Active upstream features ablated exactly per node, chosen by attribution: this many of the highest and
+    of the lowest (0: every active feature)."""
     contexts: int = 20
     """Circuit contexts where the target is in [M/2, M] (the paper: 20)."""
     effect_contexts: int = 20
@@ -87,6 +88,11 @@ class CaseStudyConfig:
     """Histogram source: store (exact pass over the held-out split) or index (the index's random sample)."""
     max_samples: int = 5000
     """Active positions per histogram, sampled uniformly when there are more (the paper: 5,000)."""
+    exclude_first: int = 1
+    """Positions 0 .. exclude_first-1 of every context (attention sinks) count as inactive in the store's
+    histograms and circuit contexts; 0 keeps them."""
+    exclude_special_tokens: bool = True
+    """Separator / BOS tokens count as inactive there, likewise."""
     residual_dim: int | None = None
     """Basis dimension for the Fig. 11 contrast (default: the search's most extreme dimension)."""
     logit_top: int = 20
@@ -313,7 +319,8 @@ def _analyse(cfg: CaseStudyConfig, store, folder: Path, d: SAE, hook: str, level
     feat_fn, dim_fn = H.feature_values(d, series), H.dimension_values([dim], [sign])
     say(f"histograms over the held-out split of {store.path} ...")
     sp = H.histograms_from_store(store, hook, lambda x: torch.cat([feat_fn(x), dim_fn(x)], 1), len(series) + 1,
-                                 decode, max_n=cfg.max_samples, seed=cfg.seed)
+                                 decode, max_n=cfg.max_samples, seed=cfg.seed,
+                                 rows=RowFilter(cfg.exclude_first, cfg.exclude_special_tokens))
     tokens_CT = store.tokens("heldout").long()
     resid_hist = sp.histograms[-1]
     resid_hist["source"] += f", dimension {dim}" + (" (negative part, as -x)" if sign < 0 else "")

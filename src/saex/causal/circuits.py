@@ -15,8 +15,13 @@ Here (the paper's notebook is not published):
   the hook points have different widths);
 * only features active somewhere in the contexts can change anything. With ``candidates`` > 0 they are
   first ranked by attribution (one backward pass: ∂target/∂c_j · c_j summed over positions, the first-order
-  estimate of the drop), and only the best ``candidates`` are ablated exactly; ``candidates = 0`` ablates
-  every active feature. Reported effects are always exact ablations; ``method`` at the root says which;
+  estimate of the drop), and only the ``candidates`` highest (likely drops) and the ``candidates`` lowest
+  (likely rises) are ablated exactly; ``candidates = 0`` ablates every active feature. Reported effects are
+  always exact ablations; ``method`` at the root says which;
+* the tree follows the features whose ablation *lowers* the parent (effect > 0), as the paper's does. So that
+  the opposite can be seen (and the Fig. 5 claim can fail on it), every expanded node also records the
+  strongest features whose ablation *raises* it (``increases``: effect < 0, not expanded further), how many
+  candidates were ablated, and the sums of the positive and of the negative effects over them;
 * each level runs only the blocks between the two hook points (``ablation.Segment``), one batch of
   candidate ablations per call.
 """
@@ -118,9 +123,12 @@ class _Circuit:
             active = torch.nonzero(((c_NTF != 0) & self.valid_NT[..., None]).any(0).any(0)).squeeze(1)
             metric = lambda y: (feature_code(parent.dictionary, y, k) * mask_NT).sum(-1)  # noqa: E731
             clean_N = metric(seg(x_u[None])[0])
-        if self.candidates and len(active) > self.candidates:
-            attr = self.attribution(seg, metric, c_NTF, W_dec)
-            active = active[attr[active].argsort(descending=True, stable=True)[:self.candidates]]
+        if self.candidates and len(active) > 2 * self.candidates:
+            # Both ends: a budget spent only on likely drops would never find the rises that could contradict
+            # the tree, and one spent by |attribution| would crowd out the drops the tree is made of.
+            attr_A = self.attribution(seg, metric, c_NTF, W_dec)[active]
+            active = torch.unique(torch.cat([active[attr_A.argsort(descending=True, stable=True)[:self.candidates]],
+                                             active[attr_A.argsort(stable=True)[:self.candidates]]]))
         drops = []
         B = self.batch or max(1, min(8, 1200 // self.ids_NT.numel()))
         with torch.no_grad():
@@ -138,20 +146,29 @@ class _Circuit:
         g_NTD = x.grad * self.valid_NT[..., None]
         return ((g_NTD @ W_dec.T) * c_NTF).sum((0, 1)) / x.shape[0]
 
-    def expand(self, parent: Level, k: int, mask_NT: torch.Tensor, upstream: Sequence[Level]) -> list[dict]:
+    def expand(self, parent: Level, k: int, mask_NT: torch.Tensor, upstream: Sequence[Level]) -> dict:
+        """The fields a node gains from ablating its upstream level: ``children`` (the strongest drops,
+        expanded), ``increases`` (the strongest rises), ``ablated`` and the positive / negative effect sums.
+        A node with no upstream level gets only ``children = []``."""
         if not upstream:
-            return []
+            return {"children": []}
         up = upstream[0]
         feats, drops = self.effects(parent, k, mask_NT, up)
-        order = drops.argsort(descending=True, stable=True)[:self.children]
-        nodes = []
-        for i in order.tolist():
+        nodes, rises = [], []
+        for i in drops.argsort(descending=True, stable=True)[:self.children].tolist():
             if not drops[i] > 0:  # a feature whose ablation does not lower the parent is no cause of it
                 break
             j = int(feats[i])
             nodes.append({"hook": up.hook, "feature": j, "effect": float(drops[i]), "cos": _cos(parent, k, up, j),
-                          "children": self.expand(up, j, self.valid_NT.float(), upstream[1:])})
-        return nodes
+                          **self.expand(up, j, self.valid_NT.float(), upstream[1:])})
+        for i in drops.argsort(descending=False, stable=True)[:self.children].tolist():
+            if not drops[i] < 0:
+                break
+            j = int(feats[i])
+            rises.append({"hook": up.hook, "feature": j, "effect": float(drops[i]), "cos": _cos(parent, k, up, j)})
+        return {"children": nodes, "increases": rises, "ablated": len(feats),
+                "effect_sum_positive": float(drops.clamp(min=0).sum()),
+                "effect_sum_negative": float(drops.clamp(max=0).sum())}
 
 
 def _cos(a: Level, i: int, b: Level, j: int) -> float | None:
@@ -166,8 +183,8 @@ def upstream_circuit(hooked: HookedLM, target: Level, feature: int, contexts: Se
                      max_activation: float | None = None) -> dict:
     """The upstream tree of ``schema.md`` for ``feature`` of ``target``: ``upstream`` holds one dictionary
     per level, nearest first, each at an earlier hook point; ``depth`` levels are expanded (default all),
-    ``children`` strongest causes per node. ``max_activation`` is M (default: the largest clean activation
-    in the contexts)."""
+    ``children`` strongest causes per node, and as many of the strongest rises in ``increases``.
+    ``max_activation`` is M (default: the largest clean activation in the contexts)."""
     if not 0 <= feature < target.dictionary.d_dict:
         raise SaexError(f"feature {feature} is out of range: the target dictionary has features "
                         f"0..{target.dictionary.d_dict - 1}")
@@ -184,8 +201,8 @@ def upstream_circuit(hooked: HookedLM, target: Level, feature: int, contexts: Se
                 x = cap(run.ids_NT)[target.hook].float()
             max_activation = float((feature_code(target.dictionary, x, feature) * run.last_NT).sum(1).max())
     method = ("exact ablation of every active upstream feature" if candidates == 0 else
-              f"attribution (gradient × code) ranks the active upstream features; the top {candidates} are "
-              "ablated exactly")
-    tree = run.expand(target, feature, run.last_NT, list(upstream)[:depth])
-    return {"hook": target.hook, "feature": int(feature), "effect": None, "cos": None, "children": tree,
+              f"attribution (gradient × code) ranks the active upstream features; the top {candidates} and the "
+              f"bottom {candidates} are ablated exactly")
+    traced = run.expand(target, feature, run.last_NT, list(upstream)[:depth])
+    return {"hook": target.hook, "feature": int(feature), "effect": None, "cos": None, **traced,
             "contexts": int(run.ids_NT.shape[0]), "max_activation": float(max_activation), "method": method}

@@ -31,7 +31,7 @@ from saex.evaluate.metrics import ReconstructionMetrics
 from saex.evaluate.mmcs import mmcs
 from saex.evaluate.spliced import spliced_losses
 from saex.store.files import check_output_folder, sha256_path, write_json_atomic
-from saex.store.reader import ActivationStore, store_hash
+from saex.store.reader import ActivationStore, RowFilter, store_hash
 
 MARKER = "eval.json"
 
@@ -57,7 +57,14 @@ class EvalConfig:
     context_batch: int = 8
     """Contexts per forward pass for spliced CE / KL."""
     alive_threshold: int = 10
-    """A feature is alive when non-zero on more than this many evaluated activations (paper App. E: 10)."""
+    """A feature is alive when non-zero on more than this many evaluated activations (paper App. E: 10 in
+    10M); the result records it with the number of activations it was measured on, and the features that
+    never fired."""
+    exclude_first: int = 1
+    """Leave positions 0 .. exclude_first-1 of every context (attention sinks) out of the reconstruction and
+    sparsity metrics; 0 keeps them. Spliced CE / KL always splice every position (see docs/evaluation.md)."""
+    exclude_special_tokens: bool = True
+    """Leave separator / BOS tokens out of the reconstruction and sparsity metrics, likewise."""
     reference: str | None = None
     """A dictionary folder to compute MMCS (plain and Hungarian-matched) against."""
     model: str | None = None
@@ -77,7 +84,7 @@ def evaluate_dictionaries(cfg: EvalConfig, progress: bool = True) -> Path:
     for name in ("batch_size", "context_batch", "tokens"):
         if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
             raise SaexError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    for name in ("contexts", "alive_threshold"):
+    for name in ("contexts", "alive_threshold", "exclude_first"):
         if getattr(cfg, name) < 0:
             raise SaexError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     store = ActivationStore(cfg.acts)
@@ -110,10 +117,13 @@ def evaluate_dictionaries(cfg: EvalConfig, progress: bool = True) -> Path:
                 continue
         todo.setdefault(i["hook"], {})[name] = dicts[name]
 
-    n_rows = min(cfg.tokens or n_held, n_held)
+    rows = RowFilter(cfg.exclude_first, cfg.exclude_special_tokens)
+    rows.check(store.context_length)
+    n_kept = len(store.kept_rows("heldout", rows))
+    n_rows = min(cfg.tokens or n_kept, n_kept)
     hooked = _load_model(store, cfg.model) if cfg.contexts and todo else None  # fails before any long work
     for hook, group in todo.items():
-        metrics = _reconstruction(store, hook, group, n_rows, cfg, progress)
+        metrics = _reconstruction(store, hook, group, n_rows, rows, cfg, progress)
         spliced = {}
         if hooked is not None:
             tokens = store.tokens("heldout")[:cfg.contexts]
@@ -140,14 +150,15 @@ def _result_path(out: Path, name: str) -> Path:
     return out / "results" / (name.replace("/", "__") + ".json")
 
 
-def _reconstruction(store, hook, group, n_rows, cfg, progress) -> dict[str, dict]:
+def _reconstruction(store, hook, group, n_rows, rows: RowFilter, cfg, progress) -> dict[str, dict]:
+    """Streaming metrics over the first ``n_rows`` held-out rows that ``rows`` keeps."""
     accs = {name: ReconstructionMetrics(d.d_in, d.d_dict) for name, d in group.items()}
     bar = tqdm(total=n_rows, desc=f"metrics at {hook}", unit="act", disable=not progress)
     seen = 0
     for s in range(len(store.shards("heldout"))):
         if seen >= n_rows:
             break
-        x_ND = store.load_shard("heldout", s, hook)[:n_rows - seen]
+        x_ND = store.load_shard("heldout", s, hook)[store.keep_mask("heldout", s, rows)][:n_rows - seen]
         if not torch.isfinite(x_ND).all():
             raise SaexError(f"the store {store.path} holds NaN or Inf activations at {hook} in its held-out split; "
                             "re-harvest with --dtype float32")
@@ -160,7 +171,7 @@ def _reconstruction(store, hook, group, n_rows, cfg, progress) -> dict[str, dict
             bar.update(len(x_BD))
         seen += len(x_ND)
     bar.close()
-    return {name: acc.result(cfg.alive_threshold) for name, acc in accs.items()}
+    return {name: acc.result(cfg.alive_threshold) | {"row_filter": asdict(rows)} for name, acc in accs.items()}
 
 
 def _load_model(store: ActivationStore, name: str | None):

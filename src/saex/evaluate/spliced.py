@@ -79,5 +79,8 @@ def spliced_losses(hooked: HookedLM, hook: str, dictionaries: dict, tokens_CT: t
             "ppl_clean": math.exp(clean), "ppl_spliced": math.exp(spliced), "ppl_zero": math.exp(zero),
             "ce_recovered": (zero - spliced) / (zero - clean) if zero != clean else math.nan,
             "kl": kl[name] / n, "kl_zero": kl["<zero>"] / n,
+            # what was replaced: x̂ at every position of every context, attention-sink and separator
+            # positions included (the dictionary's row filter applies to its training and metrics only)
+            "positions": "all",
         }
     return out

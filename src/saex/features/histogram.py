@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from saex.errors import SaexError
+from saex.store.reader import ALL_ROWS, RowFilter
 
 BINS = 10
 TOP_TOKENS = 5
@@ -127,10 +128,11 @@ class StorePass:
 def histograms_from_store(store, hook: str, values_fn: Callable[[torch.Tensor], torch.Tensor], n_series: int,
                           decode=None, split: str = "heldout", max_n: int | None = MAX_SAMPLES, seed: int = 0,
                           source: str = "held-out store", bins: int = BINS, top_tokens: int = TOP_TOKENS,
-                          chunk_rows: int = 4096) -> StorePass:
+                          chunk_rows: int = 4096, rows: RowFilter = ALL_ROWS) -> StorePass:
     """One exact pass over ``split``: ``values_fn(x_ND) -> v_NK`` gives the K series' values at every row
     (e.g. a dictionary's codes of a few features, or ±x[:, dim]). Every positive value is a candidate; a
-    bottom-k reservoir keeps a uniform sample of at most ``max_n`` per series (bounded memory)."""
+    bottom-k reservoir keeps a uniform sample of at most ``max_n`` per series (bounded memory). Rows that
+    ``rows`` leaves out (attention sinks, separators) count as 0 for every series."""
     T = store.context_length
     gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, 11]).integers(2**62)))
     keep_v = [torch.zeros(0) for _ in range(n_series)]
@@ -147,6 +149,8 @@ def histograms_from_store(store, hook: str, values_fn: Callable[[torch.Tensor], 
             torch.zeros(0, n_series)
         if v.shape != (x.shape[0], n_series):
             raise SaexError(f"values_fn returned shape {tuple(v.shape)}, expected {(x.shape[0], n_series)}")
+        if rows.active:
+            v[~store.keep_mask(split, i, rows)] = 0
         per_ctx = v.view(-1, T, n_series)
         m, a = per_ctx.max(1)
         cmax.append(m)

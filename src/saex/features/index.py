@@ -78,10 +78,13 @@ class IndexBuilder:
         self.moments_4F = torch.zeros(4, F, dtype=torch.float64)
 
     @torch.no_grad()
-    def update(self, c_CLF: torch.Tensor, ids_C: torch.Tensor, chunk: int) -> None:
+    def update(self, c_CLF: torch.Tensor, ids_C: torch.Tensor, chunk: int, keep_CL: torch.Tensor | None = None) -> None:
+        """Add one chunk of codes. ``keep_CL``: which tokens count (default all); excluded tokens must carry
+        code 0, and are left out of the token count that densities and moments divide by and of the max."""
         C, L, F = c_CLF.shape
         flat = c_CLF.reshape(C * L, F)
-        self.n_tokens += C * L
+        kept = flat if keep_CL is None else flat[keep_CL.reshape(-1)]
+        self.n_tokens += len(kept)
         self.nonzero_F += (flat != 0).sum(0)
         self.positive_F += (flat > 0).sum(0)
         power = flat.clone()
@@ -90,7 +93,8 @@ class IndexBuilder:
             if m < 3:
                 power.mul_(flat)
         max_FC = c_CLF.amax(1).T.contiguous()
-        self.max_F = torch.maximum(self.max_F, max_FC.amax(1).double())
+        if len(kept):
+            self.max_F = torch.maximum(self.max_F, kept.amax(0).double())
         active_FC = max_FC > 0
         self.active_frags_F += active_FC.sum(1)
         self.top.merge(torch.where(active_FC, max_FC, -torch.inf), ids_C, max_FC)

@@ -9,9 +9,12 @@ backend (``offline``: ``interpret/offline.py``; ``openai`` / ``hf``: ``interpret
   run resumes where it stopped (expensive with an LLM: its responses are cached too)
 * ``<method>/null.jsonl``: the shuffled-explanation control (feature i scored with feature π(i)'s
   explanation), when ``--null``
-* ``comparison.json`` / ``comparison.md``: per method mean ± 95% CI (1.96·sd/√n) of each score, counts of
-  scored / skipped / undefined features, the null, token entropy, and the correlation of scores with
-  activation skew and kurtosis (paper Table 2); ``table1.md``: the first features with their explanations
+* ``comparison.json`` / ``comparison.md``: per method mean ± 95% CI (1.96·sd/√n) of each score over every
+  scored feature, an undefined score counted as no information (``scoring.NO_INFORMATION``: 0 for a
+  correlation) with the number of undefined ones beside it, counts of scored / skipped features, the null,
+  token entropy, the correlation of scores with activation skew and kurtosis (paper Table 2), and the main
+  score per activation-density bin with the SAE-minus-baseline difference at matched density
+  (``interpret/density.py``); ``table1.md``: the first features with their explanations
   and scores (paper Table 1); plots in ``plots/`` (paper Figs. 2, 9, 10, 18 analogues)
 """
 
@@ -31,9 +34,10 @@ from saex.dictionaries.folders import find_folders
 from saex.errors import SaexError
 from saex.features.index import INDEX_JSON, FeatureIndex
 from saex.interpret.offline import LABEL, TableExplainer, TableSimulator, token_entropy
+from saex.interpret.density import density_comparison
 from saex.interpret.protocol import FeatureSample, check_preset, sample_feature
 from saex.interpret.records import Explanation
-from saex.interpret.scoring import auroc, balanced_accuracy, mean_ci95, pooled_pearson
+from saex.interpret.scoring import NO_INFORMATION, auroc, balanced_accuracy, mean_ci95, pooled_pearson
 from saex.store.files import check_output_folder, write_json_atomic
 
 MARKER = "interpret.json"
@@ -196,7 +200,7 @@ def interpret(cfg: InterpretConfig, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(root / MARKER, {"saex_version": saex.__version__, "config": asdict(cfg)})
     explainer, simulator, detector, label = _agents(cfg, out)
-    method_rows, pooled = [], []
+    method_rows, pooled, by_method, baselines = [], [], {}, set()
     for name, folder in indexes.items():
         index = FeatureIndex(folder)
         identity = {"index": index.meta["identity"], "preset": cfg.preset, "backend": backend_tag(cfg),
@@ -232,10 +236,14 @@ def interpret(cfg: InterpretConfig, progress: bool = True) -> Path:
         nulls = _null(index, rows, cfg, identity, simulator, detector, mdir, progress, name) if cfg.null else []
         method_rows.append(summarize_method(name, index, rows, nulls, cfg.preset))
         pooled += [r for r in rows if "scores" in r]
+        by_method[name] = rows
+        if index.meta["dictionary"].get("baseline"):
+            baselines.add(name)
     from saex.interpret.report import write_report
 
     stats = dict(getattr(getattr(explainer, "backend", None), "stats", {}) or {})
-    write_report(out, method_rows, cfg, label, stats, moment_correlations(pooled, cfg.preset))
+    density = _clean(density_comparison(by_method, baselines, main_score(cfg.preset)))
+    write_report(out, method_rows, cfg, label, stats, moment_correlations(pooled, cfg.preset), density)
     return out
 
 
@@ -271,12 +279,12 @@ def summarize_method(name: str, index: FeatureIndex, rows: list[dict], nulls: li
            "hook": index.meta["hook"], "d_dict": index.meta["d_dict"], "alpha": meta.get("alpha"),
            "ratio": index.meta["d_dict"] / index.meta["d_in"],
            "considered": len(rows), "scored": len(scored), "skipped": len(rows) - len(scored)}
-    for k in keys:
-        out[k] = mean_ci95([r["scores"][k] if r["scores"][k] is not None else math.nan for r in scored])
+    for k in keys:  # over every scored feature: an undefined score counts as no information (0 for r)
+        out[k] = mean_ci95([r["scores"][k] for r in scored], undefined_as=NO_INFORMATION[k])
         if nulls:
-            out[f"null_{k}"] = mean_ci95([r["scores"][k] if r["scores"][k] is not None else math.nan for r in nulls])
-    out["token_entropy"] = mean_ci95([r["token_entropy"] if r.get("token_entropy") is not None else math.nan
-                                      for r in scored])
+            out[f"null_{k}"] = mean_ci95([r["scores"][k] for r in nulls], undefined_as=NO_INFORMATION[k])
+    # an entropy is undefined only where a record lacks it: missing data, left out rather than counted as 0
+    out["token_entropy"] = mean_ci95([r.get("token_entropy") for r in scored])
     first = keys[0]
     out |= {f"corr_{first}_{m}": v["r"] for m, v in moment_correlations(scored, preset).items()}
     out["first_features"] = [{"feature": r["feature"], "explanation": r["explanation"]["text"],
@@ -284,14 +292,24 @@ def summarize_method(name: str, index: FeatureIndex, rows: list[dict], nulls: li
     return _clean(out)
 
 
+def main_score(preset: str) -> str:
+    return "top_random" if preset != "delphi" else "auroc"
+
+
 def moment_correlations(scored: list[dict], preset: str) -> dict[str, dict]:
-    """Paper Table 2: Pearson r between the main score and the activation skew / kurtosis over features."""
-    first = "top_random" if preset != "delphi" else "auroc"
+    """Paper Table 2: Pearson r between the main score and the activation skew / kurtosis over features.
+
+    Unlike the headline means, only defined scores enter (``undefined`` counts those left out): a
+    correlation asks how the score varies with the moment, and a block of features put at 0 because the
+    simulation was constant would add a cluster whose position is set by the convention, not by a measured
+    score, moving r in whichever direction those features' skew happens to lie."""
+    first = main_score(preset)
     out = {}
     for moment in ("skew", "kurtosis"):
         pairs = [(r["scores"][first], r[moment]) for r in scored
                  if r["scores"][first] is not None and r.get(moment) is not None]
         r = (pooled_pearson([np.array([p[0] for p in pairs])], [np.array([p[1] for p in pairs])])
              if len(pairs) > 2 else None)
-        out[moment] = _clean({"r": r, "n": len(pairs), "score": first})
+        out[moment] = _clean({"r": r, "n": len(pairs), "score": first,
+                              "undefined": sum(row["scores"][first] is None for row in scored)})
     return out

@@ -4,7 +4,8 @@ The score is the Pearson correlation between true and simulated activations over
 scored fragments pooled** (``aggregate_scored_sequence_simulations``), not the mean of per-fragment
 correlations. Cunningham et al. report it over the 5 top + 5 random fragments ("top-and-random"), and read
 "top-only" and "random-only" off the two halves of the same simulation. When either side is constant the
-correlation is undefined: it is returned as NaN and counted as undefined, never as 0.
+correlation is undefined: it is returned as NaN, and each feature's record keeps it undefined (``null``).
+The headline means count it as 0 and report how many there were (``mean_ci95(..., undefined_as=0.0)``).
 
 For delphi-style detection (Paulo et al. 2024): balanced accuracy of binary calls and AUROC of scores.
 """
@@ -50,10 +51,28 @@ def balanced_accuracy(calls_pos: np.ndarray, calls_neg: np.ndarray) -> float:
     return float((pos.mean() + (1 - neg.mean())) / 2)
 
 
-def mean_ci95(values) -> dict:
-    """Mean, 95% CI half-width 1.96·sd(ddof=1)/√n over the defined values, and how many were undefined."""
+NO_INFORMATION = {"top_random": 0.0, "top": 0.0, "random": 0.0, "auroc": 0.5, "balanced_accuracy": 0.5}
+"""The value an undefined score counts as in a headline mean: what a simulation carrying no information about
+the activations scores. A correlation: 0. Detection (AUROC, balanced accuracy) is undefined only when the
+sample lacks a class (a feature active in every window), never because the detector called nothing (that
+scores 0.5), so it counts as chance, 0.5: 0 would mean every call was wrong."""
+
+
+def mean_ci95(values, undefined_as: float | None = None) -> dict:
+    """Mean, 95% CI half-width 1.96·sd(ddof=1)/√n, n, and how many values were undefined (None, NaN, ±inf).
+
+    ``undefined_as=None``: undefined values are left out and ``n`` counts the defined ones (for quantities
+    where undefined means missing, e.g. token entropy). ``undefined_as=<number>``: they count as that number
+    and ``n`` counts them all. Autointerp means count an undefined score as ``NO_INFORMATION[score]``: an undefined
+    correlation is mostly a constant simulation (the simulator predicted nothing; the offline table does so
+    whenever none of its tokens occur), and leaving it out ranks a method by the few features its
+    explanations happened to predict: up to 38 of 60 random-only scores were undefined, which put
+    random-only above top-and-random (issue 13).
+    """
     v = np.asarray([math.nan if x is None else x for x in values], dtype=np.float64)
-    ok = v[np.isfinite(v)]
+    defined = np.isfinite(v)
+    undefined = int(v.size - defined.sum())
+    ok = v[defined] if undefined_as is None else np.where(defined, v, float(undefined_as))
     n = int(ok.size)
     half = 1.96 * float(ok.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
-    return {"mean": float(ok.mean()) if n else math.nan, "ci95": half, "n": n, "undefined": int(v.size - n)}
+    return {"mean": float(ok.mean()) if n else math.nan, "ci95": half, "n": n, "undefined": undefined}

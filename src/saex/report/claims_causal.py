@@ -91,10 +91,40 @@ def _top_token(hist: dict) -> tuple[str, float] | None:
     return None
 
 
+def _fig5_effects(root) -> Claim:
+    """Fig. 5's causal tree, judged at the target (the root): its strongest upstream drop against its strongest
+    rise. The tracer records both (``causal/circuits.py``: ``children`` lower the target when ablated,
+    ``increases`` raise it). The single strongest effect of each sign is compared, not sums: the paper draws
+    the tree from its strongest edges, and sums over every ablated candidate would count many small, noisy
+    effects and change with the candidate budget. If the strongest upstream influence is a rise, the target
+    is mainly held down by the earlier layer and a tree of "causes" misdescribes it."""
+    paper = "ablating upstream features lowers the target feature (a causal tree)"
+    test = ("at the target, the strongest drop from ablating one upstream feature (a child's effect > 0) is larger "
+            "than the strongest rise (|effect| of an increase < 0)")
+    if not isinstance(root, dict):
+        return Claim("fig5_effects", "Fig. 5", paper, test, NOT_MEASURED, "no circuit was traced")
+    if "increases" not in root:
+        return Claim("fig5_effects", "Fig. 5", paper, test, NOT_MEASURED,
+                     "the circuit does not record the upstream features that raise the target (traced with depth 0, "
+                     "or by an older saex): rerun saex case-study")
+    drops = [c["effect"] for c in root.get("children") or [] if _ok(c.get("effect"))]
+    rises = [-c["effect"] for c in root.get("increases") or [] if _ok(c.get("effect"))]
+    top_drop, top_rise = max(drops, default=0.0), max(rises, default=0.0)
+    nums = {"drops": drops, "rises": rises, "strongest_drop": top_drop, "strongest_rise": top_rise,
+            "ablated": root.get("ablated"), "effect_sum_positive": root.get("effect_sum_positive"),
+            "effect_sum_negative": root.get("effect_sum_negative")}
+    detail = (f"{root.get('ablated', '?')} upstream features ablated; strongest drop {_f(top_drop)}"
+              + (f" (of {', '.join(_f(e) for e in drops)})" if drops else " (no ablation lowers the target)")
+              + f", strongest rise {_f(top_rise)}"
+              + (f" (of {', '.join(_f(e) for e in rises)})" if rises else " (no ablation raises the target)")
+              + f"; sums of effects {_f(root.get('effect_sum_positive'))} and {_f(root.get('effect_sum_negative'))}")
+    return Claim("fig5_effects", "Fig. 5", paper, test, HELD if top_drop > top_rise else NOT_HELD, detail, nums)
+
+
 def case_study_claims(cs: dict | None, d_in: int | None) -> list[Claim]:
     """Fig. 4: one of the searched features fires mostly on an apostrophe (the paper's was third in its
-    search) and its ablation lowers "s" most; Fig. 5: ablating upstream features lowers the target, and
-    linked features point alike."""
+    search) and its ablation lowers "s" most; Fig. 5: ablating upstream features lowers the target
+    (``_fig5_effects``), and linked features point alike."""
     cs = cs or {}
     feats = sorted(cs.get("features") or [], key=lambda f: f.get("rank", 0))
     tops = {i: t for i, f in enumerate(feats) if (t := _top_token(f.get("histogram") or {}))}
@@ -135,17 +165,7 @@ def case_study_claims(cs: dict | None, d_in: int | None) -> list[Claim]:
 
     if isinstance(root, dict):
         walk(root)
-    kids = (root or {}).get("children") or []
-    effects = [c.get("effect") for c in kids if _ok(c.get("effect"))]
-    # The tracer keeps only upstream features whose ablation lowers the target, so the test is whether any
-    # did: a traced circuit with no child means none did.
-    traced = isinstance(root, dict)
-    out.append(Claim("fig5_effects", "Fig. 5", "ablating upstream features lowers the target feature (a causal "
-                     "tree)", "some upstream feature's ablation lowers the target (a traced circuit has a child "
-                     "with effect > 0)", NOT_MEASURED if not traced else _verdict([any(e > 0 for e in effects)]),
-                     f"{len(effects)} upstream features; effects " + ", ".join(_f(e) for e in effects) if effects
-                     else ("no upstream feature lowers the target" if traced else "no circuit was traced"),
-                     {"effects": effects}))
+    out.append(_fig5_effects(root))
     cos = [c.get("cos") for c in edges if _ok(c.get("cos"))]
     test = "mean cosine over the tree's edges is above 3/√d (three standard deviations of random directions)"
     paper = "linked features across layers often point in similar directions"

@@ -2,19 +2,23 @@
 Table 2, one block per autointerp scorer (backend/preset) found in the run.
 
 The main SAE of each hook is the row at the main α and ratio (``collect.main_method``); the baselines are the
-rows whose kind is a baseline kind. Table 2 pools the SAE features at the main α over residual hooks, as
-the paper's code does (tied R ∈ {0.5, 1, 2, 4}, layers 0-5).
+rows whose kind is a baseline kind. Means are over every scored feature, an undefined score counted as no
+information (0 for a correlation) with the count of undefined ones in each cell. Table 2 pools the SAE
+features at the main α over residual hooks, as the paper's code does (tied R ∈ {0.5, 1, 2, 4}, layers 0-5),
+over the defined scores only. Figs. 2 and 10 also show each hook's main score per activation-density bin
+(``interpret/density.py``), so that density cannot stand in for interpretability.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from saex.interpret.report import matched_cell, rule, score_cell
 from saex.report import claims as C
 from saex.report.collect import BASELINE_KINDS, Run, hook_kind, hook_layer, is_sae, main_method, main_target, same_alpha
 from saex.report.figures import grouped_bars, score_vs_ratio
-from saex.report.sections import Figure, Section, Table, autointerp_scale, differences, fmt, layer_label, not_run, \
-    stat_cell
+from saex.report.k_source import k_source_convergence
+from saex.report.sections import Figure, Section, Table, autointerp_scale, differences, fmt, layer_label, not_run
 
 FIG2_BASELINES = ("neurons", "random", "pca", "ica")
 FIG18_BASELINES = ("neurons", "pca", "pca_topk", "ica", "ica_topk")
@@ -65,6 +69,49 @@ def _absent(run: Run, s: Section, what: str) -> None:
                        "fragments per feature for the protocol).")
 
 
+def preset_of(scorer: str) -> str:
+    return scorer.split("/")[-1]
+
+
+def _cell(stat) -> str:
+    """``mean ± ci (n=…, k undefined)``: the undefined count only where there were some."""
+    return score_cell(stat, n=True)
+
+
+def density_table(run: Run, scorer: str, hook: str) -> Table | None:
+    """The main score per density bin at one hook: rows = bins, columns = the main SAE and the baselines, and a
+    last row with the SAE − baseline difference at matched density (comparison.json's "density_matched")."""
+    comp = (run.interpret.get(scorer, {}).get(hook) or {}).get("comparison") or {}
+    bd, dm = comp.get("by_density") or {}, comp.get("density_matched") or {}
+    per, ms = bd.get("methods") or {}, comp.get("methods") or []
+    main = main_method(ms, main_target(run, hook))
+    sae = main["method"] if main and main["method"] in per else None
+    bases = [m["method"] for m in ms if m.get("kind") in BASELINE_KINDS and m["method"] in per]
+    cols = ([sae] if sae else []) + bases
+    bins = [b for b in bd.get("bins") or [] if any((per[c].get(b) or {}).get("n") for c in cols)]
+    if not bins:  # an interpretation from before the density comparison, or nothing scored
+        return None
+    rows = [[b] + [_cell(per[c].get(b)) for c in cols] for b in bins]
+    pairs = (dm.get("pairs") or {}).get(sae) if sae else None
+    if pairs and bases:
+        rows.append([f"SAE − column at matched density (bins with ≥ {dm.get('min_features')} features each; "
+                     "after the slash, unmatched)", "—"] + [matched_cell(pairs.get(b)) for b in bases])
+    score = SCORE_NAMES.get(bd.get("score"), bd.get("score"))
+    return Table(f"{score} by activation density at {hook} ({scorer}): mean ± 95% CI (n features, undefined ones "
+                 "counted as no information). A scorer that rewards activations the current token determines favours "
+                 "dense features (the offline table scores random directions above PCA, ICA and the neurons), so "
+                 "compare methods within a row, at matched density; the matched difference weights each bin by the "
+                 "SAE's features in it.",
+                 ["density (fraction of tokens non-zero)"] + [f"SAE {c}" if c == sae else c for c in cols], rows)
+
+
+def _density_tables(run: Run, section: Section, scorer: str, kind: str) -> None:
+    for hook in run.hooks:
+        t = density_table(run, scorer, hook) if hook_kind(hook) == kind else None
+        if t is not None:
+            section.tables.append(t)
+
+
 def _scored(row: dict) -> bool:
     return (row.get("sae") or {}).get("mean") is not None
 
@@ -83,12 +130,14 @@ def _bars(run: Run, fig_dir: Path, section: Section, scorer: str, kind: str, sco
     title = f"{section.title}: {SCORE_NAMES.get(score, score)}, mean ± 95% CI ({scorer})"
     section.figures.append(Figure(title, grouped_bars(groups, fig_dir / name, title, SCORE_NAMES.get(score, score))))
     cols = list(dict.fromkeys(b for v in layers.values() for b in v["baselines"]))
-    section.tables.append(Table(f"{SCORE_NAMES.get(score, score)} scores ({scorer}); mean ± 95% CI (n features)",
+    section.tables.append(Table(f"{SCORE_NAMES.get(score, score)} scores ({scorer}); mean ± 95% CI (n features) over "
+                                f"every scored feature. {rule(preset_of(scorer))}",
                                 ["layer", "SAE", "SAE score"] + cols,
-                                [[label, v["sae_method"] or "—", stat_cell(v["sae"])]
-                                 + [stat_cell(v["baselines"].get(b)) for b in cols] for label, v in layers.items()]))
+                                [[label, v["sae_method"] or "—", _cell(v["sae"])]
+                                 + [_cell(v["baselines"].get(b)) for b in cols] for label, v in layers.items()]))
     found = C.sae_beats(claim_key, f"Fig. {section.id[3:]}", "sparse-coding features are more interpretable "
-                        "than the baselines", SCORE_NAMES.get(score, score), layers, claim_baselines)
+                        "than the baselines", SCORE_NAMES.get(score, score), layers, claim_baselines,
+                        {label: k_source_convergence(run, v["hook"]) for label, v in layers.items()})
     for c in found:
         c.scope = scorer
     section.claims += found
@@ -151,6 +200,7 @@ def fig2_9_18(run: Run, fig_dir: Path, results: dict) -> list[Section]:
                 c.scope = scorer
                 s9.claims.append(c)
         _bars(run, fig_dir, s18, scorer, "resid", score, FIG18_BASELINES, "fig18", ("pca_topk", "ica_topk"))
+        _density_tables(run, s2, scorer, "resid")
         for s in (s2, s9, s18):
             s.differences = differences(run, scorer=scorer, hooks=resid) + autointerp_scale(run, scorer, resid)
     unmeasured = {"fig2": C.sae_beats("fig2", "Fig. 2", s2.paper, "top-and-random", {}) + [C.advantage_declines({})],
@@ -192,9 +242,10 @@ def fig8(run: Run, fig_dir: Path, results: dict) -> Section:
                                                       SCORE_NAMES[score])))
         rs = sorted({r for v in series.values() for r in v}, key=float)
         s.tables.append(Table(title, ["layer"] + [f"R={r}" for r in rs] + ["best baseline"],
-                              [[label] + [stat_cell(v.get(r)) for r in rs] + [fmt(best.get(label))]
+                              [[label] + [_cell(v.get(r)) for r in rs] + [fmt(best.get(label))]
                                for label, v in series.items()]))
-        c = C.small_dictionaries(layers)
+        c = C.small_dictionaries(layers, {label: k_source_convergence(run, h) for h in resid
+                                          if (label := layer_label(h)) in layers})
         c.scope = scorer
         s.claims.append(c)
         s.differences = differences(run, scorer=scorer, hooks=resid) + autointerp_scale(run, scorer, resid)
@@ -227,6 +278,7 @@ def fig10(run: Run, fig_dir: Path, results: dict) -> Section:
     for scorer in scorers(run):
         for score in ((primary_score(scorer), "random") if primary_score(scorer) == "top_random" else ("auroc",)):
             _bars(run, fig_dir, s, scorer, "mlp", score, BASELINE_KINDS, f"fig10_{score}", ("neurons",))
+        _density_tables(run, s, scorer, "mlp")
         s.differences = differences(run, scorer=scorer, hooks=mlp) + autointerp_scale(run, scorer, mlp)
     if not s.figures:
         s.claims = s.claims or C.sae_beats("fig10", "Fig. 10", s.paper, "top-and-random", {})
@@ -242,7 +294,7 @@ def table2(run: Run, fig_dir: Path, results: dict) -> Section:
                 "feature activations (pooled over tied SAEs R ∈ {0.5, 1, 2, 4}, α = 8.6e-4, layers 0-5).")
     resid = [h for h in run.hooks if hook_kind(h) == "resid"]
     for scorer in scorers(run):
-        preset = scorer.split("/")[-1]
+        preset = preset_of(scorer)
         pooled, per_hook = [], {}
         for hook in resid:
             data = run.interpret[scorer].get(hook)
@@ -257,11 +309,14 @@ def table2(run: Run, fig_dir: Path, results: dict) -> Section:
             continue
         corr = moment_correlations(pooled, preset)
         rows = [["SAEs at the main α, pooled over residual hooks", fmt(corr["skew"]["r"]), fmt(corr["kurtosis"]["r"]),
-                 str(corr["skew"]["n"])]]
+                 str(corr["skew"]["n"]), str(corr["skew"]["undefined"])]]
         rows += [[f"every method at {h}", fmt((v.get("skew") or {}).get("r")), fmt((v.get("kurtosis") or {}).get("r")),
-                  str((v.get("skew") or {}).get("n", "—"))] for h, v in per_hook.items()]
-        s.tables.append(Table(f"Pearson r with the {corr['skew']['score']} score ({scorer}); the paper: skew 0.19, "
-                              "kurtosis 0.24", ["features", "r (skew)", "r (kurtosis)", "n"], rows))
+                  str((v.get("skew") or {}).get("n", "—")), str((v.get("skew") or {}).get("undefined", "—"))]
+                 for h, v in per_hook.items()]
+        s.tables.append(Table(f"Pearson r with the {corr['skew']['score']} score ({scorer}) over the features whose "
+                              "score is defined (unlike the means, an undefined score is left out, not counted as "
+                              "0); the paper: skew 0.19, kurtosis 0.24",
+                              ["features", "r (skew)", "r (kurtosis)", "n", "undefined (left out)"], rows))
         for c in C.table2_claims(corr):
             c.scope = scorer
             s.claims.append(c)

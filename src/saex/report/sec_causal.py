@@ -173,11 +173,16 @@ def fig4_5(run: Run, fig_dir: Path, results: dict) -> list[Section]:
                          fmt(node.get("effect")), fmt(node.get("cos"))])
             for ch in node.get("children") or []:
                 walk(ch, depth + 1)
+            # The rises are not expanded; listed so that the tree's drops can be read against them.
+            for ch in node.get("increases") or []:
+                rows.append([("  " * (depth + 1)) + "⇡ raises: " + str(ch.get("hook")), str(ch.get("feature")),
+                             fmt(ch.get("effect")), fmt(ch.get("cos"))])
 
         walk(circuit, 0)
         s5.tables.append(Table(f"Upstream tree ({circuit.get('method')}, {circuit.get('contexts')} contexts, target "
                                f"max activation {fmt(circuit.get('max_activation'))})",
-                               ["hook", "feature", "effect (mean drop)", "cosine to parent"], rows))
+                               ["hook", "feature", "effect (mean drop; < 0: ablation raises the parent)",
+                                "cosine to parent"], rows))
     else:
         s5.notes.append("The circuit (upstream tree): not run in this reproduction.")
     diff = differences(run, hooks=[search.get("hook")] if search.get("hook") else [])

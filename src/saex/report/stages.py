@@ -101,7 +101,7 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
             lambda hook=hook, s=s: TrainConfig(
                 acts=str(acts), hook=hook, out=str(root / "dicts" / hook), arch=s["arch"],
                 ratio=",".join(f"{r:g}" for r in s["ratios"]), alpha=",".join(f"{a:g}" for a in s["alphas"]),
-                tokens=plan["tokens"], batch_size=plan["train_batch"], normalize="mean_norm", eval_every=50),
+                steps=max(1, plan["tokens"] // plan["train_batch"]), batch_size=plan["train_batch"], normalize="mean_norm", eval_every=50),
             lambda c: train(TrainConfig(**c), progress=progress))
     for hook in hooks:
         mlp = hook.endswith("mlp.hook_post")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,46 @@ def read_manifest(path: Path) -> dict:
     if not isinstance(data, dict):
         raise SaexError(f"{path} does not hold a JSON object; the folder does not hold a usable activation store")
     return data
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Which activation rows count: the first positions of every context and the document separator / BOS
+    tokens can be left out of training, input scaling, metrics and feature indexes.
+
+    Why: at such positions many models park an attention sink, an activation several times the norm of
+    the rest (SmolLM2-135M layer 6: context position 0 has mean norm 746 against a median of 103, so 0.8%
+    of the rows carry 23% of the variance). Left in, it dominates the MSE, the input scale and FVU's
+    denominator, and a feature that fires on "the start of a context" fills every index. SAELens and
+    SAEBench exclude special tokens for the same reason. Rows are only filtered, never changed.
+    """
+
+    exclude_first: int = 1
+    """Positions 0 .. exclude_first-1 of every context are left out (0 keeps every position)."""
+    exclude_special_tokens: bool = True
+    """Separator and BOS tokens (as the store's manifest records them) are left out wherever they occur."""
+
+    @property
+    def active(self) -> bool:
+        return self.exclude_first > 0 or self.exclude_special_tokens
+
+    def check(self, context_length: int) -> None:
+        if not 0 <= self.exclude_first < context_length:
+            raise SaexError(f"--exclude-first must be in 0..{context_length - 1} (the store's context length is "
+                            f"{context_length}), got {self.exclude_first}")
+
+    def keep(self, tokens_CT: torch.Tensor, special_ids: list[int]) -> torch.Tensor:
+        """Bool ``[C*T]``, True for the rows kept, in store row order (position r % T of context r // T)."""
+        C, T = tokens_CT.shape
+        keep_CT = torch.ones(C, T, dtype=torch.bool)
+        keep_CT[:, :self.exclude_first] = False
+        if self.exclude_special_tokens and special_ids:
+            keep_CT &= ~torch.isin(tokens_CT, torch.tensor(special_ids, dtype=tokens_CT.dtype))
+        return keep_CT.reshape(-1)
+
+
+#: every row counts
+ALL_ROWS = RowFilter(0, False)
 
 
 def store_hash(store: "ActivationStore", hook: str) -> str:
@@ -92,6 +133,25 @@ class ActivationStore:
 
     def n_rows(self, split: str) -> int:
         return sum(s["rows"] for s in self.shards(split))
+
+    def special_token_ids(self) -> list[int]:
+        """The separator and BOS token ids the store was packed with."""
+        p = self.manifest["packing"]
+        return sorted({i for i in (p.get("separator_id"), p.get("bos_id")) if i is not None})
+
+    def keep_mask(self, split: str, index: int, rows: RowFilter) -> torch.Tensor:
+        """Bool ``[rows of the shard]``: which rows of one shard ``rows`` keeps."""
+        if not rows.active:
+            return torch.ones(self.shards(split)[index]["rows"], dtype=torch.bool)
+        return rows.keep(self.load_tokens(split, index)[0], self.special_token_ids())
+
+    def kept_rows(self, split: str, rows: RowFilter) -> np.ndarray:
+        """Global indices (int64, ascending) of the rows of a split that ``rows`` keeps."""
+        if not rows.active:
+            return np.arange(self.n_rows(split), dtype=np.int64)
+        rows.check(self.context_length)
+        keep = torch.cat([self.keep_mask(split, i, rows) for i in range(len(self.shards(split)))])
+        return keep.nonzero().flatten().numpy()
 
     def _check_hook(self, hook: str) -> None:
         if hook not in self.manifest["hooks"]:
@@ -174,12 +234,12 @@ class ActivationStore:
     # -- training stream -----------------------------------------------------------------------------
     def batches(self, split: str, hook: str, batch_size: int, seed: int = 0, epoch: int = 0,
                 shards_in_buffer: int = 4, skip_batches: int = 0, drop_last: bool = True,
-                dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+                dtype: torch.dtype = torch.float32, rows: RowFilter = ALL_ROWS) -> Iterator[torch.Tensor]:
         """One shuffled pass over a split, deterministic in ``(seed, epoch)``.
 
-        Shards are visited in a seeded order, ``shards_in_buffer`` at a time; the rows of a buffer are
-        permuted together, so memory stays bounded while batches mix several shards. ``skip_batches``
-        resumes a pass without reading the skipped buffers.
+        Shards are visited in a seeded order, ``shards_in_buffer`` at a time; the rows of a buffer (those
+        ``rows`` keeps) are permuted together, so memory stays bounded while batches mix several shards.
+        ``skip_batches`` resumes a pass without reading the skipped buffers' activations.
         """
         self._check_hook(hook)
         if batch_size <= 0:
@@ -197,13 +257,18 @@ class ActivationStore:
         # Each buffer's leftover rows (fewer than a batch) are dropped rather than carried into the next
         # buffer: then a buffer's batches depend on it alone, and resuming can skip buffers unread.
         # A different permutation each epoch drops different rows.
+        if rows.active:
+            rows.check(self.context_length)
         for g, group in enumerate(groups):
-            n = sum(shards[i]["rows"] for i in group)
+            keep = [self.keep_mask(split, int(i), rows) for i in group] if rows.active else None
+            n = sum(int(k.sum()) for k in keep) if keep else sum(shards[i]["rows"] for i in group)
             n_batches = n // batch_size + (0 if drop_last or n % batch_size == 0 else 1)
             if skip_batches >= n_batches:
                 skip_batches -= n_batches
                 continue
             buf = torch.cat([self.load_shard(split, int(i), hook, dtype) for i in group])
+            if keep:
+                buf = buf[torch.cat(keep)]
             gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, g]).integers(2**62)))
             buf = buf[torch.randperm(len(buf), generator=gen)]
             for b in range(skip_batches, n_batches):

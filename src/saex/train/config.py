@@ -30,17 +30,18 @@ class TrainConfig:
     """L1 coefficients α (tied_l1, untied_l1), comma-separated; every (R, α) pair is one dictionary."""
     k: str = "32"
     """Active latents per input (topk), comma-separated; every (R, k) pair is one dictionary."""
-    tokens: int = 1_000_000
-    """Training inputs (activation rows) seen by every dictionary; the store is re-read in new shuffles
-    (epochs) when it holds fewer."""
+    steps: int = 10_000
+    """Optimiser steps: the training budget. Every dictionary of the sweep sees steps × batch-size inputs;
+    when the store holds fewer, it is read again in a new shuffle (several passes are normal: the paper
+    trained 1-3 epochs over 5-50M activations; a small store needs more passes to converge)."""
     batch_size: int = 1024
     """Inputs per step."""
     lr: float = 1e-3
     """Adam learning rate (the paper's 1e-3)."""
     warmup_steps: int = 0
     """Steps of linear learning-rate warm-up from 0."""
-    decay_fraction: float = 0.0
-    """Fraction of the run, at its end, over which the learning rate decays linearly to 0."""
+    decay_fraction: float = 0.2
+    """Fraction of the run, at its end, over which the learning rate decays linearly to 0 (0: constant)."""
     normalize: str = "none"
     """none, or mean_norm: scale inputs so that their mean norm is sqrt(d_in) (one α then carries across
     layers); the scale is folded back into the saved weights."""
@@ -50,12 +51,15 @@ class TrainConfig:
     """topk: dead latents used by the aux-k loss."""
     aux_coef: float = 0.03125
     """topk: weight of the aux-k loss (Gao et al.: 1/32)."""
-    dead_window: int = 1_000_000
-    """A feature is dead when it has not fired on any of the last this-many training inputs."""
+    dead_window: int | None = None
+    """A feature is dead (for aux-k, resampling and the logged dead fraction) when it has not fired on any
+    of the last this-many training inputs; default: a fifth of the run's inputs, at most 10M. It must be
+    shorter than the run, or nothing could ever count as dead."""
     resample_every: int = 0
     """Resample dead features every this-many steps (0: never; the paper does not resample)."""
-    eval_every: int = 500
-    """Steps between held-out evaluations (MSE, FVU, L0, dead fraction); 0 disables them."""
+    eval_every: int | None = None
+    """Steps between held-out evaluations (loss, MSE, FVU, L0, dense and dead fractions) in metrics.jsonl;
+    default: 20 evaluations over the run, which the convergence check reads; 0 disables them (and the check)."""
     eval_tokens: int = 8192
     """Held-out inputs per evaluation."""
     checkpoint_every: int = 500
@@ -64,6 +68,11 @@ class TrainConfig:
     """Seed of initialisation, data order and resampling."""
     shards_in_buffer: int = 4
     """Store shards shuffled together in memory (bounded memory, more mixing when larger)."""
+    exclude_first: int = 1
+    """Leave out positions 0 .. exclude_first-1 of every context (attention sinks) from training, the input
+    scale and the held-out metrics; 0 keeps them."""
+    exclude_special_tokens: bool = True
+    """Leave out separator / BOS tokens wherever they occur, likewise."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,19 @@ class Member:
     seed: int
 
 
-def _floats(text: str, name: str) -> list[float]:
+def dead_window(cfg: TrainConfig) -> int:
+    """Inputs without a firing after which a feature counts as dead (the default: a fifth of the run)."""
+    if cfg.dead_window is not None:
+        return cfg.dead_window
+    return max(cfg.batch_size, min(10_000_000, cfg.steps * cfg.batch_size // 5))
+
+
+def eval_every(cfg: TrainConfig) -> int:
+    """Steps between held-out evaluations (the default: 20 over the run)."""
+    return max(1, cfg.steps // 20) if cfg.eval_every is None else cfg.eval_every
+
+
+def parse_floats(text: str, name: str) -> list[float]:
     try:
         values = [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError as e:
@@ -103,11 +124,11 @@ def validate(cfg: TrainConfig, d_in: int) -> list[Member]:
         raise SaexError(f"unknown --arch {cfg.arch!r}; allowed: {list(ARCH_NAMES)}")
     if cfg.normalize not in NORMALIZE:
         raise SaexError(f"unknown --normalize {cfg.normalize!r}; allowed: {list(NORMALIZE)}")
-    for name in ("tokens", "batch_size", "eval_tokens", "shards_in_buffer", "dead_window"):
-        if getattr(cfg, name) <= 0:
+    for name in ("steps", "batch_size", "eval_tokens", "shards_in_buffer", "dead_window"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
             raise SaexError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    for name in ("warmup_steps", "resample_every", "eval_every", "checkpoint_every"):
-        if getattr(cfg, name) < 0:
+    for name in ("warmup_steps", "resample_every", "eval_every", "checkpoint_every", "exclude_first"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise SaexError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if cfg.aux_k < 1:
         raise SaexError(f"--aux-k must be at least 1, got {cfg.aux_k}")
@@ -117,9 +138,10 @@ def validate(cfg: TrainConfig, d_in: int) -> list[Member]:
         raise SaexError(f"--lr must be positive, got {cfg.lr}")
     if not 0.0 <= cfg.decay_fraction <= 1.0:
         raise SaexError(f"--decay-fraction must be in [0, 1], got {cfg.decay_fraction}")
-    if cfg.tokens < cfg.batch_size:
-        raise SaexError(f"--tokens {cfg.tokens} is less than one batch ({cfg.batch_size})")
-    ratios = _floats(cfg.ratio, "ratio")
+    if cfg.dead_window is not None and cfg.dead_window >= cfg.steps * cfg.batch_size:
+        raise SaexError(f"--dead-window {cfg.dead_window} is not shorter than the run ({cfg.steps} steps × "
+                        f"{cfg.batch_size} = {cfg.steps * cfg.batch_size} inputs): no feature could ever count as dead")
+    ratios = parse_floats(cfg.ratio, "ratio")
     bad = [r for r in ratios if r <= 0]
     if bad:
         raise SaexError(f"dictionary ratio R must be > 0, got {bad[0]:g}")
@@ -129,13 +151,13 @@ def validate(cfg: TrainConfig, d_in: int) -> list[Member]:
         if d_dict < 1:
             raise SaexError(f"ratio {r:g} gives no features for d_in {d_in}")
         if cfg.arch == "topk":
-            for k in _floats(cfg.k, "k"):
+            for k in parse_floats(cfg.k, "k"):
                 if k != int(k) or not 1 <= k <= d_dict:
                     raise SaexError(f"--k {k:g} must be an integer in 1..{d_dict} (the dictionary size for R={r:g})")
                 k = int(k)
                 members.append(Member(f"topk_r{r:g}_k{k}", r, d_dict, 0.0, k, _member_seed(cfg.seed, cfg.arch, r, 0.0, k)))
         else:
-            for a in _floats(cfg.alpha, "alpha"):
+            for a in parse_floats(cfg.alpha, "alpha"):
                 if a < 0:
                     raise SaexError(f"the sparsity coefficient α must be >= 0, got {a:g}")
                 members.append(Member(f"{cfg.arch}_r{r:g}_a{a:.3g}", r, d_dict, a, None,

@@ -26,11 +26,11 @@ import saex
 from saex import distributed
 from saex.dictionaries import ARCHS, Ensemble
 from saex.errors import SaexError
-from saex.evaluate.metrics import evaluate_batch
+from saex.evaluate.metrics import ReconstructionMetrics
 from saex.store.files import check_output_folder, check_same_identity, remove_stale_temporaries, write_json_atomic
-from saex.store.reader import ActivationStore, store_hash
-from saex.train import checkpoint
-from saex.train.config import Member, TrainConfig, validate
+from saex.store.reader import ActivationStore, RowFilter, store_hash
+from saex.train import checkpoint, convergence
+from saex.train.config import Member, TrainConfig, dead_window, eval_every, validate
 
 RUN = "run.json"
 METRICS = "metrics.jsonl"
@@ -75,11 +75,16 @@ def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     return cfg.lr * scale
 
 
-def input_scale(store: ActivationStore, hook: str, normalize: str) -> float:
-    """Factor s with mean ‖s·x‖ = sqrt(d_in) over the first train shard (deterministic)."""
+def row_filter(cfg) -> RowFilter:
+    """The rows a config's ``exclude_first`` / ``exclude_special_tokens`` keep."""
+    return RowFilter(cfg.exclude_first, cfg.exclude_special_tokens)
+
+
+def input_scale(store: ActivationStore, hook: str, normalize: str, rows: RowFilter) -> float:
+    """Factor s with mean ‖s·x‖ = sqrt(d_in) over the kept rows of the first train shard (deterministic)."""
     if normalize == "none":
         return 1.0
-    x = store.load_shard("train", 0, hook)
+    x = store.load_shard("train", 0, hook)[store.keep_mask("train", 0, rows)]
     return math.sqrt(x.shape[1]) / x.norm(dim=1).mean().item()
 
 
@@ -91,11 +96,11 @@ def _check_out(out: Path, identity: dict) -> dict | None:
     return saved
 
 
-def _heldout_sample(store: ActivationStore, hook: str, n: int, seed: int) -> torch.Tensor:
-    total = store.n_rows("heldout")
-    if total == 0:
+def _heldout_sample(store: ActivationStore, hook: str, n: int, seed: int, rows: RowFilter) -> torch.Tensor:
+    kept = store.kept_rows("heldout", rows)
+    if len(kept) == 0:
         raise SaexError(f"the store {store.path} has no held-out rows to evaluate on")
-    idx = np.sort(np.random.default_rng([seed, 1]).permutation(total)[:min(n, total)])
+    idx = np.sort(kept[np.random.default_rng([seed, 1]).permutation(len(kept))[:min(n, len(kept))]])
     x = store.rows("heldout", hook, idx)
     if not torch.isfinite(x).all():
         raise SaexError(f"the store {store.path} holds NaN or Inf activations at {hook} in its held-out split; "
@@ -103,10 +108,20 @@ def _heldout_sample(store: ActivationStore, hook: str, n: int, seed: int) -> tor
     return x
 
 
-def evaluate(sae, x_ND: torch.Tensor) -> dict:
-    """MSE, FVU (about the mean), L0 of one exported dictionary on unscaled inputs (``saex.evaluate.metrics``)."""
-    r = evaluate_batch(sae, x_ND)
-    return {k: r[k] for k in ("mse", "fvu", "l0")}
+@torch.no_grad()
+def evaluate(sae, x_ND: torch.Tensor, scale: float = 1.0, alpha: float = 0.0) -> dict:
+    """Held-out numbers of one exported dictionary on unscaled inputs: MSE, FVU (about the mean) and L0
+    (``saex.evaluate.metrics``); the training objective MSE + α·L1 in the scaled units it was trained in
+    (an exported SAE gives codes c/s and x̂/s for x: see ``Ensemble.export``); the fraction of features
+    firing on more than ``convergence.DENSE_DENSITY`` of the inputs."""
+    c_NF = sae.encode(x_ND)
+    acc = ReconstructionMetrics(x_ND.shape[1], c_NF.shape[1])
+    acc.update(x_ND, sae.decode(c_NF), c_NF)
+    r = acc.result()
+    l1 = c_NF.abs().sum(1).mean().item()
+    density_F = (c_NF != 0).float().mean(0)
+    return {"mse": r["mse"], "fvu": r["fvu"], "l0": r["l0"], "loss": scale**2 * r["mse"] + alpha * scale * l1,
+            "dense_fraction": (density_F > convergence.DENSE_DENSITY).float().mean().item()}
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
@@ -119,7 +134,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     ranks = distributed.setup(cfg.batch_size)
     out = Path(cfg.out)
     s_hash = store_hash(store, cfg.hook)
-    identity = {k: v for k, v in asdict(cfg).items() if k not in {"out", "acts", "eval_every", "checkpoint_every"}}
+    identity = {k: v for k, v in asdict(cfg).items() if k not in {"out", "acts", "checkpoint_every"}}
     identity |= {"store_hash": s_hash, "d_in": d_in}
     saved = _check_out(out, identity)
     if saved is not None and saved.get("status") == "complete":
@@ -128,9 +143,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     params = {f"g{g}.{n}": p for g, grp in enumerate(groups) for n, p in grp.model.named_parameters() if p.requires_grad}
     # fused: one pass over each parameter and its two moments instead of several (CPU kernel since torch 2.4).
     opt = torch.optim.Adam(params.values(), lr=cfg.lr, fused=True)
-    total = cfg.tokens // cfg.batch_size
+    total = cfg.steps
+    rfilter = row_filter(cfg)
+    rfilter.check(store.context_length)
     step, epoch, in_epoch = 0, 0, 0
-    scale = input_scale(store, cfg.hook, cfg.normalize)
+    scale = input_scale(store, cfg.hook, cfg.normalize, rfilter)
     if ranks.main:
         remove_stale_temporaries(out)
     ranks.barrier()
@@ -151,11 +168,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     run = {"saex_version": saex.__version__, "config": asdict(cfg), "identity": identity, "status": "running",
            "members": [asdict(m) for m in members], "d_in": d_in, "hook": cfg.hook, "scale": scale,
            "store": {"path": str(store.path), "hash": s_hash, "model": store.manifest["model"]["name"]},
-           "steps": total}
+           "steps": total, "dead_window": dead_window(cfg), "eval_every": eval_every(cfg),
+           "rows": {**asdict(rfilter), "kept_train_rows": int(len(store.kept_rows("train", rfilter))),
+                    "train_rows": store.n_rows("train")}}
+    run["passes"] = round(total * cfg.batch_size / max(1, run["rows"]["kept_train_rows"]), 2)
     if ranks.main:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / RUN, run)
-    x_eval = _heldout_sample(store, cfg.hook, cfg.eval_tokens, cfg.seed) if cfg.eval_every and ranks.main else None
+    every = eval_every(cfg)
+    x_eval = _heldout_sample(store, cfg.hook, cfg.eval_tokens, cfg.seed, rfilter) if every and ranks.main else None
 
     def save_checkpoint():
         tensors = {f"g{g}.{n}": p for g, grp in enumerate(groups) for n, p in grp.model.named_parameters()}
@@ -169,7 +190,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     try:
         while step < total:
             stream = store.batches("train", cfg.hook, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                   shards_in_buffer=cfg.shards_in_buffer, skip_batches=in_epoch)
+                                   shards_in_buffer=cfg.shards_in_buffer, skip_batches=in_epoch, rows=rfilter)
             yielded = False
             for x_BD in stream:
                 yielded = True
@@ -180,7 +201,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 step += 1
                 in_epoch += 1
                 bar.update(1)
-                if ranks.main and cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
+                if ranks.main and every and (step % every == 0 or step == total):
                     rows = _log_eval(groups, x_eval, scale, step, cfg, metrics)
                     bar.set_postfix_str(f"fvu {np.mean([r['fvu'] for r in rows]):.3f} l0 {np.mean([r['l0'] for r in rows]):.1f}")
                 if ranks.main and (step == total or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
@@ -200,18 +221,40 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if not ranks.main:
         ranks.barrier()
         return out
+    run["convergence"] = verdicts = _convergence(out, cfg, members, total)
     for grp in groups:
         for i, m in enumerate(grp.members):
             meta = {"saex_version": saex.__version__, "arch": cfg.arch, "alpha": m.alpha, "ratio": m.ratio, "k": m.k,
                     "seed": m.seed, "hook_name": cfg.hook, "model_name": store.manifest["model"]["name"],
-                    "tokens_seen": step * cfg.batch_size, "store_hash": s_hash, "input_scale": scale,
-                    "train_config": asdict(cfg)}
+                    "tokens_seen": step * cfg.batch_size, "steps": step, "store_hash": s_hash, "input_scale": scale,
+                    "train_config": asdict(cfg), "row_filter": asdict(rfilter), "convergence": verdicts[m.name]}
             grp.model.export(i, scale, meta).save(out / m.name)
     run["status"] = "complete"
     run["completed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_json_atomic(out / RUN, run)
     ranks.barrier()
     return out
+
+
+def _convergence(out: Path, cfg: TrainConfig, members: list[Member], total: int) -> dict[str, dict]:
+    """Each member's convergence verdict from the held-out evaluations in metrics.jsonl."""
+    by_member: dict[str, list[dict]] = {m.name: [] for m in members}
+    for row in _read_metrics(out / METRICS):
+        if row.get("dictionary") in by_member:
+            by_member[row["dictionary"]].append(row)
+    return {m.name: convergence.assess(by_member[m.name], total, sparse=cfg.arch == "topk" or m.alpha > 0)
+            for m in members}
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line torn by a kill mid-write
+                continue
+    return rows
 
 
 def _train_step(cfg, groups, opt, x_BD, step, total, ranks) -> None:
@@ -221,7 +264,7 @@ def _train_step(cfg, groups, opt, x_BD, step, total, ranks) -> None:
     opt.zero_grad(set_to_none=True)
     x_local = ranks.local_slice(x_BD)
     for grp in groups:
-        dead = grp.since_fired_KF >= cfg.dead_window if cfg.arch == "topk" else None
+        dead = grp.since_fired_KF >= dead_window(cfg) if cfg.arch == "topk" else None
         o = grp.step_fn(x_local, grp.coef_K, dead)
         o.loss.backward()
         grp.since_fired_KF += x_BD.shape[0]
@@ -237,7 +280,7 @@ def _resample(cfg, g, grp, opt, x_BD, step) -> None:
     """Point dead features at inputs that are reconstructed badly (Bricken et al. 2023), sampled with
     probability proportional to the squared loss, and reset their Adam moments."""
     for i, _ in enumerate(grp.members):
-        dead = torch.nonzero(grp.since_fired_KF[i] >= cfg.dead_window).flatten()
+        dead = torch.nonzero(grp.since_fired_KF[i] >= dead_window(cfg)).flatten()
         if len(dead) == 0:
             continue
         sae = grp.model.export(i)
@@ -272,10 +315,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def _log_eval(groups, x_eval, scale, step, cfg, metrics) -> list[dict]:
     rows = []
     for grp in groups:
-        dead_frac = (grp.since_fired_KF >= cfg.dead_window).float().mean(1)
+        dead_frac = (grp.since_fired_KF >= dead_window(cfg)).float().mean(1)
         for i, m in enumerate(grp.members):
             r = {"step": step, "tokens": step * cfg.batch_size, "dictionary": m.name,
-                 **evaluate(grp.model.export(i, scale), x_eval), "dead_fraction": dead_frac[i].item()}
+                 **evaluate(grp.model.export(i, scale), x_eval, scale, m.alpha), "dead_fraction": dead_frac[i].item()}
             metrics.write(json.dumps(r) + "\n")
             rows.append(r)
     metrics.flush()
@@ -283,22 +326,26 @@ def _log_eval(groups, x_eval, scale, step, cfg, metrics) -> list[dict]:
 
 
 def summary(out: str | Path) -> str:
-    """A table of the run's dictionaries with their latest held-out metrics."""
+    """A table of the run's dictionaries with their latest held-out metrics, then the convergence check."""
     out = Path(out)
-    last: dict[str, dict] = {}
-    if (out / METRICS).is_file():
-        for line in (out / METRICS).read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            last[row["dictionary"]] = row
+    last = {row["dictionary"]: row for row in _read_metrics(out / METRICS) if "dictionary" in row}
     run = json.loads((out / RUN).read_text())
     n = len(run["members"])
-    lines = [f"{n} {'dictionary' if n == 1 else 'dictionaries'} on {run['hook']} of {run['store']['model']} in {out}",
-             f"  {'dictionary':<28}{'d_dict':>8}{'FVU':>9}{'L0':>9}{'dead':>8}"]
+    lines = [f"{n} {'dictionary' if n == 1 else 'dictionaries'} on {run['hook']} of {run['store']['model']} in {out}"
+             + (f" ({run['steps']} steps, {run['passes']:g} passes over the store)" if "passes" in run else ""),
+             f"  {'dictionary':<28}{'d_dict':>8}{'FVU':>9}{'L0':>9}{'dense':>8}{'dead':>8}  convergence"]
+    verdicts = run.get("convergence") or {}
     for m in run["members"]:
         r = last.get(m["name"])
-        cells = (f"{r['fvu']:>9.4f}{r['l0']:>9.1f}{r['dead_fraction']:>8.1%}" if r else f"{'—':>9}{'—':>9}{'—':>8}")
-        lines.append(f"  {m['name']:<28}{m['d_dict']:>8}{cells}")
+        cells = (f"{r['fvu']:>9.4f}{r['l0']:>9.1f}{r.get('dense_fraction', math.nan):>8.1%}{r['dead_fraction']:>8.1%}"
+                 if r else f"{'—':>9}{'—':>9}{'—':>8}{'—':>8}")
+        v = verdicts.get(m["name"])
+        state = "—" if v is None else {True: "ok", False: "NOT CONVERGED"}.get(v.get("converged"), "not checked")
+        lines.append(f"  {m['name']:<28}{m['d_dict']:>8}{cells}  {state}")
+    lines.append("  (held-out sample; dense: features firing on > 10% of inputs; dead: no firing in the last "
+                 f"{run.get('dead_window', '?')} training inputs)")
+    for name, v in verdicts.items():
+        if v.get("converged") is False:
+            lines.append(f"warning: {name} is {convergence.describe(v)}. Train longer (--steps) before reading its "
+                         "features as findings.")
     return "\n".join(lines)

@@ -2,7 +2,9 @@
 
 One panel per score (top-and-random, top-only, random-only; or AUROC and balanced accuracy for the delphi
 preset), methods grouped by hook point; the null (shuffled-explanation) level is drawn as a marker on each
-bar. Every PNG is written beside a JSON of the plotted numbers.
+bar. Means are over every scored feature, an undefined score counted as no information (0 for a
+correlation); a method's label gives how many were undefined. Every PNG is written beside a JSON of the
+plotted numbers.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ def plot_scores(methods: list[dict], keys, folder: Path, label: str) -> list[Pat
                     label="shuffled-explanation null")
             ax.legend(fontsize=8)
         ax.set_xticks(list(xs))
-        ax.set_xticklabels([f"{d['method']}\n{d['hook']}" for d in data], rotation=45, ha="right", fontsize=7)
+        names = [f"{d['method']}\n{d['hook']}" + (f"\n{d['undefined']} undefined" if d.get("undefined") else "")
+                 for d in data]
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
         ax.set_ylabel(TITLES.get(k, k))
-        ax.set_title(f"{TITLES.get(k, k)}, mean ± 95% CI\n{label}", fontsize=9)
+        ax.set_title(f"{TITLES.get(k, k)}, mean ± 95% CI, undefined counted as no information\n{label}", fontsize=9)
         ax.axhline(0, color="black", linewidth=0.5)
         paths.append(save_figure(fig, folder / f"{k}.png", {"score": k, "scorer": label, "methods": data}, dpi=120))
     return paths

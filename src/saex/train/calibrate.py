@@ -1,0 +1,138 @@
+"""``saex calibrate``: choose the sparsity coefficients α that give target L0s on one model and hook.
+
+The L0 an α buys depends on the model, the hook, the input scale, the dictionary's width and the training
+budget: the paper's α = 8.6e-4 (Cunningham et al. 2023, App. B; chosen on Pythia-70M) gives L0 ≈ 146 on
+SmolLM2-135M layer 6 under ``mean_norm`` scaling, where ≈ 2e-3 gives ≈ 45. A sweep written as α values
+therefore spans a different L0 range on every model. This command trains one short ensemble over a
+geometric α grid (the paper's own sweep is ``logspace(-4, -2, 16)``, paper-spec §1.4), reads each member's
+held-out L0 at the end, and interpolates log α against log L0 piecewise-linearly (L0 falls monotonically
+with α) to the α of every target L0; a target outside the grid's L0 range is extrapolated along the
+nearest segment and flagged.
+
+What the calibration measures is L0 after ``--steps`` at ``--batch-size``: set them to the full run's, and
+the α it returns give the target L0s in that run (the steps matter, the batch size much less: each Adam
+step moves the biases by about the learning rate whatever the batch; see docs/training.md, "Choosing α",
+for the measurements). Writes ``calibration.json`` and the sweep's own training folder under ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+import saex
+from saex.errors import SaexError
+from saex.store.files import write_json_atomic
+from saex.train.config import TrainConfig, parse_floats
+
+RESULT = "calibration.json"
+
+
+@dataclass
+class CalibrateConfig:
+    """What ``saex calibrate`` does; saved in calibration.json."""
+
+    acts: str = "runs/acts"
+    """Activation store to calibrate on (written by saex harvest)."""
+    hook: str = ""
+    """Hook point in the store, e.g. blocks.6.hook_resid_post."""
+    out: str = "runs/calibrate"
+    """Output folder: calibration.json and sweep/ (the calibration's training run)."""
+    target_l0: str = "30"
+    """Target L0s (mean active features per input on held-out rows), comma-separated."""
+    grid: str = "1e-4,2.2e-4,4.6e-4,1e-3,2.2e-3,4.6e-3,1e-2"
+    """α grid trained in the calibration sweep, comma-separated (geometric, spanning the targets)."""
+    arch: str = "tied_l1"
+    """tied_l1 or untied_l1, as the run being calibrated."""
+    ratio: float = 2.0
+    """Dictionary ratio R of the calibration members (that of the run being calibrated)."""
+    steps: int = 2000
+    """Optimiser steps of the calibration sweep (that of the run being calibrated)."""
+    batch_size: int = 128
+    """Inputs per step (smaller than the run's is cheaper and gives nearly the same L0; see the docstring)."""
+    lr: float = 1e-3
+    """Adam learning rate (that of the run being calibrated)."""
+    decay_fraction: float = 0.2
+    """Learning-rate decay over the end of the run (that of the run being calibrated)."""
+    normalize: str = "mean_norm"
+    """Input scaling, as saex train's --normalize."""
+    decoder_bias: bool = False
+    """untied_l1: learn a decoder bias, as saex train's --decoder-bias."""
+    eval_tokens: int = 8192
+    """Held-out inputs the final L0 is measured on."""
+    exclude_first: int = 1
+    """As saex train's --exclude-first."""
+    exclude_special_tokens: bool = True
+    """As saex train's --exclude-special-tokens."""
+    seed: int = 0
+    """Seed of the calibration sweep."""
+
+
+def interpolate(grid: list[tuple[float, float]], target: float) -> tuple[float, bool]:
+    """α with L0 = ``target`` from measured ``(α, L0)`` pairs: piecewise-linear in (log L0, log α) over the
+    pairs sorted by L0, extrapolated along the end segment outside their range. Returns (α, extrapolated)."""
+    pts = sorted((math.log(l0), math.log(a)) for a, l0 in grid if a > 0 and l0 > 0)
+    if len(pts) < 2:
+        raise SaexError(f"the calibration needs two α with L0 > 0 to interpolate; it measured {grid}")
+    logs = [p[0] for p in pts]
+    if len(set(logs)) < 2:
+        raise SaexError(f"every α of the calibration grid gave the same L0 ({grid}); widen --grid")
+    t = math.log(target)
+    i = int(np.clip(np.searchsorted(logs, t), 1, len(pts) - 1))
+    (x0, y0), (x1, y1) = pts[i - 1], pts[i]
+    if x1 == x0:
+        return math.exp(y0), False
+    alpha = math.exp(y0 + (y1 - y0) * (t - x0) / (x1 - x0))
+    return alpha, not logs[0] <= t <= logs[-1]
+
+
+def calibrate(cfg: CalibrateConfig, progress: bool = True) -> Path:
+    """Train the grid, measure held-out L0s, write calibration.json with the α of every target."""
+    from saex.train.trainer import METRICS, train
+
+    targets = parse_floats(cfg.target_l0, "target-l0")
+    if any(t <= 0 for t in targets):
+        raise SaexError(f"--target-l0 values must be positive, got {cfg.target_l0!r}")
+    grid = sorted(set(parse_floats(cfg.grid, "grid")))
+    if len(grid) < 2 or grid[0] <= 0:
+        raise SaexError(f"--grid needs at least two positive α values, got {cfg.grid!r}")
+    if cfg.arch not in ("tied_l1", "untied_l1"):
+        raise SaexError(f"--arch {cfg.arch!r} has no α to calibrate; allowed: tied_l1, untied_l1")
+    out = Path(cfg.out)
+    sweep = TrainConfig(acts=cfg.acts, hook=cfg.hook, out=str(out / "sweep"), arch=cfg.arch, ratio=f"{cfg.ratio:g}",
+                        alpha=",".join(f"{a:g}" for a in grid), steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                        decay_fraction=cfg.decay_fraction, normalize=cfg.normalize, decoder_bias=cfg.decoder_bias,
+                        eval_tokens=cfg.eval_tokens, eval_every=cfg.steps, exclude_first=cfg.exclude_first,
+                        exclude_special_tokens=cfg.exclude_special_tokens, seed=cfg.seed)
+    train(sweep, progress=progress)
+    run = json.loads((out / "sweep" / "run.json").read_text())
+    final = {}
+    for line in (out / "sweep" / METRICS).read_text().splitlines():
+        row = json.loads(line)
+        if row["step"] == cfg.steps:
+            final[row["dictionary"]] = row
+    measured = [{"alpha": m["alpha"], "l0": final[m["name"]]["l0"], "fvu": final[m["name"]]["fvu"]}
+                for m in run["members"]]
+    chosen = []
+    for t in targets:
+        alpha, extrapolated = interpolate([(p["alpha"], p["l0"]) for p in measured], t)
+        chosen.append({"target_l0": t, "alpha": float(f"{alpha:.3g}"), "extrapolated": extrapolated})
+    result = {"saex_version": saex.__version__, "config": asdict(cfg), "hook": cfg.hook, "grid": measured,
+              "chosen": chosen, "alphas": [c["alpha"] for c in chosen],
+              "method": "piecewise-linear interpolation of log α against log L0 (held-out, after the sweep's "
+                        f"{cfg.steps} steps at batch {cfg.batch_size})"}
+    write_json_atomic(out / RESULT, result)
+    return out
+
+
+def summary(out: str | Path) -> str:
+    r = json.loads((Path(out) / RESULT).read_text())
+    lines = [f"calibration of α at {r['hook']}: L0 after {r['config']['steps']} steps",
+             "  grid: " + ", ".join(f"α {p['alpha']:.3g} → L0 {p['l0']:.1f}" for p in r["grid"])]
+    lines += [f"  target L0 {c['target_l0']:g}: α = {c['alpha']:.3g}" + (" (extrapolated)" if c["extrapolated"] else "")
+              for c in r["chosen"]]
+    return "\n".join(lines)
