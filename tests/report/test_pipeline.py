@@ -13,10 +13,11 @@ from saex.report.pipeline import parse_overrides, tree_hash
 from saex.report.presets import plan
 from tests.causal._helpers import save_ioi_model
 
-TINY = ("tokens=3072,heldout_tokens=1024,context_length=32,fragment_length=16,train_batch=256,"
-        "alphas_resid=[1e-3,3e-3],alphas_mlp=[1e-3],ratios_resid=[1,2],main_ratio=2.0,main_alpha_resid=1e-3,"
-        "main_alpha_mlp=1e-3,eval_tokens=512,eval_contexts=2,ica_rows=512,fragments=40,interpret_features=4,"
-        "ioi_prompts=4,circuit_depth=1,case_max_density=1.0")
+TINY = ("tokens=3072,heldout_tokens=1024,context_length=32,fragment_length=16,train_batch=256,train_steps=12,"
+        "calibration_batch=64,target_l0_resid=[3,6],target_l0_resid_other=[3],target_l0_mlp=[3],"
+        "main_target_l0_resid=3,main_target_l0_mlp=3,ratios_resid=[1,2],main_ratio=2.0,eval_tokens=512,"
+        "eval_contexts=2,ica_rows=512,fragments=40,interpret_features=4,ioi_prompts=4,circuit_depth=1,"
+        "case_max_density=1.0,mlp_layers=[1]")
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +52,37 @@ def test_every_stage_runs(full_run):
     for hook in hooks:
         for kind in ("train", "baselines", "eval", "features", "interpret"):
             assert f"{kind}:{hook}" in stages
-    # the sweeps: tied on the residual stream (R 1, 2 at the main layer), untied on the MLP
+    # the quick plan calibrates the main residual layer for both residual layers, and the MLP on its own
+    assert {n for n in stages if n.startswith("calibrate:")} == {f"calibrate:{hooks[1]}", f"calibrate:{hooks[2]}"}
+    other = json.loads((out / "dicts" / hooks[0] / "run.json").read_text())["members"]
+    main_alpha = {c["target_l0"]: c["alpha"] for c in
+                  json.loads((out / "calibrate" / hooks[1] / "calibration.json").read_text())["chosen"]}[3.0]
+    assert [m["alpha"] for m in other] == [main_alpha]
+    # the sweeps: tied on the residual stream, untied on the MLP, each α the one its hook's calibration chose
+    # for a target L0: at the main layer both targets at the main R = 2, and R = 1 at the main target's α
+    chosen = {c["target_l0"]: c["alpha"] for c in
+              json.loads((out / "calibrate" / hooks[1] / "calibration.json").read_text())["chosen"]}
+    # (a dozen steps barely move this tiny model's L0: both targets may get the same, extrapolated α)
+    assert set(chosen) == {3.0, 6.0} and chosen[3.0] >= chosen[6.0] > 0
+    assert _state(out)["calibrated"][hooks[1]] == json.loads(
+        (out / "calibrate" / hooks[1] / "calibration.json").read_text())["chosen"]
     members = [json.loads(p.read_text())["metadata"] for p in (out / "dicts" / hooks[1]).glob("*/cfg.json")]
-    assert sorted((m["arch"], m["ratio"], m["alpha"]) for m in members) == [
-        ("tied_l1", 1.0, 1e-3), ("tied_l1", 1.0, 3e-3), ("tied_l1", 2.0, 1e-3), ("tied_l1", 2.0, 3e-3)]
+    assert sorted((m["arch"], m["ratio"], m["alpha"]) for m in members) == sorted(
+        {("tied_l1", 1.0, chosen[3.0]), ("tied_l1", 2.0, chosen[3.0]), ("tied_l1", 2.0, chosen[6.0])})
+    assert all(m["steps"] == 12 and "convergence" in m for m in members)
+    # the report's training section: calibration, every dictionary's convergence verdict, the rows used
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert results["training"]["calibration"][hooks[1]] == _state(out)["calibrated"][hooks[1]]
+    for hook in hooks:
+        run = json.loads((out / "dicts" / hook / "run.json").read_text())
+        assert results["training"]["convergence"][hook] == run["convergence"]
+        assert set(run["convergence"]) == {m["name"] for m in run["members"]}
+        assert results["training"]["rows"][hook]["exclude_first"] == 1
+    md = (out / "report" / "report.md").read_text()
+    assert "Training: α calibration, convergence and the rows used" in md
+    # twelve steps converge nothing: the report says so, dictionary by dictionary
+    flagged = [(h, n) for h in hooks for n, v in results["training"]["convergence"][h].items() if v["converged"] is False]
+    assert flagged and all(f"NOT converged: {h} {n}" in md for h, n in flagged)
     mlp = [json.loads(p.read_text())["metadata"] for p in (out / "dicts" / hooks[2]).glob("*/cfg.json")]
     assert [m["arch"] for m in mlp] == ["untied_l1"]
     assert (out / "ioi" / "task.json").exists()
@@ -167,11 +195,16 @@ def test_downstream_of_a_failed_stage_is_not_run(tmp_path):
 
 def test_plan_and_overrides():
     p = plan("quick", 30)
-    assert p["main_layer"] == 6 and p["resid_layers"] == [5, 6] and p["mlp_layers"] == [6]
+    assert p["main_layer"] == 6 and p["resid_layers"] == [5, 6] and p["mlp_layers"] == []  # MLPs: standard preset
     paper = plan("paper", 6)  # Pythia-70M: every layer, as the paper
-    assert paper["resid_layers"] == [0, 1, 2, 3, 4, 5] and paper["main_alpha_resid"] == 8.6e-4
-    got = parse_overrides("tokens=5,resid_layers=[1,2],main_alpha_resid=1,ioi_mode=greedy", p)
-    assert got == {"tokens": 5, "resid_layers": [1, 2], "main_alpha_resid": 1.0, "ioi_mode": "greedy"}
+    assert paper["resid_layers"] == [0, 1, 2, 3, 4, 5] and 0.0 in paper["extra_alphas_resid"]
+    # the standard preset: what issue 13 asks of it, on SmolLM2's 30 layers
+    std = plan("standard", 30)
+    assert len(std["resid_layers"]) >= 4 and std["ioi_layer"] in std["resid_layers"] and 10 <= std["ioi_layer"] <= 19
+    assert std["extra_alphas_resid"] == [0.0] and len(std["target_l0_resid"]) >= 5 and min(std["ratios_resid"]) < 1
+    assert std["heldout_tokens"] >= 1_000_000 and std["ioi_prompts"] >= 20 and std["interpret_features"] == 150
+    got = parse_overrides("tokens=5,resid_layers=[1,2],main_target_l0_resid=20,ioi_mode=greedy", p)
+    assert got == {"tokens": 5, "resid_layers": [1, 2], "main_target_l0_resid": 20.0, "ioi_mode": "greedy"}
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -192,7 +225,7 @@ def test_paper_preset_states_its_time_first(inputs, tmp_path):
     assert rc == 0, err
     lines = stdout.splitlines()
     assert lines[2].startswith("expected time on this machine: about ")
-    assert "stages: harvest, train:" in stdout and not (tmp_path / "r").exists()
+    assert "stages: harvest, calibrate:" in stdout and not (tmp_path / "r").exists()
 
 
 def test_sigkill_inside_a_stage_resumes(full_run, inputs, tmp_path):
@@ -223,7 +256,7 @@ def test_sigkill_inside_a_stage_resumes(full_run, inputs, tmp_path):
     rc, _, err = _reproduce(inputs, out)
     assert rc == 0, err
     assert f"{stage}: resuming an interrupted run" in err
-    assert "[1/20] harvest: unchanged, skipped" in err
+    assert "[1/22] harvest: unchanged, skipped" in err
     assert {r["status"] for r in _state(out)["stages"].values()} == {"done"}
     ref, _, _ = full_run
     for hook in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.mlp.hook_post"):

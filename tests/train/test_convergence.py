@@ -97,6 +97,14 @@ def test_interpolation_picks_the_segment_around_the_target():
     assert a == pytest.approx(math.exp(math.log(1e-4) + t * (math.log(1e-3) - math.log(1e-4))))
 
 
+def test_extrapolation_stays_within_a_factor_of_ten_of_the_grid():
+    # a nearly flat end segment: the line would ask for an α of about 1e-3 · 10^(2 / 0.0043)
+    a, extrapolated = interpolate([(1e-3, 100.0), (2e-3, 99.7)], 1.0)
+    assert extrapolated and a == pytest.approx(2e-2)
+    a, extrapolated = interpolate([(1e-3, 100.0), (2e-3, 99.7)], 1e4)
+    assert extrapolated and a == pytest.approx(1e-4)
+
+
 @pytest.mark.parametrize("grid", [[(1e-3, 0.0), (1e-2, 0.0)], [(1e-3, 5.0), (1e-2, 5.0)], [(1e-3, 5.0)]])
 def test_interpolation_needs_two_distinct_l0(grid):
     with pytest.raises(SaexError):

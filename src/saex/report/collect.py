@@ -38,6 +38,10 @@ class Run:
     case_study: dict | None = None
     """{"data": case_study.json, "figures": {name: Path}}."""
     dashboard: Path | None = None
+    training: dict[str, dict] = field(default_factory=dict)
+    """hook -> the training run's run.json (members, steps, passes, row filter, convergence verdicts)."""
+    calibration: dict[str, dict] = field(default_factory=dict)
+    """hook -> calibrate/<hook>/calibration.json (the α grid's L0s and the α chosen per target L0)."""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -136,6 +140,12 @@ def collect(run_dir: Path) -> Run:
                         hashes[m["method"]] = rows[0]["identity"]["index"].get("weights_sha256")
                 run.interpret.setdefault(f"{backend.name}/{preset.name}", {})[hook_dir.name] = {
                     "comparison": comp, "scores": scores, "hashes": hashes, "plots": _pngs(preset / "plots")}
+    for folder in _subdirs(root / "dicts"):
+        if isinstance(tr := _json(run, folder / "run.json"), dict):
+            run.training[folder.name] = tr
+    for folder in _subdirs(root / "calibrate"):
+        if isinstance(cal := _json(run, folder / "calibration.json"), dict):
+            run.calibration[folder.name] = cal
     _collect_ioi(run)
     cs = _json(run, root / "case_studies" / "case_study.json")
     if isinstance(cs, dict):
@@ -183,10 +193,15 @@ def _collect_ioi(run: Run) -> None:
 # --- choosing what the paper's figures show -------------------------------------------------------------
 
 def main_target(run: Run, hook: str) -> dict:
-    """The (α, R) of the main SAE at a hook: reproduce.json's config, else the paper's."""
+    """The (α, R) of the main SAE at a hook: the α its calibration chose for the plan's main target L0, else
+    reproduce.json's main α (runs before calibration), else the paper's."""
     kind = "mlp" if hook_kind(hook) == "mlp" else "resid"
     cfg = run.config
     alpha = cfg.get(f"main_alpha_{kind}")
+    target = cfg.get(f"main_target_l0_{kind}")
+    for c in (run.calibration.get(hook) or {}).get("chosen") or []:
+        if target is not None and math.isclose(float(c.get("target_l0", math.nan)), float(target)):
+            alpha = c.get("alpha")
     ratio = cfg.get(f"main_ratio_{kind}")
     if ratio is None:
         ratio = cfg.get("main_ratio")

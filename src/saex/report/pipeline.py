@@ -36,8 +36,10 @@ class ReproduceConfig:
     """What ``saex reproduce`` runs; saved in reproduce.json."""
 
     preset: str = "quick"
-    """quick (minutes on 2 CPU cores: 2 residual layers + 1 MLP, 150k tokens) or paper (the paper's sweeps
-    and sample sizes: days on a CPU; the expected time is printed before it starts)."""
+    """quick (about 10 minutes on 2 CPU cores: 2 residual layers + 1 MLP, 150k tokens), standard (the paper's
+    study at a 2-hour scale: 5 residual layers, α = 0 and 5 sparsity levels, R from 0.5, 1M held-out tokens,
+    IOI on 20 prompts, 150 features scored) or paper (the paper's sample sizes: days on a CPU). The expected
+    time is printed before it starts."""
     model: str = "smollm2-135m"
     """Model: embedded (smollm2-135m, gemma3-270m), a local folder or a hub id."""
     corpus: str = "default"
@@ -147,7 +149,7 @@ class Pipeline:
         self.state.update(header)
         self.state.setdefault("stages", {})
 
-    def _save(self) -> None:
+    def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, self.state)
 
@@ -169,7 +171,7 @@ class Pipeline:
                 self._drop(st.folder)
                 records[st.name] = {"status": "not run", "reason": f"needs {', '.join(missing)}", "folder": st.folder}
                 self.log(f"{tag}: not run (needs {', '.join(missing)})")
-                self._save()
+                self.save()
                 continue
             try:
                 cfg = st.config()
@@ -179,7 +181,7 @@ class Pipeline:
                 self._drop(st.folder)
                 records[st.name] = {"status": "failed", "reason": str(e), "folder": st.folder}
                 self.log(f"{tag}: failed, continuing without it: {e}")
-                self._save()
+                self.save()
                 continue
             done = [n for n in st.inputs + st.soft if records.get(n, {}).get("status") == "done"]
             key = stage_key(st.name, cfg, {n: records[n]["outputs"] for n in done})
@@ -197,7 +199,7 @@ class Pipeline:
             elif rec.get("status") == "running":
                 self.log(f"{tag}: resuming an interrupted run")
             records[st.name] = {"key": key, "status": "running", "config": cfg, "folder": st.folder}
-            self._save()
+            self.save()
             self.log(f"{tag}: running")
             t0 = time.perf_counter()
             try:
@@ -209,14 +211,14 @@ class Pipeline:
                 records[st.name] = {"key": key, "status": "failed", "reason": str(e), "config": cfg,
                                     "folder": st.folder}
                 self.log(f"{tag}: failed, continuing without it: {e}")
-                self._save()
+                self.save()
                 continue
             records[st.name] = {
                 "key": key, "status": "done", "config": cfg, "folder": st.folder, "outputs": tree_hash(folder),
                 "seconds": round(time.perf_counter() - t0, 1),
                 "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             }
-            self._save()
+            self.save()
             self.log(f"{tag}: done in {records[st.name]['seconds']:.0f} s")
         return self.state
 
@@ -250,6 +252,9 @@ def reproduce(cfg: ReproduceConfig, progress: bool = True) -> Path:
     plan["circuit_depth"] = max(1, min(plan["circuit_depth"], plan["main_layer"]))
     upstream = {plan["main_layer"] - i for i in range(1, plan["circuit_depth"] + 1)}
     plan["resid_layers"] = sorted(set(plan["resid_layers"]) | upstream | {plan["main_layer"], plan["ioi_layer"]})
+    if not set(plan["calibration_layers_resid"]) <= set(plan["resid_layers"]):
+        raise SaexError(f"calibration_layers_resid {plan['calibration_layers_resid']} must be residual layers of "
+                        f"the plan {plan['resid_layers']} (or [] to calibrate every one)")
     bad = [L for L in plan["resid_layers"] + plan["mlp_layers"] if not 0 <= L < info["n_layers"]]
     if bad:
         raise SaexError(f"layers {bad} are out of range: {cfg.model} has layers 0..{info['n_layers'] - 1}")
@@ -269,7 +274,14 @@ def reproduce(cfg: ReproduceConfig, progress: bool = True) -> Path:
         print("stages: " + ", ".join(s.name for s in stages))
         return root
     t0 = time.perf_counter()
-    state = Pipeline(root, header, stages, log=lambda m: print(m, file=sys.stderr, flush=True)).run()
+    pipeline = Pipeline(root, header, stages, log=lambda m: print(m, file=sys.stderr, flush=True))
+    state = pipeline.run()
+    # the α each hook's calibration chose, beside the plan's target L0s
+    state["calibrated"] = {p.parent.name: json.loads(p.read_text())["chosen"]
+                           for p in sorted((root / "calibrate").glob("*/calibration.json"))}
+    pipeline.save()
+    for hook, chosen in state["calibrated"].items():
+        print(f"{hook}: α " + ", ".join(f"{c['alpha']:.3g} (target L0 {c['target_l0']:g})" for c in chosen))
     failed = {n: r.get("reason") for n, r in state["stages"].items() if r.get("status") in ("failed", "not run")}
     for n, why in failed.items():
         print(f"note: stage {n} did not run: {why}")

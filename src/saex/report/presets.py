@@ -13,11 +13,18 @@ import math
 
 from saex.errors import SaexError
 
-PRESETS = ("quick", "paper")
+PRESETS = ("quick", "standard", "paper")
 
-# The paper's choices (paper-spec §1.4, §3.3, App. E): α = 8.6e-4 residual, 3.2e-4 MLP; R = 2 for Fig. 2.
+# The paper's choices (paper-spec §1.4, §3.3, App. E): α = 8.6e-4 residual, 3.2e-4 MLP, chosen on Pythia-70M.
+# They are not reused as numbers: the L0 an α buys differs by model and hook (8.6e-4 gives L0 ≈ 146 on
+# SmolLM2-135M layer 6), so every preset calibrates α per hook for target L0s (``saex calibrate``).
 PAPER_ALPHA_RESID = 8.6e-4
 PAPER_ALPHA_MLP = 3.2e-4
+# Geometric α grids for the calibration sweeps, bracketing L0 ≈ 10-100 under mean_norm scaling on the models
+# tried (SmolLM2-135M layer 6, R = 1, 3000 steps: α 2e-3 → L0 42, 3.32e-3 → 20, 4.51e-3 → 13); targets outside
+# are extrapolated (at most 10× beyond the grid, and flagged).
+GRID_RESID = [1.5e-3, 3e-3, 6e-3]
+GRID_MLP = [1e-4, 4e-4, 1.6e-3]
 
 
 def _layers(n_layers: int, count: int) -> list[int]:
@@ -31,7 +38,10 @@ def plan(preset: str, n_layers: int) -> dict:
     """The concrete study for a model with ``n_layers`` blocks: every number a stage needs.
 
     ``main_layer`` is where Fig. 4's prompt search, the R sweep (Fig. 8) and the dashboard run; the layer
-    before it is also harvested so that a Fig. 5 circuit has an upstream dictionary.
+    before it is also harvested so that a Fig. 5 circuit has an upstream dictionary. Sparsity is given as
+    target L0s, turned into α per hook by a calibration stage: ``target_l0_resid`` is the α sweep at the main
+    and IOI layers (at the main R), ``target_l0_resid_other`` at the other residual layers, ``extra_alphas_*``
+    are added as they are (α = 0, the dense control). Training budgets are optimiser steps.
     """
     if preset not in PRESETS:
         raise SaexError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -41,85 +51,150 @@ def plan(preset: str, n_layers: int) -> dict:
     # About a fifth of the way in: Pythia-70M's apostrophe feature sits at layer 4 of 6 but the early-middle
     # layers of a deeper model are where the paper's autointerp advantage is largest (Fig. 2).
     main = max(1, round(0.2 * (n_layers - 1)))
+    common = {
+        "main_layer": main,
+        # the main SAE: L0 ≈ 35 keeps ≤ 1% of features dense and most of the model's loss (measured: R = 4 at
+        # L0 22 recovers 88% of the CE, at L0 46 has 1.0% of its features on > 10% of tokens)
+        "main_target_l0_resid": 35.0,
+        "main_target_l0_mlp": 35.0,
+        "calibration_grid_resid": GRID_RESID,
+        "calibration_grid_mlp": GRID_MLP,
+        # Calibrated at R = 1 for the full step budget: L0 at a given α hardly depends on R (SmolLM2 layer 6,
+        # 3000 steps: α 3.32e-3 gives L0 20.1 at R = 1, 21.5 at R = 2, 22.0 at R = 4) but keeps falling with
+        # steps (at R = 4 the same α gives 32 after 1000 steps), so steps are kept and width is saved.
+        "calibration_ratio": 1.0,
+        "calibration_batch": 128,
+        "calibration_layers_resid": [],
+        "fragment_length": 64,
+        "case_top": 3,
+        "case_max_density": 0.05,
+        "dashboard_features": 0,
+    }
     if preset == "quick":
-        return {
+        # Budgeted for `make demo` (< 15 minutes with setup on 2 cores). Measured on SmolLM2-135M layer 6,
+        # R = 4 (docs/training.md, "Budgets"): at equal inputs more, smaller steps converge further (3000 steps
+        # of 128: FVU 0.149 at L0 24.5; 2000 of 256: 0.157 at 25.7; 1500 of 512: 0.163 at 27.0), and every run
+        # ends with L0 and loss flat over its last fifth. The MLP dictionaries (d_mlp wide, untied) would cost
+        # as much again: they are in the standard preset.
+        return common | {
             "preset": "quick",
             "resid_layers": [main - 1, main],
-            "mlp_layers": [main],
-            "main_layer": main,
+            "mlp_layers": [],
             "ioi_layer": main,
-            "alphas_resid": [1e-4, PAPER_ALPHA_RESID, 3e-3],
-            "alphas_mlp": [1e-4, PAPER_ALPHA_MLP, 1e-3],
-            "ratios_resid": [1.0, 2.0, 4.0],
+            # one calibration for both residual layers (measured: the same α gives L0 20.5 at layer 5 and 22.0
+            # at layer 6 under mean_norm); the standard preset calibrates every hook
+            "calibration_layers_resid": [main],
+            "target_l0_resid": [15.0, 35.0],
+            "target_l0_resid_other": [35.0],
+            "target_l0_mlp": [35.0],
+            "extra_alphas_resid": [],
+            "extra_alphas_mlp": [],
+            "ratios_resid": [2.0, 4.0],
             "ratios_mlp": [1.0],
-            "main_ratio": 2.0,
+            "main_ratio": 4.0,
             "main_ratio_mlp": 1.0,
-            "main_alpha_resid": PAPER_ALPHA_RESID,
-            "main_alpha_mlp": PAPER_ALPHA_MLP,
-            "tokens": 150_000,
+            "train_steps": 3000,
+            "train_batch": 128,
+            "tokens": 100_000,
             "heldout_tokens": 60_000,
             "context_length": 128,
-            "train_batch": 1024,
             "eval_tokens": 30_000,
             "eval_contexts": 8,
             "ica_rows": 8192,
             "ica_max_iter": 100,
-            "fragment_length": 64,
             "fragments": 1500,
             "interpret_features": 60,
             "ioi_prompts": 6,
             "ioi_mode": "quick",
-            "case_top": 3,
-            "case_max_density": 0.05,
             "circuit_depth": 1,
-            "dashboard_features": 0,
+        }
+    # Pythia-410M layer 11 of 24 for Fig. 3.
+    ioi = round(11 / 23 * (n_layers - 1))
+    if preset == "standard":
+        # The paper's study at a scale 2 CPU cores finish in about two hours: ≥ 4 residual layers for Fig. 2's
+        # trend, α = 0 and 5 sparsity levels, R < 1, ≥ 1M held-out tokens, IOI at a mid layer on 20 prompts,
+        # 150 features scored per method.
+        resid = sorted(set(_layers(max(2, ioi + 1), 4)) | {main - 1, main, ioi})
+        return common | {
+            "preset": "standard",
+            "resid_layers": resid,
+            "mlp_layers": [main],
+            "ioi_layer": ioi,
+            "target_l0_resid": [10.0, 20.0, 35.0, 70.0, 140.0],
+            "target_l0_resid_other": [35.0],
+            "target_l0_mlp": [15.0, 35.0, 70.0],
+            "extra_alphas_resid": [0.0],
+            "extra_alphas_mlp": [0.0],
+            "ratios_resid": [0.5, 1.0, 2.0, 4.0],
+            "ratios_mlp": [1.0],
+            "main_ratio": 4.0,
+            "main_ratio_mlp": 1.0,
+            "train_steps": 3000,
+            "train_batch": 128,
+            "tokens": 300_000,
+            "heldout_tokens": 1_000_000,
+            "context_length": 128,
+            "eval_tokens": 0,
+            "eval_contexts": 32,
+            "ica_rows": 16_384,
+            "ica_max_iter": 200,
+            "fragments": 8000,
+            "interpret_features": 150,
+            "ioi_prompts": 20,
+            "ioi_mode": "quick",
+            "circuit_depth": 1,
         }
     resid = _layers(n_layers, 6)
     if main - 1 not in resid:
         resid = sorted(set(resid) | {main - 1, main})
-    return {
+    return common | {
         "preset": "paper",
         "resid_layers": resid,
         "mlp_layers": _layers(n_layers, 6),
-        "main_layer": main,
-        # Pythia-410M layer 11 of 24 for Fig. 3.
-        "ioi_layer": round(11 / 23 * (n_layers - 1)),
-        # The code's sweep (paper-spec §8.3) around the paper's α, and its R series (Fig. 8).
-        "alphas_resid": [0.0, 1e-4, 3e-4, PAPER_ALPHA_RESID, 2e-3, 5e-3],
-        "alphas_mlp": [0.0, 1e-4, PAPER_ALPHA_MLP, 1e-3, 3e-3],
+        "ioi_layer": ioi,
+        # The code's sweep spans two decades of α (paper-spec §8.3): here six sparsity levels over the L0 range
+        # that spans, and its R series (Fig. 8).
+        "target_l0_resid": [5.0, 10.0, 20.0, 40.0, 80.0, 160.0],
+        "target_l0_resid_other": [10.0, 30.0, 100.0],
+        "target_l0_mlp": [10.0, 30.0, 100.0],
+        "extra_alphas_resid": [0.0],
+        "extra_alphas_mlp": [0.0],
         "ratios_resid": [0.5, 1.0, 2.0, 4.0, 8.0],
         "ratios_mlp": [1.0, 2.0],
         "main_ratio": 2.0,
         "main_ratio_mlp": 1.0,
-        "main_alpha_resid": PAPER_ALPHA_RESID,
-        "main_alpha_mlp": PAPER_ALPHA_MLP,
-        "tokens": 20_000_000,
-        "heldout_tokens": 2_000_000,
-        "context_length": 256,
+        # the paper: 5-50M activations, 1-3 epochs, batch 2048 (≈ 10k steps)
+        "train_steps": 10_000,
         "train_batch": 2048,
+        "tokens": 20_000_000,
+        "heldout_tokens": 10_000_000,
+        "context_length": 256,
         "eval_tokens": 0,
         "eval_contexts": 256,
         "ica_rows": 65_536,
         "ica_max_iter": 200,
-        "fragment_length": 64,
         "fragments": 50_000,
         "interpret_features": 150,
         "ioi_prompts": 50,
         "ioi_mode": "quick",
-        "case_top": 3,
-        "case_max_density": 0.05,
         "circuit_depth": 2,
-        "dashboard_features": 0,
     }
+
+
+def sweep_targets(p: dict, hook_kind: str, layer: int) -> list[float]:
+    """The target L0s trained at one hook: the α sweep at the main and IOI layers, fewer elsewhere."""
+    if hook_kind == "mlp":
+        return p["target_l0_mlp"]
+    return p["target_l0_resid"] if layer in (p["main_layer"], p["ioi_layer"]) else p["target_l0_resid_other"]
 
 
 def estimate_seconds(p: dict, n_params_per_layer: float, d_model: int, d_mlp: int, vocab: int,
                      gflops: float) -> dict[str, float]:
     """Rough time of each stage from FLOP counts and a measured fp32 matmul rate (``gflops``).
 
-    An estimate, not a measurement. The efficiency factors were fitted once to the quick preset on SmolLM2-135M
-    on 2 CPU cores (where they reproduce the measured stage times within about 30%); other shapes and machines
-    will differ.
+    An estimate, not a measurement. The efficiency factors were fitted to the quick preset on SmolLM2-135M
+    on 2 CPU cores (docs/report.md gives the measured stage times beside the estimates); other shapes and
+    machines will differ.
     """
     rate = gflops * 1e9
     depth = max(p["resid_layers"] + p["mlp_layers"]) + 1
@@ -127,24 +202,42 @@ def estimate_seconds(p: dict, n_params_per_layer: float, d_model: int, d_mlp: in
     hooks = len(p["resid_layers"]) + len(p["mlp_layers"])
     out = {"harvest": 2 * n_params_per_layer * depth * tokens / (0.7 * rate)}
 
-    def train_flops(d: int, ratios, alphas) -> float:
-        # Forward + backward of a tied/untied SAE: about 6 matmuls of B·d·F per step.
-        return sum(6 * 2 * d * r * d for r in ratios) * len(alphas) * p["tokens"]
+    def sae_flops(d: int, ratios, members: int, steps: int, batch: int) -> float:
+        # A training step costs about 3 matmuls of B·d·F once codes are sparse (the first ~10% of steps,
+        # dense, cost 5): forward, and the sparse products and Adam that scale like one or two more.
+        return sum(3 * 2 * batch * d * r * d for r in ratios) * members * steps
 
-    # The R sweep runs at the main layer only; the other residual layers train the main R.
-    train = train_flops(d_model, p["ratios_resid"], p["alphas_resid"])
-    train += (len(p["resid_layers"]) - 1) * train_flops(d_model, [p["main_ratio"]], p["alphas_resid"])
-    train += len(p["mlp_layers"]) * train_flops(d_mlp, p["ratios_mlp"], p["alphas_mlp"])
-    out["train"] = train / rate
+    steps, batch = p["train_steps"], p["train_batch"]
+    train = calib = 0.0
+    for L in p["resid_layers"]:
+        members = len(set(sweep_targets(p, "resid", L)) | {p["main_target_l0_resid"]}) + len(p["extra_alphas_resid"])
+        ratios = [p["main_ratio"]]
+        train += sae_flops(d_model, ratios, members, steps, batch)
+        if L == p["main_layer"]:  # the R sweep at the main α
+            train += sae_flops(d_model, [r for r in p["ratios_resid"] if r != p["main_ratio"]], 1, steps, batch)
+        if L in (p["calibration_layers_resid"] or p["resid_layers"]):
+            calib += sae_flops(d_model, [p["calibration_ratio"]], len(p["calibration_grid_resid"]), steps,
+                               p["calibration_batch"])
+    for _ in p["mlp_layers"]:
+        members = len(set(p["target_l0_mlp"]) | {p["main_target_l0_mlp"]}) + len(p["extra_alphas_mlp"])
+        # untied: a second matrix in every product
+        train += 2 * sae_flops(d_mlp, p["ratios_mlp"], members, steps, batch)
+        calib += 2 * sae_flops(d_mlp, [p["calibration_ratio"]], len(p["calibration_grid_mlp"]), steps,
+                               p["calibration_batch"])
+    # small batches run well below the matmul peak (per-step overheads, Adam over every parameter)
+    out["calibrate"] = calib / (0.25 * rate)
+    out["train"] = train / (0.4 * rate)
     # FastICA: iterations × rows × d² multiply-adds a few times over, per residual layer (PCA is cheap).
     out["baselines"] = len(p["resid_layers"]) * 24 * p["ica_max_iter"] * p["ica_rows"] * d_model ** 2 / rate
     n_model = n_params_per_layer * depth + 2 * vocab * d_model
-    n_dicts = len(p["alphas_resid"]) * (len(p["ratios_resid"]) + len(p["resid_layers"]) - 1) + 6 * hooks
+    n_dicts = (len(p["target_l0_resid"]) + len(p["extra_alphas_resid"]) + len(p["ratios_resid"])
+               + (len(p["resid_layers"]) - 1) * (len(p["target_l0_resid_other"]) + 1) + 6 * hooks)
     eval_tokens = p["eval_contexts"] * p["context_length"]
     out["eval"] = (n_dicts + 2 * hooks) * 2 * n_model * eval_tokens / (0.25 * rate)
     out["features"] = hooks * 8 * 2 * d_model * 4 * d_model * min(p["heldout_tokens"], 64 * p["fragments"]) / (
         0.5 * rate)
     # Quick mode: ~160 exact evaluations of ~20-token prompts per dictionary (the α sweep and 2 PCA variants).
-    out["ioi"] = (len(p["alphas_resid"]) + 2) * 160 * 2 * n_model * p["ioi_prompts"] * 20 / (0.75 * rate)
+    n_ioi = len(p["target_l0_resid"]) + len(p["extra_alphas_resid"]) + 2
+    out["ioi"] = n_ioi * 160 * 2 * n_model * p["ioi_prompts"] * 20 / (0.75 * rate)
     out["other"] = 0.1 * sum(out.values())  # autointerp (offline), case studies, dashboard, report
     return {k: math.ceil(v) for k, v in out.items()}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jinja2
 
-from saex.report import sec_autointerp, sec_causal, sec_eval
+from saex.report import sec_autointerp, sec_causal, sec_eval, sec_train
 from saex.report.claims import HELD, NOT_HELD, NOT_MEASURED
 from saex.report.collect import collect
 from saex.report.results import build_results
@@ -27,15 +27,15 @@ from saex.store.files import write_json_atomic, write_text_atomic
 
 # (section ids, builder) in paper order; fig2_9_18 and fig4_5 build several sections at once.
 BUILDERS = [
-    (("run",), sec_eval.overview), (("table1",), sec_autointerp.table1),
+    (("run",), sec_eval.overview), (("train",), sec_train.training), (("table1",), sec_autointerp.table1),
     (("fig2", "fig9", "fig18"), sec_autointerp.fig2_9_18), (("fig3",), sec_causal.fig3),
     (("fig4", "fig5"), sec_causal.fig4_5), (("fig6",), sec_eval.fig6_7), (("fig8",), sec_autointerp.fig8),
     (("fig10",), sec_autointerp.fig10), (("fig16",), sec_eval.fig16), (("table2",), sec_autointerp.table2),
     (("ppl",), sec_eval.perplexity),
 ]
-ORDER = ["run", "table1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig8", "fig9", "fig10", "fig16", "fig18", "table2",
+ORDER = ["run", "train", "table1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig8", "fig9", "fig10", "fig16", "fig18", "table2",
          "ppl"]
-FALLBACK_TITLES = {"run": "This reproduction", "table1": "Table 1", "fig2": "Figure 2", "fig3": "Figure 3",
+FALLBACK_TITLES = {"run": "This reproduction", "train": "Training", "table1": "Table 1", "fig2": "Figure 2", "fig3": "Figure 3",
                    "fig4": "Figure 4", "fig5": "Figure 5", "fig6": "Figures 6/7", "fig8": "Figure 8",
                    "fig9": "Figure 9", "fig10": "Figure 10", "fig16": "Figure 16", "fig18": "Figure 18",
                    "table2": "Table 2", "ppl": "Spliced perplexity (§6.2)"}

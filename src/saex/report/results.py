@@ -66,7 +66,7 @@ def build_results(run: Run, extra: dict, claims: list[dict]) -> dict:
                      "hashes": store.get("hashes") or {}} if store or run.reproduce else None,
            "main_sae": main_saes(run),
            "autointerp": autointerp(run)}
-    for key in ("table1", "table2", "ioi", "case_study"):
+    for key in ("training", "table1", "table2", "ioi", "case_study"):
         out[key] = extra.get(key)
     if out["ioi"]:
         out["ioi"]["stage_keys"] = stage_keys(run, ("harvest", "train", "ioi"))

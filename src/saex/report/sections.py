@@ -100,12 +100,18 @@ def differences(run: Run, *, ioi: bool = False, scorer: str | None = None, hooks
                        f"at {', '.join(hs)}; the paper: {paper}"
                        + (" at layers 0-5." if kind == "resid" else " at MLP layers 0-5."))
     cfg = run.config
-    for label, a_key, r_key in (("residual", "alphas_resid", "ratios_resid"), ("MLP", "alphas_mlp", "ratios_mlp")):
-        alphas, ratios = cfg.get(a_key) or cfg.get("alphas"), cfg.get(r_key) or cfg.get("ratios")
-        if alphas or ratios:
-            a_text, r_text = ", ".join(f"{a:g}" for a in alphas or []), ", ".join(f"{r:g}" for r in ratios or [])
-            out.append(f"{label} sweep: α ∈ {{{a_text}}}, R ∈ {{{r_text}}}; the paper: α ∈ logspace(−4, −2, 16) "
-                       "with 8.6e-4 (residual) and 3.2e-4 (MLP), R ∈ {0.5, 1, 2, 4, 8, 16, 32}.")
+    for label, kind in (("residual", "resid"), ("MLP", "mlp")):
+        targets, ratios = cfg.get(f"target_l0_{kind}"), cfg.get(f"ratios_{kind}")
+        extra = cfg.get(f"extra_alphas_{kind}") or []
+        if targets or ratios:
+            t_text, r_text = ", ".join(f"{t:g}" for t in targets or []), ", ".join(f"{r:g}" for r in ratios or [])
+            out.append(f"{label} sweep: α calibrated per hook for target L0 ∈ {{{t_text}}}"
+                       + (f" plus α ∈ {{{', '.join(f'{a:g}' for a in extra)}}}" if extra else "")
+                       + f", R ∈ {{{r_text}}}; the paper: α ∈ logspace(−4, −2, 16) with 8.6e-4 (residual) and 3.2e-4 "
+                       "(MLP), R ∈ {0.5, 1, 2, 4, 8, 16, 32}.")
+    if cfg.get("train_steps"):
+        out.append(f"Training: {cfg['train_steps']:,} Adam steps of {cfg.get('train_batch')} activations per "
+                   "dictionary, learning rate decayed over the last 20%; the paper: 5-50M activations, 1-3 epochs.")
     if scorer is not None:
         if scorer.startswith("offline"):
             out.append(f"Autointerp scorer: {scorer}, the offline token/bigram table. Its scores measure how well "

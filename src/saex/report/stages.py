@@ -1,7 +1,7 @@
 """The stages of ``saex reproduce`` (see pipeline.py), each a saex command run in-process on the run folder.
 
 The folder layout they write is the report's input (``docs/report.md``):
-``acts/``, ``dicts/<hook>/``, ``baselines/<hook>/``, ``eval/<hook>/``, ``features/<hook>/``,
+``acts/``, ``calibrate/<hook>/``, ``dicts/<hook>/``, ``baselines/<hook>/``, ``eval/<hook>/``, ``features/<hook>/``,
 ``interpret/<hook>/``, ``ioi/``, ``case_studies/``, ``dashboard/``, ``report/``.
 """
 
@@ -16,6 +16,7 @@ import torch
 
 from saex.errors import SaexError
 from saex.report.pipeline import ReproduceConfig, Stage, _abs, _rel, stage_config
+from saex.report.presets import sweep_targets
 
 
 def describe_model(name: str) -> dict:
@@ -58,6 +59,20 @@ def member(folder: Path, ratio: float, alpha: float) -> Path:
     raise SaexError(f"no dictionary with R={ratio:g}, α={alpha:g} in {folder}; it has (R, α) = {found}")
 
 
+def calibrated_alphas(folder: Path) -> dict[float, float]:
+    """target L0 -> α, from a calibration stage's output."""
+    from saex.train.calibrate import RESULT
+
+    path = folder / RESULT
+    if not path.is_file():
+        raise SaexError(f"{folder} holds no {RESULT}; the calibration stage has not run")
+    return {float(c["target_l0"]): float(c["alpha"]) for c in json.loads(path.read_text())["chosen"]}
+
+
+def hook_layer(hook: str) -> int:
+    return int(hook.split(".")[1])
+
+
 def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -> list[Stage]:
     from saex.baselines import BaselinesConfig, build_baselines
     from saex.causal.run import IOIConfig, run_ioi
@@ -65,6 +80,7 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
     from saex.features.build import FeaturesConfig, build_features
     from saex.harvest import HarvestConfig, harvest
     from saex.interpret.run import InterpretConfig, interpret
+    from saex.train.calibrate import CalibrateConfig, calibrate
     from saex.train.config import TrainConfig
     from saex.train.trainer import train
 
@@ -79,29 +95,57 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
                             lambda c: run(_abs(c, root)), optional, tuple(soft)))
 
     def sweep(hook: str) -> dict:
-        is_mlp = hook.endswith("mlp.hook_post")
-        ratios = plan["ratios_mlp"] if is_mlp else (plan["ratios_resid"] if hook == main else [plan["main_ratio"]])
-        return {"arch": "untied_l1" if is_mlp else "tied_l1", "ratios": ratios,
-                "alphas": plan["alphas_mlp"] if is_mlp else plan["alphas_resid"],
-                "main_ratio": plan["main_ratio_mlp"] if is_mlp else plan["main_ratio"],
-                "main_alpha": plan["main_alpha_mlp"] if is_mlp else plan["main_alpha_resid"]}
+        """What trains at a hook; its α come from the hook's calibration (read when the stage is reached)."""
+        kind = "mlp" if hook.endswith("mlp.hook_post") else "resid"
+        ratios = plan["ratios_mlp"] if kind == "mlp" else (plan["ratios_resid"] if hook == main else [plan["main_ratio"]])
+        main_target = plan[f"main_target_l0_{kind}"]
+        targets = sorted(set(sweep_targets(plan, kind, hook_layer(hook))) | {main_target})
+        return {"arch": "untied_l1" if kind == "mlp" else "tied_l1", "ratios": ratios, "targets": targets,
+                "main_target": main_target, "extra_alphas": plan[f"extra_alphas_{kind}"],
+                "grid": plan[f"calibration_grid_{kind}"], "calibrated_at": calibrated_at(hook),
+                "main_ratio": plan["main_ratio_mlp"] if kind == "mlp" else plan["main_ratio"]}
+
+    def calibrated_at(hook: str) -> str:
+        """The hook whose calibration gives this hook its α: itself, or for a residual hook when the plan
+        calibrates only some residual layers, the nearest of those."""
+        layers = plan["calibration_layers_resid"]
+        if hook.endswith("mlp.hook_post") or not layers:
+            return hook
+        return resid_hook(min(layers, key=lambda L: (abs(L - hook_layer(hook)), L)))
+
+    def alphas(hook: str) -> tuple[list[float], float]:
+        """(every α trained at the hook, the main α): the calibrated α of each target, plus the extra ones."""
+        s = sweep(hook)
+        chosen = calibrated_alphas(root / "calibrate" / s["calibrated_at"])
+        a = sorted(set(s["extra_alphas"]) | {chosen[t] for t in s["targets"]})
+        return a, chosen[s["main_target"]]
 
     def main_dict(hook: str) -> Path:
-        s = sweep(hook)
-        return member(root / "dicts" / hook, s["main_ratio"], s["main_alpha"])
+        return member(root / "dicts" / hook, sweep(hook)["main_ratio"], alphas(hook)[1])
 
     add("harvest", "acts", (),
         lambda: HarvestConfig(out=str(acts), model=cfg.model, corpus=cfg.corpus, hooks=",".join(hooks),
                               tokens=plan["tokens"], heldout_tokens=plan["heldout_tokens"],
                               context_length=plan["context_length"]),
         lambda c: harvest(HarvestConfig(**c), progress=progress))
+    for hook in [h for h in hooks if sweep(h)["calibrated_at"] == h]:
+        # α for the target L0s of every hook calibrated here (saex calibrate: the training's steps, R = 1)
+        targets = sorted({t for h in hooks if sweep(h)["calibrated_at"] == hook for t in sweep(h)["targets"]})
+        s = sweep(hook)
+        add(f"calibrate:{hook}", f"calibrate/{hook}", ("harvest",),
+            lambda hook=hook, s=s, targets=targets: CalibrateConfig(
+                acts=str(acts), hook=hook, out=str(root / "calibrate" / hook),
+                target_l0=",".join(f"{t:g}" for t in targets), grid=",".join(f"{a:g}" for a in s["grid"]),
+                arch=s["arch"], ratio=plan["calibration_ratio"], steps=plan["train_steps"],
+                batch_size=plan["calibration_batch"], eval_tokens=4096),
+            lambda c: calibrate(CalibrateConfig(**c), progress=progress))
     for hook in hooks:
         s = sweep(hook)
-        add(f"train:{hook}", f"dicts/{hook}", ("harvest",),
+        add(f"train:{hook}", f"dicts/{hook}", ("harvest", f"calibrate:{s['calibrated_at']}"),
             lambda hook=hook, s=s: TrainConfig(
                 acts=str(acts), hook=hook, out=str(root / "dicts" / hook), arch=s["arch"],
-                ratio=",".join(f"{r:g}" for r in s["ratios"]), alpha=",".join(f"{a:g}" for a in s["alphas"]),
-                steps=max(1, plan["tokens"] // plan["train_batch"]), batch_size=plan["train_batch"], normalize="mean_norm", eval_every=50),
+                ratio=",".join(f"{r:g}" for r in s["ratios"]), alpha=",".join(f"{a:g}" for a in alphas(hook)[0]),
+                steps=plan["train_steps"], batch_size=plan["train_batch"], normalize="mean_norm", eval_tokens=4096),
             lambda c: train(TrainConfig(**c), progress=progress))
     for hook in hooks:
         mlp = hook.endswith("mlp.hook_post")
@@ -125,7 +169,7 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
         def features_cfg(hook=hook):
             s = sweep(hook)
             # The main dictionary, and at the main layer every R at the main α (the Fig. 8 series).
-            chosen = [member(root / "dicts" / hook, r, s["main_alpha"]) for r in s["ratios"]]
+            chosen = [member(root / "dicts" / hook, r, alphas(hook)[1]) for r in s["ratios"]]
             chosen = [main_dict(hook)] + [p for p in chosen if p != main_dict(hook)]
             return FeaturesConfig(acts=str(acts), dicts=",".join(map(str, chosen + [root / "baselines" / hook])),
                                   out=str(root / "features" / hook), fragments=plan["fragments"],
@@ -146,7 +190,7 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
     def ioi_cfg():
         # Fig. 3: the α sweep at the main R, against PCA.
         s = sweep(ioi_hook)
-        dicts = [member(root / "dicts" / ioi_hook, s["main_ratio"], a) for a in s["alphas"]]
+        dicts = [member(root / "dicts" / ioi_hook, s["main_ratio"], a) for a in alphas(ioi_hook)[0]]
         return IOIConfig(model=cfg.model, dicts=",".join(map(str, dicts)), layers=str(plan["ioi_layer"]),
                          baselines="pca", acts=str(acts), prompts=plan["ioi_prompts"], mode=plan["ioi_mode"],
                          out=str(root / "ioi"))
