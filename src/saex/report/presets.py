@@ -21,10 +21,11 @@ PRESETS = ("quick", "standard", "paper")
 PAPER_ALPHA_RESID = 8.6e-4
 PAPER_ALPHA_MLP = 3.2e-4
 # Geometric α grids for the calibration sweeps, bracketing L0 ≈ 10-100 under mean_norm scaling on the models
-# tried (SmolLM2-135M layer 6, R = 1, 3000 steps: α 2e-3 → L0 42, 3.32e-3 → 20, 4.51e-3 → 13); targets outside
-# are extrapolated (at most 10× beyond the grid, and flagged).
+# tried (SmolLM2-135M layer 6, R = 1, 3000 steps: α 2e-3 → L0 42, 3.32e-3 → 20, 4.51e-3 → 13; the layer-6 MLP
+# neurons, untied, 1000 steps: 4e-4 → 620, 1.6e-3 → 48); targets outside are extrapolated (at most 10× beyond
+# the grid, and flagged).
 GRID_RESID = [1.5e-3, 3e-3, 6e-3]
-GRID_MLP = [1e-4, 4e-4, 1.6e-3]
+GRID_MLP = [8e-4, 1.6e-3, 3.2e-3]
 
 
 def _layers(n_layers: int, count: int) -> list[int]:
