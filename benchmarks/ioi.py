@@ -34,7 +34,7 @@ under keys named ``extrapolated`` / ``predicted``.
 
 The dictionary: ``--dict FOLDER``, or a real one made here (harvest ``--harvest-tokens`` of
 ``blocks.{L}.hook_resid_post`` from the default corpus, train a tied_l1 SAE with R = 4, alpha 8.6e-4,
-mean_norm scaling, ``--train-tokens`` inputs) in a temp folder, or under ``--work`` where it is reused by
+mean_norm scaling, ``--train-steps`` steps of 1024 inputs) in a temp folder, or under ``--work`` where it is reused by
 later runs. Its time is printed and saved but is no part of any ratio.
 
     .venv/bin/python benchmarks/ioi.py --threads 1                     # 50 prompts; ~20 min with the dictionary
@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="folder for the harvested store and the trained dictionary, reused when it already holds "
                         "them (default: a temp folder, deleted at the end)")
     p.add_argument("--harvest-tokens", type=int, default=None, help="default 100,000; quick 32,768")
-    p.add_argument("--train-tokens", type=int, default=None, help="default 200,000; quick 65,536")
+    p.add_argument("--train-steps", type=int, default=None, help="optimiser steps of 1024 inputs; default 1000, quick 200")
     p.add_argument("--ratio", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=8.6e-4)
     p.add_argument("--prompts", type=int, default=None, help="IOI prompts for the timing (default 50; quick 10)")
@@ -107,9 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default=None)
     p.add_argument("--quick", action="store_true", help="10 prompts, a smaller dictionary, 2 rounds")
     a = p.parse_args(argv)
-    quick = {"harvest_tokens": 32_768, "train_tokens": 65_536, "prompts": 10, "greedy_prompts": 10,
+    quick = {"harvest_tokens": 32_768, "train_steps": 200, "prompts": 10, "greedy_prompts": 10,
              "max_greedy_s": 120.0, "naive_per_round": 2, "per_round": 8, "repeats": 2}
-    full = {"harvest_tokens": 100_000, "train_tokens": 200_000, "prompts": 50, "greedy_prompts": 50,
+    full = {"harvest_tokens": 100_000, "train_steps": 1000, "prompts": 50, "greedy_prompts": 50,
             "max_greedy_s": 900.0, "naive_per_round": 4, "per_round": 8, "repeats": 5}
     for k, v in (quick if a.quick else full).items():
         if getattr(a, k) is None:
@@ -136,7 +136,7 @@ def get_dictionary(a) -> tuple[object, dict]:
         t1 = time.perf_counter()
         out = train(TrainConfig(acts=str(work / "acts"), hook=a.hook, out=str(work / "dicts"), arch="tied_l1",
                                 ratio=f"{a.ratio:g}", alpha=f"{a.alpha:g}", normalize="mean_norm",
-                                tokens=a.train_tokens, eval_every=0, seed=a.seed), progress=False)
+                                steps=a.train_steps, eval_every=0, seed=a.seed), progress=False)
         t2 = time.perf_counter()
         (name, folder), = find_dictionaries(str(out)).items()
         d = load_dictionary(folder)
@@ -144,7 +144,7 @@ def get_dictionary(a) -> tuple[object, dict]:
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)
     info |= {"harvest_s": t1 - t0, "train_s": t2 - t1, "harvest_tokens": a.harvest_tokens,
-             "train_tokens": a.train_tokens, "name": name, "d_dict": d.d_dict,
+             "train_steps": a.train_steps, "name": name, "d_dict": d.d_dict,
              "note": "with --work, a store or dictionary already there is reused (then these times are short)"}
     print(f"dictionary {name}: harvest {info['harvest_s']:.0f} s, train {info['train_s']:.0f} s "
           f"({'temp folder, deleted' if not a.work else work})", flush=True)

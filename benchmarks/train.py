@@ -371,7 +371,7 @@ def run_trainer(acts: Path, hook: str, a, steps: int, tmp_root: Path) -> float:
 
     out = Path(tempfile.mkdtemp(dir=tmp_root, prefix="train-"))
     cfg = TrainConfig(acts=str(acts), hook=hook, out=str(out / "run"), arch="tied_l1", ratio=f"{a.ratio:g}",
-                      alpha=repr(a.alpha), tokens=steps * a.batch_size, batch_size=a.batch_size, lr=a.lr,
+                      alpha=repr(a.alpha), steps=steps, batch_size=a.batch_size, lr=a.lr,
                       normalize="mean_norm", eval_every=0, checkpoint_every=0, seed=a.seed)
     try:
         gc.collect()

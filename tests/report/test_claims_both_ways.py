@@ -298,25 +298,30 @@ def test_small_dictionaries_drop_topk_from_non_converged_k_source():
     assert c.verdict == HELD and "top-K baselines not compared" in c.detail
 
 
-def test_k_source_read_from_the_run_folder(tmp_path):
+def test_k_source_read_from_the_topk_baselines(tmp_path):
+    """saex baselines records, in each top-K baseline's metadata, the --k-from folder and that dictionary's
+    convergence verdict at the time; the report reads it from there."""
     from saex.report.collect import Run
     from saex.report.k_source import k_source_convergence
 
     hook = "blocks.1.hook_resid_post"
     run = Run(tmp_path)
     assert k_source_convergence(run, hook) is None  # no baselines
-    member = tmp_path / "dicts" / hook / "tied_l1_r2_a0.00086"
-    member.mkdir(parents=True)
-    (tmp_path / "baselines" / hook).mkdir(parents=True)
-    # k_from is recorded as an absolute path; the folder has since moved, so it is found under the run
-    (tmp_path / "baselines" / hook / "baselines.json").write_text(json.dumps(
-        {"config": {"k_from": "/elsewhere/dicts/" + hook + "/tied_l1_r2_a0.00086"}}))
-    (member / "cfg.json").write_text(json.dumps({"metadata": {}}))
-    assert k_source_convergence(run, hook) == {"dictionary": member.name, "converged": None, "reasons": []}
-    (tmp_path / "dicts" / hook / "run.json").write_text(json.dumps(
-        {"convergence": {member.name: {"converged": False, "reasons": ["loss still falling"]}}}))
-    assert k_source_convergence(run, hook)["converged"] is False
-    (member / "cfg.json").write_text(json.dumps({"metadata": {"convergence": {"converged": True, "reasons": []}}}))
-    assert k_source_convergence(run, hook) == {"dictionary": member.name, "converged": True, "reasons": []}
-    (tmp_path / "baselines" / hook / "baselines.json").write_text(json.dumps({"config": {"k": 5, "k_from": None}}))
+    folder = tmp_path / "baselines" / hook / "pca_topk"
+    folder.mkdir(parents=True)
+
+    def meta(**m):
+        (folder / "cfg.json").write_text(json.dumps({"metadata": {"baseline": "pca_topk", **m}}))
+
+    meta(k=5)
     assert k_source_convergence(run, hook) is None  # K given by hand
+    src = "/elsewhere/dicts/" + hook + "/tied_l1_r2_a0.00086"
+    meta(k=5, k_from=src, k_from_convergence=None)  # a dictionary trained before the check existed
+    assert k_source_convergence(run, hook) == {"dictionary": "tied_l1_r2_a0.00086", "converged": None, "reasons": []}
+    meta(k=5, k_from=src, k_from_convergence={"converged": False, "reasons": ["loss still falling"]})
+    assert k_source_convergence(run, hook) == {"dictionary": "tied_l1_r2_a0.00086", "converged": False,
+                                               "reasons": ["loss still falling"]}
+    meta(k=5, k_from=src, k_from_convergence={"converged": True, "reasons": []})
+    assert k_source_convergence(run, hook) == {"dictionary": "tied_l1_r2_a0.00086", "converged": True, "reasons": []}
+
+

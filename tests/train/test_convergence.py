@@ -109,3 +109,22 @@ def test_extrapolation_stays_within_a_factor_of_ten_of_the_grid():
 def test_interpolation_needs_two_distinct_l0(grid):
     with pytest.raises(SaexError):
         interpolate(grid, 10.0)
+
+
+def test_real_runs_old_quick_budget_fires_new_one_is_quiet():
+    """Held-out trajectories recorded from saex train on SmolLM2-135M layer 6 (tests/train/data): the quick
+    preset's old budget, 146 steps of 1024, is NOT converged; every dictionary of the new quick budget is."""
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parent / "data" / "smollm2_l6_metrics.json").read_text())
+    old = data["old_quick"]
+    for name, rows in old["dictionaries"].items():
+        v = convergence.assess(rows, old["steps"])
+        assert v["converged"] is False, (name, v)
+        # each criterion fires on its own: the loss still falling, and 76% of the features dense
+        assert v["loss_drop"] > convergence.MAX_LOSS_DROP and v["dense_fraction"] > 0.5
+    new = data["new_quick"]
+    assert len(new["dictionaries"]) == 4
+    for name, rows in new["dictionaries"].items():
+        v = convergence.assess(rows, new["steps"])
+        assert v["converged"] is True, (name, v)

@@ -43,7 +43,8 @@ def _series(run: Run) -> dict[str, list[dict]]:
                 out.setdefault(f"{hook} {r['kind']} R={float(r['ratio']):g}", []).append(
                     {"alpha": float(r["alpha"]), "ratio": float(r["ratio"]), "l0": r["metrics"]["l0"],
                      "fvu": r["metrics"]["fvu"], "alive_fraction": r["metrics"]["alive_fraction"],
-                     "alive": r["metrics"].get("alive"), "d_dict": r.get("d_dict"), "hook": hook})
+                     "alive": r["metrics"].get("alive"), "never_fired": r["metrics"].get("never_fired"),
+                     "n": r["metrics"].get("n_activations"), "d_dict": r.get("d_dict"), "hook": hook})
     for pts in out.values():
         pts.sort(key=lambda p: p["alpha"])
     return out
@@ -84,9 +85,12 @@ def fig16(run: Run, fig_dir: Path, results: dict) -> Section:
     if not series:
         s.claims = C.alive_claims({}, {})
         return not_run(s, "evaluation of trained dictionaries", run.stage_reason("eval"))
-    s.tables.append(Table("Alive features (saex eval)", ["dictionaries", "α", "alive", "fraction alive"],
+    s.tables.append(Table("Alive features (saex eval: alive = more than the threshold's activations on the "
+                          "held-out rows counted; never fired = none)",
+                          ["dictionaries", "α", "alive", "fraction alive", "never fired", "held-out rows"],
                           [[label, f"{p['alpha']:g}", f"{p['alive']} of {p['d_dict']}",
-                            fmt(p["alive_fraction"], "{:.1%}")] for label, pts in series.items() for p in pts]))
+                            fmt(p["alive_fraction"], "{:.1%}"), fmt(p.get("never_fired"), "{:d}"),
+                            fmt(p.get("n"), "{:,}")] for label, pts in series.items() for p in pts]))
     by_hook: dict[str, list[dict]] = {}
     for pts in series.values():
         for p in pts:
