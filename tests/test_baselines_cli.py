@@ -328,7 +328,7 @@ def test_fits_and_k_use_only_the_kept_rows(store, data, tmp_path, capsys):
     assert code == 0, err
     pca = SAE.load(tmp_path / "out" / "pca")
     assert pca.metadata["fit_rows"] == int(keep_train.sum()) == 3584
-    assert pca.metadata["row_filter"] == {"exclude_first": 1, "exclude_special_tokens": True}
+    assert pca.metadata["row_filter"] == {"exclude_first": 1, "exclude_special_tokens": True, "max_norm_ratio": 20.0}
     np.testing.assert_allclose(pca.b_dec_D.numpy(), X[keep_train].double().mean(0).numpy(), atol=1e-5)
     k = SAE.load(tmp_path / "out" / "pca_topk").k
     assert k == max(1, round(mean_l0(sae, H[keep_held])))

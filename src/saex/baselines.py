@@ -39,14 +39,14 @@ from saex.dictionaries.sae import CFG, SAE
 from saex.errors import SaexError
 from saex.evaluate.metrics import evaluate_batch
 from saex.store.files import check_output_folder, check_same_identity, write_json_atomic
-from saex.store.reader import ActivationStore, RowFilter, store_hash
+from saex.store.reader import ActivationStore, RowFilter, RowOptions, store_hash
 
 KINDS = ("neurons", "random", "pca", "pca_split", "pca_topk", "ica", "ica_topk")
 MARKER = "baselines.json"
 
 
 @dataclass
-class BaselinesConfig:
+class BaselinesConfig(RowOptions):
     """What ``saex baselines`` builds; saved in baselines.json and in every dictionary's metadata."""
 
     acts: str = "runs/acts"
@@ -75,11 +75,6 @@ class BaselinesConfig:
     """ICA: FastICA tolerance (scikit-learn's default, as the paper)."""
     seed: int = 0
     """Seed of the random directions, of the ICA row sample and of FastICA."""
-    exclude_first: int = 1
-    """Leave positions 0 .. exclude_first-1 of every context (attention sinks) out of the PCA / ICA fits and
-    of --k-from's L0, as saex train leaves them out of training; 0 keeps them."""
-    exclude_special_tokens: bool = True
-    """Leave separator / BOS tokens out likewise."""
 
 
 def parse_kinds(text: str) -> list[str]:
@@ -94,7 +89,7 @@ def _params(cfg: BaselinesConfig, kind: str, k: int | None) -> dict:
     """The options a kind depends on: a folder built with other values is not reused."""
     p = {"baseline": kind}
     if kind in ("pca", "pca_split", "pca_topk", "ica", "ica_topk"):
-        p["row_filter"] = asdict(_rows(cfg))
+        p["row_filter"] = asdict(RowFilter.of(cfg))
     if kind in ("pca", "pca_split", "pca_topk"):
         p["center"] = cfg.center
     if kind == "random":
@@ -106,16 +101,12 @@ def _params(cfg: BaselinesConfig, kind: str, k: int | None) -> dict:
     return p
 
 
-def _rows(cfg: BaselinesConfig) -> RowFilter:
-    return RowFilter(cfg.exclude_first, cfg.exclude_special_tokens)
-
-
 def measured_k(folder: str, store: ActivationStore, hook: str, n: int, rows: RowFilter) -> int:
     """Mean L0 of a dictionary on the first ``n`` held-out rows that ``rows`` keeps, rounded to an integer >= 1."""
     sae = SAE.load(folder)
     if sae.d_in != store.width(hook):
         raise SaexError(f"--k-from {folder} has d_in {sae.d_in}, but {hook} in the store has width {store.width(hook)}")
-    kept = store.kept_rows("heldout", rows)
+    kept = store.kept_rows("heldout", rows, hook)
     if len(kept) == 0:
         raise SaexError(f"the store {store.path} has no held-out rows to measure --k-from on")
     l0 = evaluate_batch(sae, store.rows("heldout", hook, kept[:n]))["l0"]
@@ -139,8 +130,8 @@ def build_baselines(cfg: BaselinesConfig, progress: bool = True) -> Path:
     if any(kd.endswith("_topk") for kd in kinds):
         if (cfg.k is None) == (cfg.k_from is None):
             raise SaexError("pca_topk and ica_topk need exactly one of --k N or --k-from DICTIONARY_FOLDER")
-        _rows(cfg).check(store.context_length)
-        k = cfg.k if cfg.k is not None else measured_k(cfg.k_from, store, cfg.hook, cfg.k_tokens, _rows(cfg))
+        RowFilter.of(cfg).check(store.context_length)
+        k = cfg.k if cfg.k is not None else measured_k(cfg.k_from, store, cfg.hook, cfg.k_tokens, RowFilter.of(cfg))
         if not 1 <= k <= d_in:
             source = "--k" if cfg.k is not None else f"--k-from {cfg.k_from} (its mean L0)"
             raise SaexError(f"{source} gives K = {k}; K must be between 1 and the width {d_in}")
@@ -171,8 +162,7 @@ def build_baselines(cfg: BaselinesConfig, progress: bool = True) -> Path:
         if "pca" not in fits:
             shards = range(len(store.shards("train")))
             it = tqdm(shards, desc="pca covariance", unit="shard", disable=not progress)
-            fits["pca"] = fit_pca(store.load_shard("train", i, cfg.hook)[store.keep_mask("train", i, _rows(cfg))]
-                                  for i in it)
+            fits["pca"] = fit_pca(store.load_kept("train", i, cfg.hook, RowFilter.of(cfg)) for i in it)
         return fits["pca"]
 
     def ica_fit():
@@ -183,7 +173,7 @@ def build_baselines(cfg: BaselinesConfig, progress: bool = True) -> Path:
             if all(ica.metadata.get(p) == v for p, v in _params(cfg, "ica", None).items()):
                 fits["ica"] = ica
         if "ica" not in fits:
-            kept = store.kept_rows("train", _rows(cfg))
+            kept = store.kept_rows("train", RowFilter.of(cfg), cfg.hook)
             n = min(cfg.ica_rows, len(kept))
             idx = np.sort(kept[np.random.default_rng([cfg.seed, 2]).permutation(len(kept))[:n]])
             t0 = time.perf_counter()

@@ -132,7 +132,7 @@ def test_result_files(evaluated, store):
     kept = int(_kept(store).sum())
     # position 0 of each of the 10 contexts and the separators inside them are left out
     assert n == 160 and kept <= n - 10 and r["metrics"]["n_activations"] == kept
-    assert r["metrics"]["row_filter"] == {"exclude_first": 1, "exclude_special_tokens": True}
+    assert r["metrics"]["row_filter"] == {"exclude_first": 1, "exclude_special_tokens": True, "max_norm_ratio": 20.0}
     assert r["spliced"]["positions"] == "all"
     assert r["metrics"]["fvu"] == pytest.approx(0.0, abs=1e-12) and r["metrics"]["mse"] == pytest.approx(0.0, abs=1e-12)
     assert r["metrics"]["cosine"] == pytest.approx(1.0) and r["metrics"]["norm_ratio"] == pytest.approx(1.0)

@@ -83,6 +83,8 @@ def test_every_stage_runs(full_run):
     # twelve steps converge nothing: the report says so, dictionary by dictionary
     flagged = [(h, n) for h in hooks for n, v in results["training"]["convergence"][h].items() if v["converged"] is False]
     assert flagged and all(f"NOT converged: {h} {n}" in md for h, n in flagged)
+    total = sum(len(results["training"]["convergence"][h]) for h in hooks)
+    assert f"converged; **{len(flagged)} NOT converged**" in md and f"of {total} converged" in md
     mlp = [json.loads(p.read_text())["metadata"] for p in (out / "dicts" / hooks[2]).glob("*/cfg.json")]
     assert [m["arch"] for m in mlp] == ["untied_l1"]
     assert (out / "ioi" / "task.json").exists()

@@ -252,7 +252,7 @@ def test_kept_rows_are_the_positions_and_tokens_named(store, first, special):
     from saex.store.reader import RowFilter
 
     expected = _expected_keep(store, "train", first, special)
-    got = store.kept_rows("train", RowFilter(first, special))
+    got = store.kept_rows("train", RowFilter(first, special, 0.0), RESID)
     assert np.array_equal(got, expected.nonzero().flatten().numpy())
     if special:  # the corpus puts separators inside contexts too, so the test sees both kinds of exclusion
         assert (_expected_keep(store, "train", first, False) & ~expected).any()
@@ -261,7 +261,7 @@ def test_kept_rows_are_the_positions_and_tokens_named(store, first, special):
 def test_filtered_epoch_yields_every_kept_row_once_and_resumes(store):
     from saex.store.reader import RowFilter
 
-    rows = RowFilter(1, True)
+    rows = RowFilter(1, True, 0.0)
     keep = _expected_keep(store, "train", 1, True)
     full = list(store.batches("train", RESID, 32, seed=3, shards_in_buffer=3, drop_last=False, rows=rows))
     assert _multiset(torch.cat(full)) == _multiset(_all_rows(store, "train", RESID)[keep])
@@ -274,4 +274,25 @@ def test_row_filter_beyond_the_context_is_refused(store):
     from saex.store.reader import RowFilter
 
     with pytest.raises(SaexError, match=r"--exclude-first must be in 0\.\.15 .* got 16"):
-        store.kept_rows("train", RowFilter(16, False))
+        store.kept_rows("train", RowFilter(16, False, 0.0), RESID)
+
+
+def test_norm_limit_is_the_ratio_times_the_median_of_the_first_train_shard(store):
+    """Rows above max_norm_ratio × the median norm (of the position- and token-kept rows of train shard 0)
+    are left out: checked against numpy on the stored rows, for a ratio that leaves some out."""
+    from saex.store.reader import RowFilter
+
+    x0 = store.load_shard("train", 0, RESID).double()
+    keep0 = _expected_keep(store, "train", 1, True).reshape(len(store.shards("train")), -1)[0]
+    median = x0[keep0].norm(dim=1).median().item()
+    ratio = 1.2  # the tiny model's rows are close in norm: a low ratio so that some are over the limit
+    rows = RowFilter(1, True, ratio)
+    assert store.norm_limit(RESID, rows) == pytest.approx(ratio * median, rel=1e-6)
+    x = _all_rows(store, "train", RESID).double()
+    expected = _expected_keep(store, "train", 1, True) & (x.norm(dim=1) <= ratio * median)
+    assert 0 < int(expected.sum()) < int(_expected_keep(store, "train", 1, True).sum())
+    assert np.array_equal(store.kept_rows("train", rows, RESID), expected.nonzero().flatten().numpy())
+    got = torch.cat(list(store.batches("train", RESID, 32, seed=1, drop_last=False, rows=rows)))
+    assert _multiset(got) == _multiset(x.float()[expected])
+    with pytest.raises(SaexError, match=r"--max-norm-ratio must be 0 \(off\) or a number above 1, got 0\.5"):
+        store.kept_rows("train", RowFilter(1, True, 0.5), RESID)

@@ -40,7 +40,9 @@ def test_train_prints_the_dictionaries(small_store, tmp_path, capsys):
     warned = [name for name, v in run["convergence"].items() if v["converged"] is False]
     assert lines[4].startswith("  (held-out sample") and len(lines) == 5 + len(warned)
     for line, name in zip(lines[5:], warned):
-        assert line.startswith(f"warning: {name} is NOT converged: ") and "--steps" in line
+        v = run["convergence"][name]
+        assert line.startswith(f"warning: {name} is NOT converged: ")
+        assert ("--steps" in line) == v["still_changing"] and (("larger α" in line) == (not v["still_changing"]))
     assert captured.err == ""  # --quiet: no progress bar
     assert run["status"] == "complete" and run["steps"] == 50 and run["config"]["alpha"] == "0.01,0.02"
     # again: a no-op that prints the same

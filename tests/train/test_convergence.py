@@ -34,7 +34,8 @@ def test_falling_l0_is_not_converged_with_the_numbers():
     # step 80: L0 229 -> 220 at step 100: (229 - 220) / 220 = 4.1%: under the 5% limit; loss (.43-.42)/.42 = 2.4%
     assert v["converged"] is True
     v = convergence.assess(_rows([300, 280, 260, 250, 220], [.5, .45, .44, .43, .42]), 100)
-    assert v["converged"] is False and v["l0_drop"] == pytest.approx(30 / 220)
+    assert v["converged"] is False and v["l0_drop"] == pytest.approx(30 / 220) and v["still_changing"]
+    assert "--steps" in convergence.advice(v)
     assert "L0 still falling: 250.0 → 220.0 (14%)" in v["reasons"][0]
 
 
@@ -46,7 +47,9 @@ def test_falling_loss_is_not_converged():
 
 def test_dense_features_fail_only_sparse_methods():
     rows = _rows([50] * 5, [.3] * 5, dense_end=0.2)
-    assert convergence.assess(rows, 100)["converged"] is False
+    v = convergence.assess(rows, 100)
+    assert v["converged"] is False and v["dense"] and not v["still_changing"]
+    assert "larger α" in convergence.advice(v)
     assert "20.0% of features fire on more than 10% of held-out inputs" in convergence.assess(rows, 100)["reasons"][0]
     assert convergence.assess(rows, 100, sparse=False)["converged"] is True  # α = 0 asks for no sparsity
 

@@ -440,17 +440,24 @@ def test_excluded_positions_never_reach_training(tmp_path, small_data):
     from tests.train._synth import T, write_store
 
     _, X, H = small_data
-    sink = lambda A: torch.where((torch.arange(len(A)) % T == 0)[:, None], 50 * A + 7, A)  # noqa: E731
+    sink = lambda A: torch.where((torch.arange(len(A)) % T == 0)[:, None], 50 * A + 30, A)  # noqa: E731
+    # precondition of the last check: every sink row is far above 20 × the median norm, every other row below
+    norms, med = sink(X).norm(dim=1), sink(X).norm(dim=1).median()
+    assert (norms[::T] > 20 * med).all() and (norms.reshape(-1, T)[:, 1:] < 20 * med).all()
     plain = write_store(tmp_path / "plain", X, H, shard_rows=1024)
     sunk = write_store(tmp_path / "sunk", sink(X), sink(H), shard_rows=1024)
-    kw = dict(alpha="0.01", steps=40, eval_every=20, normalize="mean_norm", exclude_first=1)
+    kw = dict(alpha="0.01", steps=40, eval_every=20, normalize="mean_norm", exclude_first=1, max_norm_ratio=0.0)
     a = train(train_cfg(plain, tmp_path / "a", **kw), progress=False)
     b = train(train_cfg(sunk, tmp_path / "b", **kw), progress=False)
     assert_same_weights(a, b)
     assert metrics(a) == metrics(b)  # the same held-out numbers too
     run = json.loads((a / "run.json").read_text())
-    assert run["rows"] == {"exclude_first": 1, "exclude_special_tokens": False, "kept_train_rows": len(X) * (T - 1) // T,
-                           "train_rows": len(X)}
+    assert run["rows"] == {"exclude_first": 1, "exclude_special_tokens": False, "max_norm_ratio": 0.0,
+                           "kept_train_rows": len(X) * (T - 1) // T, "train_rows": len(X), "norm_limit": None}
     # kept, the sink changes everything
     c = train(train_cfg(sunk, tmp_path / "c", **(kw | {"exclude_first": 0})), progress=False)
     assert json.loads((c / "run.json").read_text())["scale"] != run["scale"]
+    # the norm limit alone finds the sink rows (50× the median norm): it trains what excluding position 0 does
+    d = train(train_cfg(sunk, tmp_path / "d", **(kw | {"exclude_first": 0, "max_norm_ratio": 20.0})), progress=False)
+    assert_same_weights(a, d)
+    assert json.loads((d / "run.json").read_text())["rows"]["kept_train_rows"] == run["rows"]["kept_train_rows"]

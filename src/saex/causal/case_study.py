@@ -34,13 +34,13 @@ from saex.errors import SaexError
 from saex.features.search import DAVE
 from saex.lm.hooks import hook_order
 from saex.store.files import check_output_folder, sha256_path, write_json_atomic
-from saex.store.reader import ActivationStore, RowFilter, store_hash
+from saex.store.reader import ActivationStore, RowFilter, RowOptions, store_hash
 
 MARKER = "case_study.json"
 
 
 @dataclass
-class CaseStudyConfig:
+class CaseStudyConfig(RowOptions):
     """What ``saex case-study`` analyses; saved in config.json beside case_study.json."""
 
     acts: str = "runs/acts"
@@ -88,11 +88,6 @@ class CaseStudyConfig:
     """Histogram source: store (exact pass over the held-out split) or index (the index's random sample)."""
     max_samples: int = 5000
     """Active positions per histogram, sampled uniformly when there are more (the paper: 5,000)."""
-    exclude_first: int = 1
-    """Positions 0 .. exclude_first-1 of every context (attention sinks) count as inactive in the store's
-    histograms and circuit contexts; 0 keeps them."""
-    exclude_special_tokens: bool = True
-    """Separator / BOS tokens count as inactive there, likewise."""
     residual_dim: int | None = None
     """Basis dimension for the Fig. 11 contrast (default: the search's most extreme dimension)."""
     logit_top: int = 20
@@ -320,7 +315,7 @@ def _analyse(cfg: CaseStudyConfig, store, folder: Path, d: SAE, hook: str, level
     say(f"histograms over the held-out split of {store.path} ...")
     sp = H.histograms_from_store(store, hook, lambda x: torch.cat([feat_fn(x), dim_fn(x)], 1), len(series) + 1,
                                  decode, max_n=cfg.max_samples, seed=cfg.seed,
-                                 rows=RowFilter(cfg.exclude_first, cfg.exclude_special_tokens))
+                                 rows=RowFilter.of(cfg))
     tokens_CT = store.tokens("heldout").long()
     resid_hist = sp.histograms[-1]
     resid_hist["source"] += f", dimension {dim}" + (" (negative part, as -x)" if sign < 0 else "")

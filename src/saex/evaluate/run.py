@@ -31,13 +31,13 @@ from saex.evaluate.metrics import ReconstructionMetrics
 from saex.evaluate.mmcs import mmcs
 from saex.evaluate.spliced import spliced_losses
 from saex.store.files import check_output_folder, sha256_path, write_json_atomic
-from saex.store.reader import ActivationStore, RowFilter, store_hash
+from saex.store.reader import ActivationStore, RowFilter, RowOptions, store_hash
 
 MARKER = "eval.json"
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(RowOptions):
     """What ``saex eval`` measures; saved in eval.json and in every result file."""
 
     acts: str = "runs/acts"
@@ -60,11 +60,6 @@ class EvalConfig:
     """A feature is alive when non-zero on more than this many evaluated activations (paper App. E: 10 in
     10M); the result records it with the number of activations it was measured on, and the features that
     never fired."""
-    exclude_first: int = 1
-    """Leave positions 0 .. exclude_first-1 of every context (attention sinks) out of the reconstruction and
-    sparsity metrics; 0 keeps them. Spliced CE / KL always splice every position (see docs/evaluation.md)."""
-    exclude_special_tokens: bool = True
-    """Leave separator / BOS tokens out of the reconstruction and sparsity metrics, likewise."""
     reference: str | None = None
     """A dictionary folder to compute MMCS (plain and Hungarian-matched) against."""
     model: str | None = None
@@ -117,13 +112,12 @@ def evaluate_dictionaries(cfg: EvalConfig, progress: bool = True) -> Path:
                 continue
         todo.setdefault(i["hook"], {})[name] = dicts[name]
 
-    rows = RowFilter(cfg.exclude_first, cfg.exclude_special_tokens)
+    rows = RowFilter.of(cfg)
     rows.check(store.context_length)
-    n_kept = len(store.kept_rows("heldout", rows))
-    n_rows = min(cfg.tokens or n_kept, n_kept)
     hooked = _load_model(store, cfg.model) if cfg.contexts and todo else None  # fails before any long work
     for hook, group in todo.items():
-        metrics = _reconstruction(store, hook, group, n_rows, rows, cfg, progress)
+        n_kept = len(store.kept_rows("heldout", rows, hook))
+        metrics = _reconstruction(store, hook, group, min(cfg.tokens or n_kept, n_kept), rows, cfg, progress)
         spliced = {}
         if hooked is not None:
             tokens = store.tokens("heldout")[:cfg.contexts]
@@ -158,7 +152,7 @@ def _reconstruction(store, hook, group, n_rows, rows: RowFilter, cfg, progress) 
     for s in range(len(store.shards("heldout"))):
         if seen >= n_rows:
             break
-        x_ND = store.load_shard("heldout", s, hook)[store.keep_mask("heldout", s, rows)][:n_rows - seen]
+        x_ND = store.load_kept("heldout", s, hook, rows)[:n_rows - seen]
         if not torch.isfinite(x_ND).all():
             raise SaexError(f"the store {store.path} holds NaN or Inf activations at {hook} in its held-out split; "
                             "re-harvest with --dtype float32")

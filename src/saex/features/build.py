@@ -23,13 +23,13 @@ from saex.dictionaries.folders import open_for_store
 from saex.features.fragments import Fragments, make_fragments
 from saex.features.index import INDEX_JSON, INDEX_TENSORS, KINDS, VOCAB_JSON, IndexBuilder, sparse_token_values
 from saex.store.files import check_output_folder, sha256_path, write_json_atomic, write_safetensors_atomic
-from saex.store.reader import ActivationStore, RowFilter, store_hash
+from saex.store.reader import ActivationStore, RowFilter, RowOptions, store_hash
 
 MARKER = "features.json"
 
 
 @dataclass
-class FeaturesConfig:
+class FeaturesConfig(RowOptions):
     """What ``saex features`` indexes; saved in features.json and in every index.json."""
 
     acts: str = "runs/acts"
@@ -61,11 +61,6 @@ class FeaturesConfig:
     whose model is not at hand."""
     model: str | None = None
     """Model whose tokenizer decodes the tokens (default: the store's; its weights must match)."""
-    exclude_first: int = 1
-    """Positions 0 .. exclude_first-1 of every context (attention sinks) count as inactive for every feature
-    and are left out of densities and moments; fragments keep their text. 0 keeps them."""
-    exclude_special_tokens: bool = True
-    """Separator / BOS tokens count as inactive and are left out of the statistics, likewise."""
 
 
 def build_features(cfg: FeaturesConfig, progress: bool = True) -> Path:
@@ -88,9 +83,10 @@ def build_features(cfg: FeaturesConfig, progress: bool = True) -> Path:
     shards = [store.load_tokens("heldout", i) for i in range(len(store.shards("heldout")))]
     tokens_CT, docs_CT = torch.cat([t for t, _ in shards]), torch.cat([d for _, d in shards])
     frags = make_fragments(tokens_CT, docs_CT, cfg.fragment_length, cfg.one_per_document, cfg.fragments, cfg.seed)
-    rows = RowFilter(cfg.exclude_first, cfg.exclude_special_tokens)
+    rows = RowFilter.of(cfg)
     rows.check(store.context_length)
-    # the kept rows of every fragment token, [N, L]: excluded tokens get code 0 for every feature
+    # the kept rows of every fragment token by position and token, [N, L] (the norm limit is applied where the
+    # activations are read): excluded tokens get code 0 for every feature
     keep_NL = rows.keep(tokens_CT, store.special_token_ids())[torch.from_numpy(frags.rows_NL)]
     vocab = _vocab(store, frags, cfg.model) if cfg.decode else None
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +100,7 @@ def build_features(cfg: FeaturesConfig, progress: bool = True) -> Path:
         if (target / INDEX_JSON).is_file():
             if json.loads((target / INDEX_JSON).read_text()).get("identity") == identity:
                 continue
-        tensors = _index_one(store, hook, d, frags, keep_NL, cfg, progress, name)
+        tensors = _index_one(store, hook, d, frags, keep_NL, store.norm_limit(hook, rows), cfg, progress, name)
         tensors |= {"tokens": frags.tokens_NL, "fragment_rows": torch.from_numpy(frags.rows_NL[:, 0].copy()),
                     "fragment_docs": torch.from_numpy(frags.doc_N.copy())}
         write_safetensors_atomic(target / INDEX_TENSORS, tensors, {"format": "saex.feature_index"})
@@ -131,28 +127,32 @@ def _vocab(store: ActivationStore, frags: Fragments, model: str | None) -> dict[
     return {str(i): tok.decode([i]) for i in torch.unique(frags.tokens_NL).tolist()}
 
 
-def _codes(store, hook, d, frags: Fragments, keep_NL: torch.Tensor, sel: np.ndarray) -> torch.Tensor:
+def _codes(store, hook, d, frags: Fragments, keep_NL: torch.Tensor, limit: float | None,
+           sel: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes [len(sel), L, F] of the selected fragments (rows read from the store, encoded; 0 at excluded
-    tokens)."""
+    tokens), and which tokens count [len(sel), L]: ``keep_NL`` and, with a norm ``limit``, not above it."""
     rows = frags.rows_NL[sel]
     x = store.rows("heldout", hook, rows.reshape(-1))
     if not torch.isfinite(x).all():
         raise SaexError(f"the store {store.path} holds NaN or Inf activations at {hook}; re-harvest with --dtype float32")
     with torch.inference_mode():
         c_CLF = d.encode(x).reshape(len(sel), rows.shape[1], -1)
-        c_CLF[~keep_NL[torch.from_numpy(sel)]] = 0
-        return c_CLF
+        keep_CL = keep_NL[torch.from_numpy(sel)]
+        if limit is not None:
+            keep_CL = keep_CL & (x.norm(dim=1) <= limit).reshape(keep_CL.shape)
+        c_CLF[~keep_CL] = 0
+        return c_CLF, keep_CL
 
 
-def _index_one(store, hook, d, frags: Fragments, keep_NL: torch.Tensor, cfg: FeaturesConfig, progress: bool,
-               name: str) -> dict:
+def _index_one(store, hook, d, frags: Fragments, keep_NL: torch.Tensor, limit: float | None, cfg: FeaturesConfig,
+               progress: bool, name: str) -> dict:
     F, N = d.d_dict, frags.n
     builder = IndexBuilder(F, cfg.top, cfg.random, cfg.zero, cfg.seed)
     bar = tqdm(total=N, desc=f"{name}: examples", unit="frag", disable=not progress)
     for chunk, start in enumerate(range(0, N, cfg.chunk)):
         sel = np.arange(start, min(N, start + cfg.chunk))
-        builder.update(_codes(store, hook, d, frags, keep_NL, sel), torch.from_numpy(sel), chunk,
-                       keep_NL[torch.from_numpy(sel)])
+        c_CLF, keep_CL = _codes(store, hook, d, frags, keep_NL, limit, sel)
+        builder.update(c_CLF, torch.from_numpy(sel), chunk, keep_CL)
         bar.update(len(sel))
     bar.close()
     ex = builder.examples()
@@ -167,7 +167,7 @@ def _index_one(store, hook, d, frags: Fragments, keep_NL: torch.Tensor, cfg: Fea
     bar = tqdm(total=len(needed), desc=f"{name}: token values", unit="frag", disable=not progress)
     for start in range(0, len(needed), cfg.chunk):
         sel = needed[start:start + cfg.chunk]
-        c_CLF = _codes(store, hook, d, frags, keep_NL, sel)
+        c_CLF, _ = _codes(store, hook, d, frags, keep_NL, limit, sel)
         lo, hi = np.searchsorted(frag_P.numpy(), [sel[0], sel[-1] + 1])
         local = torch.from_numpy(np.searchsorted(sel, frag_P[lo:hi].numpy()))
         vals_PL = c_CLF[local, :, f_P[lo:hi]]

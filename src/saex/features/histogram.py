@@ -150,7 +150,7 @@ def histograms_from_store(store, hook: str, values_fn: Callable[[torch.Tensor], 
         if v.shape != (x.shape[0], n_series):
             raise SaexError(f"values_fn returned shape {tuple(v.shape)}, expected {(x.shape[0], n_series)}")
         if rows.active:
-            v[~store.keep_mask(split, i, rows)] = 0
+            v[~store.keep_mask(split, i, rows, hook, x)] = 0
         per_ctx = v.view(-1, T, n_series)
         m, a = per_ctx.max(1)
         cmax.append(m)

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from saex.store.files import read_jsonl
+
 BASELINE_KINDS = ("neurons", "random", "pca", "pca_split", "pca_topk", "ica", "ica_topk")
 PAPER_MAIN = {"resid": {"alpha": 8.6e-4, "ratio": 2.0}, "mlp": {"alpha": 3.2e-4, "ratio": 1.0}}
 
@@ -94,17 +96,6 @@ def _json(run: Run, path: Path):
         return None
 
 
-def _jsonl(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # a line cut by a kill
-                continue
-    return rows
-
-
 def _subdirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
 
@@ -134,7 +125,7 @@ def collect(run_dir: Path) -> Run:
                     continue
                 scores, hashes = {}, {}
                 for m in comp.get("methods") or []:
-                    scores[m["method"]] = _jsonl(preset / m["method"].replace("/", "__") / "scores.jsonl")
+                    scores[m["method"]] = read_jsonl(preset / m["method"].replace("/", "__") / "scores.jsonl")
                     rows = [r for r in scores[m["method"]] if (r.get("identity") or {}).get("index")]
                     if rows:
                         hashes[m["method"]] = rows[0]["identity"]["index"].get("weights_sha256")

@@ -212,10 +212,9 @@ def estimate_seconds(p: dict, n_params_per_layer: float, d_model: int, d_mlp: in
     train = calib = 0.0
     for L in p["resid_layers"]:
         members = len(set(sweep_targets(p, "resid", L)) | {p["main_target_l0_resid"]}) + len(p["extra_alphas_resid"])
-        ratios = [p["main_ratio"]]
+        # every α × every R at the main layer (Figs. 6/7, 8, 16), the main R elsewhere
+        ratios = p["ratios_resid"] if L == p["main_layer"] else [p["main_ratio"]]
         train += sae_flops(d_model, ratios, members, steps, batch)
-        if L == p["main_layer"]:  # the R sweep at the main α
-            train += sae_flops(d_model, [r for r in p["ratios_resid"] if r != p["main_ratio"]], 1, steps, batch)
         if L in (p["calibration_layers_resid"] or p["resid_layers"]):
             calib += sae_flops(d_model, [p["calibration_ratio"]], len(p["calibration_grid_resid"]), steps,
                                p["calibration_batch"])
@@ -231,8 +230,10 @@ def estimate_seconds(p: dict, n_params_per_layer: float, d_model: int, d_mlp: in
     # FastICA: iterations × rows × d² multiply-adds a few times over, per residual layer (PCA is cheap).
     out["baselines"] = len(p["resid_layers"]) * 24 * p["ica_max_iter"] * p["ica_rows"] * d_model ** 2 / rate
     n_model = n_params_per_layer * depth + 2 * vocab * d_model
-    n_dicts = (len(p["target_l0_resid"]) + len(p["extra_alphas_resid"]) + len(p["ratios_resid"])
-               + (len(p["resid_layers"]) - 1) * (len(p["target_l0_resid_other"]) + 1) + 6 * hooks)
+    n_alpha = len(p["target_l0_resid"]) + len(p["extra_alphas_resid"])
+    n_dicts = (n_alpha * len(p["ratios_resid"])
+               + (len(p["resid_layers"]) - 1) * (len(p["target_l0_resid_other"]) + 1 + len(p["extra_alphas_resid"]))
+               + 6 * hooks)
     eval_tokens = p["eval_contexts"] * p["context_length"]
     out["eval"] = (n_dicts + 2 * hooks) * 2 * n_model * eval_tokens / (0.25 * rate)
     out["features"] = hooks * 8 * 2 * d_model * 4 * d_model * min(p["heldout_tokens"], 64 * p["fragments"]) / (

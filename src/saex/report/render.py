@@ -113,7 +113,9 @@ def build_report(run_dir: Path) -> dict[str, Path]:
     _place_figures(sections, fig_dir)
     claims = [c for s in sections for c in s.claims]
     counts = {v: sum(c.verdict == v for c in claims) for v in (HELD, NOT_HELD, NOT_MEASURED)}
-    ctx = {"sections": sections, "claims": claims, "counts": counts, "problems": run.problems,
+    verdicts = [v.get("converged") for tr in run.training.values() for v in (tr.get("convergence") or {}).values()]
+    converged = {"converged": verdicts.count(True), "of": len(verdicts), "not": verdicts.count(False)}
+    ctx = {"sections": sections, "claims": claims, "counts": counts, "problems": run.problems, "converged": converged,
            "title": "Reproduction report: Sparse Autoencoders Find Highly Interpretable Features in Language Models",
            "run_dir": str(run.root), "preset": run.reproduce.get("preset")}
     html = _environment(False).get_template("report.html.j2").render(**ctx, image=lambda f: _data_uri(f.path))

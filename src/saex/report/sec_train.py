@@ -12,7 +12,7 @@ from pathlib import Path
 
 from saex.report.collect import Run, hook_sort_key, main_result
 from saex.report.sections import Section, Table, fmt
-from saex.train.convergence import describe
+from saex.train.convergence import advice, describe
 
 VERDICT = {True: "converged", False: "NOT converged", None: "not checked"}
 
@@ -62,7 +62,8 @@ def training(run: Run, fig_dir: Path, results: dict) -> Section:
                               fmt(v.get("l0_drop"), "{:.1%}"), fmt(v.get("loss_drop"), "{:.1%}"),
                               fmt(v.get("dense_fraction"), "{:.1%}"), VERDICT.get(v.get("converged"), "—")])
             if v.get("converged") is False:
-                warnings.append(f"{hook} {name}{' — the main SAE' if name == main else ''}: {describe(v)}.")
+                warnings.append(f"{hook} {name}{' — the main SAE' if name == main else ''}: {describe(v)}; "
+                                f"{advice(v)}.")
     if conv_rows:
         s.tables.append(Table("Convergence (saex train; held-out sample; drops over the last 20% of the run; "
                               "dense: share of features firing on more than 10% of held-out inputs)",

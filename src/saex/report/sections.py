@@ -52,14 +52,6 @@ def fmt(x, spec: str = "{:.3f}") -> str:
     return str(x)
 
 
-def stat_cell(s) -> str:
-    if not isinstance(s, dict) or s.get("mean") is None:
-        return "—"
-    ci = s.get("ci95")
-    n = s.get("n")
-    return f"{fmt(s['mean'])} ± {fmt(ci)}" + (f" (n={n})" if n is not None else "")
-
-
 def layer_label(hook: str) -> str:
     from saex.report.collect import hook_layer
 

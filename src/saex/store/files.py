@@ -74,6 +74,18 @@ def write_json_atomic(path: Path, obj) -> None:
     _commit(tmp, path)
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines log; a line a kill cut short is skipped (the writers append line by line)."""
+    rows = []
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
 def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
     """Write tensors atomically and return the sha256 of the file's bytes.
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,34 +46,60 @@ def read_manifest(path: Path) -> dict:
     return data
 
 
+@dataclass
+class RowOptions:
+    """The options of every stage that reads activation rows: which rows count (see ``RowFilter``). Stage
+    configs inherit these fields, so they are documented and checked in one place."""
+
+    exclude_first: int = 1
+    """Leave out positions 0 .. exclude_first-1 of every context (attention sinks) from training, the input
+    scale, the reconstruction / sparsity metrics and feature indexes; 0 keeps them. Spliced CE / KL always
+    replace every position."""
+    exclude_special_tokens: bool = True
+    """Leave out the separator / BOS tokens wherever they occur, likewise."""
+    max_norm_ratio: float = 20.0
+    """Leave out rows whose norm exceeds this multiple of the hook's median row norm (massive activations,
+    Sun et al. 2024: attention sinks away from position 0), likewise; 0 keeps them."""
+
+
 @dataclass(frozen=True)
 class RowFilter:
-    """Which activation rows count: the first positions of every context and the document separator / BOS
-    tokens can be left out of training, input scaling, metrics and feature indexes.
+    """Which activation rows count (``RowOptions`` documents the fields).
 
-    Why: at such positions many models park an attention sink, an activation several times the norm of
-    the rest (SmolLM2-135M layer 6: context position 0 has mean norm 746 against a median of 103, so 0.8%
-    of the rows carry 23% of the variance). Left in, it dominates the MSE, the input scale and FVU's
-    denominator, and a feature that fires on "the start of a context" fills every index. SAELens and
-    SAEBench exclude special tokens for the same reason. Rows are only filtered, never changed.
+    Why: at such rows many models park an attention sink, an activation many times the norm of the rest
+    (SmolLM2-135M layer 6: context position 0 has mean norm 746 against a median of 103, so 0.8% of the rows
+    carry 23% of the variance; at layer 14 position 0 is 150× the median, and so are positions 1-2 when a
+    context opens with a repeated token). Left in, they dominate the MSE, the input scale and FVU's
+    denominator, and a feature that fires on "the start of a context" fills every index. SAELens and SAEBench
+    exclude special tokens for the same reason. Rows are only filtered, never changed.
+
+    The norm limit is ``max_norm_ratio`` × the median norm of the token-kept rows of the hook's first train
+    shard (``ActivationStore.norm_limit``), so every stage computes the same limit from the same rows.
     """
 
     exclude_first: int = 1
-    """Positions 0 .. exclude_first-1 of every context are left out (0 keeps every position)."""
     exclude_special_tokens: bool = True
-    """Separator and BOS tokens (as the store's manifest records them) are left out wherever they occur."""
+    max_norm_ratio: float = 20.0
+
+    @classmethod
+    def of(cls, cfg: RowOptions) -> "RowFilter":
+        """The filter a stage's config names."""
+        return cls(cfg.exclude_first, cfg.exclude_special_tokens, cfg.max_norm_ratio)
 
     @property
     def active(self) -> bool:
-        return self.exclude_first > 0 or self.exclude_special_tokens
+        return self.exclude_first > 0 or self.exclude_special_tokens or self.max_norm_ratio > 0
 
     def check(self, context_length: int) -> None:
         if not 0 <= self.exclude_first < context_length:
             raise SaexError(f"--exclude-first must be in 0..{context_length - 1} (the store's context length is "
                             f"{context_length}), got {self.exclude_first}")
+        if not (math.isfinite(self.max_norm_ratio) and (self.max_norm_ratio == 0 or self.max_norm_ratio > 1)):
+            raise SaexError(f"--max-norm-ratio must be 0 (off) or a number above 1, got {self.max_norm_ratio}")
 
     def keep(self, tokens_CT: torch.Tensor, special_ids: list[int]) -> torch.Tensor:
-        """Bool ``[C*T]``, True for the rows kept, in store row order (position r % T of context r // T)."""
+        """Bool ``[C*T]`` by position and token only, True for the rows kept, in store row order (position
+        r % T of context r // T); ``ActivationStore.keep_mask`` adds the norm limit."""
         C, T = tokens_CT.shape
         keep_CT = torch.ones(C, T, dtype=torch.bool)
         keep_CT[:, :self.exclude_first] = False
@@ -82,7 +109,18 @@ class RowFilter:
 
 
 #: every row counts
-ALL_ROWS = RowFilter(0, False)
+ALL_ROWS = RowFilter(0, False, 0.0)
+
+
+#: shards this process has checked, by (path, size, mtime, expected sha256): a file that changes afterwards
+#: is checked again. Process-wide, because one ``saex reproduce`` opens the same store in every stage and
+#: hashing a large store's held-out shards each time cost more than the stage's own work.
+_VERIFIED: set[tuple] = set()
+
+
+def _stamp(path: Path, sha256: str) -> tuple:
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, sha256
 
 
 def store_hash(store: "ActivationStore", hook: str) -> str:
@@ -110,7 +148,7 @@ class ActivationStore:
             raise SaexError(f"{mpath} has store format version {self.manifest.get('format_version')}; "
                             f"this saex reads version {FORMAT_VERSION}")
         self.verify = verify
-        self._verified: set[Path] = set()
+        self._median_norms: dict[tuple, float] = {}
         self.context_length: int = self.manifest["packing"]["context_length"]
 
     # -- description -------------------------------------------------------------------------------
@@ -139,18 +177,47 @@ class ActivationStore:
         p = self.manifest["packing"]
         return sorted({i for i in (p.get("separator_id"), p.get("bos_id")) if i is not None})
 
-    def keep_mask(self, split: str, index: int, rows: RowFilter) -> torch.Tensor:
-        """Bool ``[rows of the shard]``: which rows of one shard ``rows`` keeps."""
+    def norm_limit(self, hook: str, rows: RowFilter) -> float | None:
+        """The row-norm limit of ``rows`` at a hook: ``max_norm_ratio`` × the median norm of the rows of the
+        first train shard that the position / token rules keep (None when the ratio is 0)."""
+        if not rows.max_norm_ratio:
+            return None
+        key = (hook, rows.exclude_first, rows.exclude_special_tokens)
+        if key not in self._median_norms:
+            x = self.load_shard("train", 0, hook)
+            keep = rows.keep(self.load_tokens("train", 0)[0], self.special_token_ids())
+            n_N = x[keep].norm(dim=1)
+            n_N = n_N[torch.isfinite(n_N)]  # a non-finite row is the readers' error to report, not a norm
+            self._median_norms[key] = float(n_N.median()) if len(n_N) else math.inf
+        return rows.max_norm_ratio * self._median_norms[key]
+
+    def keep_mask(self, split: str, index: int, rows: RowFilter, hook: str,
+                  x_ND: torch.Tensor | None = None) -> torch.Tensor:
+        """Bool ``[rows of the shard]``: which rows of one shard ``rows`` keeps at ``hook`` (the norm limit
+        reads the shard's activations: pass them as ``x_ND`` when they are loaded already)."""
         if not rows.active:
             return torch.ones(self.shards(split)[index]["rows"], dtype=torch.bool)
-        return rows.keep(self.load_tokens(split, index)[0], self.special_token_ids())
+        keep = rows.keep(self.load_tokens(split, index)[0], self.special_token_ids())
+        limit = self.norm_limit(hook, rows)
+        if limit is not None:
+            x_ND = self.load_shard(split, index, hook) if x_ND is None else x_ND
+            # NaN / Inf rows stay in, so that the readers' finiteness checks still see and report them
+            n_N = x_ND.float().norm(dim=1)
+            keep &= (n_N <= limit) | ~torch.isfinite(n_N)
+        return keep
 
-    def kept_rows(self, split: str, rows: RowFilter) -> np.ndarray:
-        """Global indices (int64, ascending) of the rows of a split that ``rows`` keeps."""
+    def load_kept(self, split: str, index: int, hook: str, rows: RowFilter,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The rows of one shard that ``rows`` keeps at ``hook``, ``[kept, width]``."""
+        x = self.load_shard(split, index, hook, dtype)
+        return x[self.keep_mask(split, index, rows, hook, x)]
+
+    def kept_rows(self, split: str, rows: RowFilter, hook: str) -> np.ndarray:
+        """Global indices (int64, ascending) of the rows of a split that ``rows`` keeps at ``hook``."""
         if not rows.active:
             return np.arange(self.n_rows(split), dtype=np.int64)
         rows.check(self.context_length)
-        keep = torch.cat([self.keep_mask(split, i, rows) for i in range(len(self.shards(split)))])
+        keep = torch.cat([self.keep_mask(split, i, rows, hook) for i in range(len(self.shards(split)))])
         return keep.nonzero().flatten().numpy()
 
     def _check_hook(self, hook: str) -> None:
@@ -169,14 +236,15 @@ class ActivationStore:
         if path.stat().st_size != entry["bytes"]:
             raise SaexError(f"shard {path} is truncated or corrupted: {path.stat().st_size} bytes, the manifest "
                             f"says {entry['bytes']}; re-run the same `saex harvest` to rebuild it")
-        if self.verify and path not in self._verified:
+        stamp = _stamp(path, entry["sha256"])
+        if self.verify and stamp not in _VERIFIED:
             digest = sha256_path(path)
             if digest != entry["sha256"]:
                 raise SaexError(
                     f"shard {path} is corrupted or truncated: sha256 {digest[:16]}… does not match the manifest's "
                     f"{entry['sha256'][:16]}…; re-run the same `saex harvest` to rebuild it"
                 )
-            self._verified.add(path)
+            _VERIFIED.add(stamp)
         try:
             return safe_open(str(path), framework="pt")
         except Exception as e:  # safetensors raises its own error types for unreadable headers
@@ -260,7 +328,7 @@ class ActivationStore:
         if rows.active:
             rows.check(self.context_length)
         for g, group in enumerate(groups):
-            keep = [self.keep_mask(split, int(i), rows) for i in group] if rows.active else None
+            keep = [self.keep_mask(split, int(i), rows, hook) for i in group] if rows.active else None
             n = sum(int(k.sum()) for k in keep) if keep else sum(shards[i]["rows"] for i in group)
             n_batches = n // batch_size + (0 if drop_last or n % batch_size == 0 else 1)
             if skip_batches >= n_batches:

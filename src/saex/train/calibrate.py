@@ -28,14 +28,15 @@ import numpy as np
 
 import saex
 from saex.errors import SaexError
-from saex.store.files import write_json_atomic
+from saex.store.reader import RowOptions
+from saex.store.files import read_jsonl, write_json_atomic
 from saex.train.config import TrainConfig, parse_floats
 
 RESULT = "calibration.json"
 
 
 @dataclass
-class CalibrateConfig:
+class CalibrateConfig(RowOptions):
     """What ``saex calibrate`` does; saved in calibration.json."""
 
     acts: str = "runs/acts"
@@ -66,10 +67,6 @@ class CalibrateConfig:
     """untied_l1: learn a decoder bias, as saex train's --decoder-bias."""
     eval_tokens: int = 8192
     """Held-out inputs the final L0 is measured on."""
-    exclude_first: int = 1
-    """As saex train's --exclude-first."""
-    exclude_special_tokens: bool = True
-    """As saex train's --exclude-special-tokens."""
     seed: int = 0
     """Seed of the calibration sweep."""
 
@@ -111,14 +108,11 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> Path:
                         alpha=",".join(f"{a:g}" for a in grid), steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                         decay_fraction=cfg.decay_fraction, normalize=cfg.normalize, decoder_bias=cfg.decoder_bias,
                         eval_tokens=cfg.eval_tokens, eval_every=cfg.steps, exclude_first=cfg.exclude_first,
-                        exclude_special_tokens=cfg.exclude_special_tokens, seed=cfg.seed)
+                        exclude_special_tokens=cfg.exclude_special_tokens, max_norm_ratio=cfg.max_norm_ratio,
+                        seed=cfg.seed)
     train(sweep, progress=progress)
     run = json.loads((out / "sweep" / "run.json").read_text())
-    final = {}
-    for line in (out / "sweep" / METRICS).read_text().splitlines():
-        row = json.loads(line)
-        if row["step"] == cfg.steps:
-            final[row["dictionary"]] = row
+    final = {row["dictionary"]: row for row in read_jsonl(out / "sweep" / METRICS) if row.get("step") == cfg.steps}
     measured = [{"alpha": m["alpha"], "l0": final[m["name"]]["l0"], "fvu": final[m["name"]]["fvu"]}
                 for m in run["members"]]
     chosen = []

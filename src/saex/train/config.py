@@ -7,13 +7,14 @@ import math
 from dataclasses import dataclass
 
 from saex.errors import SaexError
+from saex.store.reader import RowOptions
 
 ARCH_NAMES = ("tied_l1", "untied_l1", "topk")
 NORMALIZE = ("none", "mean_norm")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RowOptions):
     """What ``saex train`` does; saved as run.json and in every dictionary's metadata."""
 
     acts: str = "runs/acts"
@@ -68,11 +69,6 @@ class TrainConfig:
     """Seed of initialisation, data order and resampling."""
     shards_in_buffer: int = 4
     """Store shards shuffled together in memory (bounded memory, more mixing when larger)."""
-    exclude_first: int = 1
-    """Leave out positions 0 .. exclude_first-1 of every context (attention sinks) from training, the input
-    scale and the held-out metrics; 0 keeps them."""
-    exclude_special_tokens: bool = True
-    """Leave out separator / BOS tokens wherever they occur, likewise."""
 
 
 @dataclass(frozen=True)

@@ -58,12 +58,14 @@ def assess(rows: list[dict], total_steps: int, sparse: bool = True) -> dict:
             if out["loss_drop"] > MAX_LOSS_DROP:
                 reasons.append(f"loss still falling: {start['loss']:.4g} → {end['loss']:.4g} ({out['loss_drop']:.0%}) "
                                f"over the last {TAIL:.0%} of the run (limit {MAX_LOSS_DROP:.0%})")
+    out["still_changing"] = any(r.startswith(("L0 still", "loss still")) for r in reasons)
     dense = end.get("dense_fraction")
-    if sparse and dense is not None and dense > MAX_DENSE_SHARE:
+    out["dense"] = bool(sparse and dense is not None and dense > MAX_DENSE_SHARE)
+    if out["dense"]:
         reasons.append(f"{dense:.1%} of features fire on more than {DENSE_DENSITY:.0%} of held-out inputs "
                        f"(limit {MAX_DENSE_SHARE:.0%} of features)")
     checked = bool(before)
-    out["converged"] = (not reasons) if checked else (False if reasons[1:] else None)
+    out["converged"] = (not reasons) if checked else (False if out["dense"] else None)
     out["reasons"] = reasons
     return out
 
@@ -75,3 +77,11 @@ def describe(verdict: dict) -> str:
     if verdict.get("converged") is False:
         return "NOT converged: " + "; ".join(r for r in verdict["reasons"] if not r.startswith("not checked"))
     return "; ".join(verdict.get("reasons") or ["not checked"])
+
+
+def advice(verdict: dict) -> str:
+    """What to do about a dictionary that is not converged: more steps while it is still changing; when only
+    its density is the matter, a larger α (more steps make an L1 code sparser too, but slowly)."""
+    if verdict.get("still_changing"):
+        return "train longer (--steps) before reading its features as findings"
+    return "its features are not a sparse code yet: a larger α (or more steps) makes it sparser"

@@ -27,7 +27,8 @@ from saex import distributed
 from saex.dictionaries import ARCHS, Ensemble
 from saex.errors import SaexError
 from saex.evaluate.metrics import ReconstructionMetrics
-from saex.store.files import check_output_folder, check_same_identity, remove_stale_temporaries, write_json_atomic
+from saex.store.files import (check_output_folder, check_same_identity, read_jsonl, remove_stale_temporaries,
+                              write_json_atomic)
 from saex.store.reader import ActivationStore, RowFilter, store_hash
 from saex.train import checkpoint, convergence
 from saex.train.config import Member, TrainConfig, dead_window, eval_every, validate
@@ -75,16 +76,11 @@ def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     return cfg.lr * scale
 
 
-def row_filter(cfg) -> RowFilter:
-    """The rows a config's ``exclude_first`` / ``exclude_special_tokens`` keep."""
-    return RowFilter(cfg.exclude_first, cfg.exclude_special_tokens)
-
-
 def input_scale(store: ActivationStore, hook: str, normalize: str, rows: RowFilter) -> float:
     """Factor s with mean ‖s·x‖ = sqrt(d_in) over the kept rows of the first train shard (deterministic)."""
     if normalize == "none":
         return 1.0
-    x = store.load_shard("train", 0, hook)[store.keep_mask("train", 0, rows)]
+    x = store.load_kept("train", 0, hook, rows)
     return math.sqrt(x.shape[1]) / x.norm(dim=1).mean().item()
 
 
@@ -97,7 +93,7 @@ def _check_out(out: Path, identity: dict) -> dict | None:
 
 
 def _heldout_sample(store: ActivationStore, hook: str, n: int, seed: int, rows: RowFilter) -> torch.Tensor:
-    kept = store.kept_rows("heldout", rows)
+    kept = store.kept_rows("heldout", rows, hook)
     if len(kept) == 0:
         raise SaexError(f"the store {store.path} has no held-out rows to evaluate on")
     idx = np.sort(kept[np.random.default_rng([seed, 1]).permutation(len(kept))[:min(n, len(kept))]])
@@ -144,7 +140,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     # fused: one pass over each parameter and its two moments instead of several (CPU kernel since torch 2.4).
     opt = torch.optim.Adam(params.values(), lr=cfg.lr, fused=True)
     total = cfg.steps
-    rfilter = row_filter(cfg)
+    rfilter = RowFilter.of(cfg)
     rfilter.check(store.context_length)
     step, epoch, in_epoch = 0, 0, 0
     scale = input_scale(store, cfg.hook, cfg.normalize, rfilter)
@@ -169,8 +165,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
            "members": [asdict(m) for m in members], "d_in": d_in, "hook": cfg.hook, "scale": scale,
            "store": {"path": str(store.path), "hash": s_hash, "model": store.manifest["model"]["name"]},
            "steps": total, "dead_window": dead_window(cfg), "eval_every": eval_every(cfg),
-           "rows": {**asdict(rfilter), "kept_train_rows": int(len(store.kept_rows("train", rfilter))),
-                    "train_rows": store.n_rows("train")}}
+           "rows": {**asdict(rfilter), "kept_train_rows": int(len(store.kept_rows("train", rfilter, cfg.hook))),
+                    "train_rows": store.n_rows("train"), "norm_limit": store.norm_limit(cfg.hook, rfilter)}}
     run["passes"] = round(total * cfg.batch_size / max(1, run["rows"]["kept_train_rows"]), 2)
     if ranks.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -239,22 +235,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 def _convergence(out: Path, cfg: TrainConfig, members: list[Member], total: int) -> dict[str, dict]:
     """Each member's convergence verdict from the held-out evaluations in metrics.jsonl."""
     by_member: dict[str, list[dict]] = {m.name: [] for m in members}
-    for row in _read_metrics(out / METRICS):
+    for row in read_jsonl(out / METRICS):
         if row.get("dictionary") in by_member:
             by_member[row["dictionary"]].append(row)
     return {m.name: convergence.assess(by_member[m.name], total, sparse=cfg.arch == "topk" or m.alpha > 0)
             for m in members}
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # a line torn by a kill mid-write
-                continue
-    return rows
 
 
 def _train_step(cfg, groups, opt, x_BD, step, total, ranks) -> None:
@@ -328,7 +313,7 @@ def _log_eval(groups, x_eval, scale, step, cfg, metrics) -> list[dict]:
 def summary(out: str | Path) -> str:
     """A table of the run's dictionaries with their latest held-out metrics, then the convergence check."""
     out = Path(out)
-    last = {row["dictionary"]: row for row in _read_metrics(out / METRICS) if "dictionary" in row}
+    last = {row["dictionary"]: row for row in read_jsonl(out / METRICS) if "dictionary" in row}
     run = json.loads((out / RUN).read_text())
     n = len(run["members"])
     lines = [f"{n} {'dictionary' if n == 1 else 'dictionaries'} on {run['hook']} of {run['store']['model']} in {out}"
@@ -346,6 +331,5 @@ def summary(out: str | Path) -> str:
                  f"{run.get('dead_window', '?')} training inputs)")
     for name, v in verdicts.items():
         if v.get("converged") is False:
-            lines.append(f"warning: {name} is {convergence.describe(v)}. Train longer (--steps) before reading its "
-                         "features as findings.")
+            lines.append(f"warning: {name} is {convergence.describe(v)}; {convergence.advice(v)}.")
     return "\n".join(lines)
