@@ -74,16 +74,18 @@ def training(run: Run, fig_dir: Path, results: dict) -> Section:
     for hook in hooks:
         rows = (run.training.get(hook) or {}).get("rows")
         if rows:
+            limit = rows.get("norm_limit")
             row_rows.append([hook, str(rows.get("exclude_first")), "yes" if rows.get("exclude_special_tokens") else "no",
+                             "—" if limit is None else f"{limit:.4g} ({rows.get('max_norm_ratio'):g}× the median)",
                              f"{rows.get('kept_train_rows', 0):,} of {rows.get('train_rows', 0):,}"])
     if row_rows:
         s.tables.append(Table("Rows used for training (the same filter applies to the input scale, the FVU / L0 / "
                               "density metrics and the feature index)",
-                              ["hook", "first positions left out", "separator / BOS left out", "train rows kept"],
-                              row_rows))
-        s.notes.append("Left-out rows are attention sinks and separators (SmolLM2-135M layer 6: position 0 has "
-                       "≈ 7× the norm of other positions). Spliced CE / KL replace the activation at every position, "
-                       "those included.")
+                              ["hook", "first positions left out", "separator / BOS left out", "norm limit",
+                               "train rows kept"], row_rows))
+        s.notes.append("Left-out rows are attention sinks: the first position, separators, and rows of massive norm "
+                       "(SmolLM2-135M layer 6: position 0 has ≈ 7× the norm of other positions; layer 14: 150×). "
+                       "Spliced CE / KL replace the activation at every position, those included.")
     results["training"] = {"calibration": {h: c.get("chosen") for h, c in run.calibration.items()},
                            "convergence": {h: tr.get("convergence") for h, tr in run.training.items()},
                            "rows": {h: tr.get("rows") for h, tr in run.training.items()}}
