@@ -254,3 +254,23 @@ def test_density_tables_per_hook(built):
     pairs = comp["density_matched"]["pairs"][MAIN]
     assert set(pairs) == {m["method"] for m in comp["methods"] if m["kind"] in ("neurons", "random", "pca", "pca_topk",
                                                                                 "ica", "ica_topk")}
+
+
+def test_a_split_the_corpus_ran_out_on_is_announced(built, tmp_path):
+    run, paths = built
+    assert "corpus ran out" not in paths["md"].read_text()
+    assert json.loads(paths["results"].read_text())["store"]["short_splits"] == []
+    short = tmp_path / "short"
+    shutil.copytree(run, short, ignore=shutil.ignore_patterns("report"))
+    manifest_path = short / "acts" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    held = manifest["splits"]["heldout"]
+    rows = sum(s["rows"] for s in held["shards"])
+    held["exhausted"], held["target_tokens"] = True, rows * 10 + 7
+    manifest_path.write_text(json.dumps(manifest))
+    out = build_report(short)
+    expected = {"split": "heldout", "rows": rows, "target": rows * 10 + 7}
+    assert json.loads(out["results"].read_text())["store"]["short_splits"] == [expected]
+    for kind in ("md", "html"):
+        text = out[kind].read_text()
+        assert "corpus ran out" in text and f"holds {rows:,} tokens, fewer than the {rows * 10 + 7:,}" in text, kind

@@ -257,3 +257,13 @@ def store_rows(store: dict | None, split: str) -> int | None:
         return sum(int(s["rows"]) for s in store["splits"][split]["shards"])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def short_splits(store: dict | None) -> list[dict]:
+    """Store splits the corpus ran out on before their target: every number measured on them rests on fewer
+    tokens than the plan asked for (e.g. "alive" counted over 0.1M held-out tokens instead of 1M)."""
+    out = []
+    for name, split in ((store or {}).get("splits") or {}).items():
+        if split.get("exhausted"):
+            out.append({"split": name, "rows": store_rows(store, name), "target": split.get("target_tokens")})
+    return out

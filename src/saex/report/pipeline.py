@@ -36,8 +36,9 @@ class ReproduceConfig:
     """What ``saex reproduce`` runs; saved in reproduce.json."""
 
     preset: str = "quick"
-    """quick (about 10 minutes on 2 CPU cores: 2 residual layers + 1 MLP, 150k tokens), standard (the paper's
-    study at a 2-hour scale: 5 residual layers, α = 0 and 5 sparsity levels, R from 0.5, 1M held-out tokens,
+    """quick (about 10 minutes on 2 CPU cores: 2 residual layers, 160k tokens), standard (the paper's
+    study at a 2-hour scale: 5 residual layers, α = 0 and 5 sparsity levels, R from 0.5, 1M held-out tokens asked
+    for (the default corpus holds 107k: the report says when a split ran short),
     IOI on 20 prompts, 150 features scored) or paper (the paper's sample sizes: days on a CPU). The expected
     time is printed before it starts."""
     model: str = "smollm2-135m"

@@ -20,7 +20,7 @@ import jinja2
 
 from saex.report import sec_autointerp, sec_causal, sec_eval, sec_train
 from saex.report.claims import HELD, NOT_HELD, NOT_MEASURED
-from saex.report.collect import collect
+from saex.report.collect import collect, short_splits
 from saex.report.results import build_results
 from saex.report.sections import Section
 from saex.store.files import write_json_atomic, write_text_atomic
@@ -116,6 +116,7 @@ def build_report(run_dir: Path) -> dict[str, Path]:
     verdicts = [v.get("converged") for tr in run.training.values() for v in (tr.get("convergence") or {}).values()]
     converged = {"converged": verdicts.count(True), "of": len(verdicts), "not": verdicts.count(False)}
     ctx = {"sections": sections, "claims": claims, "counts": counts, "problems": run.problems, "converged": converged,
+           "short_splits": short_splits(run.store),
            "title": "Reproduction report: Sparse Autoencoders Find Highly Interpretable Features in Language Models",
            "run_dir": str(run.root), "preset": run.reproduce.get("preset")}
     html = _environment(False).get_template("report.html.j2").render(**ctx, image=lambda f: _data_uri(f.path))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 import saex
-from saex.report.collect import SPLICED, Run, main_result, stage_keys, store_rows
+from saex.report.collect import SPLICED, Run, main_result, stage_keys, short_splits, store_rows
 from saex.store.files import json_ready
 
 FORMAT = "saex.report.results"
@@ -63,6 +63,7 @@ def build_results(run: Run, extra: dict, claims: list[dict]) -> dict:
                      "model_weights_sha256": model.get("weights_sha256"),
                      "corpus": (store.get("corpus") or {}).get("spec") or run.config.get("corpus"),
                      "rows": {"train": store_rows(store, "train"), "heldout": store_rows(store, "heldout")},
+                     "short_splits": short_splits(store),
                      "hashes": store.get("hashes") or {}} if store or run.reproduce else None,
            "main_sae": main_saes(run),
            "autointerp": autointerp(run)}
