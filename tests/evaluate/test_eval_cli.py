@@ -155,7 +155,7 @@ def test_metrics_match_numpy(evaluated, store, dicts):
     assert m["l0"] == pytest.approx((c > 0).sum(1).mean(), rel=1e-6)
     fires = (c > 0).sum(0)
     assert m["alive"] == int((fires > 10).sum()) and m["never_fired"] == int((fires == 0).sum())
-    assert m["alive"] + m["dead"] == 64
+    assert m["alive"] + m["dead"] == 64 and m["n_counted"] == m["n_activations"] == len(X)
 
 
 def test_spliced_ce_matches_hf(evaluated, reference_ce):
@@ -349,13 +349,22 @@ def test_tokens_limits_rows_across_shards(tmp_path):
     SAE(W, W.T.clone(), torch.zeros(8), torch.zeros(8), "standard", metadata={"hook_name": HOOK}).save(tmp_path / "d")
     out = tmp_path / "out"
     assert main(["eval", "--acts", str(store), "--dicts", str(tmp_path / "d"), "--contexts", "0", "--tokens", "40",
-                 "--batch-size", "7", "--out", str(out), "--quiet"]) == 0
+                 "--alive-threshold", "30", "--batch-size", "7", "--out", str(out), "--quiet"]) == 0
     m = json.loads((out / "results" / "d.json").read_text())["metrics"]
     assert m["n_activations"] == 40
     # the first 40 rows the default filter keeps: position 0 of each 8-token context is left out
-    X, Wn = H[torch.arange(64) % 8 != 0][:40].double().numpy(), W.double().numpy()
+    kept, Wn = H[torch.arange(64) % 8 != 0].double().numpy(), W.double().numpy()
+    X = kept[:40]
     err = ((X - np.maximum(X @ Wn, 0) @ Wn.T) ** 2).sum()
     assert m["fvu"] == pytest.approx(err / ((X - X.mean(0)) ** 2).sum(), rel=1e-5)
+    assert m["l0"] == pytest.approx((X @ Wn > 0).sum(1).mean())
+    # the firing counts go on over all 56 kept rows (the encoder only): alive > 30 firings, never fired
+    fires_all, fires_40 = (kept @ Wn > 0).sum(0), (X @ Wn > 0).sum(0)
+    assert m["n_counted"] == 56
+    assert m["alive"] == int((fires_all > 30).sum()) == 8 - m["dead"]
+    assert int((fires_40 > 30).sum()) != m["alive"]  # counted over the 40 metric rows, the answer would differ
+    assert m["never_fired"] == int((fires_all == 0).sum())
+    assert sum(m["density_histogram"]["counts"]) + m["density_histogram"]["never_fired"] == 8
 
 
 def test_a_store_harvested_from_a_relative_model_path_evaluates_from_another_folder(tmp_path, monkeypatch, capsys):

@@ -97,6 +97,14 @@ def test_every_stage_runs(full_run):
         assert tree_hash(out / folder) == rec["outputs"], name
 
 
+def test_corpus_option_overrides_the_presets(full_run, inputs):
+    out, _, _ = full_run
+    state = _state(out)
+    harvest = state["stages"]["harvest"]["config"]
+    assert harvest["corpus"] == str(inputs / "corpus.jsonl") == state["plan"]["corpus"]
+    assert harvest["heldout_fraction"] == state["plan"]["heldout_fraction"] == 0.1
+
+
 def test_unchanged_rerun_skips_every_stage(full_run, inputs):
     out, _, _ = full_run
     before = _state(out)
@@ -205,6 +213,11 @@ def test_plan_and_overrides():
     assert len(std["resid_layers"]) >= 4 and std["ioi_layer"] in std["resid_layers"] and 10 <= std["ioi_layer"] <= 19
     assert std["extra_alphas_resid"] == [0.0] and len(std["target_l0_resid"]) >= 5 and min(std["ratios_resid"]) < 1
     assert std["heldout_tokens"] >= 1_000_000 and std["ioi_prompts"] >= 20 and std["interpret_features"] == 150
+    # the Wikipedia leads hold 1.07M tokens in all: the standard preset adds the KJV and holds out 55% of the
+    # documents; the quick one keeps the embedded corpus and a tenth
+    assert (std["corpus"], std["heldout_fraction"]) == ("default,kjv", 0.55)
+    assert (p["corpus"], p["heldout_fraction"]) == ("default", 0.1)
+    assert std["eval_tokens"] < std["heldout_tokens"]  # FVU / L0 on a part; alive over every held-out row
     got = parse_overrides("tokens=5,resid_layers=[1,2],main_target_l0_resid=20,ioi_mode=greedy", p)
     assert got == {"tokens": 5, "resid_layers": [1, 2], "main_target_l0_resid": 20.0, "ioi_mode": "greedy"}
 

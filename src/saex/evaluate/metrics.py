@@ -28,6 +28,7 @@ class ReconstructionMetrics:
 
     def __init__(self, d_in: int, d_dict: int):
         self.n = 0
+        self.n_counted = 0  # rows the firing counts cover: those of ``update`` and of ``count``
         self.d_in = d_in
         self.sq_err = 0.0
         self.sum_x_D = torch.zeros(d_in, dtype=torch.float64)
@@ -41,6 +42,7 @@ class ReconstructionMetrics:
     def update(self, x_BD: torch.Tensor, xhat_BD: torch.Tensor, c_BF: torch.Tensor) -> None:
         x, xh = x_BD.double(), xhat_BD.double()
         self.n += x.shape[0]
+        self.n_counted += x.shape[0]
         self.sq_err += (x - xh).pow(2).sum().item()
         self.sum_x_D += x.sum(0)
         self.sum_sq_x += x.pow(2).sum().item()
@@ -53,15 +55,23 @@ class ReconstructionMetrics:
         self.cos_sum += cos_B.sum().item()
         self.ratio_sum += torch.where(nx_B > 0, nh_B / nx_B.clamp_min(1e-300), torch.zeros_like(nx_B)).sum().item()
 
+    @torch.no_grad()
+    def count(self, c_BF: torch.Tensor) -> None:
+        """Firing counts only (alive, never fired, density), for rows beyond the reconstruction metrics': the
+        encoder alone is cheap, so the rarely firing features are counted over many more rows."""
+        self.fires_F += (c_BF != 0).sum(0)
+        self.n_counted += c_BF.shape[0]
+
     def result(self, alive_threshold: int = 10) -> dict:
         n = self.n
         if n == 0:
             raise ValueError("no activations were evaluated")
         var_about_mean = self.sum_sq_x - (self.sum_x_D.pow(2).sum().item() / n)
         alive = int((self.fires_F > alive_threshold).sum())
-        density_F = (self.fires_F.double() / n).numpy()
+        density_F = (self.fires_F.double() / self.n_counted).numpy()
         return {
             "n_activations": n,
+            "n_counted": self.n_counted,
             "mse": self.sq_err / (n * self.d_in),
             "fvu": self.sq_err / var_about_mean if var_about_mean > 0 else math.nan,
             "l0": self.l0_sum / n,
@@ -72,7 +82,7 @@ class ReconstructionMetrics:
             "dead": int(self.fires_F.numel() - alive),
             "alive_fraction": alive / self.fires_F.numel(),
             "never_fired": int((self.fires_F == 0).sum()),
-            "density_histogram": density_histogram(density_F, n),
+            "density_histogram": density_histogram(density_F, self.n_counted),
         }
 
 

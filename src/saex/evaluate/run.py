@@ -49,7 +49,9 @@ class EvalConfig(RowOptions):
     hook: str | None = None
     """Hook point to evaluate at; by default each dictionary's own (its metadata hook_name)."""
     tokens: int | None = None
-    """Held-out activations for the reconstruction metrics (default: every held-out row)."""
+    """Held-out activations for the reconstruction metrics: FVU, MSE, L0, cosine (default: every held-out row).
+    Alive, never fired and the density histogram count firings over every kept held-out row regardless (the
+    encoder alone, so a 1M-token split costs little more than a 100k one)."""
     batch_size: int = 4096
     """Activations per batch for the reconstruction metrics."""
     contexts: int = 32
@@ -57,9 +59,9 @@ class EvalConfig(RowOptions):
     context_batch: int = 8
     """Contexts per forward pass for spliced CE / KL."""
     alive_threshold: int = 10
-    """A feature is alive when non-zero on more than this many evaluated activations (paper App. E: 10 in
-    10M); the result records it with the number of activations it was measured on, and the features that
-    never fired."""
+    """A feature is alive when non-zero on more than this many held-out activations (paper App. E: 10 in 10M);
+    the result records it with the number of activations counted (``n_counted``: every kept held-out row),
+    and the features that never fired."""
     reference: str | None = None
     """A dictionary folder to compute MMCS (plain and Hungarian-matched) against."""
     model: str | None = None
@@ -145,25 +147,29 @@ def _result_path(out: Path, name: str) -> Path:
 
 
 def _reconstruction(store, hook, group, n_rows, rows: RowFilter, cfg, progress) -> dict[str, dict]:
-    """Streaming metrics over the first ``n_rows`` held-out rows that ``rows`` keeps."""
+    """Streaming metrics over the first ``n_rows`` held-out rows that ``rows`` keeps; the firing counts
+    (alive, never fired, density) go on over every kept row, with the encoder only."""
     accs = {name: ReconstructionMetrics(d.d_in, d.d_dict) for name, d in group.items()}
-    bar = tqdm(total=n_rows, desc=f"metrics at {hook}", unit="act", disable=not progress)
+    total = len(store.kept_rows("heldout", rows, hook))
+    bar = tqdm(total=total, desc=f"metrics at {hook}", unit="act", disable=not progress)
     seen = 0
     for s in range(len(store.shards("heldout"))):
-        if seen >= n_rows:
-            break
-        x_ND = store.load_kept("heldout", s, hook, rows)[:n_rows - seen]
+        x_ND = store.load_kept("heldout", s, hook, rows)
         if not torch.isfinite(x_ND).all():
             raise SaexError(f"the store {store.path} holds NaN or Inf activations at {hook} in its held-out split; "
                             "re-harvest with --dtype float32")
         for b in range(0, len(x_ND), cfg.batch_size):
             x_BD = x_ND[b:b + cfg.batch_size]
+            k = max(0, min(len(x_BD), n_rows - seen))  # rows of this batch still within the metrics' budget
             with torch.inference_mode():
                 for name, d in group.items():
                     c_BF = d.encode(x_BD)
-                    accs[name].update(x_BD, d.decode(c_BF), c_BF)
+                    if k:
+                        accs[name].update(x_BD[:k], d.decode(c_BF[:k]), c_BF[:k])
+                    if k < len(x_BD):
+                        accs[name].count(c_BF[k:])
+            seen += len(x_BD)
             bar.update(len(x_BD))
-        seen += len(x_ND)
     bar.close()
     return {name: acc.result(cfg.alive_threshold) | {"row_filter": asdict(rows)} for name, acc in accs.items()}
 

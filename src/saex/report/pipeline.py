@@ -43,8 +43,9 @@ class ReproduceConfig:
     time is printed before it starts."""
     model: str = "smollm2-135m"
     """Model: embedded (smollm2-135m, gemma3-270m), a local folder or a hub id."""
-    corpus: str = "default"
-    """Corpus, as for saex harvest (default: the embedded Wikipedia leads)."""
+    corpus: str = ""
+    """Corpus, as for saex harvest; empty: the preset's (quick: default, the embedded Wikipedia leads; standard:
+    default,kjv, which needs Debian's bible-kjv for the ≥ 1M held-out tokens the preset asks for)."""
     out: str = "runs/reproduce"
     """Run folder: one sub-folder per stage, reproduce.json, and report/ with report.html."""
     set: str = ""
@@ -249,6 +250,8 @@ def reproduce(cfg: ReproduceConfig, progress: bool = True) -> Path:
     info = describe_model(cfg.model)
     plan = presets.plan(cfg.preset, info["n_layers"])
     plan.update(parse_overrides(cfg.set, plan))
+    if cfg.corpus:
+        plan["corpus"] = cfg.corpus
     # The circuit needs one upstream dictionary per level, at the layers just before the main one.
     plan["circuit_depth"] = max(1, min(plan["circuit_depth"], plan["main_layer"]))
     upstream = {plan["main_layer"] - i for i in range(1, plan["circuit_depth"] + 1)}
@@ -263,7 +266,7 @@ def reproduce(cfg: ReproduceConfig, progress: bool = True) -> Path:
                                         info["vocab"], info["gflops"])
     total = sum(estimate.values())
     print(f"saex reproduce --preset {cfg.preset}: {cfg.model} ({info['n_layers']} layers, d_model {info['d_model']})"
-          f" on {cfg.corpus}")
+          f" on {plan['corpus']}")
     print("plan: " + json.dumps(plan))
     print(f"expected time on this machine: about {_human(total)} (an estimate from FLOP counts and a measured "
           f"{info['gflops']:.0f} GFLOP/s matmul rate: " + ", ".join(f"{k} {_human(v)}" for k, v in estimate.items())

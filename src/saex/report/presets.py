@@ -70,6 +70,10 @@ def plan(preset: str, n_layers: int) -> dict:
         "case_top": 3,
         "case_max_density": 0.05,
         "dashboard_features": 0,
+        # the corpus (saex harvest's --corpus; --corpus of saex reproduce overrides it) and the share of its
+        # documents held out
+        "corpus": "default",
+        "heldout_fraction": 0.1,
     }
     if preset == "quick":
         # Budgeted for `make demo` (< 15 minutes with setup on 2 cores). Measured on SmolLM2-135M layer 6,
@@ -132,10 +136,15 @@ def plan(preset: str, n_layers: int) -> dict:
             "main_ratio_mlp": 1.0,
             "train_steps": 3000,
             "train_batch": 128,
+            # ≥ 1M held-out tokens: the Wikipedia leads alone hold 1.07M in all, so the King James Bible
+            # (Debian bible-kjv, 1.21M) joins them and 55% of the documents are held out (≈ 1.25M tokens)
+            "corpus": "default,kjv",
+            "heldout_fraction": 0.55,
             "tokens": 300_000,
             "heldout_tokens": 1_000_000,
             "context_length": 128,
-            "eval_tokens": 0,
+            # FVU, L0 and the rest on the first 100k held-out rows; alive and never-fired over all of them
+            "eval_tokens": 100_000,
             "eval_contexts": 32,
             "ica_rows": 16_384,
             "ica_max_iter": 200,

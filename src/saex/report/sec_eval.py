@@ -10,6 +10,12 @@ from saex.report.collect import SPLICED, Run, hook_kind, is_sae, main_result
 from saex.report.sections import Figure, Section, Table, differences, fmt, not_run
 
 
+def counted(metrics: dict) -> int | None:
+    """Held-out rows a result's firing counts (alive, never fired) cover: every kept row since the encoder-only
+    pass (``n_counted``), the reconstruction metrics' rows in older results."""
+    return metrics.get("n_counted", metrics.get("n_activations"))
+
+
 def overview(run: Run, fig_dir: Path, results: dict) -> Section:
     s = Section("run", "This reproduction", "Cunningham et al. (2023), Sparse Autoencoders Find Highly "
                 "Interpretable Features in Language Models: every figure and table below is recomputed from this "
@@ -44,7 +50,7 @@ def _series(run: Run) -> dict[str, list[dict]]:
                     {"alpha": float(r["alpha"]), "ratio": float(r["ratio"]), "l0": r["metrics"]["l0"],
                      "fvu": r["metrics"]["fvu"], "alive_fraction": r["metrics"]["alive_fraction"],
                      "alive": r["metrics"].get("alive"), "never_fired": r["metrics"].get("never_fired"),
-                     "n": r["metrics"].get("n_activations"), "d_dict": r.get("d_dict"), "hook": hook})
+                     "n": counted(r["metrics"]), "d_dict": r.get("d_dict"), "hook": hook})
     for pts in out.values():
         pts.sort(key=lambda p: p["alpha"])
     return out
@@ -98,7 +104,7 @@ def fig16(run: Run, fig_dir: Path, results: dict) -> Section:
     s.claims += C.alive_claims({h: v for h, v in by_hook.items() if hook_kind(h) == "resid"},
                                {h: v for h, v in by_hook.items() if hook_kind(h) == "mlp"})
     threshold = next((r["metrics"].get("alive_threshold") for ev in run.eval.values() for r in ev["results"]), None)
-    n = next((r["metrics"].get("n_activations") for ev in run.eval.values() for r in ev["results"]), None)
+    n = next((counted(r["metrics"]) for ev in run.eval.values() for r in ev["results"]), None)
     s.differences = differences(run, extra=[f"Alive: more than {threshold} activations over {n:,} held-out activations "
                                             "(the paper: more than 10 over ≈ 2.1-10M)." if n else ""])
     s.differences = [d for d in s.differences if d]

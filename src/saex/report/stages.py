@@ -124,8 +124,9 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
         return member(root / "dicts" / hook, sweep(hook)["main_ratio"], alphas(hook)[1])
 
     add("harvest", "acts", (),
-        lambda: HarvestConfig(out=str(acts), model=cfg.model, corpus=cfg.corpus, hooks=",".join(hooks),
+        lambda: HarvestConfig(out=str(acts), model=cfg.model, corpus=plan["corpus"], hooks=",".join(hooks),
                               tokens=plan["tokens"], heldout_tokens=plan["heldout_tokens"],
+                              heldout_fraction=plan["heldout_fraction"],
                               context_length=plan["context_length"]),
         lambda c: harvest(HarvestConfig(**c), progress=progress))
     for hook in [h for h in hooks if sweep(h)["calibrated_at"] == h]:
