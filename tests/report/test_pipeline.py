@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests._cli import run_cli as _main
-from saex.report.pipeline import parse_overrides, tree_hash
+from saex.report.pipeline import _abs, _rel, parse_overrides, tree_hash
 from saex.report.presets import plan
 from tests.causal._helpers import save_ioi_model
 
@@ -103,6 +103,20 @@ def test_corpus_option_overrides_the_presets(full_run, inputs):
     harvest = state["stages"]["harvest"]["config"]
     assert harvest["corpus"] == str(inputs / "corpus.jsonl") == state["plan"]["corpus"]
     assert harvest["heldout_fraction"] == state["plan"]["heldout_fraction"] == 0.1
+
+
+def test_configs_name_run_folder_paths_relative_to_it(tmp_path):
+    root = tmp_path / "run"
+    cfg = {"dicts": f"{root}/dicts/h,{root}/baselines/h", "acts": f"{root}/acts", "out": str(root),
+           "model": str(tmp_path / "model"), "other": f"{root}2/acts", "hooks": "blocks.0.x,blocks.1.x",
+           "corpus": "default,kjv", "n": 3}
+    rel = _rel(cfg, root)
+    assert rel == {"dicts": "$OUT/dicts/h,$OUT/baselines/h", "acts": "$OUT/acts", "out": "$OUT",
+                   "model": str(tmp_path / "model"), "other": f"{root}2/acts", "hooks": "blocks.0.x,blocks.1.x",
+                   "corpus": "default,kjv", "n": 3}
+    assert _abs(rel, root) == cfg
+    moved = tmp_path / "elsewhere"
+    assert _abs(rel, moved)["dicts"] == f"{moved}/dicts/h,{moved}/baselines/h"
 
 
 def test_unchanged_rerun_skips_every_stage(full_run, inputs):

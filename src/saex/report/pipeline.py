@@ -226,19 +226,21 @@ class Pipeline:
 
 
 def _rel(obj, root: Path):
-    """Configs name folders inside the run folder relative to it, so a moved run folder keeps its keys."""
+    """Configs name folders inside the run folder relative to it, so a moved run folder keeps its keys (each
+    item of a comma-separated list too: eval's --dicts names the trained and the baseline folders)."""
     if isinstance(obj, dict):
         return {k: _rel(v, root) for k, v in obj.items()}
-    if isinstance(obj, str) and obj.startswith(str(root)):
-        return "$OUT" + obj[len(str(root)):]
+    if isinstance(obj, str):
+        r = str(root)
+        return ",".join("$OUT" + s[len(r):] if s == r or s.startswith(r + "/") else s for s in obj.split(","))
     return obj
 
 
 def _abs(obj, root: Path):
     if isinstance(obj, dict):
         return {k: _abs(v, root) for k, v in obj.items()}
-    if isinstance(obj, str) and obj.startswith("$OUT"):
-        return str(root) + obj[4:]
+    if isinstance(obj, str) and "$OUT" in obj:
+        return ",".join(str(root) + s[4:] if s.startswith("$OUT") else s for s in obj.split(","))
     return obj
 
 
