@@ -118,8 +118,7 @@ def evaluate_dictionaries(cfg: EvalConfig, progress: bool = True) -> Path:
     rows.check(store.context_length)
     hooked = _load_model(store, cfg.model) if cfg.contexts and todo else None  # fails before any long work
     for hook, group in todo.items():
-        n_kept = len(store.kept_rows("heldout", rows, hook))
-        metrics = _reconstruction(store, hook, group, min(cfg.tokens or n_kept, n_kept), rows, cfg, progress)
+        metrics = _reconstruction(store, hook, group, cfg.tokens, rows, cfg, progress)
         spliced = {}
         if hooked is not None:
             tokens = store.tokens("heldout")[:cfg.contexts]
@@ -146,12 +145,13 @@ def _result_path(out: Path, name: str) -> Path:
     return out / "results" / (name.replace("/", "__") + ".json")
 
 
-def _reconstruction(store, hook, group, n_rows, rows: RowFilter, cfg, progress) -> dict[str, dict]:
-    """Streaming metrics over the first ``n_rows`` held-out rows that ``rows`` keeps; the firing counts
-    (alive, never fired, density) go on over every kept row, with the encoder only."""
+def _reconstruction(store, hook, group, n_rows: int | None, rows: RowFilter, cfg, progress) -> dict[str, dict]:
+    """Streaming metrics over the first ``n_rows`` (None: all) held-out rows that ``rows`` keeps; the firing
+    counts (alive, never fired, density) go on over every kept row, with the encoder only. One read of each
+    shard: the kept rows are not counted beforehand (at a hook with a norm limit that would read them all)."""
     accs = {name: ReconstructionMetrics(d.d_in, d.d_dict) for name, d in group.items()}
-    total = len(store.kept_rows("heldout", rows, hook))
-    bar = tqdm(total=total, desc=f"metrics at {hook}", unit="act", disable=not progress)
+    budget = math.inf if n_rows is None else n_rows
+    bar = tqdm(total=store.n_rows("heldout"), desc=f"metrics at {hook}", unit="row", disable=not progress)
     seen = 0
     for s in range(len(store.shards("heldout"))):
         x_ND = store.load_kept("heldout", s, hook, rows)
@@ -160,7 +160,7 @@ def _reconstruction(store, hook, group, n_rows, rows: RowFilter, cfg, progress) 
                             "re-harvest with --dtype float32")
         for b in range(0, len(x_ND), cfg.batch_size):
             x_BD = x_ND[b:b + cfg.batch_size]
-            k = max(0, min(len(x_BD), n_rows - seen))  # rows of this batch still within the metrics' budget
+            k = int(max(0, min(len(x_BD), budget - seen)))  # rows of this batch within the metrics' budget
             with torch.inference_mode():
                 for name, d in group.items():
                     c_BF = d.encode(x_BD)
@@ -169,7 +169,7 @@ def _reconstruction(store, hook, group, n_rows, rows: RowFilter, cfg, progress) 
                     if k < len(x_BD):
                         accs[name].count(c_BF[k:])
             seen += len(x_BD)
-            bar.update(len(x_BD))
+        bar.update(store.shards("heldout")[s]["rows"])
     bar.close()
     return {name: acc.result(cfg.alive_threshold) | {"row_filter": asdict(rows)} for name, acc in accs.items()}
 

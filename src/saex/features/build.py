@@ -23,7 +23,7 @@ from saex.dictionaries.folders import open_for_store
 from saex.features.fragments import Fragments, make_fragments
 from saex.features.index import INDEX_JSON, INDEX_TENSORS, KINDS, VOCAB_JSON, IndexBuilder, sparse_token_values
 from saex.store.files import check_output_folder, sha256_path, write_json_atomic, write_safetensors_atomic
-from saex.store.reader import ActivationStore, RowFilter, RowOptions, store_hash
+from saex.store.reader import ActivationStore, RowFilter, RowOptions, store_hash, within_norm
 
 MARKER = "features.json"
 
@@ -139,7 +139,7 @@ def _codes(store, hook, d, frags: Fragments, keep_NL: torch.Tensor, limit: float
         c_CLF = d.encode(x).reshape(len(sel), rows.shape[1], -1)
         keep_CL = keep_NL[torch.from_numpy(sel)]
         if limit is not None:
-            keep_CL = keep_CL & (x.norm(dim=1) <= limit).reshape(keep_CL.shape)
+            keep_CL = keep_CL & within_norm(x, limit).reshape(keep_CL.shape)
         c_CLF[~keep_CL] = 0
         return c_CLF, keep_CL
 

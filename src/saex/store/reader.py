@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,18 @@ class RowOptions:
     max_norm_ratio: float = 20.0
     """Leave out rows whose norm exceeds this multiple of the hook's median row norm (massive activations,
     Sun et al. 2024: attention sinks away from position 0), likewise; 0 keeps them."""
+
+
+def row_options(cfg: RowOptions) -> dict:
+    """The row options of a stage's config, to hand on to the config of a stage it runs."""
+    return {f.name: getattr(cfg, f.name) for f in fields(RowOptions)}
+
+
+def within_norm(x_ND: torch.Tensor, limit: float) -> torch.Tensor:
+    """Bool ``[N]``: rows whose norm is at most ``limit``. NaN / Inf rows count as within, so that the readers'
+    finiteness checks still see and report them."""
+    n_N = x_ND.float().norm(dim=1)
+    return (n_N <= limit) | ~torch.isfinite(n_N)
 
 
 @dataclass(frozen=True)
@@ -201,9 +213,7 @@ class ActivationStore:
         limit = self.norm_limit(hook, rows)
         if limit is not None:
             x_ND = self.load_shard(split, index, hook) if x_ND is None else x_ND
-            # NaN / Inf rows stay in, so that the readers' finiteness checks still see and report them
-            n_N = x_ND.float().norm(dim=1)
-            keep &= (n_N <= limit) | ~torch.isfinite(n_N)
+            keep &= within_norm(x_ND, limit)
         return keep
 
     def load_kept(self, split: str, index: int, hook: str, rows: RowFilter,

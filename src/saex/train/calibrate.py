@@ -28,8 +28,8 @@ import numpy as np
 
 import saex
 from saex.errors import SaexError
-from saex.store.reader import RowOptions
 from saex.store.files import read_jsonl, write_json_atomic
+from saex.store.reader import RowOptions, row_options
 from saex.train.config import TrainConfig, parse_floats
 
 RESULT = "calibration.json"
@@ -107,9 +107,7 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> Path:
     sweep = TrainConfig(acts=cfg.acts, hook=cfg.hook, out=str(out / "sweep"), arch=cfg.arch, ratio=f"{cfg.ratio:g}",
                         alpha=",".join(f"{a:g}" for a in grid), steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                         decay_fraction=cfg.decay_fraction, normalize=cfg.normalize, decoder_bias=cfg.decoder_bias,
-                        eval_tokens=cfg.eval_tokens, eval_every=cfg.steps, exclude_first=cfg.exclude_first,
-                        exclude_special_tokens=cfg.exclude_special_tokens, max_norm_ratio=cfg.max_norm_ratio,
-                        seed=cfg.seed)
+                        eval_tokens=cfg.eval_tokens, eval_every=cfg.steps, seed=cfg.seed, **row_options(cfg))
     train(sweep, progress=progress)
     run = json.loads((out / "sweep" / "run.json").read_text())
     final = {row["dictionary"]: row for row in read_jsonl(out / "sweep" / METRICS) if row.get("step") == cfg.steps}
