@@ -16,7 +16,14 @@ def load_avg() -> list[float] | None:
 
 def machine(torch_version: str, threads: int, load_before, load_after, **extra) -> dict:
     """What a results file says about the machine it was measured on."""
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch": torch_version, "torch_threads": threads, "load_avg_before": load_before,
-            "load_avg_after": load_after, **extra}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch_version,
+        "torch_threads": threads,
+        "load_avg_before": load_before,
+        "load_avg_after": load_after,
+        **extra,
+    }

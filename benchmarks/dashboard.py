@@ -44,25 +44,26 @@ import statistics
 import sys
 import tempfile
 import time
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests/viz/_dashboard_synth.py
 
-from saex.store.files import write_json_atomic  # noqa: E402
-from saex.viz.dashboard.site import SHARD, write_site  # noqa: E402
 from tests.viz import _dashboard_synth as synth  # noqa: E402
 
 from _common import load_avg, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from saex.store.files import write_json_atomic  # noqa: E402
+from saex.viz.dashboard.site import SHARD, write_site  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dashboard.json"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--features", type=int, default=None, help="payloads of the build benchmark (default 20,000)")
     p.add_argument("--examples", type=int, default=12, help="examples per build payload (4 sections)")
     p.add_argument("--tokens", type=int, default=64, help="tokens per example")
@@ -82,33 +83,49 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # -- payloads ------------------------------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+
+@cache
 def _examples(i: int, n: int, tokens: int) -> list[dict]:
     """Shared between payloads (i is taken modulo 64), so that making a payload costs next to nothing."""
     toks = synth.RICH_TOKENS + [" the", " river", " bank", " of", " a"]
-    return [{"tokens": [toks[(i + e + t) % len(toks)] for t in range(tokens)],
-             "acts": [round(((i * 7 + e * 3 + t) % 17) / 4.0, 6) if (t + e) % 3 else 0 for t in range(tokens)]}
-            for e in range(n)]
+    return [
+        {
+            "tokens": [toks[(i + e + t) % len(toks)] for t in range(tokens)],
+            "acts": [round(((i * 7 + e * 3 + t) % 17) / 4.0, 6) if (t + e) % 3 else 0 for t in range(tokens)],
+        }
+        for e in range(n)
+    ]
 
 
 def payload(i: int, examples: int, tokens: int) -> dict:
     """A feature payload as ``saex dashboard`` writes it, every panel filled, hostile strings included."""
     p = synth.payload(synth.RICH) | {"id": i, "density": synth.density(i), "explanation": synth.explanation(i)}
     per = max(1, examples // 4)
-    p["sections"] = [{"title": title, "examples": _examples((i + k) % 64, per, tokens)}
-                     for k, title in enumerate(("Top activations", "Decile 10 of 10 (highest)", "Decile 5 of 10",
-                                                "Random activating fragments"))]
+    p["sections"] = [
+        {"title": title, "examples": _examples((i + k) % 64, per, tokens)}
+        for k, title in enumerate(
+            ("Top activations", "Decile 10 of 10 (highest)", "Decile 5 of 10", "Random activating fragments")
+        )
+    ]
     p["not_computed"] = {}
     return p
 
 
 def rows(n: int) -> list[dict]:
-    return [{"id": i, "density": (i % 97) / 1e4, "max": float(i % 11) + 0.5,
-             "score": None if i % 3 == 0 else ((i * 7919) % 1000) / 1000, "explanation": f"feature number {i}"}
-            for i in range(n)]
+    return [
+        {
+            "id": i,
+            "density": (i % 97) / 1e4,
+            "max": float(i % 11) + 0.5,
+            "score": None if i % 3 == 0 else ((i * 7919) % 1000) / 1000,
+            "explanation": f"feature number {i}",
+        }
+        for i in range(n)
+    ]
 
 
 # -- (a) site build ------------------------------------------------------------------------------------------
+
 
 def bench_build(a, work: Path) -> dict:
     n = a.features
@@ -145,29 +162,48 @@ def bench_build(a, work: Path) -> dict:
         def prep():
             shutil.rmtree(work / name, ignore_errors=True)
             os.sync()
+
         return prep
 
-    methods = {"json": lambda: plain_json(False), "json_dump": lambda: plain_json(True), "site": site,
-               "rebuild": rebuild, "generate": generate}
-    prep = {"json": fresh("json"), "json_dump": fresh("json_dump"), "site": fresh("site"), "rebuild": os.sync,
-            "generate": os.sync}
+    methods = {
+        "json": lambda: plain_json(False),
+        "json_dump": lambda: plain_json(True),
+        "site": site,
+        "rebuild": rebuild,
+        "generate": generate,
+    }
+    prep = {
+        "json": fresh("json"),
+        "json_dump": fresh("json_dump"),
+        "site": fresh("site"),
+        "rebuild": os.sync,
+        "generate": os.sync,
+    }
     # rebuild must follow a site build: run it right after site in every round
     times = _rounds(methods, a.repeats or (2 if a.quick else 3), "build", prep=prep, follow={"rebuild": "site"})
     per = {m: [t / n for t in v] for m, v in times.items()}
     files = list((work / "site" / "data" / "f").rglob("*.js"))
     sizes = [f.stat().st_size for f in files[:200]]
     manifest = json.loads((work / "site" / "dashboard.json").read_text())
-    return {"features": n, "payload_bytes_json": len(json.dumps(sample, ensure_ascii=False, separators=(",", ":"))),
-            "feature_file_bytes_median": statistics.median(sizes), "rebuild_written": manifest["written"],
-            "seconds": times, "s_per_feature": per,
-            "median_ms_per_feature": {m: 1e3 * statistics.median(v) for m, v in per.items()},
-            "ratios": {"site_vs_json": _ratio(times, "site", "json"),
-                       "rebuild_vs_json": _ratio(times, "rebuild", "json"),
-                       "json_dump_vs_json": _ratio(times, "json_dump", "json"),
-                       "generate_vs_json": _ratio(times, "generate", "json")}}
+    return {
+        "features": n,
+        "payload_bytes_json": len(json.dumps(sample, ensure_ascii=False, separators=(",", ":"))),
+        "feature_file_bytes_median": statistics.median(sizes),
+        "rebuild_written": manifest["written"],
+        "seconds": times,
+        "s_per_feature": per,
+        "median_ms_per_feature": {m: 1e3 * statistics.median(v) for m, v in per.items()},
+        "ratios": {
+            "site_vs_json": _ratio(times, "site", "json"),
+            "rebuild_vs_json": _ratio(times, "rebuild", "json"),
+            "json_dump_vs_json": _ratio(times, "json_dump", "json"),
+            "generate_vs_json": _ratio(times, "generate", "json"),
+        },
+    }
 
 
 # -- (b) browser -----------------------------------------------------------------------------------------
+
 
 def _driver():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -177,8 +213,15 @@ def _driver():
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1000", "--no-first-run", "--disable-extensions"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         opts.add_argument(arg)
     opts.binary_location = chromium
     d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
@@ -209,43 +252,55 @@ def bench_browser(a, work: Path) -> dict:
         sites[name] = write_site(work / f"browser-{name}", {"dictionary": f"bench {n}"}, rows(n), [full, empty])
     driver = _driver()
     try:
+
         def page(site, html, frag, ready):
             url = sites[site].joinpath(html).as_uri() + frag
             return lambda: _open(driver, url, ready)
 
         by_score = "#sort=score&dir=desc"
-        methods = {"index_small": page("small", "index.html", "", "1"), "index_big": page("big", "index.html", "", "1"),
-                   "index_small_by_score": page("small", "index.html", by_score, "1"),
-                   "index_big_by_score": page("big", "index.html", by_score, "1"),
-                   "feature_full": page("big", "feature.html", "#1", "1"),
-                   "feature_minimal": page("big", "feature.html", "#2", "2")}
+        methods = {
+            "index_small": page("small", "index.html", "", "1"),
+            "index_big": page("big", "index.html", "", "1"),
+            "index_small_by_score": page("small", "index.html", by_score, "1"),
+            "index_big_by_score": page("big", "index.html", by_score, "1"),
+            "feature_full": page("big", "feature.html", "#1", "1"),
+            "feature_minimal": page("big", "feature.html", "#2", "2"),
+        }
         raw = _rounds(methods, a.repeats or (2 if a.quick else 7), "browser", keep=True)
     finally:
         driver.quit()
     in_page = {m: [r[0] for r in v] for m, v in raw.items()}
     wall = {m: [r[1] for r in v] for m, v in raw.items()}
-    return {"small": a.small, "big": a.big, "index_js_bytes": {k: (s / "data" / "index.js").stat().st_size
-                                                                for k, s in sites.items()},
-            "in_page_ms": in_page, "wall_ms": wall,
-            "median_in_page_ms": {m: statistics.median(v) for m, v in in_page.items()},
-            "median_wall_ms": {m: statistics.median(v) for m, v in wall.items()},
-            "ratios": {"index_big_vs_small": _ratio(in_page, "index_big", "index_small"),
-                       "index_big_vs_small_by_score": _ratio(in_page, "index_big_by_score", "index_small_by_score"),
-                       "feature_full_vs_minimal": _ratio(in_page, "feature_full", "feature_minimal"),
-                       "index_big_vs_small_wall": _ratio(wall, "index_big", "index_small")}}
+    return {
+        "small": a.small,
+        "big": a.big,
+        "index_js_bytes": {k: (s / "data" / "index.js").stat().st_size for k, s in sites.items()},
+        "in_page_ms": in_page,
+        "wall_ms": wall,
+        "median_in_page_ms": {m: statistics.median(v) for m, v in in_page.items()},
+        "median_wall_ms": {m: statistics.median(v) for m, v in wall.items()},
+        "ratios": {
+            "index_big_vs_small": _ratio(in_page, "index_big", "index_small"),
+            "index_big_vs_small_by_score": _ratio(in_page, "index_big_by_score", "index_small_by_score"),
+            "feature_full_vs_minimal": _ratio(in_page, "feature_full", "feature_minimal"),
+            "index_big_vs_small_wall": _ratio(wall, "index_big", "index_small"),
+        },
+    }
 
 
 # -- shared ----------------------------------------------------------------------------------------------------
 
-def _rounds(methods: dict, repeats: int, what: str, keep: bool = False, prep: dict | None = None,
-            follow: dict | None = None) -> dict[str, list]:
+
+def _rounds(
+    methods: dict, repeats: int, what: str, keep: bool = False, prep: dict | None = None, follow: dict | None = None
+) -> dict[str, list]:
     """Each method once as a warm-up, then ``repeats`` rounds in rotated order; ``prep[m]`` runs untimed
     before ``m``; ``follow[m] = n`` keeps ``m`` right after ``n``."""
     prep, follow = prep or {}, follow or {}
     names = [m for m in methods if m not in follow]
     out: dict[str, list] = {m: [] for m in methods}
     for r in range(-1, repeats):
-        order = names[r % len(names):] + names[:r % len(names)] if r >= 0 else names
+        order = names[r % len(names) :] + names[: r % len(names)] if r >= 0 else names
         for m in [x for n in order for x in [n] + [f for f, after in follow.items() if after == n]]:
             prep.get(m, lambda: None)()
             t = time.perf_counter()
@@ -254,15 +309,20 @@ def _rounds(methods: dict, repeats: int, what: str, keep: bool = False, prep: di
                 out[m].append(res if keep else time.perf_counter() - t)
         if r >= 0:
             last = {m: (v[-1][0] if keep else v[-1]) for m, v in out.items()}
-            print(f"{what} round {r + 1}/{repeats}: " + "  ".join(f"{m} {x:.3g}" for m, x in last.items()),
-                  file=sys.stderr)
+            print(
+                f"{what} round {r + 1}/{repeats}: " + "  ".join(f"{m} {x:.3g}" for m, x in last.items()),
+                file=sys.stderr,
+            )
     return out
 
 
 def _ratio(times: dict, num: str, den: str) -> dict:
     paired = [n / d for n, d in zip(times[num], times[den])]
-    return {"ratio_of_medians": statistics.median(times[num]) / statistics.median(times[den]),
-            "median_paired": statistics.median(paired), "paired": paired}
+    return {
+        "ratio_of_medians": statistics.median(times[num]) / statistics.median(times[den]),
+        "median_paired": statistics.median(paired),
+        "paired": paired,
+    }
 
 
 def main(argv=None) -> dict:
@@ -287,8 +347,9 @@ def main(argv=None) -> dict:
     import selenium
     import torch
 
-    result["machine"] = machine(torch.__version__, torch.get_num_threads(), load_before, load_avg(),
-                                selenium=selenium.__version__)
+    result["machine"] = machine(
+        torch.__version__, torch.get_num_threads(), load_before, load_avg(), selenium=selenium.__version__
+    )
     _print(result)
     write_json_atomic(Path(a.json), result)
     print(f"results in {a.json}")
@@ -298,8 +359,10 @@ def main(argv=None) -> dict:
 def _print(r: dict) -> None:
     b = r.get("build")
     if b:
-        print(f"site build, {b['features']} features ({b['payload_bytes_json']} bytes of JSON each, "
-              f"feature file {b['feature_file_bytes_median']:.0f} bytes)")
+        print(
+            f"site build, {b['features']} features ({b['payload_bytes_json']} bytes of JSON each, "
+            f"feature file {b['feature_file_bytes_median']:.0f} bytes)"
+        )
         print(f"{'method':<12}{'ms/feature':>12}{'s total':>10}")
         for m, v in b["median_ms_per_feature"].items():
             print(f"{m:<12}{v:>12.3f}{statistics.median(b['seconds'][m]):>10.2f}")

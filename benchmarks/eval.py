@@ -25,7 +25,6 @@ per-round ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -33,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from _common import load_avg, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from harvest import first_contexts  # noqa: E402
 from saex.dictionaries.sae import SAE
 from saex.evaluate.metrics import ReconstructionMetrics
 from saex.evaluate.spliced import spliced_losses
@@ -40,15 +41,13 @@ from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
 from saex.store.files import write_json_atomic
 
-from _common import load_avg, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from harvest import first_contexts  # noqa: E402
-
 RESULTS = Path(__file__).resolve().parent / "results" / "eval.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--corpus", default="default")
     p.add_argument("--hook", default="blocks.6.hook_resid_post")
@@ -88,17 +87,17 @@ def main(argv=None) -> dict:
     saes = {f"sae{i}": random_sae(width, a.ratio * width, i) for i in range(4)}
     with hooked.capture([a.hook]) as run:
         acts = run(x)[a.hook].reshape(-1, width)
-    acts = acts.repeat((a.metrics_rows + len(acts) - 1) // len(acts), 1)[:a.metrics_rows].contiguous()
+    acts = acts.repeat((a.metrics_rows + len(acts) - 1) // len(acts), 1)[: a.metrics_rows].contiguous()
     tokens = x.numel()
     sae = saes["sae0"]
 
     def plain():
         with torch.inference_mode():
-            lm.model(input_ids=x, use_cache=False).logits
+            _ = lm.model(input_ids=x, use_cache=False).logits
 
     def spliced():
         with torch.inference_mode(), hooked.splice(a.hook, lambda t: sae.decode(sae.encode(t))):
-            lm.model(input_ids=x, use_cache=False).logits
+            _ = lm.model(input_ids=x, use_cache=False).logits
 
     def eval1():
         spliced_losses(hooked, a.hook, {"sae0": sae}, x, batch_size=len(x))
@@ -117,14 +116,20 @@ def main(argv=None) -> dict:
         with torch.inference_mode():
             (acts @ sae.W_enc_DF + sae.b_enc_F).relu() @ sae.W_dec_FD
 
-    methods = {"plain": (plain, tokens), "spliced": (spliced, tokens), "eval1": (eval1, tokens),
-               "eval4": (eval4, tokens), "metrics": (metrics, len(acts)), "bare_sae": (bare_sae, len(acts))}
+    methods = {
+        "plain": (plain, tokens),
+        "spliced": (spliced, tokens),
+        "eval1": (eval1, tokens),
+        "eval4": (eval4, tokens),
+        "metrics": (metrics, len(acts)),
+        "bare_sae": (bare_sae, len(acts)),
+    }
     for f, _ in methods.values():
         f()
     rates: dict[str, list[float]] = {m: [] for m in methods}
     names = list(methods)
     for r in range(a.repeats):
-        for m in names[r % len(names):] + names[:r % len(names)]:
+        for m in names[r % len(names) :] + names[: r % len(names)]:
             f, n = methods[m]
             t = time.perf_counter()
             f()
@@ -136,15 +141,27 @@ def main(argv=None) -> dict:
         paired = [n / d for n, d in zip(rates[num], rates[den])]
         return {"ratio_of_medians": med[num] / med[den], "median_paired": statistics.median(paired), "paired": paired}
 
-    ratios = {"spliced_vs_plain": ratio("spliced", "plain"), "eval1_vs_plain": ratio("eval1", "plain"),
-              "eval4_vs_plain": ratio("eval4", "plain"), "metrics_vs_bare_sae": ratio("metrics", "bare_sae")}
+    ratios = {
+        "spliced_vs_plain": ratio("spliced", "plain"),
+        "eval1_vs_plain": ratio("eval1", "plain"),
+        "eval4_vs_plain": ratio("eval4", "plain"),
+        "metrics_vs_bare_sae": ratio("metrics", "bare_sae"),
+    }
     # Seconds per token of one more dictionary, in units of one plain forward's seconds per token.
     extra = (1 / med["eval4"] - 1 / med["eval1"]) / 3
     ratios["extra_dictionary_in_plain_forwards"] = {"ratio_of_medians": extra * med["plain"]}
-    result = {"benchmark": "eval", "config": vars(a), "tokens_per_batch": tokens, "hook": a.hook, "width": width,
-              "d_sae": sae.d_dict,
-              "machine": machine(torch.__version__, torch.get_num_threads(), load_before, load_avg()),
-              "rates_per_s": rates, "median_per_s": med, "ratios": ratios}
+    result = {
+        "benchmark": "eval",
+        "config": vars(a),
+        "tokens_per_batch": tokens,
+        "hook": a.hook,
+        "width": width,
+        "d_sae": sae.d_dict,
+        "machine": machine(torch.__version__, torch.get_num_threads(), load_before, load_avg()),
+        "rates_per_s": rates,
+        "median_per_s": med,
+        "ratios": ratios,
+    }
     print(f"{'method':<10}{'median/s':>12}   (tokens/s; metrics and bare_sae: activations/s)")
     for m in names:
         print(f"{m:<10}{med[m]:>12.0f}")

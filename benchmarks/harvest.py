@@ -40,6 +40,7 @@ Results: a table on stdout and JSON in ``benchmarks/results/harvest.json`` (``--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import gc
 import io
@@ -56,6 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import load_avg, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from saex.data.corpora import resolve_corpus
 from saex.data.packing import pack, resolve_packing
 from saex.harvest import DTYPES, HarvestConfig, harvest
@@ -63,15 +65,17 @@ from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
 from saex.store.files import write_json_atomic, write_safetensors_atomic
 
-from _common import load_avg, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-
 RESULTS = Path(__file__).resolve().parent / "results" / "harvest.json"
 # Order of the hook kinds inside a block, and which module of a Llama-style block each is read from
 # (written here independently of saex.lm.hooks; "pre" means the module's input, so stop before it runs).
 _KINDS = ("hook_resid_pre", "hook_attn_out", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
-_STOP_AT = {"hook_resid_pre": ("", "pre"), "hook_attn_out": ("self_attn", "post"),
-            "mlp.hook_post": ("mlp.down_proj", "pre"), "hook_mlp_out": ("mlp", "post"),
-            "hook_resid_post": ("", "post")}
+_STOP_AT = {
+    "hook_resid_pre": ("", "pre"),
+    "hook_attn_out": ("self_attn", "post"),
+    "mlp.hook_post": ("mlp.down_proj", "pre"),
+    "hook_mlp_out": ("mlp", "post"),
+    "hook_resid_post": ("", "post"),
+}
 
 
 class _Stop(Exception):
@@ -79,8 +83,9 @@ class _Stop(Exception):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--corpus", default="default")
     p.add_argument("--hooks", default="blocks.6.hook_resid_post,blocks.6.hook_mlp_out")
@@ -88,21 +93,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--context-length", type=int, default=128)
     p.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; quick 2)")
-    p.add_argument("--bare-batches", type=int, default=None,
-                   help="forwards per round for bare and capture (default 4; quick 2)")
+    p.add_argument(
+        "--bare-batches", type=int, default=None, help="forwards per round for bare and capture (default 4; quick 2)"
+    )
     p.add_argument("--full-batches", type=int, default=1, help="forwards per round for full and body")
-    p.add_argument("--harvest-batches", type=int, default=None,
-                   help="N, in batches, for the harvest difference (N vs 2N) and the inner loop (default 8; quick 2)")
-    p.add_argument("--shard-batches", type=int, default=None,
-                   help="batches per shard for harvest and the inner loop (default 4; quick 1)")
+    p.add_argument(
+        "--harvest-batches",
+        type=int,
+        default=None,
+        help="N, in batches, for the harvest difference (N vs 2N) and the inner loop (default 8; quick 2)",
+    )
+    p.add_argument(
+        "--shard-batches",
+        type=int,
+        default=None,
+        help="batches per shard for harvest and the inner loop (default 4; quick 1)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave torch's default)")
     p.add_argument("--tmp-dir", default=None, help="where the temporary stores go (default: the system temp dir)")
-    p.add_argument("--json", default=None, help=f"output JSON path (default {RESULTS.relative_to(RESULTS.parents[2])}; "
-                   "--quick: harvest-quick.json beside it)")
-    p.add_argument("--only", default=None,
-                   help="comma-separated subset of methods: bare,capture,inner,harvest,full,body")
-    p.add_argument("--profile", action="store_true",
-                   help="after timing, run one 2N harvest under cProfile and print/save the hotspots")
+    p.add_argument(
+        "--json",
+        default=None,
+        help=f"output JSON path (default {RESULTS.relative_to(RESULTS.parents[2])}; "
+        "--quick: harvest-quick.json beside it)",
+    )
+    p.add_argument(
+        "--only", default=None, help="comma-separated subset of methods: bare,capture,inner,harvest,full,body"
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after timing, run one 2N harvest under cProfile and print/save the hotspots",
+    )
     p.add_argument("--quick", action="store_true", help="~30 s smoke run (smaller batch, fewer rounds)")
     a = p.parse_args(argv)
     quick = {"batch_size": 8, "repeats": 2, "bare_batches": 2, "harvest_batches": 2, "shard_batches": 1}
@@ -113,8 +135,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(a, k) is None:
             setattr(a, k, v)
     return a
-
-
 
 
 def first_contexts(lm, hooked: HookedLM, a) -> torch.Tensor:
@@ -143,6 +163,7 @@ def stop_module(model: torch.nn.Module, hooks: list[str]):
 
 # --- the methods: each runs `n` forwards and returns the elapsed seconds -------------------------------
 
+
 def run_bare(model, x, n, stop):
     module, when = stop
 
@@ -154,10 +175,8 @@ def run_bare(model, x, n, stop):
         with torch.inference_mode():
             t = time.perf_counter()
             for _ in range(n):
-                try:
+                with contextlib.suppress(_Stop):
                     model(input_ids=x, use_cache=False)
-                except _Stop:
-                    pass
             return time.perf_counter() - t
     finally:
         h.remove()
@@ -192,22 +211,23 @@ def run_inner(hooked, hooks, x, n_batches, shard_batches, dtype_name, folder: Pa
             acts = {p.name: torch.empty(n * T, p.width, dtype=dtype) for p in points}
             filled = 0
             while filled < n:
-                tok_CT[filled:filled + B] = tok_np
-                doc_CT[filled:filled + B] = doc_np
-                got = run(torch.from_numpy(tok_CT[filled:filled + B]).long())
+                tok_CT[filled : filled + B] = tok_np
+                doc_CT[filled : filled + B] = doc_np
+                got = run(torch.from_numpy(tok_CT[filled : filled + B]).long())
                 for name, x_BTD in got.items():
                     y = x_BTD.reshape(B * T, -1).to(dtype)
                     if not torch.isfinite(y).all():
                         raise RuntimeError(f"non-finite activation at {name}")
-                    acts[name][filled * T:(filled + B) * T] = y
+                    acts[name][filled * T : (filled + B) * T] = y
                 filled += B
             tensors = dict(acts)
             tensors["tokens"] = torch.from_numpy(tok_CT)
             tensors["doc_ids"] = torch.from_numpy(doc_CT)
             path = folder / "train" / f"shard-{index:05d}.safetensors"
             digest = write_safetensors_atomic(path, tensors, {"split": "train", "index": str(index)})
-            manifest["shards"].append({"file": path.name, "sha256": digest,
-                                       "tokens_sha256": hashlib.sha256(tok_CT.tobytes()).hexdigest()})
+            manifest["shards"].append(
+                {"file": path.name, "sha256": digest, "tokens_sha256": hashlib.sha256(tok_CT.tobytes()).hexdigest()}
+            )
             write_json_atomic(folder / "manifest.json", manifest)
             done += nb
             index += 1
@@ -216,9 +236,18 @@ def run_inner(hooked, hooks, x, n_batches, shard_batches, dtype_name, folder: Pa
 
 def run_harvest(a, n_tokens: int, tmp_root: Path) -> float:
     out = Path(tempfile.mkdtemp(dir=tmp_root, prefix="harvest-"))
-    cfg = HarvestConfig(out=str(out / "store"), model=a.model, corpus=a.corpus, hooks=a.hooks, tokens=n_tokens,
-                        heldout_tokens=0, context_length=a.context_length, dtype=a.dtype,
-                        batch_size=a.batch_size, shard_tokens=a.shard_batches * a.batch_size * a.context_length)
+    cfg = HarvestConfig(
+        out=str(out / "store"),
+        model=a.model,
+        corpus=a.corpus,
+        hooks=a.hooks,
+        tokens=n_tokens,
+        heldout_tokens=0,
+        context_length=a.context_length,
+        dtype=a.dtype,
+        batch_size=a.batch_size,
+        shard_tokens=a.shard_batches * a.batch_size * a.context_length,
+    )
     try:
         gc.collect()
         t = time.perf_counter()
@@ -269,9 +298,14 @@ def main(argv=None) -> dict:
     n_h = a.harvest_batches * tok_batch  # N tokens
 
     # tokens processed per call, and the call itself (returns seconds; harvest returns (t_N, t_2N))
-    tokens = {"bare": a.bare_batches * tok_batch, "capture": a.bare_batches * tok_batch,
-              "inner": a.harvest_batches * tok_batch, "harvest": n_h,
-              "full": a.full_batches * tok_batch, "body": a.full_batches * tok_batch}
+    tokens = {
+        "bare": a.bare_batches * tok_batch,
+        "capture": a.bare_batches * tok_batch,
+        "inner": a.harvest_batches * tok_batch,
+        "harvest": n_h,
+        "full": a.full_batches * tok_batch,
+        "body": a.full_batches * tok_batch,
+    }
     inner_dir = tmp_root / "inner"
 
     def call(m: str, warm: bool = False):
@@ -302,14 +336,17 @@ def main(argv=None) -> dict:
 
     timings: dict[str, list] = {m: [] for m in methods}
     timings["harvest_N"], timings["harvest_2N"] = [], []
-    print(f"model {a.model} loaded in {load_s:.1f}s; batch {B}x{T}; hooks {hooks}; "
-          f"threads {torch.get_num_threads()}; load avg {load_before}", file=sys.stderr)
+    print(
+        f"model {a.model} loaded in {load_s:.1f}s; batch {B}x{T}; hooks {hooks}; "
+        f"threads {torch.get_num_threads()}; load avg {load_before}",
+        file=sys.stderr,
+    )
     warm = {}
     for m in methods:
         warm[m] = call(m, warm=True)
         print(f"  warm-up {m}: {warm[m]:.2f}s", file=sys.stderr)
     for r in range(a.repeats):
-        order = methods[r % len(methods):] + methods[:r % len(methods)]
+        order = methods[r % len(methods) :] + methods[: r % len(methods)]
         for m in order:
             v = call(m)
             if m == "harvest":
@@ -317,8 +354,9 @@ def main(argv=None) -> dict:
                 timings["harvest_2N"].append(v[1])
                 v = v[1] - v[0]
             timings[m].append(v)
-        print(f"  round {r + 1}/{a.repeats}: " + ", ".join(f"{m} {timings[m][-1]:.2f}s" for m in methods),
-              file=sys.stderr)
+        print(
+            f"  round {r + 1}/{a.repeats}: " + ", ".join(f"{m} {timings[m][-1]:.2f}s" for m in methods), file=sys.stderr
+        )
 
     rates = {m: [tokens[m] / s if s > 0 else float("nan") for s in timings[m]] for m in methods}
     med = {m: statistics.median(v) for m, v in rates.items()}
@@ -327,8 +365,12 @@ def main(argv=None) -> dict:
         if num not in med or den not in med:
             return None
         paired = [p / q for p, q in zip(rates[num], rates[den])]
-        return {"ratio_of_medians": med[num] / med[den], "median_paired": statistics.median(paired),
-                "ratio_of_best": max(rates[num]) / max(rates[den]), "paired": paired}
+        return {
+            "ratio_of_medians": med[num] / med[den],
+            "median_paired": statistics.median(paired),
+            "ratio_of_best": max(rates[num]) / max(rates[den]),
+            "paired": paired,
+        }
 
     ratios = {
         "harvest_vs_bare": ratio("harvest", "bare"),
@@ -359,18 +401,24 @@ def main(argv=None) -> dict:
     load_after = load_avg()
     total_s = time.perf_counter() - t_start
 
-    labels = {"bare": "bare truncated forward (reference)", "capture": "saex capture only (no copy)",
-              "inner": "harvest inner loop (capture+cast+copy+write)", "harvest": "harvest() end to end (2N-N)",
-              "full": "full forward (with LM head)", "body": "body-only forward (no LM head)"}
+    labels = {
+        "bare": "bare truncated forward (reference)",
+        "capture": "saex capture only (no copy)",
+        "inner": "harvest inner loop (capture+cast+copy+write)",
+        "harvest": "harvest() end to end (2N-N)",
+        "full": "full forward (with LM head)",
+        "body": "body-only forward (no LM head)",
+    }
     print(f"\n{'method':48s} {'tok/s median':>12s} {'min':>9s} {'max':>9s}  vs bare")
     for m in methods:
         vs = f"{med[m] / med['bare']:.3f}" if "bare" in med else "-"
         print(f"{labels[m]:48s} {med[m]:12.0f} {min(rates[m]):9.0f} {max(rates[m]):9.0f}  {vs}")
     print()
     for k, v in ratios.items():
-        print(f"{k:18s} ratio of medians {v['ratio_of_medians']:.3f}   median of paired {v['median_paired']:.3f}"
-              f"   ratio of best {v['ratio_of_best']:.3f}"
-              + ("   (target >= 0.9)" if k == "harvest_vs_bare" else ""))
+        print(
+            f"{k:18s} ratio of medians {v['ratio_of_medians']:.3f}   median of paired {v['median_paired']:.3f}"
+            f"   ratio of best {v['ratio_of_best']:.3f}" + ("   (target >= 0.9)" if k == "harvest_vs_bare" else "")
+        )
     if fixed is not None:
         print(f"harvest fixed cost (model load, corpus, tokenizer hash, manifest), median: {fixed:.2f}s")
     print(f"load average before {load_before}, after {load_after}; total {total_s:.0f}s")
@@ -378,13 +426,25 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "harvest",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(torch.__version__, torch.get_num_threads(), load_before, load_after,
-                           transformers=__import__("transformers").__version__, tmp_dir=str(tmp_root.parent)),
-        "config": {**{k: v for k, v in vars(a).items() if k not in {"json"}}, "hooks": hooks,
-                   "batch_tokens": tok_batch, "harvest_N_tokens": n_h, "harvest_2N_tokens": 2 * n_h,
-                   "shard_tokens": a.shard_batches * tok_batch, "methods": methods,
-                   "harvest_method": "difference of two harvests of N and 2N tokens (fresh folders): "
-                                     "rate = N / (t(2N) - t(N)); cancels model load, corpus and tokenizer hashing"},
+        "machine": machine(
+            torch.__version__,
+            torch.get_num_threads(),
+            load_before,
+            load_after,
+            transformers=__import__("transformers").__version__,
+            tmp_dir=str(tmp_root.parent),
+        ),
+        "config": {
+            **{k: v for k, v in vars(a).items() if k not in {"json"}},
+            "hooks": hooks,
+            "batch_tokens": tok_batch,
+            "harvest_N_tokens": n_h,
+            "harvest_2N_tokens": 2 * n_h,
+            "shard_tokens": a.shard_batches * tok_batch,
+            "methods": methods,
+            "harvest_method": "difference of two harvests of N and 2N tokens (fresh folders): "
+            "rate = N / (t(2N) - t(N)); cancels model load, corpus and tokenizer hashing",
+        },
         "model_load_s": load_s,
         "tokens_per_call": {m: tokens[m] for m in methods},
         "warmup_s": warm,

@@ -44,7 +44,6 @@ later runs. Its time is printed and saved but is no part of any ratio.
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import statistics
 import sys
@@ -52,10 +51,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from _common import load_avg, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from saex.causal.attribution import attribution_scores, quick_curve, validate
 from saex.causal.greedy import TAUS, greedy_prune
 from saex.causal.ioi import make_prompts, task_performance
@@ -69,37 +68,53 @@ from saex.store.files import write_json_atomic
 from saex.train.config import TrainConfig
 from saex.train.trainer import train
 
-from _common import load_avg, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-
 RESULTS = Path(__file__).resolve().parent / "results" / "ioi.json"
 METHODS = ("naive", "prefix", "prefix_batched")
 LADDER = (25, 10, 5, 2, 1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--corpus", default="default")
     p.add_argument("--layer", type=int, default=16, help="hook point blocks.{L}.hook_resid_post")
     p.add_argument("--dict", default=None, help="dictionary folder to use (default: make one)")
-    p.add_argument("--work", default=None,
-                   help="folder for the harvested store and the trained dictionary, reused when it already holds "
-                        "them (default: a temp folder, deleted at the end)")
+    p.add_argument(
+        "--work",
+        default=None,
+        help="folder for the harvested store and the trained dictionary, reused when it already holds "
+        "them (default: a temp folder, deleted at the end)",
+    )
     p.add_argument("--harvest-tokens", type=int, default=None, help="default 100,000; quick 32,768")
-    p.add_argument("--train-steps", type=int, default=None, help="optimiser steps of 1024 inputs; default 1000, quick 200")
+    p.add_argument(
+        "--train-steps", type=int, default=None, help="optimiser steps of 1024 inputs; default 1000, quick 200"
+    )
     p.add_argument("--ratio", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=8.6e-4)
     p.add_argument("--prompts", type=int, default=None, help="IOI prompts for the timing (default 50; quick 10)")
-    p.add_argument("--greedy-prompts", type=int, default=None, help="prompts for the exact greedy (default 50; quick 10)")
-    p.add_argument("--max-greedy-s", type=float, default=None, help="budget of the exact greedy (default 900; quick 120)")
-    p.add_argument("--evals-per-feature", type=float, default=10.0,
-                   help="prior for planning the greedy: evaluations per active feature over the default τ grid "
-                        "(10.1 measured on SmolLM2 layer 16, 1 prompt; see benchmarks/README.md)")
+    p.add_argument(
+        "--greedy-prompts", type=int, default=None, help="prompts for the exact greedy (default 50; quick 10)"
+    )
+    p.add_argument(
+        "--max-greedy-s", type=float, default=None, help="budget of the exact greedy (default 900; quick 120)"
+    )
+    p.add_argument(
+        "--evals-per-feature",
+        type=float,
+        default=10.0,
+        help="prior for planning the greedy: evaluations per active feature over the default τ grid "
+        "(10.1 measured on SmolLM2 layer 16, 1 prompt; see benchmarks/README.md)",
+    )
     p.add_argument("--batch", type=int, default=8, help="candidates per suffix forward for prefix_batched")
     p.add_argument("--naive-per-round", type=int, default=None, help="naive candidates per round (default 4; quick 2)")
-    p.add_argument("--per-round", type=int, default=None,
-                   help="prefix / prefix_batched candidates per round, a multiple of --batch (default 8)")
+    p.add_argument(
+        "--per-round",
+        type=int,
+        default=None,
+        help="prefix / prefix_batched candidates per round, a multiple of --batch (default 8)",
+    )
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; quick 2)")
     p.add_argument("--validate-n", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -107,10 +122,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default=None)
     p.add_argument("--quick", action="store_true", help="10 prompts, a smaller dictionary, 2 rounds")
     a = p.parse_args(argv)
-    quick = {"harvest_tokens": 32_768, "train_steps": 200, "prompts": 10, "greedy_prompts": 10,
-             "max_greedy_s": 120.0, "naive_per_round": 2, "per_round": 8, "repeats": 2}
-    full = {"harvest_tokens": 100_000, "train_steps": 1000, "prompts": 50, "greedy_prompts": 50,
-            "max_greedy_s": 900.0, "naive_per_round": 4, "per_round": 8, "repeats": 5}
+    quick = {
+        "harvest_tokens": 32_768,
+        "train_steps": 200,
+        "prompts": 10,
+        "greedy_prompts": 10,
+        "max_greedy_s": 120.0,
+        "naive_per_round": 2,
+        "per_round": 8,
+        "repeats": 2,
+    }
+    full = {
+        "harvest_tokens": 100_000,
+        "train_steps": 1000,
+        "prompts": 50,
+        "greedy_prompts": 50,
+        "max_greedy_s": 900.0,
+        "naive_per_round": 4,
+        "per_round": 8,
+        "repeats": 5,
+    }
     for k, v in (quick if a.quick else full).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -123,6 +154,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # --- the dictionary -------------------------------------------------------------------------------------
 
+
 def get_dictionary(a) -> tuple[object, dict]:
     if a.dict:
         d = load_dictionary(a.dict)
@@ -131,27 +163,58 @@ def get_dictionary(a) -> tuple[object, dict]:
     info = {"source": "made", "work": str(work), "temporary": not a.work}
     try:
         t0 = time.perf_counter()
-        harvest(HarvestConfig(out=str(work / "acts"), model=a.model, corpus=a.corpus, hooks=a.hook,
-                              tokens=a.harvest_tokens, heldout_tokens=0), progress=False)
+        harvest(
+            HarvestConfig(
+                out=str(work / "acts"),
+                model=a.model,
+                corpus=a.corpus,
+                hooks=a.hook,
+                tokens=a.harvest_tokens,
+                heldout_tokens=0,
+            ),
+            progress=False,
+        )
         t1 = time.perf_counter()
-        out = train(TrainConfig(acts=str(work / "acts"), hook=a.hook, out=str(work / "dicts"), arch="tied_l1",
-                                ratio=f"{a.ratio:g}", alpha=f"{a.alpha:g}", normalize="mean_norm",
-                                steps=a.train_steps, eval_every=0, seed=a.seed), progress=False)
+        out = train(
+            TrainConfig(
+                acts=str(work / "acts"),
+                hook=a.hook,
+                out=str(work / "dicts"),
+                arch="tied_l1",
+                ratio=f"{a.ratio:g}",
+                alpha=f"{a.alpha:g}",
+                normalize="mean_norm",
+                steps=a.train_steps,
+                eval_every=0,
+                seed=a.seed,
+            ),
+            progress=False,
+        )
         t2 = time.perf_counter()
-        (name, folder), = find_dictionaries(str(out)).items()
+        ((name, folder),) = find_dictionaries(str(out)).items()
         d = load_dictionary(folder)
     finally:
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)
-    info |= {"harvest_s": t1 - t0, "train_s": t2 - t1, "harvest_tokens": a.harvest_tokens,
-             "train_steps": a.train_steps, "name": name, "d_dict": d.d_dict,
-             "note": "with --work, a store or dictionary already there is reused (then these times are short)"}
-    print(f"dictionary {name}: harvest {info['harvest_s']:.0f} s, train {info['train_s']:.0f} s "
-          f"({'temp folder, deleted' if not a.work else work})", flush=True)
+    info |= {
+        "harvest_s": t1 - t0,
+        "train_s": t2 - t1,
+        "harvest_tokens": a.harvest_tokens,
+        "train_steps": a.train_steps,
+        "name": name,
+        "d_dict": d.d_dict,
+        "note": "with --work, a store or dictionary already there is reused (then these times are short)",
+    }
+    print(
+        f"dictionary {name}: harvest {info['harvest_s']:.0f} s, train {info['train_s']:.0f} s "
+        f"({'temp folder, deleted' if not a.work else work})",
+        flush=True,
+    )
     return d, info
 
 
 # --- the three ways of evaluating candidates --------------------------------------------------------------
+
 
 class Candidates:
     """All-active masks with one active feature removed, cycling through the active features."""
@@ -190,7 +253,7 @@ def time_methods(a, setup: PatchingSetup, hooked: HookedLM) -> dict:
         masks, idx = cands[m].take(n)
         t = time.perf_counter()
         if m == "naive":
-            out = [naive_eval(setup, hooked, a.hook, masks[k:k + 1])[0] for k in range(n)]
+            out = [naive_eval(setup, hooked, a.hook, masks[k : k + 1])[0] for k in range(n)]
         else:
             out = setup.evaluate(masks, batch=1 if m == "prefix" else a.batch)[0].tolist()
         dt = time.perf_counter() - t
@@ -202,28 +265,45 @@ def time_methods(a, setup: PatchingSetup, hooked: HookedLM) -> dict:
         run(m, 1 if m != "prefix_batched" else a.batch)
     per_eval: dict[str, list[float]] = {m: [] for m in METHODS}
     for r in range(a.repeats):
-        order = list(METHODS[r % 3:] + METHODS[:r % 3])
+        order = list(METHODS[r % 3 :] + METHODS[: r % 3])
         for m in order:
             per_eval[m].append(run(m, counts[m]))
-        print(f"round {r + 1}/{a.repeats}: " + "  ".join(f"{m} {per_eval[m][-1]:.3f} s/eval" for m in METHODS),
-              file=sys.stderr, flush=True)
+        print(
+            f"round {r + 1}/{a.repeats}: " + "  ".join(f"{m} {per_eval[m][-1]:.3f} s/eval" for m in METHODS),
+            file=sys.stderr,
+            flush=True,
+        )
     med = {m: statistics.median(v) for m, v in per_eval.items()}
 
     def speedup(fast: str) -> dict:
         paired = [n / f for n, f in zip(per_eval["naive"], per_eval[fast])]
-        return {"ratio_of_medians": med["naive"] / med[fast], "median_paired": statistics.median(paired),
-                "ratio_of_best": min(per_eval["naive"]) / min(per_eval[fast]), "paired": paired}
+        return {
+            "ratio_of_medians": med["naive"] / med[fast],
+            "median_paired": statistics.median(paired),
+            "ratio_of_best": min(per_eval["naive"]) / min(per_eval[fast]),
+            "paired": paired,
+        }
 
     common = sorted(set(kls["naive"]) & set(kls["prefix"]) & set(kls["prefix_batched"]))
-    diff = max((max(abs(kls["naive"][k] - kls["prefix"][k]), abs(kls["naive"][k] - kls["prefix_batched"][k]))
-                for k in common), default=float("nan"))
-    return {"per_round": counts, "seconds_per_eval": per_eval, "median_s_per_eval": med,
-            "speedups": {"naive_vs_prefix": speedup("prefix"), "naive_vs_prefix_batched": speedup("prefix_batched")},
-            "kl_check": {"candidates_compared": len(common), "max_abs_kl_diff": diff,
-                         "kl_range": [min(kls["naive"].values()), max(kls["naive"].values())]}}
+    diff = max(
+        (max(abs(kls["naive"][k] - kls["prefix"][k]), abs(kls["naive"][k] - kls["prefix_batched"][k])) for k in common),
+        default=float("nan"),
+    )
+    return {
+        "per_round": counts,
+        "seconds_per_eval": per_eval,
+        "median_s_per_eval": med,
+        "speedups": {"naive_vs_prefix": speedup("prefix"), "naive_vs_prefix_batched": speedup("prefix_batched")},
+        "kl_check": {
+            "candidates_compared": len(common),
+            "max_abs_kl_diff": diff,
+            "kl_range": [min(kls["naive"].values()), max(kls["naive"].values())],
+        },
+    }
 
 
 # --- the exact greedy, within a budget ------------------------------------------------------------------
+
 
 class _OverBudget(Exception):
     pass
@@ -280,8 +360,7 @@ def plan_greedy(a, setup: PatchingSetup, med: dict) -> tuple[int, list[dict]]:
             n_active = None
         t = t_eval * n / setup.N
         pred = n_active * a.evals_per_feature * t if n_active is not None else None
-        plan.append({"prompts": n, "n_active": n_active, "predicted_s_per_eval": t,
-                     "predicted_greedy_s": pred})
+        plan.append({"prompts": n, "n_active": n_active, "predicted_s_per_eval": t, "predicted_greedy_s": pred})
         if pred is None or pred <= a.max_greedy_s:
             return n, plan
     return options[-1], plan
@@ -289,34 +368,63 @@ def plan_greedy(a, setup: PatchingSetup, med: dict) -> tuple[int, list[dict]]:
 
 def run_greedy(a, hooked: HookedLM, lm, d, n: int, setup_main: PatchingSetup) -> dict:
     t = time.perf_counter()
-    setup = setup_main if n == setup_main.N else PatchingSetup(hooked, a.hook, make_prompts(lm.tokenizer, n=n, seed=a.seed), d)
+    setup = (
+        setup_main
+        if n == setup_main.N
+        else PatchingSetup(hooked, a.hook, make_prompts(lm.tokenizer, n=n, seed=a.seed), d)
+    )
     setup_s = time.perf_counter() - t
     # soft budget: no new τ step after it; hard budget: abort inside a step (no records then)
     clock = _Clock(a.max_greedy_s, 1.25 * a.max_greedy_s)
     taus = _Taus(TAUS, clock)
-    print(f"greedy: exact greedy_prune on {n} prompts, {len(taus)} τ values, {len(setup.active)} active features, "
-          f"budget {a.max_greedy_s:.0f} s", file=sys.stderr, flush=True)
-    out = {"prompts": n, "setup_s": setup_s, "n_active": int(len(setup.active)), "n_features": setup.n_features,
-           "taus_requested": len(taus), "budget_s": a.max_greedy_s, "hard_budget_s": clock.hard_s}
+    print(
+        f"greedy: exact greedy_prune on {n} prompts, {len(taus)} τ values, {len(setup.active)} active features, "
+        f"budget {a.max_greedy_s:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    out = {
+        "prompts": n,
+        "setup_s": setup_s,
+        "n_active": int(len(setup.active)),
+        "n_features": setup.n_features,
+        "taus_requested": len(taus),
+        "budget_s": a.max_greedy_s,
+        "hard_budget_s": clock.hard_s,
+    }
     try:
         res = greedy_prune(setup, taus=taus, seed=a.seed, max_batch=a.batch, on_eval=clock.on_eval)
     except _OverBudget:
-        out |= {"status": "aborted inside a τ step at the hard budget", "wall_s": clock.elapsed(),
-                "evaluations": clock.evaluations, "suffix_calls": clock.calls, "taus_completed": len(taus.steps),
-                "steps": taus.steps}
+        out |= {
+            "status": "aborted inside a τ step at the hard budget",
+            "wall_s": clock.elapsed(),
+            "evaluations": clock.evaluations,
+            "suffix_calls": clock.calls,
+            "taus_completed": len(taus.steps),
+            "steps": taus.steps,
+        }
         return out
     done = len(taus.steps)
-    out |= {"status": "complete" if done == len(taus) else f"stopped at the budget after {done} of {len(taus)} τ steps",
-            "wall_s": clock.elapsed(), "evaluations": res["evaluations"], "suffix_calls": clock.calls,
-            "taus_completed": done, "tau_range_measured": [taus[0], taus[done - 1]] if done else None,
-            ("evaluations_per_active_feature" if done == len(taus) else "evaluations_per_active_feature_partial"):
-                (res["evaluations"] - 1) / max(1, len(setup.active)),
-            "s_per_eval": clock.elapsed() / res["evaluations"], "steps": taus.steps,
-            "records": res["records"]}
+    out |= {
+        "status": "complete" if done == len(taus) else f"stopped at the budget after {done} of {len(taus)} τ steps",
+        "wall_s": clock.elapsed(),
+        "evaluations": res["evaluations"],
+        "suffix_calls": clock.calls,
+        "taus_completed": done,
+        "tau_range_measured": [taus[0], taus[done - 1]] if done else None,
+        ("evaluations_per_active_feature" if done == len(taus) else "evaluations_per_active_feature_partial"): (
+            res["evaluations"] - 1
+        )
+        / max(1, len(setup.active)),
+        "s_per_eval": clock.elapsed() / res["evaluations"],
+        "steps": taus.steps,
+        "records": res["records"],
+    }
     return out
 
 
 # --- main -----------------------------------------------------------------------------------------------
+
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
@@ -330,13 +438,15 @@ def main(argv=None) -> dict:
     hooked = HookedLM(lm.model)
     prompts = make_prompts(lm.tokenizer, n=a.prompts, seed=a.seed)
     perf = task_performance(lm.model, prompts)
-    print(f"IOI task, {prompts.n} prompts: mean logit diff {perf['mean_logit_diff']:.2f}, "
-          f"accuracy {perf['accuracy']:.2f}", flush=True)
+    print(
+        f"IOI task, {prompts.n} prompts: mean logit diff {perf['mean_logit_diff']:.2f}, "
+        f"accuracy {perf['accuracy']:.2f}",
+        flush=True,
+    )
     t = time.perf_counter()
     setup = PatchingSetup(hooked, a.hook, prompts, d)
     setup_s = time.perf_counter() - t
-    print(f"prefix cache set-up {setup_s:.1f} s; active features {len(setup.active)} of {setup.n_features}",
-          flush=True)
+    print(f"prefix cache set-up {setup_s:.1f} s; active features {len(setup.active)} of {setup.n_features}", flush=True)
 
     timing = time_methods(a, setup, hooked)
 
@@ -349,40 +459,69 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     curve = quick_curve(setup, scores, batch=a.batch)
     curve_s = time.perf_counter() - t
-    print(f"attribution {attribution_s:.1f} s; validate {validate_s:.1f} s (Spearman {val['spearman']:.3f}, "
-          f"{len(val['features'])} features); quick_curve {curve_s:.1f} s ({len(curve['records'])} prefixes)",
-          flush=True)
+    print(
+        f"attribution {attribution_s:.1f} s; validate {validate_s:.1f} s (Spearman {val['spearman']:.3f}, "
+        f"{len(val['features'])} features); quick_curve {curve_s:.1f} s ({len(curve['records'])} prefixes)",
+        flush=True,
+    )
 
     n_g, plan = plan_greedy(a, setup, timing["median_s_per_eval"])
     greedy = run_greedy(a, hooked, lm, d, n_g, setup)
     greedy["plan"] = plan
     greedy["requested_prompts"] = a.greedy_prompts
-    if greedy.get("evaluations_per_active_feature") is not None and greedy["status"] == "complete" \
-            and n_g != a.greedy_prompts and plan[0]["n_active"] is not None:
+    if (
+        greedy.get("evaluations_per_active_feature") is not None
+        and greedy["status"] == "complete"
+        and n_g != a.greedy_prompts
+        and plan[0]["n_active"] is not None
+    ):
         # labelled extrapolation to the requested prompt count, from this run's evaluations per active feature
         req = plan[0]
         evals = 1 + greedy["evaluations_per_active_feature"] * req["n_active"]
         greedy["extrapolated_to_requested"] = {
-            "prompts": a.greedy_prompts, "n_active": req["n_active"], "evaluations": evals,
-            "s_per_eval": req["predicted_s_per_eval"], "wall_s": evals * req["predicted_s_per_eval"],
+            "prompts": a.greedy_prompts,
+            "n_active": req["n_active"],
+            "evaluations": evals,
+            "s_per_eval": req["predicted_s_per_eval"],
+            "wall_s": evals * req["predicted_s_per_eval"],
             "how": "NOT MEASURED: evaluations per active feature from the run above x active features on the "
-                   "requested prompts x the plan's s/eval for that prompt count (timing-phase medians, "
-                   "1/4 prefix + 3/4 prefix_batched, scaled by prompts)"}
-    print(f"greedy ({greedy['status']}): {greedy.get('wall_s', float('nan')):.0f} s, "
-          f"{greedy.get('evaluations')} evaluations on {n_g} prompts", flush=True)
+            "requested prompts x the plan's s/eval for that prompt count (timing-phase medians, "
+            "1/4 prefix + 3/4 prefix_batched, scaled by prompts)",
+        }
+    print(
+        f"greedy ({greedy['status']}): {greedy.get('wall_s', float('nan')):.0f} s, "
+        f"{greedy.get('evaluations')} evaluations on {n_g} prompts",
+        flush=True,
+    )
 
     total_s = time.perf_counter() - t_start
-    result = {"benchmark": "ioi", "config": vars(a), "hook": a.hook, "dictionary": dict_info,
-              "machine": machine(torch.__version__, torch.get_num_threads(), load_before, load_avg()),
-              "task": {k: v for k, v in perf.items()}, "prompt_tokens": int(prompts.lengths_N.sum()),
-              "padded_length": int(prompts.base_NT.shape[1]),
-              "setup_s": setup_s, "n_active": int(len(setup.active)), "n_features": setup.n_features,
-              "kl_base": setup.kl_base(), "timing": timing,
-              "attribution": {"scores_s": attribution_s, "validate_s": validate_s, "validate_n": a.validate_n,
-                              "validate_features": len(val["features"]), "spearman": val["spearman"],
-                              "quick_curve_s": curve_s, "quick_curve_prefixes": len(curve["records"]),
-                              "quick_curve_records": curve["records"]},
-              "greedy": greedy, "total_wall_s": total_s}
+    result = {
+        "benchmark": "ioi",
+        "config": vars(a),
+        "hook": a.hook,
+        "dictionary": dict_info,
+        "machine": machine(torch.__version__, torch.get_num_threads(), load_before, load_avg()),
+        "task": {k: v for k, v in perf.items()},
+        "prompt_tokens": int(prompts.lengths_N.sum()),
+        "padded_length": int(prompts.base_NT.shape[1]),
+        "setup_s": setup_s,
+        "n_active": int(len(setup.active)),
+        "n_features": setup.n_features,
+        "kl_base": setup.kl_base(),
+        "timing": timing,
+        "attribution": {
+            "scores_s": attribution_s,
+            "validate_s": validate_s,
+            "validate_n": a.validate_n,
+            "validate_features": len(val["features"]),
+            "spearman": val["spearman"],
+            "quick_curve_s": curve_s,
+            "quick_curve_prefixes": len(curve["records"]),
+            "quick_curve_records": curve["records"],
+        },
+        "greedy": greedy,
+        "total_wall_s": total_s,
+    }
     print_table(result)
     write_json_atomic(Path(a.json), result)
     print(f"results in {a.json}")
@@ -398,21 +537,31 @@ def print_table(r: dict) -> None:
         sp = 1.0 if m == "naive" else tm["speedups"][f"naive_vs_{m}"]["ratio_of_medians"]
         print(f"{m:<16}{med[m]:>14.3f}{min(v):>9.3f}{max(v):>9.3f}{sp:>9.2f}x")
     for k, v in tm["speedups"].items():
-        print(f"{k:<28} of medians {v['ratio_of_medians']:.2f}   median of paired {v['median_paired']:.2f}"
-              f"   of best {v['ratio_of_best']:.2f}")
+        print(
+            f"{k:<28} of medians {v['ratio_of_medians']:.2f}   median of paired {v['median_paired']:.2f}"
+            f"   of best {v['ratio_of_best']:.2f}"
+        )
     kc = tm["kl_check"]
-    print(f"KL naive vs prefix paths: max |diff| {kc['max_abs_kl_diff']:.2e} over {kc['candidates_compared']} candidates")
+    print(
+        f"KL naive vs prefix paths: max |diff| {kc['max_abs_kl_diff']:.2e} over {kc['candidates_compared']} candidates"
+    )
     at = r["attribution"]
-    print(f"active features {r['n_active']} of {r['n_features']}; set-up {r['setup_s']:.1f} s; "
-          f"attribution_scores {at['scores_s']:.1f} s; validate(n={at['validate_n']}) {at['validate_s']:.1f} s, "
-          f"Spearman {at['spearman']:.3f}; quick_curve {at['quick_curve_s']:.1f} s, {at['quick_curve_prefixes']} prefixes")
+    print(
+        f"active features {r['n_active']} of {r['n_features']}; set-up {r['setup_s']:.1f} s; "
+        f"attribution_scores {at['scores_s']:.1f} s; validate(n={at['validate_n']}) {at['validate_s']:.1f} s, "
+        f"Spearman {at['spearman']:.3f}; quick_curve {at['quick_curve_s']:.1f} s, {at['quick_curve_prefixes']} prefixes"
+    )
     g = r["greedy"]
-    print(f"exact greedy on {g['prompts']} prompts ({g['status']}): {g['wall_s']:.0f} s, {g['evaluations']} evaluations, "
-          f"{g['taus_completed']} of {g['taus_requested']} τ steps")
+    print(
+        f"exact greedy on {g['prompts']} prompts ({g['status']}): {g['wall_s']:.0f} s, {g['evaluations']} evaluations, "
+        f"{g['taus_completed']} of {g['taus_requested']} τ steps"
+    )
     if "extrapolated_to_requested" in g:
         e = g["extrapolated_to_requested"]
-        print(f"  EXTRAPOLATED (not measured) to {e['prompts']} prompts: ~{e['evaluations']:.0f} evaluations, "
-              f"~{e['wall_s']:.0f} s")
+        print(
+            f"  EXTRAPOLATED (not measured) to {e['prompts']} prompts: ~{e['evaluations']:.0f} evaluations, "
+            f"~{e['wall_s']:.0f} s"
+        )
     print(f"total wall time {r['total_wall_s']:.0f} s")
 
 

@@ -78,10 +78,15 @@ REPLY = "@@saelens-worker "
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--acts", default=None, help=f"activation store (default: {DEFAULT_ACTS.relative_to(ROOT)}, "
-                   "harvested there from smollm2-135m, 65536 tokens, if missing)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--acts",
+        default=None,
+        help=f"activation store (default: {DEFAULT_ACTS.relative_to(ROOT)}, "
+        "harvested there from smollm2-135m, 65536 tokens, if missing)",
+    )
     p.add_argument("--hook", default=None, help=f"hook point (default {DEFAULT_HOOK}, or the store's first)")
     p.add_argument("--ratio", type=float, default=4.0, help="R = d_dict / d_in")
     p.add_argument("--batch-size", type=int, default=4096)
@@ -93,23 +98,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ensemble-steps", type=int, default=1, help="timed steps per call, ensemble")
     p.add_argument("--peak-reps", type=int, default=5, help="matmuls per call for the peak")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; quick 2)")
-    p.add_argument("--warmup-steps", type=int, default=None,
-                   help="training steps to the steady state (default 2000; quick 300); cached")
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="training steps to the steady state (default 2000; quick 300); cached",
+    )
     p.add_argument("--warmup-batch", type=int, default=1024, help="batch size of the warm-up training")
-    p.add_argument("--trainer-steps", type=int, default=None,
-                   help="N for the end-to-end trainer difference N vs 2N (default 4; quick 2; 0 = skip)")
+    p.add_argument(
+        "--trainer-steps",
+        type=int,
+        default=None,
+        help="N for the end-to-end trainer difference N vs 2N (default 4; quick 2; 0 = skip)",
+    )
     p.add_argument("--only", default=None, help="comma-separated subset of methods (peak is always run)")
-    p.add_argument("--saelens-python", default=None,
-                   help="python of a venv with sae-lens installed (never saex's); without it SAELens is skipped")
+    p.add_argument(
+        "--saelens-python",
+        default=None,
+        help="python of a venv with sae-lens installed (never saex's); without it SAELens is skipped",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=str(ROOT / "runs" / "bench"), help="where the warm-up state is cached")
     p.add_argument("--no-cache", action="store_true", help="redo the warm-up training even if cached")
-    p.add_argument("--profile", action="store_true",
-                   help="after timing, profile the tied K=1 and K=8 steps (cProfile and torch.profiler) and print the hotspots")
-    p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/train.json; "
-                   "--quick: train-quick.json)")
-    p.add_argument("--quick", action="store_true", help="~1-2 min smoke run (1 step per call, 2 rounds, 300 warm-up steps)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after timing, profile the tied K=1 and K=8 steps (cProfile and torch.profiler) and print the hotspots",
+    )
+    p.add_argument(
+        "--json", default=None, help="output JSON (default benchmarks/results/train.json; --quick: train-quick.json)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="~1-2 min smoke run (1 step per call, 2 rounds, 300 warm-up steps)"
+    )
     p.add_argument("--saelens-worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     quick = {"steps": 1, "repeats": 2, "warmup_steps": 300, "trainer_steps": 2}
@@ -122,13 +144,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-
-
 # --- shared by both sides: save and restore weights and Adam state ------------------------------------
 
+
 def snapshot(params: list[torch.Tensor], opt: torch.optim.Optimizer) -> tuple[list, list]:
-    return ([p.detach().clone() for p in params],
-            [{k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state.get(p, {}).items()} for p in params])
+    return (
+        [p.detach().clone() for p in params],
+        [{k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state.get(p, {}).items()} for p in params],
+    )
 
 
 def restore(params: list[torch.Tensor], opt: torch.optim.Optimizer, snap: tuple[list, list]) -> None:
@@ -148,21 +171,25 @@ def restore(params: list[torch.Tensor], opt: torch.optim.Optimizer, snap: tuple[
                 opt.state[p] = {k: (t.clone() if torch.is_tensor(t) else t) for k, t in s.items()}
 
 
-def set_adam_state(opt: torch.optim.Optimizer, p: torch.Tensor, step: float, m: torch.Tensor | None,
-                   v: torch.Tensor | None) -> None:
-    opt.state[p] = {"step": torch.tensor(float(step)),
-                    "exp_avg": torch.zeros_like(p) if m is None else torch.empty_like(p).copy_(m),
-                    "exp_avg_sq": torch.zeros_like(p) if v is None else torch.empty_like(p).copy_(v)}
+def set_adam_state(
+    opt: torch.optim.Optimizer, p: torch.Tensor, step: float, m: torch.Tensor | None, v: torch.Tensor | None
+) -> None:
+    opt.state[p] = {
+        "step": torch.tensor(float(step)),
+        "exp_avg": torch.zeros_like(p) if m is None else torch.empty_like(p).copy_(m),
+        "exp_avg_sq": torch.zeros_like(p) if v is None else torch.empty_like(p).copy_(v),
+    }
 
 
 # --- the SAELens worker: imports torch, safetensors and sae_lens only ---------------------------------
 
+
 def saelens_worker(folder: str, threads: int | None) -> None:
-    from safetensors.torch import load_file
     import sae_lens
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
+    from safetensors.torch import load_file
 
     if threads:
         torch.set_num_threads(threads)
@@ -178,11 +205,24 @@ def saelens_worker(folder: str, threads: int | None) -> None:
 
     def build(regime: str):
         torch.manual_seed(cfg["seed"])
-        sae = StandardTrainingSAE(StandardTrainingSAEConfig(
-            d_in=D, d_sae=F, dtype="float32", device="cpu", normalize_activations="none",
-            l1_coefficient=cfg["l1_coefficient"]))
-        tcfg = SAETrainerConfig(total_training_samples=10**12, train_batch_size_samples=B, lr=cfg["lr"],
-                                lr_end=cfg["lr"] / 10, device="cpu", logger=LoggingConfig(log_to_wandb=False))
+        sae = StandardTrainingSAE(
+            StandardTrainingSAEConfig(
+                d_in=D,
+                d_sae=F,
+                dtype="float32",
+                device="cpu",
+                normalize_activations="none",
+                l1_coefficient=cfg["l1_coefficient"],
+            )
+        )
+        tcfg = SAETrainerConfig(
+            total_training_samples=10**12,
+            train_batch_size_samples=B,
+            lr=cfg["lr"],
+            lr_end=cfg["lr"] / 10,
+            device="cpu",
+            logger=LoggingConfig(log_to_wandb=False),
+        )
         trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=iter(()))
         if regime == "steady":
             # The warmed-up saex tied SAE as the same function: W_enc = M̂ᵀ, W_dec = M̂, b_enc = b, b_dec = 0.
@@ -212,8 +252,14 @@ def saelens_worker(folder: str, threads: int | None) -> None:
         return out
 
     models = {r: build(r) for r in ("dense", "steady")}
-    reply({"ready": True, "sae_lens": getattr(sae_lens, "__version__", "?"), "torch": torch.__version__,
-           "threads": torch.get_num_threads()})
+    reply(
+        {
+            "ready": True,
+            "sae_lens": getattr(sae_lens, "__version__", "?"),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
+    )
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd.get("quit"):
@@ -233,9 +279,14 @@ def saelens_worker(folder: str, threads: int | None) -> None:
 class SAELensWorker:
     def __init__(self, python: str, folder: Path, threads: int):
         self.err_path = folder / "worker.err"
-        self.proc = subprocess.Popen([python, str(Path(__file__).resolve()), "--saelens-worker", str(folder),
-                                      "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=open(self.err_path, "w"), text=True, cwd=str(folder))
+        self.proc = subprocess.Popen(
+            [python, str(Path(__file__).resolve()), "--saelens-worker", str(folder), "--threads", str(threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(self.err_path, "w"),  # noqa: SIM115 (closed with the process in close())
+            text=True,
+            cwd=str(folder),
+        )
         self.info = self._read()
 
     def _read(self) -> dict:
@@ -246,7 +297,7 @@ class SAELensWorker:
                 err = self.err_path.read_text()[-3000:]
                 raise RuntimeError(f"SAELens worker exited with code {self.proc.returncode}:\n{err}")
             if line.startswith(REPLY):
-                return json.loads(line[len(REPLY):])
+                return json.loads(line[len(REPLY) :])
 
     def run(self, regime: str, steps: int) -> dict:
         self.proc.stdin.write(json.dumps({"regime": regime, "steps": steps}) + "\n")
@@ -264,15 +315,26 @@ class SAELensWorker:
 
 # --- saex side ----------------------------------------------------------------------------------------
 
+
 def ensure_store(a) -> tuple[Path, bool]:
     if a.acts:
         return Path(a.acts), False
     if (DEFAULT_ACTS / "manifest.json").is_file():
         return DEFAULT_ACTS, False
     from saex.harvest import HarvestConfig, harvest
+
     print(f"harvesting real activations into {DEFAULT_ACTS} (once, ~40 s) ...", file=sys.stderr)
-    harvest(HarvestConfig(out=str(DEFAULT_ACTS), model="smollm2-135m", corpus="default", hooks=DEFAULT_HOOK,
-                          tokens=65536, dtype="float32"), progress=False)
+    harvest(
+        HarvestConfig(
+            out=str(DEFAULT_ACTS),
+            model="smollm2-135m",
+            corpus="default",
+            hooks=DEFAULT_HOOK,
+            tokens=65536,
+            dtype="float32",
+        ),
+        progress=False,
+    )
     return DEFAULT_ACTS, True
 
 
@@ -296,8 +358,11 @@ def warm_state(a, x_ND, d_in, F, store_hash: str) -> tuple[dict, dict]:
 
     from saex.dictionaries import TiedL1
 
-    key = hashlib.sha256(json.dumps([store_hash, a.hook, F, a.alpha, a.lr, a.warmup_steps, a.warmup_batch,
-                                     a.seed, "tied_l1-warm-v1"]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            [store_hash, a.hook, F, a.alpha, a.lr, a.warmup_steps, a.warmup_batch, a.seed, "tied_l1-warm-v1"]
+        ).encode()
+    ).hexdigest()[:16]
     path = Path(a.cache) / f"warm-tied_l1-{key}.safetensors"
     if path.is_file() and not a.no_cache:
         t = load_file(str(path))
@@ -311,22 +376,37 @@ def warm_state(a, x_ND, d_in, F, store_hash: str) -> tuple[dict, dict]:
     N, Bw = x_ND.shape[0], a.warmup_batch
     perm, pos, trace = torch.randperm(N, generator=gen), 0, []
     t0 = time.perf_counter()
-    print(f"warm-up training: {a.warmup_steps} steps of {Bw} at alpha {a.alpha:g} (cached afterwards) ...",
-          file=sys.stderr)
+    print(
+        f"warm-up training: {a.warmup_steps} steps of {Bw} at alpha {a.alpha:g} (cached afterwards) ...",
+        file=sys.stderr,
+    )
     for i in range(a.warmup_steps):
         if pos + Bw > N:
             perm, pos = torch.randperm(N, generator=gen), 0
-        l0 = saex_steps(model, opt, coef, [x_ND[perm[pos:pos + Bw]]])
+        l0 = saex_steps(model, opt, coef, [x_ND[perm[pos : pos + Bw]]])
         pos += Bw
         if i % 100 == 0 or i == a.warmup_steps - 1:
             trace.append({"step": i + 1, "l0": l0[0]})
             print(f"  warm-up step {i + 1}: L0 {l0[0]:.1f}", file=sys.stderr)
     st = opt.state
-    tensors = {"M": model.M_KFD.detach()[0].contiguous(), "b": model.b_KF.detach()[0].contiguous(),
-               "M_m": st[model.M_KFD]["exp_avg"][0].contiguous(), "M_v": st[model.M_KFD]["exp_avg_sq"][0].contiguous(),
-               "b_m": st[model.b_KF]["exp_avg"][0].contiguous(), "b_v": st[model.b_KF]["exp_avg_sq"][0].contiguous()}
-    info = {"steps": a.warmup_steps, "batch": Bw, "alpha": a.alpha, "lr": a.lr, "seconds": time.perf_counter() - t0,
-            "l0_trace": trace, "adam_step": float(st[model.M_KFD]["step"]), "key": key}
+    tensors = {
+        "M": model.M_KFD.detach()[0].contiguous(),
+        "b": model.b_KF.detach()[0].contiguous(),
+        "M_m": st[model.M_KFD]["exp_avg"][0].contiguous(),
+        "M_v": st[model.M_KFD]["exp_avg_sq"][0].contiguous(),
+        "b_m": st[model.b_KF]["exp_avg"][0].contiguous(),
+        "b_v": st[model.b_KF]["exp_avg_sq"][0].contiguous(),
+    }
+    info = {
+        "steps": a.warmup_steps,
+        "batch": Bw,
+        "alpha": a.alpha,
+        "lr": a.lr,
+        "seconds": time.perf_counter() - t0,
+        "l0_trace": trace,
+        "adam_step": float(st[model.M_KFD]["step"]),
+        "key": key,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
     path.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
@@ -350,6 +430,7 @@ class SaexMethod:
 
     def __call__(self, batches):
         from saex.dictionaries import relu_l1
+
         restore(self.params, self.opt, self.snap)
         old = getattr(relu_l1, "SPARSE_MAX_DENSITY", None)
         if self.density is not None:
@@ -370,9 +451,21 @@ def run_trainer(acts: Path, hook: str, a, steps: int, tmp_root: Path) -> float:
     from saex.train.trainer import train
 
     out = Path(tempfile.mkdtemp(dir=tmp_root, prefix="train-"))
-    cfg = TrainConfig(acts=str(acts), hook=hook, out=str(out / "run"), arch="tied_l1", ratio=f"{a.ratio:g}",
-                      alpha=repr(a.alpha), steps=steps, batch_size=a.batch_size, lr=a.lr,
-                      normalize="mean_norm", eval_every=0, checkpoint_every=0, seed=a.seed)
+    cfg = TrainConfig(
+        acts=str(acts),
+        hook=hook,
+        out=str(out / "run"),
+        arch="tied_l1",
+        ratio=f"{a.ratio:g}",
+        alpha=repr(a.alpha),
+        steps=steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        normalize="mean_norm",
+        eval_every=0,
+        checkpoint_every=0,
+        seed=a.seed,
+    )
     try:
         gc.collect()
         t = time.perf_counter()
@@ -435,8 +528,7 @@ def main(argv=None) -> dict:
 
     import math
 
-    from saex.dictionaries import TiedL1, TopK, UntiedL1
-    from saex.dictionaries import relu_l1
+    from saex.dictionaries import TiedL1, TopK, UntiedL1, relu_l1
     from saex.store.reader import ActivationStore
     from saex.train.trainer import store_hash
 
@@ -452,7 +544,7 @@ def main(argv=None) -> dict:
     if n_batches * B > N:
         raise SystemExit(f"the store has {N} rows, fewer than {n_batches} batches of {B}")
     perm = torch.randperm(N, generator=torch.Generator().manual_seed(a.seed))
-    batches = [x_ND[perm[i * B:(i + 1) * B]].contiguous() for i in range(n_batches)]
+    batches = [x_ND[perm[i * B : (i + 1) * B]].contiguous() for i in range(n_batches)]
     s_hash = store_hash(store, a.hook)
 
     warm, warm_info = warm_state(a, x_ND, D, F, s_hash)
@@ -468,6 +560,7 @@ def main(argv=None) -> dict:
                 model.b_KF.copy_(warm["b"].expand(K, F))
             set_adam_state(opt, model.M_KFD, wstep, warm["M_m"].expand(K, F, D), warm["M_v"].expand(K, F, D))
             set_adam_state(opt, model.b_KF, wstep, warm["b_m"].expand(K, F), warm["b_v"].expand(K, F))
+
         return f
 
     def warm_untied(model, opt):
@@ -513,16 +606,32 @@ def main(argv=None) -> dict:
         wdir = tmp_root / "saelens"
         wdir.mkdir()
         data = {f"x{i}": b for i, b in enumerate(batches)}
-        data |= {"M_hat": M_hat.contiguous(), "b": warm["b"], "M_m": warm["M_m"], "M_v": warm["M_v"],
-                 "b_m": warm["b_m"], "b_v": warm["b_v"]}
+        data |= {
+            "M_hat": M_hat.contiguous(),
+            "b": warm["b"],
+            "M_m": warm["M_m"],
+            "M_v": warm["M_v"],
+            "b_m": warm["b_m"],
+            "b_v": warm["b_v"],
+        }
         save_file(data, str(wdir / "data.safetensors"))
-        (wdir / "config.json").write_text(json.dumps({
-            "n_batches": n_batches, "batch_size": B, "d_in": D, "d_sae": F, "lr": a.lr, "seed": a.seed,
-            "l1_coefficient": a.alpha * D, "warm_step": wstep}))
+        (wdir / "config.json").write_text(
+            json.dumps(
+                {
+                    "n_batches": n_batches,
+                    "batch_size": B,
+                    "d_in": D,
+                    "d_sae": F,
+                    "lr": a.lr,
+                    "seed": a.seed,
+                    "l1_coefficient": a.alpha * D,
+                    "warm_step": wstep,
+                }
+            )
+        )
         try:
             worker = SAELensWorker(a.saelens_python, wdir, threads)
-            saelens = {"status": "ok", "python": a.saelens_python, **worker.info,
-                       "l1_coefficient": a.alpha * D}
+            saelens = {"status": "ok", "python": a.saelens_python, **worker.info, "l1_coefficient": a.alpha * D}
         except Exception as e:  # noqa: BLE001 - report any failure to start and carry on without SAELens
             saelens = {"status": "skipped", "python": a.saelens_python, "error": str(e)}
             print(f"SAELens skipped: {e}", file=sys.stderr)
@@ -575,9 +684,12 @@ def main(argv=None) -> dict:
         raise ValueError(m)
 
     order0 = ["peak", *wanted]
-    print(f"d_in {D}, F {F}, batch {B}, store {acts} ({N} rows, scale {scale:.4g}), threads {threads}, "
-          f"load avg {load_before}; steady state: {warm_info['steps']} warm-up steps "
-          f"({'cached' if warm_info['reused'] else 'trained now'})", file=sys.stderr)
+    print(
+        f"d_in {D}, F {F}, batch {B}, store {acts} ({N} rows, scale {scale:.4g}), threads {threads}, "
+        f"load avg {load_before}; steady state: {warm_info['steps']} warm-up steps "
+        f"({'cached' if warm_info['reused'] else 'trained now'})",
+        file=sys.stderr,
+    )
     warm_s = {}
     for m in order0:
         t = time.perf_counter()
@@ -585,21 +697,22 @@ def main(argv=None) -> dict:
         warm_s[m] = time.perf_counter() - t
     print("  warm-up calls: " + ", ".join(f"{m} {v:.1f}s" for m, v in warm_s.items()), file=sys.stderr)
     for r in range(a.repeats):
-        order = order0[r % len(order0):] + order0[:r % len(order0)]
+        order = order0[r % len(order0) :] + order0[: r % len(order0)]
         for m in order:
             t, l0 = call(m)
             timings[m].append(t)
             if l0 is not None:
                 l0s[m].append(l0)
-        print(f"  round {r + 1}/{a.repeats}: " + ", ".join(f"{m} {timings[m][-1]:.3f}s" for m in order0),
-              file=sys.stderr)
+        print(
+            f"  round {r + 1}/{a.repeats}: " + ", ".join(f"{m} {timings[m][-1]:.3f}s" for m in order0), file=sys.stderr
+        )
     if worker is not None:
         worker.close()
         saelens["worker_stderr_tail"] = (tmp_root / "saelens" / "worker.err").read_text()[-2000:]
 
     profile = None
     if a.profile:
-        profile = profile_tied(methods, batches[:a.steps], batches[:a.ensemble_steps])
+        profile = profile_tied(methods, batches[: a.steps], batches[: a.ensemble_steps])
         print(profile)
     shutil.rmtree(tmp_root, ignore_errors=True)
     load_after = load_avg()
@@ -608,19 +721,29 @@ def main(argv=None) -> dict:
     # --- summary -----------------------------------------------------------------------------------
     flop_step = 12 * B * D * F
     flop_peak = 2 * B * D * F
+
     def finite(v):
         return [t for t in v if t == t]
 
     med_t = {m: statistics.median(finite(v)) for m, v in timings.items() if finite(v)}
     peak_gflops = [flop_peak / t / 1e9 for t in timings["peak"]]
-    summary = {"peak": {"median_gflops": statistics.median(peak_gflops), "best_gflops": max(peak_gflops),
-                        "gflops": peak_gflops}}
+    summary = {
+        "peak": {
+            "median_gflops": statistics.median(peak_gflops),
+            "best_gflops": max(peak_gflops),
+            "gflops": peak_gflops,
+        }
+    }
     wanted = [m for m in wanted if m in med_t]
     for m in wanted:
         ts = timings[m]
         acts_s = [B / t for t in finite(ts)]
-        row = {"median_step_s": med_t[m], "median_acts_per_s": statistics.median(acts_s),
-               "best_acts_per_s": max(acts_s), "acts_per_s": acts_s}
+        row = {
+            "median_step_s": med_t[m],
+            "median_acts_per_s": statistics.median(acts_s),
+            "best_acts_per_s": max(acts_s),
+            "acts_per_s": acts_s,
+        }
         k = K8 if m.startswith("tied8") else 1
         gf = [k * flop_step / t / 1e9 for t in ts]
         row["dense_equiv_gflops"] = statistics.median(finite(gf))
@@ -635,8 +758,9 @@ def main(argv=None) -> dict:
         n = a.trainer_steps
         summary["trainer"]["raw_2N_acts_per_s"] = [2 * n * B / t for t in trainer_raw["2N"]]
         summary["trainer"]["median_raw_2N_acts_per_s"] = statistics.median(summary["trainer"]["raw_2N_acts_per_s"])
-        summary["trainer"]["fixed_cost_s"] = statistics.median([t1 - (t2 - t1) for t1, t2 in
-                                                                zip(trainer_raw["N"], trainer_raw["2N"])])
+        summary["trainer"]["fixed_cost_s"] = statistics.median(
+            [t1 - (t2 - t1) for t1, t2 in zip(trainer_raw["N"], trainer_raw["2N"])]
+        )
 
     def ratio(num, den, mult=1.0, invert=False):
         """Ratio of step times num/den (or rates den/num if invert); mult scales the denominator."""
@@ -644,8 +768,12 @@ def main(argv=None) -> dict:
             return None
         f = (lambda p, q: q * mult / p) if invert else (lambda p, q: p / (q * mult))
         paired = finite([f(p, q) for p, q in zip(timings[num], timings[den])])
-        return {"ratio_of_medians": f(med_t[num], med_t[den]), "median_paired": statistics.median(paired),
-                "ratio_of_best": f(min(finite(timings[num])), min(finite(timings[den]))), "paired": paired}
+        return {
+            "ratio_of_medians": f(med_t[num], med_t[den]),
+            "median_paired": statistics.median(paired),
+            "ratio_of_best": f(min(finite(timings[num])), min(finite(timings[den]))),
+            "paired": paired,
+        }
 
     ratios = {
         "ensemble_dense_vs_1": ratio("tied8_dense", "tied_dense"),
@@ -659,49 +787,86 @@ def main(argv=None) -> dict:
     }
     ratios = {k: v for k, v in ratios.items() if v is not None}
 
-    labels = {"tied_dense": "saex tied_l1 K=1, dense phase", "tied_steady": "saex tied_l1 K=1, steady",
-              "tied_steady_forced_sparse": "  same, CSR path forced", "tied_steady_forced_dense": "  same, dense path forced",
-              "tied8_dense": f"saex tied_l1 K={K8}, dense phase", "tied8_steady": f"saex tied_l1 K={K8}, steady",
-              "untied_dense": "saex untied_l1 K=1, dense phase", "untied_steady": "saex untied_l1 K=1, steady",
-              "topk": f"saex topk k={a.k} K=1 (no aux)", "saelens_dense": "SAELens standard, dense phase",
-              "saelens_steady": "SAELens standard, steady", "trainer": "saex train() end to end (2N-N), dense"}
-    print(f"\nfp32 matmul peak [{B}x{D}]@[{D}x{F}]: {summary['peak']['median_gflops']:.1f} GFLOP/s median "
-          f"(best {summary['peak']['best_gflops']:.1f})")
-    print(f"{'method':38s} {'step ms':>8s} {'act/s med':>10s} {'act/s best':>10s} {'GFLOP/s*':>9s} {'%peak*':>7s} {'L0':>8s}")
+    labels = {
+        "tied_dense": "saex tied_l1 K=1, dense phase",
+        "tied_steady": "saex tied_l1 K=1, steady",
+        "tied_steady_forced_sparse": "  same, CSR path forced",
+        "tied_steady_forced_dense": "  same, dense path forced",
+        "tied8_dense": f"saex tied_l1 K={K8}, dense phase",
+        "tied8_steady": f"saex tied_l1 K={K8}, steady",
+        "untied_dense": "saex untied_l1 K=1, dense phase",
+        "untied_steady": "saex untied_l1 K=1, steady",
+        "topk": f"saex topk k={a.k} K=1 (no aux)",
+        "saelens_dense": "SAELens standard, dense phase",
+        "saelens_steady": "SAELens standard, steady",
+        "trainer": "saex train() end to end (2N-N), dense",
+    }
+    print(
+        f"\nfp32 matmul peak [{B}x{D}]@[{D}x{F}]: {summary['peak']['median_gflops']:.1f} GFLOP/s median "
+        f"(best {summary['peak']['best_gflops']:.1f})"
+    )
+    print(
+        f"{'method':38s} {'step ms':>8s} {'act/s med':>10s} {'act/s best':>10s} {'GFLOP/s*':>9s} {'%peak*':>7s} {'L0':>8s}"
+    )
     for m in wanted:
         r = summary[m]
         l0 = r.get("l0")
         l0s_ = "-" if l0 is None else (f"{l0:.0f}" if not isinstance(l0, list) else f"{statistics.fmean(l0):.0f}avg")
-        print(f"{labels[m]:38s} {r['median_step_s'] * 1e3:8.0f} {r['median_acts_per_s']:10.0f} "
-              f"{r['best_acts_per_s']:10.0f} {r['dense_equiv_gflops']:9.1f} "
-              f"{100 * r['fraction_of_peak_median_paired']:6.0f}% {l0s_:>8s}")
-    print("* dense-equivalent: 12·B·d_in·F FLOPs per step (per member) / step time; the sparse path does less "
-          "arithmetic, so this can exceed 100%; %peak is the median of per-round paired fractions.")
-    targets = {"ensemble_dense_vs_1": "<= 8.5", "ensemble_steady_vs_1": "<= 8.5",
-               "tied_vs_saelens_dense": ">= 1.5", "tied_vs_saelens_steady": ">= 1.5"}
+        print(
+            f"{labels[m]:38s} {r['median_step_s'] * 1e3:8.0f} {r['median_acts_per_s']:10.0f} "
+            f"{r['best_acts_per_s']:10.0f} {r['dense_equiv_gflops']:9.1f} "
+            f"{100 * r['fraction_of_peak_median_paired']:6.0f}% {l0s_:>8s}"
+        )
+    print(
+        "* dense-equivalent: 12·B·d_in·F FLOPs per step (per member) / step time; the sparse path does less "
+        "arithmetic, so this can exceed 100%; %peak is the median of per-round paired fractions."
+    )
+    targets = {
+        "ensemble_dense_vs_1": "<= 8.5",
+        "ensemble_steady_vs_1": "<= 8.5",
+        "tied_vs_saelens_dense": ">= 1.5",
+        "tied_vs_saelens_steady": ">= 1.5",
+    }
     print()
     for k, v in ratios.items():
-        print(f"{k:28s} of medians {v['ratio_of_medians']:6.3f}   median paired {v['median_paired']:6.3f}   "
-              f"of best {v['ratio_of_best']:6.3f}" + (f"   (target {targets[k]})" if k in targets else ""))
+        print(
+            f"{k:28s} of medians {v['ratio_of_medians']:6.3f}   median paired {v['median_paired']:6.3f}   "
+            f"of best {v['ratio_of_best']:6.3f}" + (f"   (target {targets[k]})" if k in targets else "")
+        )
     for m in ("tied_dense", "tied_steady"):
         if m in summary:
-            print(f"{m} fraction of peak (paired median): {100 * summary[m]['fraction_of_peak_median_paired']:.0f}% "
-                  f"(target >= 60% for tied_l1 at d=576, R=4, B=4096)")
+            print(
+                f"{m} fraction of peak (paired median): {100 * summary[m]['fraction_of_peak_median_paired']:.0f}% "
+                f"(target >= 60% for tied_l1 at d=576, R=4, B=4096)"
+            )
     if "trainer" in summary:
-        print(f"trainer fixed cost {summary['trainer']['fixed_cost_s']:.2f}s; raw 2N rate "
-              f"{summary['trainer']['median_raw_2N_acts_per_s']:.0f} act/s")
-    print(f"SAELens: {saelens.get('status')}" + (f" ({saelens.get('error', '')[:300]})" if saelens.get("error") else ""))
+        print(
+            f"trainer fixed cost {summary['trainer']['fixed_cost_s']:.2f}s; raw 2N rate "
+            f"{summary['trainer']['median_raw_2N_acts_per_s']:.0f} act/s"
+        )
+    print(
+        f"SAELens: {saelens.get('status')}" + (f" ({saelens.get('error', '')[:300]})" if saelens.get("error") else "")
+    )
     print(f"load average before {load_before}, after {load_after}; total {total_s:.0f}s")
 
     result = {
         "benchmark": "train",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(torch.__version__, threads, load_before, load_after),
-        "config": {**{k: v for k, v in vars(a).items() if k not in {"json", "saelens_worker"}},
-                   "acts": str(acts), "harvested_now": harvested, "rows": N, "d_in": D, "d_dict": F,
-                   "input_scale": scale, "ensemble_alphas": alphas8.tolist(), "methods": wanted,
-                   "steps_per_call": steps_of, "flops_per_step_convention": "12*B*d_in*d_dict (per member)",
-                   "sparse_max_density": getattr(relu_l1, "SPARSE_MAX_DENSITY", None)},
+        "config": {
+            **{k: v for k, v in vars(a).items() if k not in {"json", "saelens_worker"}},
+            "acts": str(acts),
+            "harvested_now": harvested,
+            "rows": N,
+            "d_in": D,
+            "d_dict": F,
+            "input_scale": scale,
+            "ensemble_alphas": alphas8.tolist(),
+            "methods": wanted,
+            "steps_per_call": steps_of,
+            "flops_per_step_convention": "12*B*d_in*d_dict (per member)",
+            "sparse_max_density": getattr(relu_l1, "SPARSE_MAX_DENSITY", None),
+        },
         "warmup": warm_info,
         "saelens": saelens,
         "warmup_call_s": warm_s,

@@ -19,9 +19,63 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-WORDS = ("the a of and to in is was for on as with by at from it that this be are an or which his her "
-         "mary john went store gave drink city river king music war science art water light time year "
-         "world people life history language number song house school north south east west").split()
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "as",
+    "with",
+    "by",
+    "at",
+    "from",
+    "it",
+    "that",
+    "this",
+    "be",
+    "are",
+    "an",
+    "or",
+    "which",
+    "his",
+    "her",
+    "mary",
+    "john",
+    "went",
+    "store",
+    "gave",
+    "drink",
+    "city",
+    "river",
+    "king",
+    "music",
+    "war",
+    "science",
+    "art",
+    "water",
+    "light",
+    "time",
+    "year",
+    "world",
+    "people",
+    "life",
+    "history",
+    "language",
+    "number",
+    "song",
+    "house",
+    "school",
+    "north",
+    "south",
+    "east",
+    "west",
+]
 SPECIALS = ["<|endoftext|>", "<|bos|>", "<|eos|>", "<unk>", "<pad>"]
 FAMILIES = ("llama", "gpt_neox", "gpt2", "gemma3")
 
@@ -36,27 +90,53 @@ def build_tokenizer(add_bos: bool = False):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     if add_bos:
         tok.post_processor = processors.TemplateProcessing(
-            single="<|bos|> $A", special_tokens=[("<|bos|>", vocab["<|bos|>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
-                                   unk_token="<unk>", pad_token="<pad>")
+            single="<|bos|> $A", special_tokens=[("<|bos|>", vocab["<|bos|>"])]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", unk_token="<unk>", pad_token="<pad>"
+    )
 
 
 def tiny_config(family: str, vocab_size: int):
-    from transformers import GPT2Config, GPTNeoXConfig, Gemma3TextConfig, LlamaConfig
+    from transformers import Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig
 
     common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=4)
     if family == "llama":
-        return LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
-                           num_key_value_heads=2, max_position_embeddings=64, **common)
+        return LlamaConfig(
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            **common,
+        )
     if family == "gpt_neox":
-        return GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-                             max_position_embeddings=64, rotary_pct=0.25, use_parallel_residual=True, **common)
+        return GPTNeoXConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            **common,
+        )
     if family == "gpt2":
         return GPT2Config(n_embd=32, n_layer=4, n_head=4, n_positions=64, **common)
     if family == "gemma3":
-        return Gemma3TextConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
-                                num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
-                                query_pre_attn_scalar=8, sliding_window=16, **common)
+        return Gemma3TextConfig(
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=64,
+            query_pre_attn_scalar=8,
+            sliding_window=16,
+            **common,
+        )
     raise KeyError(family)
 
 

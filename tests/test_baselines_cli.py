@@ -12,16 +12,29 @@ import torch
 
 from saex.cli import main
 from saex.dictionaries.sae import SAE
-from saex.store.reader import ActivationStore
-from saex.store.reader import store_hash
+from saex.store.reader import ActivationStore, store_hash
 from tests.train._synth import HOOK, ground_truth, snapshot, write_store
 
 KINDS = ("neurons", "random", "pca", "pca_split", "pca_topk", "ica", "ica_topk")
 WIDTH = 16
-ARCH = {"neurons": "standard", "random": "standard", "pca": "linear", "pca_split": "standard",
-        "pca_topk": "topk", "ica": "linear", "ica_topk": "topk"}
-D_DICT = {"neurons": WIDTH, "random": WIDTH, "pca": WIDTH, "pca_split": 2 * WIDTH, "pca_topk": 2 * WIDTH,
-          "ica": WIDTH, "ica_topk": 2 * WIDTH}
+ARCH = {
+    "neurons": "standard",
+    "random": "standard",
+    "pca": "linear",
+    "pca_split": "standard",
+    "pca_topk": "topk",
+    "ica": "linear",
+    "ica_topk": "topk",
+}
+D_DICT = {
+    "neurons": WIDTH,
+    "random": WIDTH,
+    "pca": WIDTH,
+    "pca_split": 2 * WIDTH,
+    "pca_topk": 2 * WIDTH,
+    "ica": WIDTH,
+    "ica_topk": 2 * WIDTH,
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +52,21 @@ def store(tmp_path_factory, data) -> Path:
 
 def argv(store, out, *extra) -> list[str]:
     # synthetic rows have no attention sink: every position counts unless a test says otherwise
-    return ["baselines", "--acts", str(store), "--hook", HOOK, "--out", str(out), "--ica-rows", "1000",
-            "--exclude-first", "0", "--quiet", *extra]
+    return [
+        "baselines",
+        "--acts",
+        str(store),
+        "--hook",
+        HOOK,
+        "--out",
+        str(out),
+        "--ica-rows",
+        "1000",
+        "--exclude-first",
+        "0",
+        "--quiet",
+        *extra,
+    ]
 
 
 def run(args, capsys) -> tuple[int, str, str]:
@@ -77,8 +103,12 @@ def test_every_kind_is_built_and_loads(built, store):
     for kind in KINDS:
         sae = SAE.load(built / kind)
         m = sae.metadata
-        assert (m["hook_name"], m["baseline"], m["store_hash"], m["model_name"]) == \
-            (HOOK, kind, expected_hash, "synthetic"), kind
+        assert (m["hook_name"], m["baseline"], m["store_hash"], m["model_name"]) == (
+            HOOK,
+            kind,
+            expected_hash,
+            "synthetic",
+        ), kind
         assert (sae.architecture, sae.d_in, sae.d_dict) == (ARCH[kind], WIDTH, D_DICT[kind]), kind
         cfg = json.loads((built / kind / "cfg.json").read_text())
         assert cfg["hook_name"] == HOOK and cfg["architecture"] == ARCH[kind]
@@ -115,9 +145,16 @@ def test_the_cli_topk_baselines_keep_k_per_token(built, data):
 
 def hand_made(seed: int = 0, bias: float = -0.5) -> SAE:
     g = torch.Generator().manual_seed(seed)
-    W = torch.randn(WIDTH, 40, generator=g) / WIDTH ** 0.5
-    return SAE(W, W.T.clone(), torch.full((40,), bias), torch.zeros(WIDTH), "standard",
-               apply_b_dec_to_input=False, metadata={"hook_name": HOOK})
+    W = torch.randn(WIDTH, 40, generator=g) / WIDTH**0.5
+    return SAE(
+        W,
+        W.T.clone(),
+        torch.full((40,), bias),
+        torch.zeros(WIDTH),
+        "standard",
+        apply_b_dec_to_input=False,
+        metadata={"hook_name": HOOK},
+    )
 
 
 def mean_l0(sae: SAE, x: torch.Tensor) -> float:
@@ -137,8 +174,9 @@ def test_k_from_is_the_rounded_mean_l0_on_heldout_rows(store, data, tmp_path, ca
     k = max(1, round(l0))
     assert k == {None: 2, 64: 3}[tokens]  # (mean L0 2.27 on all 512 held-out rows, 2.59 on the first 64)
     extra = [] if tokens is None else ["--k-tokens", str(tokens)]
-    code, _, err = run(argv(store, tmp_path / "out", "--kinds", "pca_topk,ica_topk", "--k-from",
-                            str(tmp_path / "sae"), *extra), capsys)
+    code, _, err = run(
+        argv(store, tmp_path / "out", "--kinds", "pca_topk,ica_topk", "--k-from", str(tmp_path / "sae"), *extra), capsys
+    )
     assert code == 0, err
     for kind in ("pca_topk", "ica_topk"):
         built = SAE.load(tmp_path / "out" / kind)
@@ -150,8 +188,7 @@ def test_k_from_a_neurons_dictionary(built, store, data, tmp_path, capsys):
     _, H = data
     expected = round(float((H.numpy() > 0).sum(1).mean()))  # neurons fire where the coordinate is positive
     assert 1 <= expected <= WIDTH
-    code, _, err = run(argv(store, tmp_path / "out", "--kinds", "pca_topk", "--k-from", str(built / "neurons")),
-                       capsys)
+    code, _, err = run(argv(store, tmp_path / "out", "--kinds", "pca_topk", "--k-from", str(built / "neurons")), capsys)
     assert code == 0, err
     assert SAE.load(tmp_path / "out" / "pca_topk").k == expected
 
@@ -166,8 +203,9 @@ def test_rerunning_the_same_command_changes_nothing(store, tmp_path, capsys):
     assert f"baselines in {out}" in stdout
     assert snapshot(out) == before
     after = mtimes(out)
-    assert {p: t for p, t in after.items() if p != "baselines.json"} == \
-        {p: t for p, t in times.items() if p != "baselines.json"}
+    assert {p: t for p, t in after.items() if p != "baselines.json"} == {
+        p: t for p, t in times.items() if p != "baselines.json"
+    }
 
 
 def test_adding_a_kind_keeps_the_others(built, store, tmp_path, capsys):
@@ -192,8 +230,9 @@ def test_rerunning_with_another_k_is_refused(built, store, tmp_path, capsys):
     assert code == 2
     line = one_error_line(err)
     assert "pca_topk" in line and "k: folder has 3, asked 4" in line
-    assert {p: h for p, h in snapshot(out).items() if p != "baselines.json"} == \
-        {p: h for p, h in before.items() if p != "baselines.json"}
+    assert {p: h for p, h in snapshot(out).items() if p != "baselines.json"} == {
+        p: h for p, h in before.items() if p != "baselines.json"
+    }
 
 
 def test_a_refused_rerun_leaves_the_folder_untouched(built, store, tmp_path, capsys):
@@ -214,8 +253,9 @@ def test_a_refused_rerun_builds_no_new_kind(built, store, tmp_path, capsys):
 def test_the_ica_folder_does_not_depend_on_the_order_of_kinds(built, store, tmp_path, capsys):
     assert run(argv(store, tmp_path / "out", "--kinds", "ica_topk,ica", "--k", "3"), capsys)[0] == 0
     assert "k" not in SAE.load(tmp_path / "out" / "ica").metadata
-    assert (tmp_path / "out" / "ica" / "sae_weights.safetensors").read_bytes() == \
-        (built / "ica" / "sae_weights.safetensors").read_bytes()
+    assert (tmp_path / "out" / "ica" / "sae_weights.safetensors").read_bytes() == (
+        built / "ica" / "sae_weights.safetensors"
+    ).read_bytes()
 
 
 def test_rerunning_with_another_center_is_refused(built, store, tmp_path, capsys):
@@ -245,18 +285,23 @@ def test_no_center_pca_projects_raw_activations(store, data, tmp_path, capsys):
     np.testing.assert_allclose(sae.encode(H).numpy(), H.double().numpy() @ V.T, atol=1e-5)
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["--kinds", "neurons,sparse"], ["unknown baseline kind 'sparse'",
-                                     "allowed: neurons, random, pca, pca_split, pca_topk, ica, ica_topk"]),
-    (["--kinds", "pca_topk"], ["exactly one of --k N or --k-from"]),
-    (["--kinds", "ica_topk"], ["exactly one of --k N or --k-from"]),
-    (["--kinds", "pca_topk", "--k", "17"], ["--k gives K = 17", "between 1 and the width 16"]),
-    (["--kinds", "pca_topk", "--k", "0"], ["--k gives K = 0", "between 1 and the width 16"]),
-    (["--kinds", "pca_topk", "--k", "3", "--k-from", "/nonexistent"], ["exactly one of --k N or --k-from"]),
-    (["--kinds", "pca_topk", "--k-from", "/nonexistent/sae"], ["/nonexistent/sae is not a dictionary folder"]),
-    (["--kinds", "neurons", "--random-ratio", "0"], ["--random-ratio must be positive, got 0"]),
-    (["--kinds", "ica", "--ica-rows", "0"], ["--ica-rows must be positive, got 0"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (
+            ["--kinds", "neurons,sparse"],
+            ["unknown baseline kind 'sparse'", "allowed: neurons, random, pca, pca_split, pca_topk, ica, ica_topk"],
+        ),
+        (["--kinds", "pca_topk"], ["exactly one of --k N or --k-from"]),
+        (["--kinds", "ica_topk"], ["exactly one of --k N or --k-from"]),
+        (["--kinds", "pca_topk", "--k", "17"], ["--k gives K = 17", "between 1 and the width 16"]),
+        (["--kinds", "pca_topk", "--k", "0"], ["--k gives K = 0", "between 1 and the width 16"]),
+        (["--kinds", "pca_topk", "--k", "3", "--k-from", "/nonexistent"], ["exactly one of --k N or --k-from"]),
+        (["--kinds", "pca_topk", "--k-from", "/nonexistent/sae"], ["/nonexistent/sae is not a dictionary folder"]),
+        (["--kinds", "neurons", "--random-ratio", "0"], ["--random-ratio must be positive, got 0"]),
+        (["--kinds", "ica", "--ica-rows", "0"], ["--ica-rows must be positive, got 0"]),
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(store, tmp_path, capsys, args, fragments):
     out = tmp_path / "out"
     code, stdout, err = run(argv(store, out, *args), capsys)
@@ -271,8 +316,9 @@ def test_k_from_of_another_width_is_refused(store, tmp_path, capsys):
     g = torch.Generator().manual_seed(0)
     W = torch.randn(8, 12, generator=g)
     SAE(W, W.T.clone(), torch.zeros(12), torch.zeros(8)).save(tmp_path / "narrow")
-    code, _, err = run(argv(store, tmp_path / "out", "--kinds", "pca_topk", "--k-from", str(tmp_path / "narrow")),
-                       capsys)
+    code, _, err = run(
+        argv(store, tmp_path / "out", "--kinds", "pca_topk", "--k-from", str(tmp_path / "narrow")), capsys
+    )
     assert code == 2
     assert "has d_in 8, but" in one_error_line(err) and "width 16" in err
 
@@ -287,8 +333,18 @@ def test_missing_hook_exits_2(store, tmp_path, capsys):
 
 
 def test_a_hook_the_store_lacks_exits_2(store, tmp_path, capsys):
-    args = ["baselines", "--acts", str(store), "--hook", "blocks.9.hook_resid_post", "--out", str(tmp_path / "out"),
-            "--kinds", "neurons", "--quiet"]
+    args = [
+        "baselines",
+        "--acts",
+        str(store),
+        "--hook",
+        "blocks.9.hook_resid_post",
+        "--out",
+        str(tmp_path / "out"),
+        "--kinds",
+        "neurons",
+        "--quiet",
+    ]
     code, _, err = run(args, capsys)
     assert code == 2
     line = one_error_line(err)
@@ -320,11 +376,28 @@ def test_fits_and_k_use_only_the_kept_rows(store, data, tmp_path, capsys):
 
     X, H = data
     keep_train, keep_held = torch.arange(len(X)) % T != 0, torch.arange(len(H)) % T != 0
-    sae = SAE(torch.eye(WIDTH), torch.eye(WIDTH), -0.3 * torch.ones(WIDTH), torch.zeros(WIDTH), "standard",
-              metadata={"hook_name": HOOK})
+    sae = SAE(
+        torch.eye(WIDTH),
+        torch.eye(WIDTH),
+        -0.3 * torch.ones(WIDTH),
+        torch.zeros(WIDTH),
+        "standard",
+        metadata={"hook_name": HOOK},
+    )
     sae.save(tmp_path / "sae")
-    code, _, err = run(argv(store, tmp_path / "out", "--kinds", "pca,pca_topk", "--k-from", str(tmp_path / "sae"),
-                            "--exclude-first", "1"), capsys)
+    code, _, err = run(
+        argv(
+            store,
+            tmp_path / "out",
+            "--kinds",
+            "pca,pca_topk",
+            "--k-from",
+            str(tmp_path / "sae"),
+            "--exclude-first",
+            "1",
+        ),
+        capsys,
+    )
     assert code == 0, err
     pca = SAE.load(tmp_path / "out" / "pca")
     assert pca.metadata["fit_rows"] == int(keep_train.sum()) == 3584

@@ -20,8 +20,19 @@ from saex.lm.hooks import HOOK_KINDS
 from tests.conftest import write_corpus
 from tests.store._helpers import HOOKS, MLP, RESID, manifest, read_shard, snapshot
 
-HARVEST = ["--hooks", HOOKS, "--tokens", "1990", "--context-length", "16", "--shard-tokens", "256",
-           "--batch-size", "4", "--quiet"]
+HARVEST = [
+    "--hooks",
+    HOOKS,
+    "--tokens",
+    "1990",
+    "--context-length",
+    "16",
+    "--shard-tokens",
+    "256",
+    "--batch-size",
+    "4",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +72,16 @@ def test_harvest_prints_the_summary(harvested):
     assert "dtype float16" in text and "context 16 tokens" in text
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--hooks", f"{RESID},blocks.7.hook_resid_post"], "'blocks.7.hook_resid_post'"),
-    (["--dtype", "int8"], "'int8'"),
-    (["--hooks", RESID], "different activation store (hooks"),
-    (["--context-length", "100"], "context length 100"),
-    (["--tokens", "0"], "--tokens must be positive, got 0"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--hooks", f"{RESID},blocks.7.hook_resid_post"], "'blocks.7.hook_resid_post'"),
+        (["--dtype", "int8"], "'int8'"),
+        (["--hooks", RESID], "different activation store (hooks"),
+        (["--context-length", "100"], "context length 100"),
+        (["--tokens", "0"], "--tokens must be positive, got 0"),
+    ],
+)
 def test_harvest_bad_input_exits_2_with_one_line(harvested, tiny_llama, capsys, args, fragment):
     out, corpus, _, _ = harvested
     before = snapshot(out)
@@ -91,8 +105,10 @@ def test_store_summary_verify_and_json(harvested, capsys):
     assert main(["store", str(out), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["verified"] is False and d["status"] == "complete" and d["dtype"] == "float16"
-    assert {s: (v["rows"], v["shards"], v["exhausted"]) for s, v in d["splits"].items()} == \
-        {"train": (2000, 8, False), "heldout": (208, 1, False)}
+    assert {s: (v["rows"], v["shards"], v["exhausted"]) for s, v in d["splits"].items()} == {
+        "train": (2000, 8, False),
+        "heldout": (208, 1, False),
+    }
     assert d["splits"]["train"]["bytes"] == sum((out / "train" / f).stat().st_size for f in os.listdir(out / "train"))
     assert {h: v["width"] for h, v in d["hooks"].items()} == {RESID: 32, MLP: 48}
     x = read_shard(out / "train" / "shard-00000.safetensors")[MLP].float()
@@ -157,11 +173,15 @@ def test_harvest_help_shows_the_config_docstrings(capsys, monkeypatch):
         main(["harvest", "--help"])
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for phrase in ("Storage dtype of activations: float16, bfloat16 or float32. (default: float16)",
-                   "Rows per shard file (rounded down to whole contexts)",
-                   "Fraction of documents assigned to the held-out split",
-                   "--context-length CONTEXT_LENGTH", "--heldout-tokens HELDOUT_TOKENS", "--quiet",
-                   "What ``saex harvest`` does"):
+    for phrase in (
+        "Storage dtype of activations: float16, bfloat16 or float32. (default: float16)",
+        "Rows per shard file (rounded down to whole contexts)",
+        "Fraction of documents assigned to the held-out split",
+        "--context-length CONTEXT_LENGTH",
+        "--heldout-tokens HELDOUT_TOKENS",
+        "--quiet",
+        "What ``saex harvest`` does",
+    ):
         assert phrase in text, phrase
 
 
@@ -171,8 +191,19 @@ def test_console_script_error_is_one_line_without_traceback(harvested, tiny_llam
     out, corpus, _, _ = harvested
     before = snapshot(out)
     env = dict(os.environ, HF_HUB_OFFLINE="1", SAEX_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    argv = [str(exe), "harvest", "--out", str(out), "--model", str(tiny_llama), "--corpus", str(corpus), *HARVEST,
-            "--hooks", "blocks.1.hook_resid_post,blocks.4.mlp.hook_post"]
+    argv = [
+        str(exe),
+        "harvest",
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_llama),
+        "--corpus",
+        str(corpus),
+        *HARVEST,
+        "--hooks",
+        "blocks.1.hook_resid_post,blocks.4.mlp.hook_post",
+    ]
     proc = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     line = _one_error_line(proc.stderr, "harvest")

@@ -20,7 +20,9 @@ def smollm2():
 def test_hooks_on_the_real_model(smollm2):
     hooked = HookedLM(smollm2.model)
     assert (hooked.n_layers, hooked.d_model, hooked.d_mlp, hooked.family.name) == (30, 576, 1536, "llama")
-    ids = smollm2.tokenizer(["When Mary and John went to the store, John gave a drink to"], return_tensors="pt").input_ids
+    ids = smollm2.tokenizer(
+        ["When Mary and John went to the store, John gave a drink to"], return_tensors="pt"
+    ).input_ids
     names = ["blocks.6.hook_resid_pre", "blocks.6.hook_attn_out", "blocks.6.hook_mlp_out", "blocks.6.hook_resid_post"]
     with hooked.capture(names) as run:
         a = run(ids)
@@ -37,9 +39,16 @@ def test_hooks_on_the_real_model(smollm2):
 
 
 def test_harvest_matches_an_independent_forward(smollm2, tmp_path):
-    cfg = HarvestConfig(out=str(tmp_path / "acts"), model="smollm2-135m", corpus="default",
-                        hooks="blocks.3.hook_resid_post,blocks.3.mlp.hook_post", tokens=256, heldout_tokens=128,
-                        dtype="float32", batch_size=2)
+    cfg = HarvestConfig(
+        out=str(tmp_path / "acts"),
+        model="smollm2-135m",
+        corpus="default",
+        hooks="blocks.3.hook_resid_post,blocks.3.mlp.hook_post",
+        tokens=256,
+        heldout_tokens=128,
+        dtype="float32",
+        batch_size=2,
+    )
     store = ActivationStore(harvest(cfg, progress=False))
     assert store.complete and store.n_rows("train") == 256 and store.n_rows("heldout") == 128
     assert store.manifest["packing"]["separator_token"] == "<|endoftext|>"

@@ -139,8 +139,9 @@ def build_baselines(cfg: BaselinesConfig, progress: bool = True) -> Path:
     s_hash = store_hash(store, cfg.hook)
     identity = {"store_hash": s_hash, "hook": cfg.hook}
     if check_output_folder(out, MARKER, "set of saex baselines"):
-        check_same_identity(out, json.loads((out / MARKER).read_text())["identity"], identity, "set of baselines",
-                            "folder")
+        check_same_identity(
+            out, json.loads((out / MARKER).read_text())["identity"], identity, "set of baselines", "folder"
+        )
     # Every existing folder is checked before anything is written, so a refused run changes nothing.
     todo = []
     for kind in kinds:
@@ -154,8 +155,12 @@ def build_baselines(cfg: BaselinesConfig, progress: bool = True) -> Path:
     marker = {"saex_version": saex.__version__, "identity": identity, "config": asdict(cfg), "store": str(store.path)}
     if not (out / MARKER).is_file() or json.loads((out / MARKER).read_text()) != marker:
         write_json_atomic(out / MARKER, marker)
-    common = {"saex_version": saex.__version__, "hook_name": cfg.hook, "model_name": store.manifest["model"]["name"],
-              "store_hash": s_hash}
+    common = {
+        "saex_version": saex.__version__,
+        "hook_name": cfg.hook,
+        "model_name": store.manifest["model"]["name"],
+        "store_hash": s_hash,
+    }
     fits: dict = {}
 
     def pca_fit():
@@ -180,9 +185,11 @@ def build_baselines(cfg: BaselinesConfig, progress: bool = True) -> Path:
             fits["ica"] = fit_ica(store.rows("train", cfg.hook, idx), cfg.seed, cfg.ica_max_iter, cfg.ica_tol, meta)
             if progress:
                 m = fits["ica"].metadata
-                print(f"ica: FastICA on {n} rows, {m['ica_n_iter']} iterations, "
-                      f"{'converged' if m['ica_converged'] else 'NOT converged (raise --ica-max-iter)'}, "
-                      f"{time.perf_counter() - t0:.0f}s")
+                print(
+                    f"ica: FastICA on {n} rows, {m['ica_n_iter']} iterations, "
+                    f"{'converged' if m['ica_converged'] else 'NOT converged (raise --ica-max-iter)'}, "
+                    f"{time.perf_counter() - t0:.0f}s"
+                )
         return fits["ica"]
 
     for kind in todo:
@@ -198,8 +205,11 @@ def build_baselines(cfg: BaselinesConfig, progress: bool = True) -> Path:
         elif kind.startswith("pca"):
             fit = pca_fit()
             meta["fit_rows"] = fit.n_rows
-            d = {"pca": lambda: pca_dictionary(fit, cfg.center, meta), "pca_split": lambda: pca_split(fit, cfg.center, meta),
-                 "pca_topk": lambda: pca_topk(fit, k, cfg.center, meta)}[kind]()
+            d = {  # the chosen builder is called at once, while fit and meta are this iteration's
+                "pca": lambda: pca_dictionary(fit, cfg.center, meta),  # noqa: B023
+                "pca_split": lambda: pca_split(fit, cfg.center, meta),  # noqa: B023
+                "pca_topk": lambda: pca_topk(fit, k, cfg.center, meta),  # noqa: B023
+            }[kind]()
         elif kind == "ica":
             d = ica_fit()
         else:

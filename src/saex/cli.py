@@ -144,13 +144,15 @@ def _cmd_hooks(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from saex.harvest import HarvestConfig
 
-    parser = argparse.ArgumentParser(prog="saex", description="Sparse dictionary learning on language-model activations.")
+    parser = argparse.ArgumentParser(
+        prog="saex", description="Sparse dictionary learning on language-model activations."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from saex.baselines import BaselinesConfig
+    from saex.causal.run import IOIConfig
     from saex.evaluate.run import EvalConfig
     from saex.features.build import FeaturesConfig
-    from saex.causal.run import IOIConfig
     from saex.interpret.run import InterpretConfig
     from saex.report.pipeline import ReproduceConfig
     from saex.train.config import TrainConfig
@@ -166,30 +168,70 @@ def build_parser() -> argparse.ArgumentParser:
     stage("harvest", "run a model over a corpus and store activations at hook points", HarvestConfig, _cmd_harvest)
     p = stage("train", "train a sweep of sparse autoencoders on an activation store", TrainConfig, _cmd_train)
     p.add_argument("--config", help="a .json or .toml file of option values (the command line overrides it)")
-    p.add_argument("--from", dest="from_run", metavar="RUN_JSON",
-                   help="replay a saved run: its run.json supplies every option (the command line overrides it)")
+    p.add_argument(
+        "--from",
+        dest="from_run",
+        metavar="RUN_JSON",
+        help="replay a saved run: its run.json supplies every option (the command line overrides it)",
+    )
     from saex.train.calibrate import CalibrateConfig
-    stage("calibrate", "choose the L1 coefficients α that give target L0s on a store's hook (a short sweep)",
-          CalibrateConfig, _cmd_calibrate)
-    stage("baselines", "build baseline dictionaries (neurons, random, PCA, ICA, top-k) from a store",
-          BaselinesConfig, _cmd_baselines)
+
+    stage(
+        "calibrate",
+        "choose the L1 coefficients α that give target L0s on a store's hook (a short sweep)",
+        CalibrateConfig,
+        _cmd_calibrate,
+    )
+    stage(
+        "baselines",
+        "build baseline dictionaries (neurons, random, PCA, ICA, top-k) from a store",
+        BaselinesConfig,
+        _cmd_baselines,
+    )
     stage("eval", "FVU, L0, dead features, spliced CE/KL and MMCS of dictionaries, with plots", EvalConfig, _cmd_eval)
-    stage("features", "index each feature's top, random and non-activating fragments over held-out text",
-          FeaturesConfig, _cmd_features)
-    stage("interpret", "automated interpretability: explain, simulate and score features (offline or with an LLM)",
-          InterpretConfig, _cmd_interpret)
-    stage("ioi", "patch feature subsets on indirect object identification: KL against features patched and edit size",
-          IOIConfig, _cmd_ioi)
-    stage("reproduce", "the paper's whole study, resumable: harvest, sweeps, baselines, eval, autointerp, IOI, "
-          "case studies, dashboard and the report", ReproduceConfig, _cmd_reproduce)
+    stage(
+        "features",
+        "index each feature's top, random and non-activating fragments over held-out text",
+        FeaturesConfig,
+        _cmd_features,
+    )
+    stage(
+        "interpret",
+        "automated interpretability: explain, simulate and score features (offline or with an LLM)",
+        InterpretConfig,
+        _cmd_interpret,
+    )
+    stage(
+        "ioi",
+        "patch feature subsets on indirect object identification: KL against features patched and edit size",
+        IOIConfig,
+        _cmd_ioi,
+    )
+    stage(
+        "reproduce",
+        "the paper's whole study, resumable: harvest, sweeps, baselines, eval, autointerp, IOI, "
+        "case studies, dashboard and the report",
+        ReproduceConfig,
+        _cmd_reproduce,
+    )
 
     from saex.viz.dashboard.run import DashboardConfig
-    stage("dashboard", "write a static feature dashboard (opens from disk): examples, explanations, scores, analyses",
-          DashboardConfig, _cmd_dashboard)
+
+    stage(
+        "dashboard",
+        "write a static feature dashboard (opens from disk): examples, explanations, scores, analyses",
+        DashboardConfig,
+        _cmd_dashboard,
+    )
 
     from saex.causal.case_study import CaseStudyConfig
-    stage("case-study", "per-feature case studies: prompt search, token histograms, logit lens, ablation effects, "
-          "upstream circuits", CaseStudyConfig, _cmd_case_study)
+
+    stage(
+        "case-study",
+        "per-feature case studies: prompt search, token histograms, logit lens, ablation effects, upstream circuits",
+        CaseStudyConfig,
+        _cmd_case_study,
+    )
 
     p = sub.add_parser("report", help="rebuild the paper report of a saex reproduce run folder from what it holds")
     p.add_argument("run", help="the run folder (--out of saex reproduce)")

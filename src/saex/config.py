@@ -33,9 +33,13 @@ def field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body
     for stmt, nxt in zip(body, body[1:]):
-        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
             docs[stmt.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -59,11 +63,19 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, required: tuple[st
         default = None if f.default is dataclasses.MISSING else f.default
         help_text = docs.get(f.name, "")
         if tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text + f" (default: {default})")
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text + f" (default: {default})",
+            )
             continue
-        kwargs = {"dest": f.name, "help": help_text + (f" (default: {default})" if default is not None else ""),
-                  "metavar": f.name.upper()}
+        kwargs = {
+            "dest": f.name,
+            "help": help_text + (f" (default: {default})" if default is not None else ""),
+            "metavar": f.name.upper(),
+        }
         if tp in (int, float, str):
             kwargs["type"] = tp
         kwargs["default"] = argparse.SUPPRESS

@@ -55,7 +55,7 @@ class Ranks:
         if self.world == 1:
             return x_BD
         b = x_BD.shape[0] // self.world
-        return x_BD[self.rank * b:(self.rank + 1) * b]
+        return x_BD[self.rank * b : (self.rank + 1) * b]
 
 
 def setup(batch_size: int | None = None) -> Ranks:

@@ -30,8 +30,14 @@ from saex.data.packing import SPLITS, pack, resolve_packing
 from saex.errors import SaexError
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
-from saex.store.files import (check_output_folder, check_same_identity, remove_stale_temporaries, sha256_path,
-                              write_json_atomic, write_safetensors_atomic)
+from saex.store.files import (
+    check_output_folder,
+    check_same_identity,
+    remove_stale_temporaries,
+    sha256_path,
+    write_json_atomic,
+    write_safetensors_atomic,
+)
 from saex.store.reader import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, shard_name
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -125,7 +131,7 @@ def _usable_shards(out: Path, split: str, shards: list[dict], shard_contexts: in
         if short or not path.is_file() or path.stat().st_size != s["bytes"]:
             break
         if sha256_path(path) != s["sha256"]:
-            warnings.warn(f"shard {path} is corrupted; it and the shards after it will be recomputed")
+            warnings.warn(f"shard {path} is corrupted; it and the shards after it will be recomputed", stacklevel=2)
             break
         keep.append(s)
     return keep
@@ -145,27 +151,51 @@ def harvest(cfg: HarvestConfig, progress: bool = True) -> Path:
     T = cfg.context_length
     shard_contexts = max(1, cfg.shard_tokens // T)
     identity = {k: v for k, v in config_dict(cfg).items() if k not in _MUTABLE}
-    identity |= {"weights_sha256": lm.weights_sha256, "corpus_fingerprint": corpus.fingerprint,
-                 "tokenizer_sha256": _tokenizer_sha256(lm.tokenizer), "packing": packing.describe()}
+    identity |= {
+        "weights_sha256": lm.weights_sha256,
+        "corpus_fingerprint": corpus.fingerprint,
+        "tokenizer_sha256": _tokenizer_sha256(lm.tokenizer),
+        "packing": packing.describe(),
+    }
     manifest = _check_existing(out, identity)
-    n_tokens = {"train": cfg.tokens,
-                "heldout": cfg.heldout_tokens if cfg.heldout_tokens is not None else max(T, cfg.tokens // 10)}
+    n_tokens = {
+        "train": cfg.tokens,
+        "heldout": cfg.heldout_tokens if cfg.heldout_tokens is not None else max(T, cfg.tokens // 10),
+    }
     if manifest is None:
         manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "saex_version": saex.__version__,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "saex_version": saex.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "status": "in_progress", "identity": identity, "config": config_dict(cfg),
-            "model": {"name": lm.name, "source": lm.source, "weights_sha256": lm.weights_sha256,
-                      # where a local checkpoint was, so that later stages find it from any working folder
-                      "path": str(Path(lm.name).expanduser().resolve()) if lm.source == "local" else None,
-                      "model_type": lm.model.config.model_type, "family": hooked.family.name,
-                      "n_layers": hooked.n_layers, "d_model": hooked.d_model, "d_mlp": hooked.d_mlp,
-                      "max_context": hooked.max_context},
-            "tokenizer": {"name_or_path": str(lm.tokenizer.name_or_path), "class": type(lm.tokenizer).__name__,
-                          "vocab_size": len(lm.tokenizer), "sha256": identity["tokenizer_sha256"]},
+            "status": "in_progress",
+            "identity": identity,
+            "config": config_dict(cfg),
+            "model": {
+                "name": lm.name,
+                "source": lm.source,
+                "weights_sha256": lm.weights_sha256,
+                # where a local checkpoint was, so that later stages find it from any working folder
+                "path": str(Path(lm.name).expanduser().resolve()) if lm.source == "local" else None,
+                "model_type": lm.model.config.model_type,
+                "family": hooked.family.name,
+                "n_layers": hooked.n_layers,
+                "d_model": hooked.d_model,
+                "d_mlp": hooked.d_mlp,
+                "max_context": hooked.max_context,
+            },
+            "tokenizer": {
+                "name_or_path": str(lm.tokenizer.name_or_path),
+                "class": type(lm.tokenizer).__name__,
+                "vocab_size": len(lm.tokenizer),
+                "sha256": identity["tokenizer_sha256"],
+            },
             "corpus": corpus.describe(),
-            "split": {"method": "sha256(seed:document key) < heldout_fraction", "seed": cfg.seed,
-                      "heldout_fraction": cfg.heldout_fraction},
+            "split": {
+                "method": "sha256(seed:document key) < heldout_fraction",
+                "seed": cfg.seed,
+                "heldout_fraction": cfg.heldout_fraction,
+            },
             "packing": packing.describe(),
             "dtype": cfg.dtype,
             "hooks": {p.name: p.describe() for p in points},
@@ -190,12 +220,32 @@ def harvest(cfg: HarvestConfig, progress: bool = True) -> Path:
 
     totals = {s: math.ceil(n_tokens[s] / T) * T for s in SPLITS}
     done = {s: sum(x["rows"] for x in manifest["splits"][s]["shards"]) for s in SPLITS}
-    bar = tqdm(total=sum(totals.values()), initial=min(sum(done.values()), sum(totals.values())),
-               unit="tok", unit_scale=True, disable=not (progress and ranks.main), desc="harvest", dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(totals.values()),
+        initial=min(sum(done.values()), sum(totals.values())),
+        unit="tok",
+        unit_scale=True,
+        disable=not (progress and ranks.main),
+        desc="harvest",
+        dynamic_ncols=True,
+    )
     with hooked.capture(hooks) as run:
         for split in SPLITS:
-            _harvest_split(cfg, out, manifest, split, run, lm.tokenizer, packing, corpus, points,
-                           math.ceil(n_tokens[split] / T), shard_contexts, bar, ranks)
+            _harvest_split(
+                cfg,
+                out,
+                manifest,
+                split,
+                run,
+                lm.tokenizer,
+                packing,
+                corpus,
+                points,
+                math.ceil(n_tokens[split] / T),
+                shard_contexts,
+                bar,
+                ranks,
+            )
     bar.close()
     manifest["status"] = "complete"
     manifest["completed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -205,8 +255,9 @@ def harvest(cfg: HarvestConfig, progress: bool = True) -> Path:
     return out
 
 
-def _harvest_split(cfg, out, manifest, split, run, tokenizer, packing, corpus, points, target_contexts,
-                   shard_contexts, bar, ranks) -> None:
+def _harvest_split(
+    cfg, out, manifest, split, run, tokenizer, packing, corpus, points, target_contexts, shard_contexts, bar, ranks
+) -> None:
     entry = manifest["splits"][split]
     shards = entry["shards"]
     done_contexts = sum(s["contexts"] for s in shards)
@@ -220,11 +271,15 @@ def _harvest_split(cfg, out, manifest, split, run, tokenizer, packing, corpus, p
         for _ in range(s["contexts"]):
             c = next(contexts, None)
             if c is None:
-                raise SaexError(f"the corpus now yields fewer contexts than {out} holds; it changed since the harvest began")
+                raise SaexError(
+                    f"the corpus now yields fewer contexts than {out} holds; it changed since the harvest began"
+                )
             h.update(c.tokens_T.tobytes())
         if h.hexdigest() != s["tokens_sha256"]:
-            raise SaexError(f"the contexts of {out / split / s['file']} differ from what this corpus and tokenizer "
-                            "produce now; the inputs changed since the harvest began: harvest into a new folder")
+            raise SaexError(
+                f"the contexts of {out / split / s['file']} differ from what this corpus and tokenizer "
+                "produce now; the inputs changed since the harvest began: harvest into a new folder"
+            )
     position = done_contexts  # contexts taken from the stream so far
     while done_contexts < target_contexts:
         # One round: rank r computes the r-th of the next `world` shards (every earlier shard is full), so
@@ -240,9 +295,17 @@ def _harvest_split(cfg, out, manifest, split, run, tokenizer, packing, corpus, p
             if filled:
                 index = len(shards) + ranks.rank
                 path = out / split / shard_name(index)
-                digest = write_safetensors_atomic(path, tensors, {"split": split, "index": str(index), "format": FORMAT})
-                new = {"file": path.name, "contexts": filled, "rows": filled * T, "bytes": path.stat().st_size,
-                       "sha256": digest, "tokens_sha256": hashlib.sha256(tensors["tokens"].numpy().tobytes()).hexdigest()}
+                digest = write_safetensors_atomic(
+                    path, tensors, {"split": split, "index": str(index), "format": FORMAT}
+                )
+                new = {
+                    "file": path.name,
+                    "contexts": filled,
+                    "rows": filled * T,
+                    "bytes": path.stat().st_size,
+                    "sha256": digest,
+                    "tokens_sha256": hashlib.sha256(tensors["tokens"].numpy().tobytes()).hexdigest(),
+                }
         exhausted = False
         for e in ranks.gather(new):
             if e is not new:
@@ -261,8 +324,11 @@ def _harvest_split(cfg, out, manifest, split, run, tokenizer, packing, corpus, p
             write_json_atomic(out / MANIFEST, manifest)
         if exhausted:
             entry["exhausted"] = True
-            warnings.warn(f"the corpus ran out: split {split!r} has {done_contexts * T} tokens, "
-                          f"fewer than the {target_contexts * T} asked for")
+            warnings.warn(
+                f"the corpus ran out: split {split!r} has {done_contexts * T} tokens, "
+                f"fewer than the {target_contexts * T} asked for",
+                stacklevel=2,
+            )
             break
 
 
@@ -283,20 +349,22 @@ def _compute_shard(cfg, run, contexts, n, T, points, bar, split) -> tuple[int, d
         if not batch:
             break
         b = len(batch)
-        tok_CT[filled:filled + b] = np.stack([c.tokens_T for c in batch])
-        doc_CT[filled:filled + b] = np.stack([c.doc_ids_T for c in batch])
-        got = run(torch.from_numpy(tok_CT[filled:filled + b]).long())
+        tok_CT[filled : filled + b] = np.stack([c.tokens_T for c in batch])
+        doc_CT[filled : filled + b] = np.stack([c.doc_ids_T for c in batch])
+        got = run(torch.from_numpy(tok_CT[filled : filled + b]).long())
         for name, x_BTD in got.items():
             x = x_BTD.reshape(b * T, -1).to(dtype)
             if not torch.isfinite(x).all():
                 kind = "is not finite" if not torch.isfinite(x_BTD).all() else f"overflows {cfg.dtype}"
-                raise SaexError(f"activation at {name} {kind} (max |x| = {x_BTD.abs().max().item():.4g}); "
-                                "use --dtype float32 or bfloat16")
-            acts[name][filled * T:(filled + b) * T] = x
+                raise SaexError(
+                    f"activation at {name} {kind} (max |x| = {x_BTD.abs().max().item():.4g}); "
+                    "use --dtype float32 or bfloat16"
+                )
+            acts[name][filled * T : (filled + b) * T] = x
         filled += b
         bar.update(b * T)
         bar.set_postfix_str(split)
-    tensors = {k: v[:filled * T] for k, v in acts.items()}
+    tensors = {k: v[: filled * T] for k, v in acts.items()}
     tensors["tokens"] = torch.from_numpy(tok_CT[:filled])
     tensors["doc_ids"] = torch.from_numpy(doc_CT[:filled])
     return filled, tensors

@@ -44,8 +44,9 @@ def ioi_tokenizer(names=SOME_NAMES, places=SOME_PLACES, objects=SOME_OBJECTS):
     vocab = {t: i for i, t in enumerate(tokens)}
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>", max_input_chars_per_word=100))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
-                                   unk_token="<unk>", pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", unk_token="<unk>", pad_token="<pad>"
+    )
 
 
 class ContextTokenizer:
@@ -67,8 +68,9 @@ class ContextTokenizer:
         return out
 
 
-def hand_prompts(lengths=(7, 5, 6), vocab: int = 60, seed: int = 0, io_pos: int = 2, extra_diff: bool = False,
-                 pad: int = PAD) -> IOIPrompts:
+def hand_prompts(
+    lengths=(7, 5, 6), vocab: int = 60, seed: int = 0, io_pos: int = 2, extra_diff: bool = False, pad: int = PAD
+) -> IOIPrompts:
     """IOI-like pairs with hand token ids: the counterfactual differs from the base at ``io_pos`` (and, with
     ``extra_diff``, one more position); rows are right-padded with ``pad``."""
     g = torch.Generator().manual_seed(seed)
@@ -79,12 +81,13 @@ def hand_prompts(lengths=(7, 5, 6), vocab: int = 60, seed: int = 0, io_pos: int 
         row = torch.randint(5, vocab, (L,), generator=g)
         base[i, :L] = row
         c = row.clone()
-        for p in [io_pos] + ([L - 2] if extra_diff and L - 2 != io_pos else []):
+        for p in [io_pos] + ([L - 2] if extra_diff and io_pos != L - 2 else []):
             c[p] = 5 + (row[p] - 5 + 1 + torch.randint(0, vocab - 6, (1,), generator=g)) % (vocab - 5)
-        assert (c != row).sum() == (1 + (extra_diff and L - 2 != io_pos))
+        assert (c != row).sum() == (1 + (extra_diff and io_pos != L - 2))
         cf[i, :L] = c
-    return IOIPrompts(base, cf, torch.tensor(lengths), base[:, io_pos].clone(), base[:, 0].clone(),
-                      cf[:, io_pos].clone(), [], [])
+    return IOIPrompts(
+        base, cf, torch.tensor(lengths), base[:, io_pos].clone(), base[:, 0].clone(), cf[:, io_pos].clone(), [], []
+    )
 
 
 def identity_dictionary(D: int, b_dec: torch.Tensor | None = None) -> SAE:
@@ -92,8 +95,16 @@ def identity_dictionary(D: int, b_dec: torch.Tensor | None = None) -> SAE:
     return SAE(torch.eye(D), torch.eye(D), torch.zeros(D), b, "linear", apply_b_dec_to_input=b_dec is not None)
 
 
-def random_sae(D: int, F_: int, architecture: str = "standard", seed: int = 0, k: int | None = None,
-               dead: tuple[int, ...] = (), constant: tuple[int, ...] = (), enc_scale: float = 0.3) -> SAE:
+def random_sae(
+    D: int,
+    F_: int,
+    architecture: str = "standard",
+    seed: int = 0,
+    k: int | None = None,
+    dead: tuple[int, ...] = (),
+    constant: tuple[int, ...] = (),
+    enc_scale: float = 0.3,
+) -> SAE:
     """A random SAE with b_dec ≠ 0. ``dead`` features never fire (b_enc = −1e4); ``constant`` ones have a zero
     encoder column and b_enc = 1, so their code is 1 everywhere in both runs."""
     g = torch.Generator().manual_seed(seed)
@@ -116,7 +127,7 @@ def plain_last_logits(model, ids_NT: torch.Tensor, lengths_N: torch.Tensor) -> t
     with torch.no_grad():
         for i in range(ids_NT.shape[0]):
             L = int(lengths_N[i])
-            out.append(model(input_ids=ids_NT[i:i + 1, :L], use_cache=False).logits[0, -1].float())
+            out.append(model(input_ids=ids_NT[i : i + 1, :L], use_cache=False).logits[0, -1].float())
     return torch.stack(out)
 
 
@@ -130,8 +141,9 @@ def module_activation(hooked, hook: str, ids_NT: torch.Tensor) -> torch.Tensor:
         got.setdefault("x", (x[0] if isinstance(x, tuple) else x).detach().clone())
 
     if point.capture == "input":
-        h = module.register_forward_pre_hook(lambda m, a, kw: keep(a[0] if a else kw["hidden_states"]),
-                                             with_kwargs=True)
+        h = module.register_forward_pre_hook(
+            lambda m, a, kw: keep(a[0] if a else kw["hidden_states"]), with_kwargs=True
+        )
     else:
         h = module.register_forward_hook(lambda m, a, o: keep(o))
     try:
@@ -142,23 +154,28 @@ def module_activation(hooked, hook: str, ids_NT: torch.Tensor) -> torch.Tensor:
     return got["x"]
 
 
-def spliced_last_logits(hooked, hook: str, ids_NT: torch.Tensor, x_NTD: torch.Tensor,
-                        lengths_N: torch.Tensor) -> torch.Tensor:
+def spliced_last_logits(
+    hooked, hook: str, ids_NT: torch.Tensor, x_NTD: torch.Tensor, lengths_N: torch.Tensor
+) -> torch.Tensor:
     """A full HF forward on ``ids_NT`` with the hook point's activation replaced by ``x_NTD`` (a hook written
     here, not saex's splice); logits at each prompt's final position. Differentiable in ``x_NTD``."""
     point = hooked.resolve(hook)
     module = hooked.model.get_submodule(point.module)
     if point.capture == "input":
+
         def pre(m, args, kwargs):
             if args:
                 return (x_NTD.to(args[0].dtype), *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": x_NTD.to(kwargs["hidden_states"].dtype)}
+
         h = module.register_forward_pre_hook(pre, with_kwargs=True)
     else:
+
         def post(m, args, out):
             if isinstance(out, tuple):
                 return (x_NTD.to(out[0].dtype), *out[1:])
             return x_NTD.to(out.dtype)
+
         h = module.register_forward_hook(post)
     try:
         logits = hooked.model(input_ids=ids_NT, use_cache=False).logits

@@ -39,6 +39,7 @@ def _splice_forward(hooked, hook, ids_1T, x_1TD, end=None):
         got = {}
         p = hooked.resolve(end)
         mod = hooked.model.get_submodule(p.module)
+
         def keep(x):
             got.setdefault("x", x.clone())
 
@@ -75,12 +76,15 @@ def _reference(hooked, hook, d, k, contexts):
     return total / n, n
 
 
-@pytest.mark.parametrize("family, hook, kind", [
-    ("llama", "blocks.1.hook_resid_post", "standard"),
-    ("gpt2", "blocks.1.mlp.hook_post", "linear"),
-    ("gemma3", "blocks.0.hook_resid_pre", "standard"),
-    ("gpt_neox", "blocks.2.hook_resid_post", "linear"),
-])
+@pytest.mark.parametrize(
+    "family, hook, kind",
+    [
+        ("llama", "blocks.1.hook_resid_post", "standard"),
+        ("gpt2", "blocks.1.mlp.hook_post", "linear"),
+        ("gemma3", "blocks.0.hook_resid_pre", "standard"),
+        ("gpt_neox", "blocks.2.hook_resid_post", "linear"),
+    ],
+)
 def test_equals_independent_log_softmax_difference(tiny_models, family, hook, kind):
     hooked = HookedLM(load_model(str(tiny_models[family])).model)
     width = hooked.resolve(hook).width
@@ -95,7 +99,8 @@ def test_equals_independent_log_softmax_difference(tiny_models, family, hook, ki
     V = hooked.model.config.vocab_size
     got = output_effect(hooked, hook, d, k, CONTEXTS, decode=lambda i: f"t{i}", top=V, batch=3)
     assert got["positions"] == n and got["contexts"] == sum(
-        bool((d.encode(module_activation(hooked, hook, torch.tensor([c])))[0, :, k] != 0).any()) for c in CONTEXTS)
+        bool((d.encode(module_activation(hooked, hook, torch.tensor([c])))[0, :, k] != 0).any()) for c in CONTEXTS
+    )
     vec = torch.zeros(V, dtype=torch.float64)
     for r in got["decreased"]:
         vec[r["id"]] = r["delta"]
@@ -127,12 +132,15 @@ def test_planted_feature_lowers_its_token(tiny_models):
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-@pytest.mark.parametrize("start, end", [
-    ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post"),
-    ("blocks.1.hook_resid_pre", "blocks.1.mlp.hook_post"),
-    ("blocks.0.mlp.hook_post", "blocks.2.hook_resid_pre"),
-    ("blocks.1.hook_resid_post", "blocks.2.hook_resid_pre"),
-])
+@pytest.mark.parametrize(
+    "start, end",
+    [
+        ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post"),
+        ("blocks.1.hook_resid_pre", "blocks.1.mlp.hook_post"),
+        ("blocks.0.mlp.hook_post", "blocks.2.hook_resid_pre"),
+        ("blocks.1.hook_resid_post", "blocks.2.hook_resid_pre"),
+    ],
+)
 def test_segment_equals_naive_splice(tiny_models, family, start, end):
     hooked = HookedLM(load_model(str(tiny_models[family])).model)
     ids = torch.tensor([CONTEXTS[0], CONTEXTS[3][:6]])
@@ -143,7 +151,7 @@ def test_segment_equals_naive_splice(tiny_models, family, start, end):
         got = seg(x_BNTD)
     for b in range(2):
         for n in range(2):
-            want = _splice_forward(hooked, start, ids[n:n + 1], x_BNTD[b, n:n + 1], end=end)
+            want = _splice_forward(hooked, start, ids[n : n + 1], x_BNTD[b, n : n + 1], end=end)
             torch.testing.assert_close(got[b, n], want.float(), rtol=1e-4, atol=1e-5)
     with pytest.raises(SaexError, match="is not before"):
         Segment(hooked, end, ids, start)

@@ -16,8 +16,17 @@ from saex.causal.attribution import attribution_scores, prefix_sizes, quick_curv
 from saex.causal.patching import PatchingSetup
 from saex.errors import SaexError
 from saex.lm.hooks import HookedLM
-from tests.causal._helpers import (hand_prompts, independent_patch, kl_pq, module_activation, pinv_dictionary,
-                                   plain_last_logits, sharpened_llama, spliced_last_logits, valid_mask)
+from tests.causal._helpers import (
+    hand_prompts,
+    independent_patch,
+    kl_pq,
+    module_activation,
+    pinv_dictionary,
+    plain_last_logits,
+    sharpened_llama,
+    spliced_last_logits,
+    valid_mask,
+)
 
 HOOK = "blocks.1.hook_resid_post"
 DEAD = (3, 15)
@@ -52,6 +61,7 @@ def _deltas(dictionary, x_base, x_target, valid):
 
 # -- prefix sizes ------------------------------------------------------------------------------------------
 
+
 def test_prefix_sizes_by_hand():
     assert prefix_sizes(0) == [0]
     assert prefix_sizes(1) == [0, 1]
@@ -77,6 +87,7 @@ def test_prefix_sizes_properties(n):
 
 
 # -- the scores ----------------------------------------------------------------------------------------------
+
 
 def _full_forward_gradient(hooked, prompts, dictionary, active, dtype=torch.float32):
     """∂KL/∂x′ at the all-active-patched point, through a full HF forward with a hook written here."""
@@ -114,8 +125,9 @@ def test_scores_are_directional_derivatives_by_finite_differences(setup, prompts
     """score_j = d/dε KL(x′ − ε Δ_j f_j) at ε = 0, by central differences in float64."""
     got = attribution_scores(setup)
     active = setup.active.tolist()
-    h, x_all, x_base, x_target, target, d = _full_forward_gradient(setup.hooked, prompts, dictionary, active,
-                                                                   dtype=torch.float64)
+    h, x_all, x_base, x_target, target, d = _full_forward_gradient(
+        setup.hooked, prompts, dictionary, active, dtype=torch.float64
+    )
     delta_NTF = _deltas(d, x_base, x_target, valid_mask(prompts))
     top = sorted(active, key=lambda j: -abs(float(got[j])))[:3]
 
@@ -148,6 +160,7 @@ def test_scores_leave_the_setup_unchanged(setup):
 
 
 # -- validation against exact un-patching ----------------------------------------------------------------------
+
 
 def test_validate_exact_values_and_spearman(setup):
     scores = attribution_scores(setup)
@@ -197,6 +210,7 @@ def test_validate_with_nothing_active(hooked):
 
 # -- the quick curve -----------------------------------------------------------------------------------------------
 
+
 def test_quick_curve_records_are_exact_prefix_evaluations(setup):
     scores = attribution_scores(setup)
     curve = quick_curve(setup, scores, batch=8)
@@ -209,7 +223,7 @@ def test_quick_curve_records_are_exact_prefix_evaluations(setup):
     assert sizes == prefix_sizes(len(active))
     for rec in curve["records"]:
         m = torch.zeros(1, setup.n_features)
-        m[0, order[:rec["n_patched"]]] = 1.0
+        m[0, order[: rec["n_patched"]]] = 1.0
         kl, edit = setup.evaluate(m, batch=1)
         assert rec["kl"] == pytest.approx(float(kl[0]), rel=1e-4, abs=1e-6)
         assert rec["edit"] == pytest.approx(float(edit[0]), rel=1e-5, abs=1e-7)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests._cli import run_cli as _main
 from saex.dictionaries.sae import SAE
 from saex.features.histogram import token_histogram
+from tests._cli import run_cli as _main
 from tests.causal._helpers import random_sae
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
@@ -31,22 +31,60 @@ def setup(tmp_path_factory, tiny_models):
 
     root = tmp_path_factory.mktemp("case-study-cli")
     model = tiny_models["llama"]
-    acts = harvest(cfg(root / "acts", model, write_corpus(root / "corpus.jsonl", n_docs=80), hooks=",".join(HOOKS),
-                       tokens=1024, heldout_tokens=256, dtype="float32"), progress=False)
+    acts = harvest(
+        cfg(
+            root / "acts",
+            model,
+            write_corpus(root / "corpus.jsonl", n_docs=80),
+            hooks=",".join(HOOKS),
+            tokens=1024,
+            heldout_tokens=256,
+            dtype="float32",
+        ),
+        progress=False,
+    )
     meta = {"model_name": str(model)}
     for i, hook in enumerate(HOOKS):
         r = random_sae(32, 24, seed=10 + i)
-        SAE(r.W_enc_DF, r.W_dec_FD, r.b_enc_F, r.b_dec_D, "standard", apply_b_dec_to_input=True,
-            metadata=meta | {"hook_name": hook}).save(root / f"d{i}")
-    build_features(FeaturesConfig(acts=str(acts), dicts=str(root / "d2"), out=str(root / "features"),
-                                  fragment_length=8, top=5, random=10, zero=2), progress=False)
+        SAE(
+            r.W_enc_DF,
+            r.W_dec_FD,
+            r.b_enc_F,
+            r.b_dec_D,
+            "standard",
+            apply_b_dec_to_input=True,
+            metadata=meta | {"hook_name": hook},
+        ).save(root / f"d{i}")
+    build_features(
+        FeaturesConfig(
+            acts=str(acts),
+            dicts=str(root / "d2"),
+            out=str(root / "features"),
+            fragment_length=8,
+            top=5,
+            random=10,
+            zero=2,
+        ),
+        progress=False,
+    )
     return root, acts, model
 
 
 def _run(setup, out, *extra):
     root, acts, _ = setup
-    return _main("case-study", "--acts", str(acts), "--dict", str(root / "d2"), "--out", str(out), "--quiet",
-                 "--prompt", PROMPT, *extra)
+    return _main(
+        "case-study",
+        "--acts",
+        str(acts),
+        "--dict",
+        str(root / "d2"),
+        "--out",
+        str(out),
+        "--quiet",
+        "--prompt",
+        PROMPT,
+        *extra,
+    )
 
 
 def _heldout(acts, hook):
@@ -78,16 +116,40 @@ def test_end_to_end_with_index_and_circuit(setup, tmp_path):
     ranked = [f for f in c.argsort(descending=True).tolist() if c[f] > 0]
     thr = float(max(density[f] for f in ranked if density[f] < density[ranked[0]]))
     out = tmp_path / "out"
-    rc, stdout, err = _run(setup, out, "--features-index", str(root / "features"), "--upstream",
-                           f"{root / 'd1'},{root / 'd0'}", "--candidates", "4", "--children", "2",
-                           "--max-samples", "100000", "--contexts", "5", "--max-density", repr(thr))
+    rc, stdout, err = _run(
+        setup,
+        out,
+        "--features-index",
+        str(root / "features"),
+        "--upstream",
+        f"{root / 'd1'},{root / 'd0'}",
+        "--candidates",
+        "4",
+        "--children",
+        "2",
+        "--max-samples",
+        "100000",
+        "--contexts",
+        "5",
+        "--max-density",
+        repr(thr),
+    )
     assert rc == 0, err
     assert stdout.strip() == f"case study in {out / 'case_study.json'} (figures beside it)"
     r = json.loads((out / "case_study.json").read_text())
     assert set(r) == {"search", "features", "circuit", "figures"}
     s = r["search"]
-    assert set(s) == {"prompt", "tokens", "position", "hook", "dictionary", "features", "resid_max", "resid_min",
-                      "skipped_dense"}
+    assert set(s) == {
+        "prompt",
+        "tokens",
+        "position",
+        "hook",
+        "dictionary",
+        "features",
+        "resid_max",
+        "resid_min",
+        "skipped_dense",
+    }
     assert s["position"] == len(ids) - 1 and s["hook"] == HOOKS[2] and s["dictionary"] == "d2"
     assert [f["feature"] for f in s["features"]] == c.argsort(descending=True)[:10].tolist()
     assert [f["dim"] for f in s["resid_min"]] == x.argsort()[:10].tolist()
@@ -95,7 +157,7 @@ def test_end_to_end_with_index_and_circuit(setup, tmp_path):
     top = [f for f in ranked if density[f] <= thr][:3]
     assert top and [e["feature"] for e in r["features"]] == top
     assert [e["rank"] for e in r["features"]] == [ranked.index(f) for f in top]
-    skipped = [f for f in ranked[:ranked.index(top[-1])] if density[f] > thr]
+    skipped = [f for f in ranked[: ranked.index(top[-1])] if density[f] > thr]
     assert skipped and [e["feature"] for e in s["skipped_dense"]] == skipped
     X, toks, keep = _heldout(acts, HOOKS[2])
     assert not keep.all()
@@ -104,10 +166,19 @@ def test_end_to_end_with_index_and_circuit(setup, tmp_path):
     W_U = lm.model.get_output_embeddings().weight.detach()
     for e in r["features"]:
         f = e["feature"]
-        assert set(e) == {"hook", "dictionary", "feature", "rank", "histogram", "logit_lens", "output_effect",
-                          "residual_histogram"}
-        want = token_histogram(codes[:, f], toks, lambda i: lm.tokenizer.decode([i]), max_n=None,
-                               source="held-out store")
+        assert set(e) == {
+            "hook",
+            "dictionary",
+            "feature",
+            "rank",
+            "histogram",
+            "logit_lens",
+            "output_effect",
+            "residual_histogram",
+        }
+        want = token_histogram(
+            codes[:, f], toks, lambda i: lm.tokenizer.decode([i]), max_n=None, source="held-out store"
+        )
         assert e["histogram"] == want
         logits = W_U @ d.W_dec_FD[f].detach()
         assert e["logit_lens"]["top"][0]["id"] == int(logits.argmax()) and e["logit_lens"]["final_norm"] is False
@@ -138,17 +209,48 @@ def test_end_to_end_with_index_and_circuit(setup, tmp_path):
     assert (out / "circuit.png").read_bytes()[:4] == b"\x89PNG"
     # a rerun with the same inputs is a no-op
     stamp = (out / "case_study.json").stat().st_mtime_ns
-    rc, _, err = _run(setup, out, "--features-index", str(root / "features"), "--upstream",
-                      f"{root / 'd1'},{root / 'd0'}", "--candidates", "4", "--children", "2",
-                      "--max-samples", "100000", "--contexts", "5", "--max-density", repr(thr))
+    rc, _, err = _run(
+        setup,
+        out,
+        "--features-index",
+        str(root / "features"),
+        "--upstream",
+        f"{root / 'd1'},{root / 'd0'}",
+        "--candidates",
+        "4",
+        "--children",
+        "2",
+        "--max-samples",
+        "100000",
+        "--contexts",
+        "5",
+        "--max-density",
+        repr(thr),
+    )
     assert rc == 0 and (out / "case_study.json").stat().st_mtime_ns == stamp
 
 
 def test_store_only_explicit_features(setup, tmp_path):
     root, acts, _ = setup
     out = tmp_path / "out"
-    rc, _, err = _run(setup, out, "--features", "3,7", "--upstream", str(root / "d1"), "--target", "7",
-                      "--residual-dim", "5", "--candidates", "0", "--effect-contexts", "3", "--max-samples", "50")
+    rc, _, err = _run(
+        setup,
+        out,
+        "--features",
+        "3,7",
+        "--upstream",
+        str(root / "d1"),
+        "--target",
+        "7",
+        "--residual-dim",
+        "5",
+        "--candidates",
+        "0",
+        "--effect-contexts",
+        "3",
+        "--max-samples",
+        "50",
+    )
     assert rc == 0, err
     r = json.loads((out / "case_study.json").read_text())
     assert [e["feature"] for e in r["features"]] == [3, 7]
@@ -166,8 +268,14 @@ def test_store_only_explicit_features(setup, tmp_path):
 def test_bad_inputs_are_one_line_errors(setup, tmp_path):
     root, acts, model = setup
     other = random_sae(32, 4)
-    SAE(other.W_enc_DF, other.W_dec_FD, other.b_enc_F, other.b_dec_D, "standard",
-        metadata={"hook_name": HOOKS[0], "model_name": "another-model"}).save(tmp_path / "other")
+    SAE(
+        other.W_enc_DF,
+        other.W_dec_FD,
+        other.b_enc_F,
+        other.b_dec_D,
+        "standard",
+        metadata={"hook_name": HOOKS[0], "model_name": "another-model"},
+    ).save(tmp_path / "other")
     cases = [
         (["--features", "3,24"], "feature 24 is out of range"),
         (["--features", "x"], "--features must be comma-separated integers"),

@@ -32,8 +32,14 @@ def _always_on(D: int, F_: int, seed: int) -> SAE:
     """A standard SAE whose pre-activations stay far above zero (bias 50): its codes are linear in x."""
     g = torch.Generator().manual_seed(seed)
     W_dec = torch.randn(F_, D, generator=g)
-    return SAE(torch.randn(D, F_, generator=g) * 0.3, W_dec / W_dec.norm(dim=1, keepdim=True),
-               torch.full((F_,), 50.0), torch.randn(D, generator=g) * 0.1, "standard", apply_b_dec_to_input=True)
+    return SAE(
+        torch.randn(D, F_, generator=g) * 0.3,
+        W_dec / W_dec.norm(dim=1, keepdim=True),
+        torch.full((F_,), 50.0),
+        torch.randn(D, generator=g) * 0.1,
+        "standard",
+        apply_b_dec_to_input=True,
+    )
 
 
 def _walk(node):
@@ -51,8 +57,15 @@ def test_same_tensor_is_hand_computable(hooked):
         c_up = up.encode(torch.stack(last))  # [N, F] at each context's last token
         want = (c_up * (up.W_dec_FD @ tgt.W_enc_DF[:, k])).mean(0)
     for candidates in (0, 5):
-        tree = upstream_circuit(hooked, Level("blocks.2.hook_resid_pre", tgt), k, CONTEXTS,
-                                [Level("blocks.1.hook_resid_post", up)], children=3, candidates=candidates)
+        tree = upstream_circuit(
+            hooked,
+            Level("blocks.2.hook_resid_pre", tgt),
+            k,
+            CONTEXTS,
+            [Level("blocks.1.hook_resid_post", up)],
+            children=3,
+            candidates=candidates,
+        )
         assert tree["contexts"] == 4 and tree["effect"] is None and tree["cos"] is None
         assert tree["hook"] == "blocks.2.hook_resid_pre" and tree["feature"] == k
         top = want.argsort(descending=True)[:3]
@@ -69,9 +82,18 @@ def test_same_tensor_is_hand_computable(hooked):
             assert c["effect"] == pytest.approx(float(want[c["feature"]]), rel=1e-4, abs=1e-5) and c["effect"] < 0
             assert "children" not in c and c["hook"] == "blocks.1.hook_resid_post"
         with torch.no_grad():  # features active at any position of any context: the ones that can be ablated
-            n_active = int(torch.stack([(up.encode(module_activation(hooked, "blocks.1.hook_resid_post",
-                                                                     torch.tensor([c]))[0]) != 0).any(0)
-                                        for c in CONTEXTS]).any(0).sum())
+            n_active = int(
+                torch.stack(
+                    [
+                        (
+                            up.encode(module_activation(hooked, "blocks.1.hook_resid_post", torch.tensor([c]))[0]) != 0
+                        ).any(0)
+                        for c in CONTEXTS
+                    ]
+                )
+                .any(0)
+                .sum()
+            )
         assert tree["ablated"] == (n_active if candidates == 0 else min(n_active, 2 * candidates))
         if candidates == 0:
             assert tree["effect_sum_positive"] == pytest.approx(float(want.clamp(min=0).sum()), rel=1e-4)
@@ -79,8 +101,13 @@ def test_same_tensor_is_hand_computable(hooked):
         assert ("exact ablation of every" in tree["method"]) == (candidates == 0)
         # M defaults to the largest clean activation at the contexts' last tokens
         with torch.no_grad():
-            acts = feature_code(tgt, torch.stack([module_activation(hooked, "blocks.2.hook_resid_pre",
-                                                                    torch.tensor([c]))[0, -1] for c in CONTEXTS]), k)
+            acts = feature_code(
+                tgt,
+                torch.stack(
+                    [module_activation(hooked, "blocks.2.hook_resid_pre", torch.tensor([c]))[0, -1] for c in CONTEXTS]
+                ),
+                k,
+            )
         assert tree["max_activation"] == pytest.approx(float(acts.max()), rel=1e-5)
 
 
@@ -104,7 +131,7 @@ def _naive_drops(hooked, up_hook, up, tgt_hook, tgt, k, last_only):
                 h = module.register_forward_hook(lambda m, a, o: (new, *o[1:]) if isinstance(o, tuple) else new)
             try:
                 with torch.no_grad():
-                    y = feature_code(tgt, module_activation(hooked, tgt_hook, ids)[0], k)
+                    y = feature_code(tgt, module_activation(hooked, tgt_hook, ids)[0], k)  # noqa: B023 (called at once)
             finally:
                 if h is not None:
                     h.remove()
@@ -124,8 +151,9 @@ def test_real_blocks_equal_naive_ablation_two_levels(hooked):
         last = torch.stack([module_activation(hooked, H_t, torch.tensor([c]))[0, -1] for c in CONTEXTS])
         k = int(tgt.encode(last).min(0).values.argmax())  # active at every context's last token
         assert tgt.encode(last)[:, k].min() > 0
-    tree = upstream_circuit(hooked, Level(H_t, tgt), k, CONTEXTS, [Level(H_1, u1), Level(H_2, u2)], children=2,
-                            candidates=0)
+    tree = upstream_circuit(
+        hooked, Level(H_t, tgt), k, CONTEXTS, [Level(H_1, u1), Level(H_2, u2)], children=2, candidates=0
+    )
     want1 = _naive_drops(hooked, H_1, u1, H_t, tgt, k, last_only=True)
     assert [c["feature"] for c in tree["children"]] == want1.argsort(descending=True)[:2].tolist()
     for child in tree["children"]:
@@ -139,8 +167,9 @@ def test_real_blocks_equal_naive_ablation_two_levels(hooked):
             assert e > 0
     assert len(list(_walk(tree))) > 3
     # attribution-prefiltered: the same top children, and every reported effect is the exact one
-    quick = upstream_circuit(hooked, Level(H_t, tgt), k, CONTEXTS, [Level(H_1, u1), Level(H_2, u2)], children=2,
-                             candidates=6)
+    quick = upstream_circuit(
+        hooked, Level(H_t, tgt), k, CONTEXTS, [Level(H_1, u1), Level(H_2, u2)], children=2, candidates=6
+    )
     assert [c["feature"] for c in quick["children"]] == [c["feature"] for c in tree["children"]]
     for node in _walk(quick):
         if node["effect"] is not None and node["hook"] == H_1:
@@ -162,14 +191,17 @@ def test_real_blocks_equal_naive_ablation_two_levels(hooked):
 def test_refusals(hooked):
     d = random_sae(32, 8)
     with pytest.raises(SaexError, match="is not earlier than blocks.1.hook_resid_post"):
-        upstream_circuit(hooked, Level("blocks.1.hook_resid_post", d), 0, CONTEXTS,
-                         [Level("blocks.2.hook_resid_post", d)])
+        upstream_circuit(
+            hooked, Level("blocks.1.hook_resid_post", d), 0, CONTEXTS, [Level("blocks.2.hook_resid_post", d)]
+        )
     with pytest.raises(SaexError, match="is not earlier than"):
-        upstream_circuit(hooked, Level("blocks.1.hook_resid_post", d), 0, CONTEXTS,
-                         [Level("blocks.1.hook_resid_post", d)])
+        upstream_circuit(
+            hooked, Level("blocks.1.hook_resid_post", d), 0, CONTEXTS, [Level("blocks.1.hook_resid_post", d)]
+        )
     with pytest.raises(SaexError, match="--depth 2 needs"):
-        upstream_circuit(hooked, Level("blocks.1.hook_resid_post", d), 0, CONTEXTS,
-                         [Level("blocks.0.hook_resid_post", d)], depth=2)
+        upstream_circuit(
+            hooked, Level("blocks.1.hook_resid_post", d), 0, CONTEXTS, [Level("blocks.0.hook_resid_post", d)], depth=2
+        )
     with pytest.raises(SaexError, match="feature 8 is out of range"):
         upstream_circuit(hooked, Level("blocks.1.hook_resid_post", d), 8, CONTEXTS, [])
 
@@ -180,21 +212,37 @@ def test_contexts_from_index(tmp_path):
     from tests.features._helpers import T, heldout_data, heldout_docs, heldout_tokens, standard_sae, write_store
 
     X = heldout_data()
-    store = write_store(tmp_path / "acts", torch.from_numpy(X[:2 * T]), torch.from_numpy(X), T=T, shard_rows=4 * T,
-                        tokens_CT=heldout_tokens(), docs_CT=heldout_docs())
+    store = write_store(
+        tmp_path / "acts",
+        torch.from_numpy(X[: 2 * T]),
+        torch.from_numpy(X),
+        T=T,
+        shard_rows=4 * T,
+        tokens_CT=heldout_tokens(),
+        docs_CT=heldout_docs(),
+    )
     standard_sae().save(tmp_path / "dicts" / "std")
-    build_features(FeaturesConfig(acts=str(store), dicts=str(tmp_path / "dicts"), out=str(tmp_path / "ix"),
-                                  fragment_length=4, one_per_document=False, decode=False), progress=False)
+    build_features(
+        FeaturesConfig(
+            acts=str(store),
+            dicts=str(tmp_path / "dicts"),
+            out=str(tmp_path / "ix"),
+            fragment_length=4,
+            one_per_document=False,
+            decode=False,
+        ),
+        progress=False,
+    )
     ix = FeatureIndex(tmp_path / "ix" / "std")
     contexts, M = contexts_from_index(ix, 0, n=3, seed=1)
-    assert M == pytest.approx(float(X[:, 0].max()), rel=1e-6)  # feature 0's code is x[:, 0] where positive
+    assert pytest.approx(float(X[:, 0].max()), rel=1e-6) == M  # feature 0's code is x[:, 0] where positive
     # every context is a fragment prefix that ends at a token with activation in [M/2, M]
     flat_tok = heldout_tokens().reshape(-1).numpy()
     ends = {int(flat_tok[r]): X[r, 0] for r in range(len(X))}
     assert 1 <= len(contexts) <= 3
     for ctx in contexts:
         assert M / 2 <= ends[ctx[-1]] <= M
-    n_strong = int(((X[:, 0] >= M / 2)).sum())
+    n_strong = int((X[:, 0] >= M / 2).sum())
     assert len(contexts_from_index(ix, 0, n=20)[0]) <= n_strong
     with pytest.raises(SaexError, match="never fires"):
         contexts_from_index(ix, 1)

@@ -12,8 +12,7 @@ import torch
 from saex.causal import ioi
 from saex.causal.ioi import ABBA_TEMPLATES, BABA_TEMPLATES, TEMPLATES, make_prompts, single_tokens, task_performance
 from saex.errors import SaexError
-from tests.causal._helpers import (PAD, SOME_NAMES, SOME_OBJECTS, SOME_PLACES, WORD_RE, ContextTokenizer,
-                                   ioi_tokenizer)
+from tests.causal._helpers import PAD, SOME_NAMES, SOME_OBJECTS, SOME_PLACES, WORD_RE, ContextTokenizer, ioi_tokenizer
 from tests.conftest import tiny_config
 
 
@@ -32,6 +31,7 @@ def _word(tok, i: int) -> str:
 
 
 # -- templates ---------------------------------------------------------------------------------------------
+
 
 def test_thirty_templates_fifteen_of_each():
     assert len(BABA_TEMPLATES) == 15 and len(ABBA_TEMPLATES) == 15 and len(TEMPLATES) == 30
@@ -62,6 +62,7 @@ def test_words_lists_match_the_paper():
 
 # -- single tokens -------------------------------------------------------------------------------------------
 
+
 def test_single_tokens_filters_by_the_tokenizer(tok):
     assert single_tokens(tok, ioi.NAMES) == list(SOME_NAMES)
     assert single_tokens(tok, ioi.PLACES) == list(SOME_PLACES)
@@ -80,7 +81,7 @@ def test_words_used_are_single_tokens(tok, prompts):
         for text, row in ((base, prompts.base_NT[i]), (counter, prompts.counterfactual_NT[i])):
             words = WORD_RE.findall(text)
             L = int(prompts.lengths_N[i])
-            assert L == len(words), "every word of the prompt is one token"
+            assert len(words) == L, "every word of the prompt is one token"
             assert [_word(tok, t) for t in row[:L]] == words
             used = set(words)
             assert used & set(ioi.NAMES) <= set(SOME_NAMES)
@@ -89,6 +90,7 @@ def test_words_used_are_single_tokens(tok, prompts):
 
 
 # -- prompt pairs --------------------------------------------------------------------------------------------
+
 
 def test_three_distinct_names(prompts):
     for i in range(prompts.n):
@@ -142,7 +144,7 @@ def test_dropped_answer_reconstructs_the_template(tok, prompts):
 
 def test_right_padding_beyond_lengths(tok, prompts):
     T = prompts.base_NT.shape[1]
-    assert T == int(prompts.lengths_N.max())
+    assert int(prompts.lengths_N.max()) == T
     assert int(prompts.lengths_N.min()) < T, "templates of different lengths were drawn"
     assert tok.pad_token_id == PAD
     for i in range(prompts.n):
@@ -150,22 +152,27 @@ def test_right_padding_beyond_lengths(tok, prompts):
         assert (prompts.base_NT[i, L:] == PAD).all() and (prompts.counterfactual_NT[i, L:] == PAD).all()
         assert (prompts.base_NT[i, :L] != PAD).all()
         assert prompts.base_NT[i, :L].tolist() == tok.encode(prompts.texts[i][0], add_special_tokens=False)
-        assert prompts.counterfactual_NT[i, :L].tolist() == tok.encode(prompts.texts[i][1],
-                                                                       add_special_tokens=False)
+        assert prompts.counterfactual_NT[i, :L].tolist() == tok.encode(prompts.texts[i][1], add_special_tokens=False)
 
 
 def test_explicit_pad_id(tok):
     p = make_prompts(tok, n=6, seed=1, pad_id=3)
     for i in range(p.n):
-        assert (p.base_NT[i, int(p.lengths_N[i]):] == 3).all()
+        assert (p.base_NT[i, int(p.lengths_N[i]) :] == 3).all()
 
 
 def test_shapes_and_types(prompts):
     N, T = prompts.base_NT.shape
     assert N == prompts.n == 40
     assert prompts.counterfactual_NT.shape == (N, T)
-    for t in (prompts.base_NT, prompts.counterfactual_NT, prompts.lengths_N, prompts.io_N, prompts.s_N,
-              prompts.cf_io_N):
+    for t in (
+        prompts.base_NT,
+        prompts.counterfactual_NT,
+        prompts.lengths_N,
+        prompts.io_N,
+        prompts.s_N,
+        prompts.cf_io_N,
+    ):
         assert t.dtype == torch.long
     assert len(prompts.texts) == len(prompts.templates) == N
     assert all(0 <= t < 30 for t in prompts.templates)
@@ -200,12 +207,14 @@ def test_three_names_are_enough(tok, monkeypatch):
     monkeypatch.setattr(ioi, "NAMES", ("Mary", "John", "Alice"))
     p = make_prompts(tok, n=10, seed=0)
     for i in range(p.n):
-        assert {int(p.io_N[i]), int(p.s_N[i]), int(p.cf_io_N[i])} == {tok.convert_tokens_to_ids(w)
-                                                                     for w in ("Mary", "John", "Alice")}
+        assert {int(p.io_N[i]), int(p.s_N[i]), int(p.cf_io_N[i])} == {
+            tok.convert_tokens_to_ids(w) for w in ("Mary", "John", "Alice")
+        }
 
 
 def _context_words():
     from tests.causal._helpers import template_words
+
     return template_words() + ["Ann", "Bea", "Cy", "Dee", "Ed", "Flo", "store", "ring"]
 
 
@@ -237,6 +246,7 @@ def test_no_pair_of_equal_length_is_an_error(monkeypatch):
 
 # -- task performance ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_task_performance_matches_plain_forwards(tok, prompts, family):
     from transformers import AutoModelForCausalLM
@@ -248,7 +258,7 @@ def test_task_performance_matches_plain_forwards(tok, prompts, family):
     with torch.no_grad():
         for i in range(prompts.n):
             L = int(prompts.lengths_N[i])
-            last = model(input_ids=prompts.base_NT[i:i + 1, :L]).logits[0, -1]  # unpadded, alone
+            last = model(input_ids=prompts.base_NT[i : i + 1, :L]).logits[0, -1]  # unpadded, alone
             diffs.append(float(last[prompts.io_N[i]] - last[prompts.s_N[i]]))
     diffs = torch.tensor(diffs)
     assert perf["n_prompts"] == prompts.n

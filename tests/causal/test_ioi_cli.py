@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tests._cli import run_cli as _main
 from saex.dictionaries.sae import SAE
+from tests._cli import run_cli as _main
 from tests.causal._helpers import identity_dictionary, random_sae, save_ioi_model
 
 HOOK = "blocks.1.hook_resid_post"
@@ -21,29 +21,42 @@ def setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ioi-cli")
     save_ioi_model(root)
-    acts = harvest(cfg(root / "acts", root / "model", root / "corpus.jsonl", hooks=HOOK, tokens=1024,
-                       heldout_tokens=64), progress=False)
+    acts = harvest(
+        cfg(root / "acts", root / "model", root / "corpus.jsonl", hooks=HOOK, tokens=1024, heldout_tokens=64),
+        progress=False,
+    )
     dicts = root / "dicts"
     meta = {"hook_name": HOOK, "model_name": str(root / "model")}
     ident = identity_dictionary(32)
     SAE(ident.W_enc_DF, ident.W_dec_FD, ident.b_enc_F, ident.b_dec_D, "linear", metadata=meta).save(dicts / "identity")
     r = random_sae(32, 16, seed=1)
     SAE(r.W_enc_DF, r.W_dec_FD, r.b_enc_F, r.b_dec_D, r.architecture, metadata=meta | {"alpha": 0.001}).save(
-        dicts / "sae")
+        dicts / "sae"
+    )
     return root, acts, dicts
 
 
 def _ioi(setup, out, *extra):
     root, acts, dicts = setup
-    return _main("ioi", "--model", str(root / "model"), "--dicts", str(dicts), "--prompts", "6",
-                 "--out", str(out), "--quiet", *extra)
+    return _main(
+        "ioi",
+        "--model",
+        str(root / "model"),
+        "--dicts",
+        str(dicts),
+        "--prompts",
+        "6",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    )
 
 
 def test_both_modes_with_pca(setup, tmp_path):
     root, acts, _ = setup
     out = tmp_path / "out"
-    rc, stdout, err = _ioi(setup, out, "--baselines", "pca", "--acts", str(acts), "--mode", "both",
-                           "--thresholds", "4")
+    rc, stdout, err = _ioi(setup, out, "--baselines", "pca", "--acts", str(acts), "--mode", "both", "--thresholds", "4")
     assert rc == 0, err
     task = json.loads((out / "task.json").read_text())
     assert task["n_prompts"] == 6 and len(task["logit_diffs"]) == 6
@@ -69,14 +82,17 @@ def test_both_modes_with_pca(setup, tmp_path):
     assert before == {p.name: p.stat().st_mtime_ns for p in (out / "layer1").glob("*.json")}
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--mode", "fast"], "unknown --mode 'fast'"),
-    (["--baselines", "ica"], "unknown --baselines 'ica'"),
-    (["--baselines", "pca"], "needs --acts"),
-    (["--prompts", "0"], "--prompts must be positive"),
-    (["--layers", "x"], "layers must be comma-separated integers"),
-    (["--layers", "3"], "no dictionary is at the requested layers [3]"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--mode", "fast"], "unknown --mode 'fast'"),
+        (["--baselines", "ica"], "unknown --baselines 'ica'"),
+        (["--baselines", "pca"], "needs --acts"),
+        (["--prompts", "0"], "--prompts must be positive"),
+        (["--layers", "x"], "layers must be comma-separated integers"),
+        (["--layers", "3"], "no dictionary is at the requested layers [3]"),
+    ],
+)
 def test_errors_are_one_line(setup, tmp_path, extra, message):
     rc, _, err = _ioi(setup, tmp_path / "out", *extra)
     lines = err.strip().splitlines()
@@ -88,6 +104,14 @@ def test_a_dictionary_for_another_model_is_refused(setup, tmp_path):
     d = SAE.load(dicts / "identity")
     d.metadata["model_name"] = "some-other-model"
     d.save(tmp_path / "other")
-    rc, _, err = _main("ioi", "--model", str(root / "model"), "--dicts", str(tmp_path / "other"),
-                       "--out", str(tmp_path / "out"), "--quiet")
+    rc, _, err = _main(
+        "ioi",
+        "--model",
+        str(root / "model"),
+        "--dicts",
+        str(tmp_path / "other"),
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    )
     assert rc == 2 and "trained on model 'some-other-model'" in err

@@ -14,8 +14,17 @@ from saex.dictionaries.pca import fit_pca, pca_dictionary
 from saex.errors import SaexError
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
-from tests.causal._helpers import (hand_prompts, identity_dictionary, independent_patch, kl_pq,
-                                   module_activation, plain_last_logits, random_sae, spliced_last_logits, valid_mask)
+from tests.causal._helpers import (
+    hand_prompts,
+    identity_dictionary,
+    independent_patch,
+    kl_pq,
+    module_activation,
+    plain_last_logits,
+    random_sae,
+    spliced_last_logits,
+    valid_mask,
+)
 from tests.conftest import FAMILIES
 
 D = 32
@@ -49,6 +58,7 @@ def _width(hooked, hook):
 
 # -- the unpatched run -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fam,hook", _cases(MAIN_HOOKS + EDGE_HOOKS))
 def test_unpatched_final_logits_equal_plain_forward(lms, prompts, fam, hook):
     hooked = lms[fam]
@@ -71,6 +81,7 @@ def test_cached_activations_are_the_hook_points(lms, prompts, fam, hook):
 
 
 # -- patching everything / nothing ---------------------------------------------------------------------------
+
 
 def _pca_dictionary(width: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
@@ -127,6 +138,7 @@ def test_patching_nothing_gives_kl_of_base_to_target(lms, prompts, fam, hook):
 
 
 # -- KL direction and the patch formula against a full forward ------------------------------------------------
+
 
 @pytest.mark.parametrize("fam,hook", _cases(MAIN_HOOKS))
 def test_kl_is_patched_to_target_by_hand(lms, prompts, fam, hook):
@@ -186,8 +198,9 @@ def test_kl_direction_through_a_sharpened_model(lms, prompts, hook):
     target = plain_last_logits(model, prompts.counterfactual_NT, prompts.lengths_N)
     v = valid_mask(prompts)
     for r in range(3):
-        x_new = independent_patch(sae, setup.x_base_NTD, setup.x_target_NTD, v,
-                                  torch.nonzero(masks[r]).squeeze(1).tolist())
+        x_new = independent_patch(
+            sae, setup.x_base_NTD, setup.x_target_NTD, v, torch.nonzero(masks[r]).squeeze(1).tolist()
+        )
         with torch.no_grad():
             p = spliced_last_logits(hooked, hook, prompts.base_NT, x_new, prompts.lengths_N)
         forward, reverse = float(kl_pq(p, target).mean()), float(kl_pq(target, p).mean())
@@ -284,6 +297,7 @@ def test_wrong_dictionary_width_is_an_error(lms, prompts):
 
 # -- prompt-set shapes and model quirks -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("lengths", [(6,), (4, 3, 4, 2)], ids=["one-prompt", "N-equals-T"])
 @pytest.mark.parametrize("fam", ["llama", "gpt2", "gemma3"])
 def test_batch_expansion_of_block_kwargs(lms, fam, lengths):
@@ -307,8 +321,12 @@ def test_gemma_beyond_the_sliding_window(lms):
     assert hooked.model.config.sliding_window == 16
     pr = hand_prompts(lengths=(21, 18, 20), seed=14, io_pos=3)
     setup = PatchingSetup(hooked, "blocks.1.hook_resid_post", pr, identity_dictionary(D))
-    torch.testing.assert_close(setup.final_logits(setup.x_base_NTD[None])[0],
-                               plain_last_logits(hooked.model, pr.base_NT, pr.lengths_N), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        setup.final_logits(setup.x_base_NTD[None])[0],
+        plain_last_logits(hooked.model, pr.base_NT, pr.lengths_N),
+        atol=1e-4,
+        rtol=1e-4,
+    )
     assert float(setup.evaluate(torch.ones(1, D))[0][0]) < 1e-5
     assert setup.kl_base() > 1e-5
 

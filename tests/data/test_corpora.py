@@ -29,8 +29,11 @@ def test_default_corpus_is_the_wikipedia_leads():
 def test_txt_documents_are_blank_line_separated(tmp_path):
     (tmp_path / "a.txt").write_text("first doc\nstill first\n\n\nsecond doc\n\n   \nthird\n")
     docs = local_documents(tmp_path / "a.txt")
-    assert [(d.key, d.text) for d in docs] == [("a.txt:0", "first doc\nstill first"), ("a.txt:1", "second doc"),
-                                               ("a.txt:2", "third")]
+    assert [(d.key, d.text) for d in docs] == [
+        ("a.txt:0", "first doc\nstill first"),
+        ("a.txt:1", "second doc"),
+        ("a.txt:2", "third"),
+    ]
 
 
 def test_jsonl_and_folder(tmp_path):
@@ -38,17 +41,23 @@ def test_jsonl_and_folder(tmp_path):
     (tmp_path / "sub" / "x.jsonl").write_text('{"body": "one"}\n\n{"body": "two"}\n')
     (tmp_path / "y.txt").write_text("three")
     c = resolve_corpus(str(tmp_path), text_field="body")
-    assert sorted((d.key, d.text) for d in c.documents(0)) == [("sub/x.jsonl:0", "one"), ("sub/x.jsonl:2", "two"),
-                                                              ("y.txt:0", "three")]
+    assert sorted((d.key, d.text) for d in c.documents(0)) == [
+        ("sub/x.jsonl:0", "one"),
+        ("sub/x.jsonl:2", "two"),
+        ("y.txt:0", "three"),
+    ]
     before = c.fingerprint
     (tmp_path / "y.txt").write_text("changed")
     assert resolve_corpus(str(tmp_path), text_field="body").fingerprint != before
 
 
-@pytest.mark.parametrize("content, match", [
-    ('{"text": "ok"}\nnot json\n', r"x.jsonl:2 is not valid JSON"),
-    ('{"body": "no text field"}\n', r"x.jsonl:1 has no string field 'text'"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ('{"text": "ok"}\nnot json\n', r"x.jsonl:2 is not valid JSON"),
+        ('{"body": "no text field"}\n', r"x.jsonl:1 has no string field 'text'"),
+    ],
+)
 def test_bad_jsonl_lines_are_named(tmp_path, content, match):
     (tmp_path / "x.jsonl").write_text(content)
     with pytest.raises(SaexError, match=match):
@@ -63,11 +72,14 @@ def test_empty_corpus_is_an_error(tmp_path, content):
         resolve_corpus(str(path))
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("", "empty corpus spec"),
-    ("nonsense", "unknown corpus source 'nonsense'"),
-    ("notes.md", "unknown corpus source"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("", "empty corpus spec"),
+        ("nonsense", "unknown corpus source 'nonsense'"),
+        ("notes.md", "unknown corpus source"),
+    ],
+)
 def test_bad_specs(spec, match):
     with pytest.raises(SaexError, match=match):
         resolve_corpus(spec)
@@ -104,6 +116,8 @@ def test_hub_stream_path_with_a_local_dataset_folder(tmp_path):
     assert sorted(d.text for d in docs) == sorted(r["text"] for r in rows)
     assert {d.key for d in docs} == {f"{data}:r{i}" for i in range(40)}
     assert [d.text for d in docs] != [r["text"] for r in rows], "the buffer shuffle reorders the stream"
-    assert [d.text for d in _hub_documents(str(data), None, "train", "text", seed=0, buffer=16)] == [d.text for d in docs]
+    assert [d.text for d in _hub_documents(str(data), None, "train", "text", seed=0, buffer=16)] == [
+        d.text for d in docs
+    ]
     with pytest.raises(SaexError, match="no string field 'body'"):
         next(_hub_documents(str(data), None, "train", "body", seed=0))

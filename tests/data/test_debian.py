@@ -15,8 +15,10 @@ ALL = sorted(DEBIAN_SOURCES)
 
 
 def installed(name: str):
-    return pytest.mark.skipif(not DEBIAN_SOURCES[name].is_installed(),
-                              reason=f"Debian package {DEBIAN_SOURCES[name].package} is not installed")
+    return pytest.mark.skipif(
+        not DEBIAN_SOURCES[name].is_installed(),
+        reason=f"Debian package {DEBIAN_SOURCES[name].package} is not installed",
+    )
 
 
 def take(source: DebianSource, n: int | None) -> list:
@@ -69,15 +71,18 @@ def test_missing_program_counts_as_uninstalled(tmp_path):
 
 
 def test_parse_kjv_groups_chapters_and_strips_prefixes():
-    lines = ["Ge1:1 In the beginning God created the heaven and the earth.\n",
-             "Ge1:2 And the earth was without form,  and void.\n",
-             "Ge2:1 Thus the heavens and the earth were finished,\n",
-             "   and all the host of them.\n",
-             "1Cor13:4 Charity suffereth long, and is kind;\n"]
+    lines = [
+        "Ge1:1 In the beginning God created the heaven and the earth.\n",
+        "Ge1:2 And the earth was without form,  and void.\n",
+        "Ge2:1 Thus the heavens and the earth were finished,\n",
+        "   and all the host of them.\n",
+        "1Cor13:4 Charity suffereth long, and is kind;\n",
+    ]
     docs = list(debian.parse_kjv(lines))
     assert [d.key for d in docs] == ["kjv:Ge1", "kjv:Ge2", "kjv:1Cor13"]
-    assert docs[0].text == ("In the beginning God created the heaven and the earth.\n"
-                            "And the earth was without form, and void.")
+    assert docs[0].text == (
+        "In the beginning God created the heaven and the earth.\nAnd the earth was without form, and void."
+    )
     assert docs[1].text == "Thus the heavens and the earth were finished, and all the host of them."
     assert docs[2].text == "Charity suffereth long, and is kind;"
 
@@ -105,14 +110,23 @@ def write_gcide(root, entries: list[tuple[list[str], bytes]]) -> None:
 
 GCIDE_SAMPLE = [
     (["00-database-info"], b"00-database-info\n   This file was converted ... GNU General Public License\n"),
-    (["Bank"], b"Bank \\Bank\\, n. [F. banque.] {Bench}.\n   1. An establishment for the custody,\n"
-               b"      loan, or issue, of money.\n      [1913 Webster]\n\n"
-               b"            Let it be no bank or common stock.\n                          --Bacon.\n"
-               b"      [1913 Webster]\n"),
-    (["Bank", "Banked"], b"Bank \\Bank\\ (b[a^][ng]k), v. t. (Law) To raise a mound. [1913\n"
-                         b"   Webster + WordNet 1.5]\n\n   2. To heap up.\n   [1913 Webster] Banker\n"),
-    (["Cascara buckthorn"], b"Cascara buckthorn \\Cas\"ca*ra\n   buck\"thorn`\\ (Bot.)\n"
-                            b"   The buckthorn ({Rhamnus Purshiana}); the fa\xe7ade.\n   [Webster 1913 Suppl.]\n"),
+    (
+        ["Bank"],
+        b"Bank \\Bank\\, n. [F. banque.] {Bench}.\n   1. An establishment for the custody,\n"
+        b"      loan, or issue, of money.\n      [1913 Webster]\n\n"
+        b"            Let it be no bank or common stock.\n                          --Bacon.\n"
+        b"      [1913 Webster]\n",
+    ),
+    (
+        ["Bank", "Banked"],
+        b"Bank \\Bank\\ (b[a^][ng]k), v. t. (Law) To raise a mound. [1913\n"
+        b"   Webster + WordNet 1.5]\n\n   2. To heap up.\n   [1913 Webster] Banker\n",
+    ),
+    (
+        ["Cascara buckthorn"],
+        b'Cascara buckthorn \\Cas"ca*ra\n   buck"thorn`\\ (Bot.)\n'
+        b"   The buckthorn ({Rhamnus Purshiana}); the fa\xe7ade.\n   [Webster 1913 Suppl.]\n",
+    ),
 ]
 
 
@@ -120,8 +134,10 @@ def test_read_gcide_cleans_entries(tmp_path):
     write_gcide(tmp_path, GCIDE_SAMPLE)
     docs = list(debian.read_gcide(tmp_path))
     assert [d.key for d in docs] == ["gcide:Bank", "gcide:Bank#2", "gcide:Cascara buckthorn"]
-    assert docs[0].text == ("Bank, n. [F. banque.] Bench. 1. An establishment for the custody, loan, or issue, "
-                            "of money.\n\nLet it be no bank or common stock. --Bacon.")
+    assert docs[0].text == (
+        "Bank, n. [F. banque.] Bench. 1. An establishment for the custody, loan, or issue, "
+        "of money.\n\nLet it be no bank or common stock. --Bacon."
+    )
     assert docs[1].text == "Bank, v. t. (Law) To raise a mound.\n\n2. To heap up."  # no "Banker" leaking in
     assert docs[2].text == "Cascara buckthorn (Bot.) The buckthorn (Rhamnus Purshiana); the façade."
     for d in docs:
@@ -136,8 +152,10 @@ def test_read_rst_tree_keys_bom_and_skip(tmp_path):
     (tmp_path / "notes.txt").write_text("not reST\n")
     (tmp_path / "translations" / "zh_CN" / "x.rst.txt").write_text("中文\n")
     docs = list(debian.read_rst_tree(tmp_path, "linux-doc", skip=("translations",)))
-    assert [(d.key, d.text) for d in docs] == [("linux-doc:core/sub/mm", "Title\n=====\n\n  code"),
-                                               ("linux-doc:intro", "Intro")]
+    assert [(d.key, d.text) for d in docs] == [
+        ("linux-doc:core/sub/mm", "Title\n=====\n\n  code"),
+        ("linux-doc:intro", "Intro"),
+    ]
     source = dataclasses.replace(DEBIAN_SOURCES["linux-doc"], root=tmp_path)
     assert [p.name for p in source.files()] == ["mm.rst.txt", "intro.rst.txt"]
 
@@ -148,15 +166,17 @@ WORDNET_HEADER = "  1 This software and database is being provided to you, the L
 def test_read_wordnet_groups_synsets(tmp_path, monkeypatch):
     monkeypatch.setattr(debian, "WORDNET_GROUP", 2)
     noun = WORDNET_HEADER + "".join(
-        f"0000{i}740 03 n 02 thing_{i} 0 stuff 0 000 | a gloss   number {i}; \"an example\"  \n" for i in range(3))
+        f'0000{i}740 03 n 02 thing_{i} 0 stuff 0 000 | a gloss   number {i}; "an example"  \n' for i in range(3)
+    )
     (tmp_path / "data.noun").write_text(noun)
     (tmp_path / "data.adj").write_text(WORDNET_HEADER + "00001740 00 a 01 able(p) 0 000 | having the means  \n")
     (tmp_path / "data.verb").write_text(WORDNET_HEADER)
     (tmp_path / "data.adv").write_text(WORDNET_HEADER)
     docs = list(debian.read_wordnet(tmp_path))
     assert [d.key for d in docs] == ["wordnet:noun:00000740", "wordnet:noun:00002740", "wordnet:adj:00001740"]
-    assert docs[0].text == ('thing 0, stuff: a gloss number 0; "an example"\n'
-                            'thing 1, stuff: a gloss number 1; "an example"')
+    assert docs[0].text == (
+        'thing 0, stuff: a gloss number 0; "an example"\nthing 1, stuff: a gloss number 1; "an example"'
+    )
     assert docs[2].text == "able: having the means"
     assert all("LICENSEE" not in d.text for d in docs)
 
@@ -170,8 +190,10 @@ def test_fortunes_split_and_file_selection(tmp_path):
     source = dataclasses.replace(DEBIAN_SOURCES["fortunes"], root=tmp_path)
     assert source.files() == [tmp_path / "wisdom"]
     docs = list(source.documents())
-    assert [(d.key, d.text) for d in docs] == [("fortunes:wisdom:1", "First  fortune.\n\t-- Someone"),
-                                               ("fortunes:wisdom:2", "Second\n\nline.")]
+    assert [(d.key, d.text) for d in docs] == [
+        ("fortunes:wisdom:1", "First  fortune.\n\t-- Someone"),
+        ("fortunes:wisdom:2", "Second\n\nline."),
+    ]
     fingerprint = source.fingerprint()
     assert fingerprint == source.fingerprint()
     assert dataclasses.replace(source, name="other").fingerprint() != fingerprint
@@ -244,14 +266,21 @@ Appendix\u00a0A.\u00a0Hacker Folklore
 
 def test_parse_jargon_entries_sections_and_contents(tmp_path):
     docs = list(debian.parse_jargon(JARGON_SAMPLE.splitlines()))
-    assert [d.key for d in docs] == ["jargon:Chapter 1. Hacker Slang", "jargon:/dev/null", "jargon:0",
-                                     "jargon:abbrev", "jargon:Appendix A. Hacker Folklore"]
+    assert [d.key for d in docs] == [
+        "jargon:Chapter 1. Hacker Slang",
+        "jargon:/dev/null",
+        "jargon:0",
+        "jargon:abbrev",
+        "jargon:Appendix A. Hacker Folklore",
+    ]
     by = {d.key: d.text for d in docs}
     assert by["jargon:Chapter 1. Hacker Slang"] == (
         "Chapter 1. Hacker Slang\n\nThis document is a collection of slang terms used by various subcultures "
-        "of computer hackers.")
-    assert by["jargon:/dev/null"] == ("/dev/null: /dev·nuhl/, n.\n\n[from the Unix null device] A notional "
-                                      "‘black hole’. See bit bucket.")
+        "of computer hackers."
+    )
+    assert by["jargon:/dev/null"] == (
+        "/dev/null: /dev·nuhl/, n.\n\n[from the Unix null device] A notional ‘black hole’. See bit bucket."
+    )
     assert by["jargon:0"] == "0\n\nNumeric zero.\n\n    if (x == 0)\n        return;"
     assert by["jargon:abbrev"] == "abbrev: /*-breev'/, abbrv /*-breev'/, n.\n\nCommon abbreviation for abbreviation."
     assert by["jargon:Appendix A. Hacker Folklore"].endswith("entries in the lexicon.")

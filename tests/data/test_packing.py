@@ -66,12 +66,15 @@ def test_separator_falls_back_to_eos_when_no_endoftext():
     assert (p.separator_token, p.separator_id) == ("</s>", 1)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"context_length": 65, "max_context": 64}, "longer than the model allows"),
-    ({"context_length": 1}, "too short"),
-    ({"context_length": 8, "bos_policy": "always"}, "unknown BOS policy 'always'"),
-    ({"context_length": 8, "separator": "<nope>"}, "'<nope>' is not in the tokenizer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"context_length": 65, "max_context": 64}, "longer than the model allows"),
+        ({"context_length": 1}, "too short"),
+        ({"context_length": 8, "bos_policy": "always"}, "unknown BOS policy 'always'"),
+        ({"context_length": 8, "separator": "<nope>"}, "'<nope>' is not in the tokenizer"),
+    ],
+)
 def test_bad_packing_arguments(tok, kwargs, match):
     with pytest.raises(SaexError, match=match):
         resolve_packing(tok, **kwargs)

@@ -35,8 +35,7 @@ def main(root: str) -> None:
                 "l0": (c > 0).sum(-1).float().mean().item(),
             }
         except Exception as e:  # report, don't stop: every folder is checked
-            report[folder.name] = {"error": f"{type(e).__name__}: {e}",
-                                   "traceback": traceback.format_exc(limit=3)}
+            report[folder.name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=3)}
     print(json.dumps(report))
 
 

@@ -96,14 +96,14 @@ def numpy_pca(x: np.ndarray):
     mean = x.mean(0)
     _, s, Vt = np.linalg.svd(x - mean, full_matrices=False)
     sign = np.sign(Vt[np.arange(len(Vt)), np.abs(Vt).argmax(1)])
-    return mean, Vt * sign[:, None], s ** 2 / (len(x) - 1)
+    return mean, Vt * sign[:, None], s**2 / (len(x) - 1)
 
 
 def batches(x: np.ndarray, sizes):
     """A generator of float32 tensors cutting x into consecutive batches of the given sizes (rest last)."""
     lo = 0
     for s in sizes:
-        yield torch.from_numpy(x[lo:lo + s]).float()
+        yield torch.from_numpy(x[lo : lo + s]).float()
         lo += s
     if lo < len(x):
         yield torch.from_numpy(x[lo:]).float()
@@ -263,13 +263,16 @@ N_ICA, D_ICA = 20000, 5
 def ica_case():
     """Independent non-Gaussian sources (uniform, Laplace, bimodal), mixed by a random matrix, offset."""
     rng = np.random.default_rng(11)
-    S = np.stack([
-        rng.uniform(-1, 1, N_ICA) * np.sqrt(3),
-        rng.laplace(0, 1, N_ICA),
-        rng.uniform(-1, 1, N_ICA) * 2.0,
-        rng.laplace(0, 0.5, N_ICA),
-        np.where(rng.random(N_ICA) < 0.5, -1.0, 1.0) + 0.2 * rng.standard_normal(N_ICA),
-    ], 1)
+    S = np.stack(
+        [
+            rng.uniform(-1, 1, N_ICA) * np.sqrt(3),
+            rng.laplace(0, 1, N_ICA),
+            rng.uniform(-1, 1, N_ICA) * 2.0,
+            rng.laplace(0, 0.5, N_ICA),
+            np.where(rng.random(N_ICA) < 0.5, -1.0, 1.0) + 0.2 * rng.standard_normal(N_ICA),
+        ],
+        1,
+    )
     A = rng.standard_normal((D_ICA, D_ICA)) + 0.5 * np.eye(D_ICA)
     offset = rng.normal(0, 3, D_ICA)
     x = (S @ A.T + offset).astype(np.float32)
@@ -352,8 +355,9 @@ def test_ica_topk_keeps_the_k_largest_sources(ica_case, k):
         assert (np.sort(nz % D_ICA) == np.sort(np.argsort(-np.abs(s[i]))[:k])).all(), i
         np.testing.assert_allclose(codes[i, nz], np.abs(s[i, nz % D_ICA]), rtol=1e-4, atol=1e-4)
     if k == D_ICA:  # all of them kept: the ± split reconstructs exactly, like the signed ICA
-        np.testing.assert_allclose(top.decode(torch.from_numpy(codes).float()).numpy(), xs,
-                                   atol=1e-3 * np.abs(xs).max())
+        np.testing.assert_allclose(
+            top.decode(torch.from_numpy(codes).float()).numpy(), xs, atol=1e-3 * np.abs(xs).max()
+        )
 
 
 # -- files and errors ---------------------------------------------------------------------------------
@@ -362,8 +366,10 @@ def test_ica_topk_keeps_the_k_largest_sources(ica_case, k):
 def test_linear_and_topk_baselines_round_trip(tmp_path, pca_case):
     x, _, fit = pca_case
     xt = torch.from_numpy(x[:300]).float()
-    for name, sae in (("pca", pca_dictionary(fit, metadata={"baseline": "pca"})),
-                      ("pca_topk", pca_topk(fit, 2, metadata={"baseline": "pca_topk", "k": 2}))):
+    for name, sae in (
+        ("pca", pca_dictionary(fit, metadata={"baseline": "pca"})),
+        ("pca_topk", pca_topk(fit, 2, metadata={"baseline": "pca_topk", "k": 2})),
+    ):
         back = SAE.load(sae.save(tmp_path / name))
         assert (back.architecture, back.k, back.apply_b_dec_to_input) == (sae.architecture, sae.k, True)
         assert back.metadata == sae.metadata

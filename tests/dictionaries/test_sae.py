@@ -37,14 +37,22 @@ def test_save_load_round_trip_is_bitwise(tmp_path, name):
     back = load_dictionary(folder)
     for a in ("W_enc_DF", "W_dec_FD", "b_enc_F", "b_dec_D"):
         assert torch.equal(getattr(back, a), getattr(sae, a)), a
-    assert (back.architecture, back.k, back.apply_b_dec_to_input, back.metadata) == \
-        (sae.architecture, sae.k, sae.apply_b_dec_to_input, sae.metadata)
+    assert (back.architecture, back.k, back.apply_b_dec_to_input, back.metadata) == (
+        sae.architecture,
+        sae.k,
+        sae.apply_b_dec_to_input,
+        sae.metadata,
+    )
     x = inputs(D=sae.d_in)
     assert torch.equal(back.encode(x), sae.encode(x)) and torch.equal(back(x), sae(x))
     # the weights file holds exactly SAELens's four tensors, float32, in SAELens's orientation
     w = load_file(str(folder / "sae_weights.safetensors"))
     assert {k: tuple(v.shape) for k, v in w.items()} == {
-        "W_enc": (sae.d_in, sae.d_dict), "W_dec": (sae.d_dict, sae.d_in), "b_enc": (sae.d_dict,), "b_dec": (sae.d_in,)}
+        "W_enc": (sae.d_in, sae.d_dict),
+        "W_dec": (sae.d_dict, sae.d_in),
+        "b_enc": (sae.d_dict,),
+        "b_dec": (sae.d_in,),
+    }
     assert all(v.dtype == torch.float32 for v in w.values())
     # saving again writes the same bytes
     again = back.save(tmp_path / "again")
@@ -81,12 +89,15 @@ def test_forward_is_the_documented_formula():
         assert torch.allclose(sae(x), c @ sae.W_dec_FD + sae.b_dec_D, atol=1e-6), name
 
 
-@pytest.mark.parametrize("shapes", [
-    dict(W_dec=(8, 16)),          # decoder not transposed
-    dict(b_enc=(8,)),             # encoder bias of width d_in
-    dict(b_dec=(16,)),            # decoder bias of width d_sae
-    dict(W_dec=(16, 7)),
-])
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        dict(W_dec=(8, 16)),  # decoder not transposed
+        dict(b_enc=(8,)),  # encoder bias of width d_in
+        dict(b_dec=(16,)),  # decoder bias of width d_sae
+        dict(W_dec=(16, 7)),
+    ],
+)
 def test_inconsistent_shapes_are_refused(shapes):
     s = {"W_enc": (8, 16), "W_dec": (16, 8), "b_enc": (16,), "b_dec": (8,)} | shapes
     with pytest.raises(SaexError, match="inconsistent SAE shapes"):
@@ -118,8 +129,12 @@ def test_load_a_folder_that_is_not_a_dictionary(tmp_path):
 def test_load_hand_written_minimal_saelens_folder(tmp_path):
     """A folder as SAELens writes it (no apply_b_dec_to_input: SAELens's default subtracts b_dec)."""
     g = torch.Generator().manual_seed(0)
-    w = {"W_enc": torch.randn(8, 16, generator=g), "W_dec": torch.randn(16, 8, generator=g),
-         "b_enc": torch.randn(16, generator=g), "b_dec": torch.randn(8, generator=g)}
+    w = {
+        "W_enc": torch.randn(8, 16, generator=g),
+        "W_dec": torch.randn(16, 8, generator=g),
+        "b_enc": torch.randn(16, generator=g),
+        "b_dec": torch.randn(8, generator=g),
+    }
     save_file(w, str(tmp_path / "sae_weights.safetensors"))
     (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 8, "d_sae": 16, "dtype": "float32"}))
     sae = SAE.load(tmp_path)
@@ -128,6 +143,7 @@ def test_load_hand_written_minimal_saelens_folder(tmp_path):
 
 
 # -- SAELens compatibility ---------------------------------------------------------------------------------
+
 
 def _write_check_folders(root: Path, trained: bool = False) -> set[str]:
     """Exported folders (and, with ``trained``, folders written by ``train()`` on a synthetic store, whose
@@ -140,12 +156,33 @@ def _write_check_folders(root: Path, trained: bool = False) -> set[str]:
         from tests.train._synth import train_cfg, write_store
 
         g = torch.Generator().manual_seed(0)
-        store = write_store(root / "acts", torch.randn(2048, 8, generator=g).relu(),
-                            torch.randn(256, 8, generator=g).relu(), shard_rows=1024)
-        for arch, extra in (("tied_l1", {}), ("untied_l1", {}), ("untied_l1", {"decoder_bias": True}),
-                            ("topk", {"k": "3"})):
-            out = train(train_cfg(store, root / f"run-{len(saes)}", arch=arch, ratio="2", alpha="0.01",
-                                  tokens=64 * 40, eval_every=0, lr=1e-2, normalize="mean_norm", **extra), progress=False)
+        store = write_store(
+            root / "acts",
+            torch.randn(2048, 8, generator=g).relu(),
+            torch.randn(256, 8, generator=g).relu(),
+            shard_rows=1024,
+        )
+        for arch, extra in (
+            ("tied_l1", {}),
+            ("untied_l1", {}),
+            ("untied_l1", {"decoder_bias": True}),
+            ("topk", {"k": "3"}),
+        ):
+            out = train(
+                train_cfg(
+                    store,
+                    root / f"run-{len(saes)}",
+                    arch=arch,
+                    ratio="2",
+                    alpha="0.01",
+                    tokens=64 * 40,
+                    eval_every=0,
+                    lr=1e-2,
+                    normalize="mean_norm",
+                    **extra,
+                ),
+                progress=False,
+            )
             (folder,) = [p for p in out.iterdir() if (p / "cfg.json").is_file()]
             saes[f"trained_{arch}{'_bdec' if extra.get('decoder_bias') else ''}"] = SAE.load(folder)
     for name, sae in saes.items():
@@ -178,8 +215,10 @@ def test_saelens_opens_every_architecture(tmp_path):
     _assert_report(json.loads(buf.getvalue().strip().splitlines()[-1]), names)
 
 
-@pytest.mark.skipif(not os.environ.get("SAEX_SAELENS_PYTHON"),
-                    reason="set SAEX_SAELENS_PYTHON to a Python with sae-lens installed to check against it")
+@pytest.mark.skipif(
+    not os.environ.get("SAEX_SAELENS_PYTHON"),
+    reason="set SAEX_SAELENS_PYTHON to a Python with sae-lens installed to check against it",
+)
 @pytest.mark.timeout(300)
 def test_saelens_in_another_python_opens_every_architecture(tmp_path):
     """E.g. ``python3 -m venv /tmp/saelens-venv && /tmp/saelens-venv/bin/pip install torch==2.13.0
@@ -187,8 +226,12 @@ def test_saelens_in_another_python_opens_every_architecture(tmp_path):
     names = _write_check_folders(tmp_path, trained=True)
     script = Path(__file__).with_name("_saelens_check.py")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)} | {"HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([os.environ["SAEX_SAELENS_PYTHON"], str(script), str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=280)
+    proc = subprocess.run(
+        [os.environ["SAEX_SAELENS_PYTHON"], str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_report(json.loads(proc.stdout.strip().splitlines()[-1]), names)
-

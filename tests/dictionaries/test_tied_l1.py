@@ -47,8 +47,10 @@ def test_gradients_equal_the_hand_derived_ones(shift):
     with torch.no_grad():
         model.b_KF.add_(torch.tensor(SHIFTS[shift]).unsqueeze(1))
     x = inputs(B=64, D=8, scale=1.5)
-    density = [(reference(model.M_KFD[k].detach(), model.b_KF[k].detach(), x, 0.0)[3] > 0).double().mean().item()
-               for k in range(2)]
+    density = [
+        (reference(model.M_KFD[k].detach(), model.b_KF[k].detach(), x, 0.0)[3] > 0).double().mean().item()
+        for k in range(2)
+    ]
     assert [d <= SPARSE_MAX_DENSITY for d in density] == [s < 0 for s in SHIFTS[shift]] and min(density) > 0, density
     out = model.step(x, ALPHAS)
     out.loss.backward()
@@ -83,15 +85,15 @@ def test_step_statistics_follow_the_paper_equations():
         total = 0.0
         for k in range(2):
             M = model.M_KFD[k]
-            Mh = M / M.norm(dim=1, keepdim=True)           # rows are the features f_i
-            c = torch.relu(x @ Mh.T + model.b_KF[k])        # eq. 1: c = ReLU(M̂x + b)
-            xhat = c @ Mh                                   # eq. 2: x̂ = M̂ᵀc
-            mse = ((x - xhat) ** 2).mean()                  # ‖x - x̂‖² / d_in, batch mean
-            l1 = c.abs().sum(1).mean()                      # ‖c‖₁, batch mean
+            Mh = M / M.norm(dim=1, keepdim=True)  # rows are the features f_i
+            c = torch.relu(x @ Mh.T + model.b_KF[k])  # eq. 1: c = ReLU(M̂x + b)
+            xhat = c @ Mh  # eq. 2: x̂ = M̂ᵀc
+            mse = ((x - xhat) ** 2).mean()  # ‖x - x̂‖² / d_in, batch mean
+            l1 = c.abs().sum(1).mean()  # ‖c‖₁, batch mean
             assert out.mse_K[k].item() == pytest.approx(mse.item(), rel=1e-5)
             assert out.l0_K[k].item() == pytest.approx((c > 0).sum(1).float().mean().item())
             assert torch.equal(out.fired_KF[k], (c > 0).any(0))
-            total += mse + ALPHAS[k] * l1                   # eq. 4 on the code's scale
+            total += mse + ALPHAS[k] * l1  # eq. 4 on the code's scale
         assert out.loss.item() == pytest.approx(total.item(), rel=1e-5)
         assert out.aux_K is None
     ref = sum(reference(model.M_KFD[k].detach(), model.b_KF[k].detach(), x, ALPHAS[k].item())[0] for k in range(2))

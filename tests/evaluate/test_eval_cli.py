@@ -31,8 +31,9 @@ def _one_error_line(err: str, command: str) -> str:
 
 
 def _identity(d, hook=RESID, **meta):
-    return SAE(torch.eye(d), torch.eye(d), torch.zeros(d), torch.zeros(d), "linear",
-               metadata={"hook_name": hook, **meta})
+    return SAE(
+        torch.eye(d), torch.eye(d), torch.zeros(d), torch.zeros(d), "linear", metadata={"hook_name": hook, **meta}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,9 @@ def store(tmp_path_factory, tiny_llama):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return harvest(cfg(root / "acts", tiny_llama, corpus, hooks=RESID, tokens=256, heldout_tokens=160),
-                       progress=False)
+        return harvest(
+            cfg(root / "acts", tiny_llama, corpus, hooks=RESID, tokens=256, heldout_tokens=160), progress=False
+        )
     finally:
         torch.set_num_threads(before)
 
@@ -64,9 +66,24 @@ def evaluated(tmp_path_factory, store, dicts):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        code = main(["eval", "--acts", str(store), "--dicts", f"{dicts / 'identity'},{dicts / 'random'}",
-                     "--contexts", str(CONTEXTS), "--context-batch", "3", "--reference", str(dicts / "identity"),
-                     "--out", str(out), "--quiet"])
+        code = main(
+            [
+                "eval",
+                "--acts",
+                str(store),
+                "--dicts",
+                f"{dicts / 'identity'},{dicts / 'random'}",
+                "--contexts",
+                str(CONTEXTS),
+                "--context-batch",
+                "3",
+                "--reference",
+                str(dicts / "identity"),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
     finally:
         torch.set_num_threads(before)
     assert code == 0
@@ -90,8 +107,11 @@ def _kept(store) -> np.ndarray:
 
 def _heldout(store):
     """The held-out activations that eval's metrics use by default (the kept rows)."""
-    X = torch.cat([read_shard(store / "heldout" / s["file"])[RESID].float()
-                   for s in shard_lists(store)["heldout"]]).double().numpy()
+    X = (
+        torch.cat([read_shard(store / "heldout" / s["file"])[RESID].float() for s in shard_lists(store)["heldout"]])
+        .double()
+        .numpy()
+    )
     return X[_kept(store)]
 
 
@@ -109,7 +129,8 @@ def reference_ce(store, tiny_llama, dicts):
         handle = None
         if replace is not None:
             handle = layer.register_forward_hook(
-                lambda m, a, out: (replace(out[0]), *out[1:]) if isinstance(out, tuple) else replace(out))
+                lambda m, a, out: (replace(out[0]), *out[1:]) if isinstance(out, tuple) else replace(out)
+            )
         try:
             with torch.no_grad():
                 logits = model(input_ids=ids, use_cache=False).logits
@@ -118,8 +139,12 @@ def reference_ce(store, tiny_llama, dicts):
                 handle.remove()
         return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).double(), ids[:, 1:].reshape(-1)).item()
 
-    return {"clean": ce(), "zero": ce(torch.zeros_like), "random": ce(lambda x: (x @ V_FD.T).relu() @ V_FD),
-            "n_tokens": ids.shape[0] * (ids.shape[1] - 1)}
+    return {
+        "clean": ce(),
+        "zero": ce(torch.zeros_like),
+        "random": ce(lambda x: (x @ V_FD.T).relu() @ V_FD),
+        "n_tokens": ids.shape[0] * (ids.shape[1] - 1),
+    }
 
 
 def test_result_files(evaluated, store):
@@ -208,8 +233,9 @@ def test_plots(evaluated):
         assert (plots / f"{rel}.png").read_bytes()[:8] == PNG, rel
         assert json.loads((plots / f"{rel}.json").read_text()), rel
     pts = json.loads((plots / "fvu_vs_l0.json").read_text())["points"]
-    assert [(p["name"], p["fvu"]) for p in pts] == [(n, _result(evaluated, n)["metrics"]["fvu"])
-                                                     for n in ("identity", "random")]
+    assert [(p["name"], p["fvu"]) for p in pts] == [
+        (n, _result(evaluated, n)["metrics"]["fvu"]) for n in ("identity", "random")
+    ]
     dens = json.loads((plots / "density" / "random.json").read_text())
     m = _result(evaluated, "random")["metrics"]
     assert sum(dens["counts"]) == 64 - m["never_fired"] and dens["never_fired"] == m["never_fired"]
@@ -252,15 +278,24 @@ def _assert_exit_2(argv, capsys, *fragments):
 
 def test_width_mismatch_exits_2(tmp_path, store, capsys):
     _identity(16).save(tmp_path / "narrow")
-    _assert_exit_2(["eval", "--acts", str(store), "--dicts", str(tmp_path / "narrow"), "--out", str(tmp_path / "o")],
-                   capsys, "d_in 16", "width 32", RESID)
+    _assert_exit_2(
+        ["eval", "--acts", str(store), "--dicts", str(tmp_path / "narrow"), "--out", str(tmp_path / "o")],
+        capsys,
+        "d_in 16",
+        "width 32",
+        RESID,
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_hook_missing_from_store_exits_2(tmp_path, store, capsys):
     _identity(48, hook=MLP).save(tmp_path / "mlp")
-    _assert_exit_2(["eval", "--acts", str(store), "--dicts", str(tmp_path / "mlp"), "--out", str(tmp_path / "o")],
-                   capsys, MLP, "lacks")
+    _assert_exit_2(
+        ["eval", "--acts", str(store), "--dicts", str(tmp_path / "mlp"), "--out", str(tmp_path / "o")],
+        capsys,
+        MLP,
+        "lacks",
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -287,11 +322,32 @@ def test_metric_only_eval_on_a_synthetic_store(tmp_path, capsys):
     D = torch.randn(12, 8, generator=g) * 0.3
     for parent in ("a", "b"):  # same folder name in two parents
         SAE(W, D, b, torch.zeros(8), "standard", metadata={"hook_name": HOOK, "alpha": 0.1}).save(
-            tmp_path / parent / "sae")
+            tmp_path / parent / "sae"
+        )
     out = tmp_path / "out"
-    assert main(["eval", "--acts", str(store), "--dicts", f"{tmp_path / 'a'},{tmp_path / 'b' / 'sae'}",
-                 "--contexts", "0", "--alive-threshold", "3", "--batch-size", "5", "--out", str(out),
-                 "--exclude-first", "0", "--quiet"]) == 0  # synthetic rows: every position counts
+    assert (
+        main(
+            [
+                "eval",
+                "--acts",
+                str(store),
+                "--dicts",
+                f"{tmp_path / 'a'},{tmp_path / 'b' / 'sae'}",
+                "--contexts",
+                "0",
+                "--alive-threshold",
+                "3",
+                "--batch-size",
+                "5",
+                "--out",
+                str(out),
+                "--exclude-first",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )  # synthetic rows: every position counts
     assert sorted(p.name for p in (out / "results").iterdir()) == ["a__sae.json", "b__sae.json"]
     r = json.loads((out / "results" / "a__sae.json").read_text())
     assert r["name"] == "a/sae" and r["spliced"] is None and r["alpha"] == 0.1
@@ -348,8 +404,29 @@ def test_tokens_limits_rows_across_shards(tmp_path):
     W = torch.randn(8, 8, generator=g)
     SAE(W, W.T.clone(), torch.zeros(8), torch.zeros(8), "standard", metadata={"hook_name": HOOK}).save(tmp_path / "d")
     out = tmp_path / "out"
-    assert main(["eval", "--acts", str(store), "--dicts", str(tmp_path / "d"), "--contexts", "0", "--tokens", "40",
-                 "--alive-threshold", "30", "--batch-size", "7", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--acts",
+                str(store),
+                "--dicts",
+                str(tmp_path / "d"),
+                "--contexts",
+                "0",
+                "--tokens",
+                "40",
+                "--alive-threshold",
+                "30",
+                "--batch-size",
+                "7",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "results" / "d.json").read_text())["metrics"]
     assert m["n_activations"] == 40
     # the first 40 rows the default filter keeps: position 0 of each 8-token context is left out
@@ -384,7 +461,21 @@ def test_a_store_harvested_from_a_relative_model_path_evaluates_from_another_fol
     assert _result(b / "out", "id")["spliced"]["kl"] == pytest.approx(0.0, abs=1e-6)
     # another model's weights are refused by name
     save_tiny_model(Path("other"), "llama", seed=1)
-    code = main(["eval", "--acts", "../a/acts", "--dicts", "../a/id", "--contexts", "2", "--out", "out2",
-                 "--model", "other", "--quiet"])
+    code = main(
+        [
+            "eval",
+            "--acts",
+            "../a/acts",
+            "--dicts",
+            "../a/id",
+            "--contexts",
+            "2",
+            "--out",
+            "out2",
+            "--model",
+            "other",
+            "--quiet",
+        ]
+    )
     line = _one_error_line(capsys.readouterr().err, "eval")
     assert code == 2 and "other" in line and "same weights" in line

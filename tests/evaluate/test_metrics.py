@@ -122,8 +122,9 @@ def _random_sae(d=6, f=10, seed=0):
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(f, d, generator=g)
     W = W / W.norm(dim=1, keepdim=True)
-    return SAE(W.T.clone() * 0.8, W, torch.randn(f, generator=g) * 0.5 - 0.6, torch.randn(d, generator=g) * 0.1,
-               "standard")
+    return SAE(
+        W.T.clone() * 0.8, W, torch.randn(f, generator=g) * 0.5 - 0.6, torch.randn(d, generator=g) * 0.1, "standard"
+    )
 
 
 def _data(n=1000, d=6, seed=1):
@@ -138,8 +139,12 @@ def _numpy_metrics(sae, x):
     c = np.maximum(X @ We + be, 0)
     xh = c @ Wd + bd
     err = ((X - xh) ** 2).sum()
-    return {"mse": err / X.size, "fvu": err / ((X - X.mean(0)) ** 2).sum(), "l0": (c != 0).sum(1).mean(),
-            "fires": (c != 0).sum(0)}
+    return {
+        "mse": err / X.size,
+        "fvu": err / ((X - X.mean(0)) ** 2).sum(),
+        "l0": (c != 0).sum(1).mean(),
+        "fires": (c != 0).sum(0),
+    }
 
 
 def test_matches_numpy_on_random_data():
@@ -150,7 +155,7 @@ def test_matches_numpy_on_random_data():
     assert r["fvu"] == pytest.approx(ref["fvu"], rel=1e-5)
     assert r["l0"] == pytest.approx(ref["l0"], rel=1e-6)
     assert r["alive"] == int((ref["fires"] > 10).sum()) and r["never_fired"] == int((ref["fires"] == 0).sum())
-    assert 0 < r["never_fired"] or 0 < r["alive"] < 10  # the data exercises the alive/dead split
+    assert r["never_fired"] > 0 or 0 < r["alive"] < 10  # the data exercises the alive/dead split
 
 
 @pytest.mark.parametrize("batch", [1, 7, 128, 999])
@@ -160,7 +165,7 @@ def test_batch_size_independence(batch):
     whole.update(x, sae(x), sae.encode(x))
     parts = ReconstructionMetrics(6, 10)
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch]
+        xb = x[i : i + batch]
         parts.update(xb, sae(xb), sae.encode(xb))
     a, b = whole.result(), parts.result()
     assert a.keys() == b.keys()
@@ -198,13 +203,15 @@ def test_trainer_evaluate_agrees():
     assert r["l0"] == pytest.approx(ref["l0"], rel=1e-6)
     assert r["loss"] == pytest.approx(ref["mse"], rel=1e-5)  # α = 0: the objective is the MSE
     hand = evaluate(SAE(torch.eye(2), torch.eye(2), torch.tensor([-2.0, -1.0]), torch.zeros(2), "standard"), X)
-    assert {k: hand[k] for k in ("mse", "fvu", "l0")} == pytest.approx({"mse": 11 / 6, "fvu": 11 / 16, "l0": 4 / 3},
-                                                                       rel=1e-12)
+    assert {k: hand[k] for k in ("mse", "fvu", "l0")} == pytest.approx(
+        {"mse": 11 / 6, "fvu": 11 / 16, "l0": 4 / 3}, rel=1e-12
+    )
     # the training objective in the scaled units: s² MSE + α s L1, with L1 the mean over rows of Σ|c|
     c = torch.relu(X.double() + torch.tensor([-2.0, -1.0], dtype=torch.float64))
     l1 = c.abs().sum(1).mean().item()
-    scaled = evaluate(SAE(torch.eye(2), torch.eye(2), torch.tensor([-2.0, -1.0]), torch.zeros(2), "standard"), X,
-                      scale=3.0, alpha=0.5)
+    scaled = evaluate(
+        SAE(torch.eye(2), torch.eye(2), torch.tensor([-2.0, -1.0]), torch.zeros(2), "standard"), X, scale=3.0, alpha=0.5
+    )
     assert scaled["loss"] == pytest.approx(9 * 11 / 6 + 0.5 * 3 * l1, rel=1e-6)
     # dense: the share of features firing on more than 10% of the rows
     assert hand["dense_fraction"] == pytest.approx(((c > 0).double().mean(0) > 0.1).double().mean().item())
@@ -217,7 +224,7 @@ def test_fvu_is_accurate_for_a_large_mean():
     xh = x + 0.1 * torch.randn(8192, 4, generator=g)
     acc = ReconstructionMetrics(4, 1)
     for i in range(0, 8192, 1000):
-        acc.update(x[i:i + 1000], xh[i:i + 1000], torch.ones(len(x[i:i + 1000]), 1))
+        acc.update(x[i : i + 1000], xh[i : i + 1000], torch.ones(len(x[i : i + 1000]), 1))
     X, XH = x.double().numpy(), xh.double().numpy()
     ref = ((X - XH) ** 2).sum() / ((X - X.mean(0)) ** 2).sum()
     assert 0.005 < ref < 0.02

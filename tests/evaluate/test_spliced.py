@@ -21,8 +21,15 @@ MODULES = {
     "gpt_neox": ("gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h"),
     "gpt2": ("transformer.h", "attn", "mlp", "mlp.c_proj"),
 }
-HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_attn_out", "blocks.1.mlp.hook_post",
-         "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post", "blocks.3.hook_resid_post"]
+HOOKS = [
+    "blocks.0.hook_resid_pre",
+    "blocks.1.hook_resid_pre",
+    "blocks.1.hook_attn_out",
+    "blocks.1.mlp.hook_post",
+    "blocks.1.hook_mlp_out",
+    "blocks.1.hook_resid_post",
+    "blocks.3.hook_resid_post",
+]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -47,9 +54,13 @@ def _module_for(family, hook):
     layers, attn, mlp, down = MODULES[family]
     L, kind = hook.split(".", 2)[1:]
     block = f"{layers}.{L}"
-    return {"hook_resid_pre": (block, "input"), "hook_attn_out": (f"{block}.{attn}", "output"),
-            "mlp.hook_post": (f"{block}.{down}", "input"), "hook_mlp_out": (f"{block}.{mlp}", "output"),
-            "hook_resid_post": (block, "output")}[kind]
+    return {
+        "hook_resid_pre": (block, "input"),
+        "hook_attn_out": (f"{block}.{attn}", "output"),
+        "mlp.hook_post": (f"{block}.{down}", "input"),
+        "hook_mlp_out": (f"{block}.{mlp}", "output"),
+        "hook_resid_post": (block, "output"),
+    }[kind]
 
 
 def _replace(model, family, hook, fn):
@@ -57,6 +68,7 @@ def _replace(model, family, hook, fn):
     path, where = _module_for(family, hook)
     module = model.get_submodule(path)
     if where == "input":
+
         def pre(mod, args, kwargs):
             if args:
                 return (fn(args[0]), *args[1:]), kwargs
@@ -167,8 +179,9 @@ def test_batch_size_does_not_change_the_result(family_model):
     assert a.keys() == b.keys()
     for k in a:
         if k == "ce_recovered":
-            assert b[k] * (b["ce_zero"] - b["ce_clean"]) == pytest.approx(a[k] * (a["ce_zero"] - a["ce_clean"]),
-                                                                          abs=1e-5)
+            assert b[k] * (b["ce_zero"] - b["ce_clean"]) == pytest.approx(
+                a[k] * (a["ce_zero"] - a["ce_clean"]), abs=1e-5
+            )
         elif k == "positions":
             assert a[k] == b[k] == "all"
         else:
@@ -186,16 +199,16 @@ def test_splice_restores_the_model(family_model):
     torch.testing.assert_close(_logp(model, ids), clean, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("hook", ["blocks.1.hook_resid_pre", "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out",
-                                  "blocks.1.hook_resid_post"])
+@pytest.mark.parametrize(
+    "hook", ["blocks.1.hook_resid_pre", "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]
+)
 def test_wrong_shape_raises_and_restores(family_model, hook):
     _, model = family_model
     hooked = HookedLM(model)
     ids = _ids(model, seed=5)
     clean = _logp(model, ids)
-    with pytest.raises(SaexError, match="shape"):
-        with hooked.splice(hook, lambda a: a[..., :-1]):
-            model(input_ids=ids, use_cache=False)
+    with pytest.raises(SaexError, match="shape"), hooked.splice(hook, lambda a: a[..., :-1]):
+        model(input_ids=ids, use_cache=False)
     torch.testing.assert_close(_logp(model, ids), clean, rtol=0, atol=0)
 
 
@@ -218,6 +231,8 @@ def test_splice_sees_the_activation_the_hook_captures(family_model):
 
 def test_unknown_hook_raises(family_model):
     _, model = family_model
-    with pytest.raises(SaexError, match="unknown hook point"):
-        with HookedLM(model).splice("blocks.99.hook_resid_post", torch.zeros_like):
-            pass
+    with (
+        pytest.raises(SaexError, match="unknown hook point"),
+        HookedLM(model).splice("blocks.99.hook_resid_post", torch.zeros_like),
+    ):
+        pass

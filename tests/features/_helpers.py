@@ -19,12 +19,30 @@ from tests.train import _synth
 HOOK = "blocks.0.hook_resid_post"
 
 
-def write_store(path, train_ND: torch.Tensor, heldout_ND: torch.Tensor, T: int = 16, hook: str = HOOK,
-                shard_rows: int = 4096, tokens_CT: torch.Tensor | None = None, docs_CT: torch.Tensor | None = None,
-                name: str = "synthetic") -> Path:
+def write_store(
+    path,
+    train_ND: torch.Tensor,
+    heldout_ND: torch.Tensor,
+    T: int = 16,
+    hook: str = HOOK,
+    shard_rows: int = 4096,
+    tokens_CT: torch.Tensor | None = None,
+    docs_CT: torch.Tensor | None = None,
+    name: str = "synthetic",
+) -> Path:
     """``tests/train/_synth.write_store`` with this folder's defaults (T = 16, a 1000-token vocabulary)."""
-    return _synth.write_store(path, train_ND.float(), heldout_ND.float(), hook=hook, shard_rows=shard_rows, name=name,
-                              T=T, tokens_CT=tokens_CT, docs_CT=docs_CT, vocab_size=1000)
+    return _synth.write_store(
+        path,
+        train_ND.float(),
+        heldout_ND.float(),
+        hook=hook,
+        shard_rows=shard_rows,
+        name=name,
+        T=T,
+        tokens_CT=tokens_CT,
+        docs_CT=docs_CT,
+        vocab_size=1000,
+    )
 
 
 # -- the synthetic held-out data -------------------------------------------------------------------------
@@ -73,9 +91,8 @@ def standard_sae(hook: str = HOOK, seed: int = 1) -> SAE:
     b_dec = rng.normal(size=D) * 0.2
     b_dec[:2] = 0.0
     W_dec = rng.normal(size=(5, D))
-    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    return SAE(t(W), t(W_dec), t(b), t(b_dec), "standard", apply_b_dec_to_input=True,
-               metadata={"hook_name": hook})
+    t = lambda a: torch.tensor(a, dtype=torch.float32)
+    return SAE(t(W), t(W_dec), t(b), t(b_dec), "standard", apply_b_dec_to_input=True, metadata={"hook_name": hook})
 
 
 def linear_dict(hook: str = HOOK, seed: int = 2) -> SAE:
@@ -84,15 +101,22 @@ def linear_dict(hook: str = HOOK, seed: int = 2) -> SAE:
     W = rng.normal(size=(D, 4))
     b = rng.normal(size=4) * 0.3
     b[2], b[3] = -100.0, 100.0
-    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    t = lambda a: torch.tensor(a, dtype=torch.float32)
     return SAE(t(W), t(rng.normal(size=(4, D))), t(b), t(np.zeros(D)), "linear", metadata={"hook_name": hook})
 
 
 def topk_sae(hook: str = HOOK, seed: int = 3) -> SAE:
     rng = np.random.default_rng(seed)
-    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    return SAE(t(rng.normal(size=(D, 6))), t(rng.normal(size=(6, D))), t(rng.normal(size=6) * 0.3),
-               t(np.zeros(D)), "topk", k=2, metadata={"hook_name": hook})
+    t = lambda a: torch.tensor(a, dtype=torch.float32)
+    return SAE(
+        t(rng.normal(size=(D, 6))),
+        t(rng.normal(size=(6, D))),
+        t(rng.normal(size=6) * 0.3),
+        t(np.zeros(D)),
+        "topk",
+        k=2,
+        metadata={"hook_name": hook},
+    )
 
 
 # -- brute force -----------------------------------------------------------------------------------------
@@ -109,7 +133,7 @@ def encode_np(d: SAE, X: np.ndarray) -> np.ndarray:
     if d.architecture == "topk":
         out = np.zeros_like(pre)
         for i, row in enumerate(pre):
-            top = np.argsort(-row)[:d.k]
+            top = np.argsort(-row)[: d.k]
             out[i, top] = np.maximum(row[top], 0)
         return out
     return pre

@@ -14,13 +14,37 @@ from saex.cli import main
 from saex.dictionaries.sae import SAE
 from saex.features.fragments import make_fragments
 from saex.features.index import FeatureIndex
-from saex.store.reader import ActivationStore
-from saex.store.reader import store_hash
-from tests.features._helpers import (C, D, HOOK, L, T, all_windows, encode_np, heldout_data, heldout_docs,
-                                     heldout_tokens, linear_dict, standard_sae, write_store)
+from saex.store.reader import ActivationStore, store_hash
+from tests.features._helpers import (
+    HOOK,
+    C,
+    D,
+    L,
+    T,
+    all_windows,
+    encode_np,
+    heldout_data,
+    heldout_docs,
+    heldout_tokens,
+    linear_dict,
+    standard_sae,
+    write_store,
+)
 
-OPTS = ["--fragment-length", str(L), "--top", "3", "--random", "5", "--zero", "4", "--chunk", "7",
-        "--no-decode", "--quiet"]
+OPTS = [
+    "--fragment-length",
+    str(L),
+    "--top",
+    "3",
+    "--random",
+    "5",
+    "--zero",
+    "4",
+    "--chunk",
+    "7",
+    "--no-decode",
+    "--quiet",
+]
 
 
 def _one_error_line(err: str, command: str = "features") -> str:
@@ -37,8 +61,15 @@ def _train():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("features-cli-store")
-    return write_store(root / "acts", _train(), torch.from_numpy(heldout_data()), T=T, shard_rows=4 * T,
-                       tokens_CT=heldout_tokens(), docs_CT=heldout_docs())
+    return write_store(
+        root / "acts",
+        _train(),
+        torch.from_numpy(heldout_data()),
+        T=T,
+        shard_rows=4 * T,
+        tokens_CT=heldout_tokens(),
+        docs_CT=heldout_docs(),
+    )
 
 
 @pytest.fixture
@@ -141,8 +172,12 @@ def test_rerun_is_a_no_op_and_changes_rebuild(store, dicts, tmp_path, capsys):
 def test_progress_lines(store, dicts, tmp_path, capsys):
     out = tmp_path / "out"
     args = [a for a in OPTS if a != "--quiet"]
-    assert main(["features", "--acts", str(store), "--dicts", str(dicts), "--out", str(out), *args,
-                 "--no-one-per-document"]) == 0
+    assert (
+        main(
+            ["features", "--acts", str(store), "--dicts", str(dicts), "--out", str(out), *args, "--no-one-per-document"]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert f"std: 5 features over {C * (T // L)} fragments -> {out / 'std'}" in lines
     assert f"lin: 4 features over {C * (T // L)} fragments -> {out / 'lin'}" in lines
@@ -152,8 +187,21 @@ def test_same_named_dictionaries_get_distinct_folders(store, tmp_path):
     standard_sae().save(tmp_path / "a" / "sae")
     linear_dict().save(tmp_path / "b" / "sae")
     out = tmp_path / "out"
-    assert main(["features", "--acts", str(store), "--dicts", f"{tmp_path / 'a' / 'sae'},{tmp_path / 'b' / 'sae'}",
-                 "--out", str(out), *OPTS]) == 0
+    assert (
+        main(
+            [
+                "features",
+                "--acts",
+                str(store),
+                "--dicts",
+                f"{tmp_path / 'a' / 'sae'},{tmp_path / 'b' / 'sae'}",
+                "--out",
+                str(out),
+                *OPTS,
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["a__sae", "b__sae", "features.json"]
     assert FeatureIndex(out / "a__sae").meta["dictionary"]["name"] == "a/sae"
     assert FeatureIndex(out / "b__sae").meta["architecture"] == "linear"
@@ -167,32 +215,56 @@ def test_hook_option_names_the_hook_of_a_dictionary_without_one(store, tmp_path,
     assert main(["features", "--acts", str(store), "--dicts", str(tmp_path / "nohook"), "--out", str(out), *OPTS]) == 2
     assert "records no hook point" in _one_error_line(capsys.readouterr().err)
     assert not out.exists()
-    assert main(["features", "--acts", str(store), "--dicts", str(tmp_path / "nohook"), "--out", str(out),
-                 "--hook", HOOK, *OPTS]) == 0
+    assert (
+        main(
+            [
+                "features",
+                "--acts",
+                str(store),
+                "--dicts",
+                str(tmp_path / "nohook"),
+                "--out",
+                str(out),
+                "--hook",
+                HOOK,
+                *OPTS,
+            ]
+        )
+        == 0
+    )
     assert FeatureIndex(out / "nohook").meta["hook"] == HOOK
 
 
 # -- errors -----------------------------------------------------------------------------------------------
 def _wide_dict(path):
-    SAE(torch.randn(D + 1, 3), torch.randn(3, D + 1), torch.zeros(3), torch.zeros(D + 1), "standard",
-        metadata={"hook_name": HOOK}).save(path)
+    SAE(
+        torch.randn(D + 1, 3),
+        torch.randn(3, D + 1),
+        torch.zeros(3),
+        torch.zeros(D + 1),
+        "standard",
+        metadata={"hook_name": HOOK},
+    ).save(path)
 
 
 def _other_hook_dict(path):
     standard_sae(hook="blocks.7.hook_resid_post").save(path)
 
 
-@pytest.mark.parametrize("extra,match", [
-    (["--fragment-length", "0"], "--fragment-length must be positive"),
-    (["--fragment-length", "-4"], "--fragment-length must be positive"),
-    (["--chunk", "0"], "--chunk must be positive"),
-    (["--chunk", "-1"], "--chunk must be positive"),
-    (["--top", "0"], "--top must be positive"),
-    (["--random", "-1"], "--random must be >= 0"),
-    (["--zero", "-2"], "--zero must be >= 0"),
-    (["--fragments", "0"], "--fragments must be positive"),
-    (["--hook", "blocks.3.hook_mlp_out"], "lacks"),
-])
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--fragment-length", "0"], "--fragment-length must be positive"),
+        (["--fragment-length", "-4"], "--fragment-length must be positive"),
+        (["--chunk", "0"], "--chunk must be positive"),
+        (["--chunk", "-1"], "--chunk must be positive"),
+        (["--top", "0"], "--top must be positive"),
+        (["--random", "-1"], "--random must be >= 0"),
+        (["--zero", "-2"], "--zero must be >= 0"),
+        (["--fragments", "0"], "--fragments must be positive"),
+        (["--hook", "blocks.3.hook_mlp_out"], "lacks"),
+    ],
+)
 def test_bad_options(store, dicts, tmp_path, capsys, extra, match):
     out = tmp_path / "out"
     assert _run(store, dicts, out, *extra) == 2
@@ -283,14 +355,32 @@ def llama_store(tmp_path_factory):
     finally:
         torch.set_num_threads(before)
     dicts = root / "dicts"
-    SAE(torch.eye(32), torch.eye(32), torch.zeros(32), torch.zeros(32), "linear",
-        metadata={"hook_name": RESID}).save(dicts / "identity")
+    SAE(torch.eye(32), torch.eye(32), torch.zeros(32), torch.zeros(32), "linear", metadata={"hook_name": RESID}).save(
+        dicts / "identity"
+    )
     return {"acts": acts, "model": model, "dicts": dicts}
 
 
 def _llama_args(s, out, *extra):
-    return ["features", "--acts", str(s["acts"]), "--dicts", str(s["dicts"]), "--out", str(out),
-            "--fragment-length", "4", "--top", "2", "--random", "2", "--zero", "2", "--quiet", *extra]
+    return [
+        "features",
+        "--acts",
+        str(s["acts"]),
+        "--dicts",
+        str(s["dicts"]),
+        "--out",
+        str(out),
+        "--fragment-length",
+        "4",
+        "--top",
+        "2",
+        "--random",
+        "2",
+        "--zero",
+        "2",
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_decoded_token_text(llama_store, tmp_path):

@@ -41,9 +41,9 @@ def test_the_tail_of_a_context_is_dropped():
 
 
 def test_majority_document_with_ties_to_the_smaller_id():
-    docs = torch.tensor([[1, 1, 2, 2, 5, 3, 3, 5],
-                         [7, 7, 7, 2, 9, 9, 9, 9],
-                         [4, 8, 8, 6, 6, 6, 2, 2]], dtype=torch.int32)
+    docs = torch.tensor(
+        [[1, 1, 2, 2, 5, 3, 3, 5], [7, 7, 7, 2, 9, 9, 9, 9], [4, 8, 8, 6, 6, 6, 2, 2]], dtype=torch.int32
+    )
     f = make_fragments(_tokens(3, 8), docs, 4, one_per_document=False, limit=None, seed=0)
     # 1 vs 2 tie -> 1; 5 vs 3 tie -> 3 (the smaller, though 5 comes first); 7; 9; 8 (2 of 4);
     # 6 vs 2 tie -> 2 (the smaller, though 6 comes first)
@@ -96,8 +96,7 @@ def test_one_per_document_is_deterministic_in_seed_and_varies_across_seeds():
     b = make_fragments(heldout_tokens(), heldout_docs(), L, True, None, 7)
     np.testing.assert_array_equal(a.rows_NL, b.rows_NL)
     np.testing.assert_array_equal(a.doc_N, b.doc_N)
-    picks = {tuple(make_fragments(heldout_tokens(), heldout_docs(), L, True, None, s).rows_NL[:, 0])
-             for s in range(10)}
+    picks = {tuple(make_fragments(heldout_tokens(), heldout_docs(), L, True, None, s).rows_NL[:, 0]) for s in range(10)}
     assert len(picks) > 1, "different seeds should pick different windows"
 
 

@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from saex.features.histogram import (OTHER, dimension_values, feature_values, histogram_from_index,
-                                     histograms_from_store, token_histogram)
-from tests.features._helpers import C, HOOK, T, heldout_data, heldout_tokens, standard_sae, write_store
+from saex.features.histogram import (
+    OTHER,
+    dimension_values,
+    feature_values,
+    histogram_from_index,
+    histograms_from_store,
+    token_histogram,
+)
+from tests.features._helpers import HOOK, C, T, heldout_data, heldout_tokens, standard_sae, write_store
 
 
 def _counts(h) -> dict:
@@ -38,8 +44,11 @@ def test_other_is_zero_when_few_tokens_and_empty_input():
     assert [s["label"] for s in h["series"]] == ["5", "6", OTHER]
     assert h["series"][-1]["counts"] == [0] * 10
     e = token_histogram([0.0, -1.0], [1, 2])
-    assert e["n"] == e["total"] == 0 and e["edges"] == [0.0] * 11 and e["series"] == [
-        {"label": OTHER, "other": True, "counts": [0] * 10}]
+    assert (
+        e["n"] == e["total"] == 0
+        and e["edges"] == [0.0] * 11
+        and e["series"] == [{"label": OTHER, "other": True, "counts": [0] * 10}]
+    )
 
 
 def test_subsampling_bound_and_seed():
@@ -57,8 +66,9 @@ def test_subsampling_bound_and_seed():
 def test_store_pass_matches_brute_force(tmp_path):
     X = heldout_data()
     tok = heldout_tokens()
-    store = write_store(tmp_path / "acts", torch.from_numpy(X[:2 * T]), torch.from_numpy(X), T=T, shard_rows=4 * T,
-                        tokens_CT=tok)
+    store = write_store(
+        tmp_path / "acts", torch.from_numpy(X[: 2 * T]), torch.from_numpy(X), T=T, shard_rows=4 * T, tokens_CT=tok
+    )
     from saex.store.reader import ActivationStore
 
     s = ActivationStore(store)
@@ -86,11 +96,28 @@ def test_from_index(tmp_path):
     from tests.features._helpers import heldout_docs
 
     X = heldout_data()
-    store = write_store(tmp_path / "acts", torch.from_numpy(X[:2 * T]), torch.from_numpy(X), T=T, shard_rows=4 * T,
-                        tokens_CT=heldout_tokens(), docs_CT=heldout_docs())
+    store = write_store(
+        tmp_path / "acts",
+        torch.from_numpy(X[: 2 * T]),
+        torch.from_numpy(X),
+        T=T,
+        shard_rows=4 * T,
+        tokens_CT=heldout_tokens(),
+        docs_CT=heldout_docs(),
+    )
     standard_sae().save(tmp_path / "dicts" / "std")
-    build_features(FeaturesConfig(acts=str(store), dicts=str(tmp_path / "dicts"), out=str(tmp_path / "ix"),
-                                  fragment_length=4, one_per_document=False, random=100, decode=False), progress=False)
+    build_features(
+        FeaturesConfig(
+            acts=str(store),
+            dicts=str(tmp_path / "dicts"),
+            out=str(tmp_path / "ix"),
+            fragment_length=4,
+            one_per_document=False,
+            random=100,
+            decode=False,
+        ),
+        progress=False,
+    )
     ix = FeatureIndex(tmp_path / "ix" / "std")
     h = histogram_from_index(ix, 0)
     # feature 0 fires at FIRE_ROWS only; the random sample keeps every activating fragment here

@@ -13,8 +13,23 @@ from saex.errors import SaexError
 from saex.features.build import FeaturesConfig, build_features
 from saex.features.fragments import make_fragments
 from saex.features.index import FeatureIndex, IndexBuilder, moments_summary
-from tests.features._helpers import (C, D, HOOK, L, T, all_windows, encode_np, heldout_data, heldout_docs,
-                                     heldout_tokens, linear_dict, majority, standard_sae, topk_sae, write_store)
+from tests.features._helpers import (
+    HOOK,
+    C,
+    D,
+    L,
+    T,
+    all_windows,
+    encode_np,
+    heldout_data,
+    heldout_docs,
+    heldout_tokens,
+    linear_dict,
+    majority,
+    standard_sae,
+    topk_sae,
+    write_store,
+)
 
 TOP, RANDOM, ZERO = 3, 5, 4
 
@@ -24,10 +39,10 @@ def brute_moments(c: np.ndarray) -> dict[str, np.ndarray]:
     """Per-column mean, var, skew = E[c^3]/Var^1.5, kurtosis = E[c^4]/Var^2 (raw moments), NaN at Var = 0."""
     c = c.astype(np.float64)
     mean = c.mean(0)
-    var = (c ** 2).mean(0) - mean ** 2
+    var = (c**2).mean(0) - mean**2
     with np.errstate(divide="ignore", invalid="ignore"):
-        skew = np.where(var > 1e-12, (c ** 3).mean(0) / var ** 1.5, np.nan)
-        kurt = np.where(var > 1e-12, (c ** 4).mean(0) / var ** 2, np.nan)
+        skew = np.where(var > 1e-12, (c**3).mean(0) / var**1.5, np.nan)
+        kurt = np.where(var > 1e-12, (c**4).mean(0) / var**2, np.nan)
     return {"mean": mean, "var": var, "skew": skew, "kurtosis": kurt}
 
 
@@ -53,7 +68,7 @@ def check_examples(ids, vals, fmax_N, kind, K, where=""):
 def assert_top_is_well_separated(fmax_NF, K):
     """Precondition on the data: no near-ties among each feature's top K + 1 (so the top set is exact)."""
     for f in range(fmax_NF.shape[1]):
-        a = np.sort(fmax_NF[:, f][fmax_NF[:, f] > 0])[::-1][:K + 1]
+        a = np.sort(fmax_NF[:, f][fmax_NF[:, f] > 0])[::-1][: K + 1]
         assert (np.diff(a) < -1e-4).all() if len(a) > 1 else True, f"feature {f}: near-tied top values {a}"
 
 
@@ -74,7 +89,7 @@ def _build(codes_NLF, chunk, K=TOP, R=RANDOM, Z=ZERO, seed=0):
     b = IndexBuilder(codes_NLF.shape[2], K, R, Z, seed)
     N = codes_NLF.shape[0]
     for i, start in enumerate(range(0, N, chunk)):
-        b.update(codes_NLF[start:start + chunk], torch.arange(start, min(N, start + chunk)), i)
+        b.update(codes_NLF[start : start + chunk], torch.arange(start, min(N, start + chunk)), i)
     return b
 
 
@@ -91,7 +106,7 @@ def test_builder_matches_brute_force(chunk):
         for kind, K in (("top", TOP), ("random", RANDOM), ("zero", ZERO)):
             ids_row = ex[f"{kind}_ids"][f].numpy()
             ok = ids_row >= 0
-            assert (ok[:ok.sum()]).all(), "valid slots come first, -1 padding last"
+            assert (ok[: ok.sum()]).all(), "valid slots come first, -1 padding last"
             check_examples(ids_row[ok], ex[f"{kind}_max"][f].numpy()[ok], fmax[:, f], kind, K, f"f{f} {kind}")
     s = b.stats()
     flat = c.reshape(N * L_, F)
@@ -100,7 +115,7 @@ def test_builder_matches_brute_force(chunk):
     np.testing.assert_array_equal(s["positive"].numpy(), (flat > 0).sum(0))
     np.testing.assert_array_equal(s["active_fragments"].numpy(), (fmax > 0).sum(0))
     np.testing.assert_allclose(s["max"].numpy(), flat.max(0), rtol=1e-6)
-    np.testing.assert_allclose(s["moments"].numpy(), [(flat ** m).sum(0) for m in (1, 2, 3, 4)], rtol=1e-6)
+    np.testing.assert_allclose(s["moments"].numpy(), [(flat**m).sum(0) for m in (1, 2, 3, 4)], rtol=1e-6)
     # hand values for the special features
     assert s["nonzero"][1] == 0 and s["active_fragments"][1] == 0 and s["max"][1] == 0
     assert s["nonzero"][2] == N * L_ and s["active_fragments"][2] == N
@@ -158,8 +173,12 @@ def test_builder_random_and_zero_samples_are_uniform():
         for f in range(3):
             np.add.at(pick[f], ex["random_ids"][f][ex["random_ids"][f] >= 0].numpy(), 1)
             np.add.at(zero[f], ex["zero_ids"][f][ex["zero_ids"][f] >= 0].numpy(), 1)
-    for counts, members in ((pick[0], np.arange(N)), (zero[1], np.arange(N)),
-                            (pick[2], np.arange(1, N, 2)), (zero[2], np.arange(0, N, 2))):
+    for counts, members in (
+        (pick[0], np.arange(N)),
+        (zero[1], np.arange(N)),
+        (pick[2], np.arange(1, N, 2)),
+        (zero[2], np.arange(0, N, 2)),
+    ):
         assert counts.sum() == n_seeds * R
         assert set(np.flatnonzero(counts)) == set(members.tolist())
         expected = n_seeds * R / len(members)
@@ -177,7 +196,7 @@ def test_moments_summary_hand_values():
     s = moments_summary(m, 4)
     assert s["mean"].tolist() == [1.0, 2.0]
     assert s["var"][0] == pytest.approx(1.5) and s["var"][1] == 0
-    assert s["skew"][0] == pytest.approx(7 / 1.5 ** 1.5) and s["kurtosis"][0] == pytest.approx(20.5 / 1.5 ** 2)
+    assert s["skew"][0] == pytest.approx(7 / 1.5**1.5) and s["kurtosis"][0] == pytest.approx(20.5 / 1.5**2)
     assert np.isnan(s["skew"][1]) and np.isnan(s["kurtosis"][1])
 
 
@@ -188,8 +207,15 @@ def setup(tmp_path_factory):
     X = heldout_data()
     train = torch.from_numpy(np.random.default_rng(9).normal(size=(2 * T, D)).astype(np.float32))
     # three held-out shards of 4 contexts: fragments read rows across shards
-    store = write_store(root / "acts", train, torch.from_numpy(X), T=T, shard_rows=4 * T,
-                        tokens_CT=heldout_tokens(), docs_CT=heldout_docs())
+    store = write_store(
+        root / "acts",
+        train,
+        torch.from_numpy(X),
+        T=T,
+        shard_rows=4 * T,
+        tokens_CT=heldout_tokens(),
+        docs_CT=heldout_docs(),
+    )
     dicts = {"std": standard_sae(), "lin": linear_dict(), "topk": topk_sae()}
     for name, d in dicts.items():
         d.save(root / "dicts" / name)
@@ -207,8 +233,20 @@ def setup(tmp_path_factory):
 
 def _build_index(setup, name, **kw):
     # every token counts unless a build says otherwise ("excl")
-    opts = dict(fragment_length=L, one_per_document=False, top=TOP, random=RANDOM, zero=ZERO, chunk=3,
-                decode=False, exclude_first=0, exclude_special_tokens=False) | kw
+    opts = (
+        dict(
+            fragment_length=L,
+            one_per_document=False,
+            top=TOP,
+            random=RANDOM,
+            zero=ZERO,
+            chunk=3,
+            decode=False,
+            exclude_first=0,
+            exclude_special_tokens=False,
+        )
+        | kw
+    )
     out = setup["root"] / ("out-" + name)
     cfg = FeaturesConfig(acts=str(setup["store"]), dicts=str(setup["root"] / "dicts"), out=str(out), **opts)
     build_features(cfg, progress=False)
@@ -218,14 +256,16 @@ def _build_index(setup, name, **kw):
 @pytest.fixture(scope="module")
 def built(setup):
     """name -> (options, indexes by dictionary); chunk 3 unless named."""
-    return {"chunk3": _build_index(setup, "chunk3"),
-            "chunk1": _build_index(setup, "chunk1", chunk=1),
-            "chunk1000": _build_index(setup, "chunk1000", chunk=1000),
-            "len5": _build_index(setup, "len5", fragment_length=5),
-            "opd": _build_index(setup, "opd", one_per_document=True, seed=4),
-            "limit": _build_index(setup, "limit", fragments=17, random=100, zero=100),
-            # positions 0 and 1 of every context are left out: zero codes there, and not counted
-            "excl": _build_index(setup, "excl", exclude_first=2)}
+    return {
+        "chunk3": _build_index(setup, "chunk3"),
+        "chunk1": _build_index(setup, "chunk1", chunk=1),
+        "chunk1000": _build_index(setup, "chunk1000", chunk=1000),
+        "len5": _build_index(setup, "len5", fragment_length=5),
+        "opd": _build_index(setup, "opd", one_per_document=True, seed=4),
+        "limit": _build_index(setup, "limit", fragments=17, random=100, zero=100),
+        # positions 0 and 1 of every context are left out: zero codes there, and not counted
+        "excl": _build_index(setup, "excl", exclude_first=2),
+    }
 
 
 def _fragment_rows(kind):
@@ -278,8 +318,7 @@ def test_index_matches_brute_force(setup, built, kind, dname):
             check_examples(ids, vals, fmax[:, f], kk, K[kk], f"{dname} f{f} {kk}")
             acts = ix.activations(f, kk)
             assert acts.shape == (len(ids), L_) and acts.dtype == np.float32
-            np.testing.assert_allclose(acts, c_NLF[ids, :, f], rtol=1e-5, atol=1e-5,
-                                       err_msg=f"{dname} f{f} {kk}")
+            np.testing.assert_allclose(acts, c_NLF[ids, :, f], rtol=1e-5, atol=1e-5, err_msg=f"{dname} f{f} {kk}")
             np.testing.assert_array_equal(ix.tokens(ids).numpy(), flat_tok[rows[ids]])
     # statistics over every (kept) token of every fragment
     flat = c_NLF.reshape(N * L_, F)[kept[rows].reshape(-1)]
@@ -353,7 +392,7 @@ def test_csr_layout(built):
         assert ptr[0] == 0 and ptr[-1] == len(idx) == len(val) and (ptr[1:] >= ptr[:-1]).all()
         assert (val != 0).all()
         for f in range(ix.n_features):
-            seg = idx[ptr[f]:ptr[f + 1]]
+            seg = idx[ptr[f] : ptr[f + 1]]
             assert (seg[1:] > seg[:-1]).all()
             assert (seg < sum(ix.slots.values()) * ix.fragment_length).all()
 

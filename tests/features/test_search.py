@@ -23,8 +23,9 @@ def lm(tiny_models):
 def test_identity_dictionary_sorts_the_residual(lm):
     hooked = HookedLM(lm.model)
     prompt = "the king of the north gave the city water"
-    s, c, x = search_prompt(hooked, lm.tokenizer, HOOK, identity_dictionary(32), prompt, position=-2, top=6,
-                            dictionary_name="identity")
+    s, c, x = search_prompt(
+        hooked, lm.tokenizer, HOOK, identity_dictionary(32), prompt, position=-2, top=6, dictionary_name="identity"
+    )
     ids = lm.tokenizer(prompt)["input_ids"]
     with torch.no_grad():
         # a plain HF forward: hidden_states[L + 1] is the output of block L

@@ -51,16 +51,18 @@ def protocol_columns(seed: int = 0) -> tuple[np.ndarray, dict[int, np.ndarray]]:
 
 
 def identity_sae(d: int, hook: str = HOOK, **meta) -> SAE:
-    return SAE(torch.eye(d), torch.eye(d), torch.zeros(d), torch.zeros(d), "standard",
-               metadata={"hook_name": hook, **meta})
+    return SAE(
+        torch.eye(d), torch.eye(d), torch.zeros(d), torch.zeros(d), "standard", metadata={"hook_name": hook, **meta}
+    )
 
 
 def write_vocab(index_dir: Path, vocab: dict) -> None:
     (Path(index_dir) / VOCAB_JSON).write_text(json.dumps({str(k): v for k, v in vocab.items()}))
 
 
-def build_protocol_index(root: Path, top: int = TOP, random: int = RANDOM, zero: int = ZERO,
-                         name: str = "ident") -> Path:
+def build_protocol_index(
+    root: Path, top: int = TOP, random: int = RANDOM, zero: int = ZERO, name: str = "ident"
+) -> Path:
     """Build (or reuse) the protocol store under ``root/acts`` and an index of the identity dictionary;
     returns the index folder (``root/features-<top>-<random>-<zero>/<name>``), with token text t0..t49."""
     root = Path(root)
@@ -74,8 +76,23 @@ def build_protocol_index(root: Path, top: int = TOP, random: int = RANDOM, zero:
     if not (dicts / name).is_dir():
         identity_sae(4).save(dicts / name)
     out = root / f"features-{top}-{random}-{zero}"
-    build_features(FeaturesConfig(acts=str(acts), dicts=str(dicts / name), out=str(out), fragment_length=PL,
-                                  one_per_document=False, top=top, random=random, zero=zero, chunk=64, seed=0,
-                                  decode=False, exclude_first=0, exclude_special_tokens=False), progress=False)
+    build_features(
+        FeaturesConfig(
+            acts=str(acts),
+            dicts=str(dicts / name),
+            out=str(out),
+            fragment_length=PL,
+            one_per_document=False,
+            top=top,
+            random=random,
+            zero=zero,
+            chunk=64,
+            seed=0,
+            decode=False,
+            exclude_first=0,
+            exclude_special_tokens=False,
+        ),
+        progress=False,
+    )
     write_vocab(out / name, {i: f"t{i}" for i in range(PROTOCOL_VOCAB)})
     return out / name

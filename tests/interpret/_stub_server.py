@@ -19,9 +19,9 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 
 @dataclass
@@ -49,7 +49,7 @@ class StubServer:
     requests: list = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def __enter__(self) -> "StubServer":
+    def __enter__(self) -> StubServer:
         stub = self
 
         class _H(BaseHTTPRequestHandler):
@@ -121,22 +121,42 @@ class StubServer:
 
 # ---- response builders ------------------------------------------------------------------------------
 
+
 def chat_body(text: str, pieces: list[tuple[str, dict[str, float]]] | None = None, model: str = "stub-model") -> dict:
     """A chat.completion; ``pieces`` (token, top logprobs) become ``logprobs.content`` when given."""
-    choice: dict = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text},
-                    "logprobs": None}
+    choice: dict = {
+        "index": 0,
+        "finish_reason": "stop",
+        "message": {"role": "assistant", "content": text},
+        "logprobs": None,
+    }
     if pieces is not None:
         assert "".join(t for t, _ in pieces) == text
-        choice["logprobs"] = {"content": [
-            {"token": t, "logprob": max(top.values()) if top else 0.0, "bytes": list(t.encode()),
-             "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode())} for k, v in top.items()]}
-            for t, top in pieces]}
+        choice["logprobs"] = {
+            "content": [
+                {
+                    "token": t,
+                    "logprob": max(top.values()) if top else 0.0,
+                    "bytes": list(t.encode()),
+                    "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode())} for k, v in top.items()],
+                }
+                for t, top in pieces
+            ]
+        }
     n_out = len(pieces) if pieces else max(1, len(text.split()))
-    return {"id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [choice], "usage": {"prompt_tokens": 100, "completion_tokens": n_out, "total_tokens": 100 + n_out}}
+    return {
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [choice],
+        "usage": {"prompt_tokens": 100, "completion_tokens": n_out, "total_tokens": 100 + n_out},
+    }
 
 
-def completion_body(prompt: str, tops: list[dict[str, float] | None], tokens: list[str], model: str = "stub-model") -> dict:
+def completion_body(
+    prompt: str, tops: list[dict[str, float] | None], tokens: list[str], model: str = "stub-model"
+) -> dict:
     """An echoed legacy completion: prompt tokens with top logprobs, then one generated token."""
     offsets, pos = [], 0
     for t in tokens:
@@ -144,14 +164,30 @@ def completion_body(prompt: str, tops: list[dict[str, float] | None], tokens: li
         pos += len(t)
     assert "".join(tokens) == prompt
     tokens, tops, offsets = tokens + ["."], tops + [{".": 0.0}], offsets + [pos]
-    return {"id": "cmpl-stub", "object": "text_completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "finish_reason": "length", "text": prompt + ".",
-                         "logprobs": {"tokens": tokens, "text_offset": offsets, "top_logprobs": tops,
-                                      "token_logprobs": [None] + [0.0] * (len(tokens) - 1)}}],
-            "usage": {"prompt_tokens": len(tokens) - 1, "completion_tokens": 1, "total_tokens": len(tokens)}}
+    return {
+        "id": "cmpl-stub",
+        "object": "text_completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "length",
+                "text": prompt + ".",
+                "logprobs": {
+                    "tokens": tokens,
+                    "text_offset": offsets,
+                    "top_logprobs": tops,
+                    "token_logprobs": [None] + [0.0] * (len(tokens) - 1),
+                },
+            }
+        ],
+        "usage": {"prompt_tokens": len(tokens) - 1, "completion_tokens": 1, "total_tokens": len(tokens)},
+    }
 
 
 # ---- the oracle -------------------------------------------------------------------------------------
+
 
 def value_logprobs(v: int, confidence: float = 0.8) -> dict[str, float]:
     """A peaked distribution over "0".."10": ``confidence`` on v, the rest on a neighbour."""
@@ -161,8 +197,8 @@ def value_logprobs(v: int, confidence: float = 0.8) -> dict[str, float]:
 
 def last_block(text: str) -> list[str]:
     """The token column of the last ``<start> ... <end>`` block of a prompt."""
-    block = text[text.rfind("<start>\n") + len("<start>\n"):]
-    block = block[:block.find("\n<end>")]
+    block = text[text.rfind("<start>\n") + len("<start>\n") :]
+    block = block[: block.find("\n<end>")]
     return [line.rsplit("\t", 1)[0] for line in block.split("\n")]
 
 

@@ -10,14 +10,29 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from saex.interpret.density import BELOW, EDGES, NEVER, bin_labels, by_density, density_bin, density_comparison, \
-    matched_difference
+from saex.interpret.density import (
+    BELOW,
+    EDGES,
+    NEVER,
+    bin_labels,
+    by_density,
+    density_bin,
+    density_comparison,
+    matched_difference,
+)
 from saex.interpret.run import summarize_method
 
 
 def row(density, top_random, top=None, random=None, feature=0) -> dict:
-    return {"feature": feature, "density": density, "skew": 1.0, "kurtosis": 3.0, "token_entropy": 1.0,
-            "explanation": {"text": "x"}, "scores": {"top_random": top_random, "top": top, "random": random}}
+    return {
+        "feature": feature,
+        "density": density,
+        "skew": 1.0,
+        "kurtosis": 3.0,
+        "token_entropy": 1.0,
+        "explanation": {"text": "x"},
+        "scores": {"top_random": top_random, "top": top, "random": random},
+    }
 
 
 def test_bin_labels_and_edges():
@@ -25,19 +40,35 @@ def test_bin_labels_and_edges():
     assert bin_labels() == [NEVER, BELOW, "[1e-5, 1e-4)", "[1e-4, 1e-3)", "[1e-3, 1e-2)", "[1e-2, 1e-1)", "[1e-1, 1]"]
 
 
-@pytest.mark.parametrize("density,label", [
-    (0.0, NEVER), (None, NEVER), (math.nan, NEVER),
-    (3e-6, BELOW), (1e-5, "[1e-5, 1e-4)"), (9.99e-5, "[1e-5, 1e-4)"), (1e-4, "[1e-4, 1e-3)"),
-    (5e-3, "[1e-3, 1e-2)"), (0.0999, "[1e-2, 1e-1)"), (0.1, "[1e-1, 1]"), (1.0, "[1e-1, 1]"),
-])
+@pytest.mark.parametrize(
+    "density,label",
+    [
+        (0.0, NEVER),
+        (None, NEVER),
+        (math.nan, NEVER),
+        (3e-6, BELOW),
+        (1e-5, "[1e-5, 1e-4)"),
+        (9.99e-5, "[1e-5, 1e-4)"),
+        (1e-4, "[1e-4, 1e-3)"),
+        (5e-3, "[1e-3, 1e-2)"),
+        (0.0999, "[1e-2, 1e-1)"),
+        (0.1, "[1e-1, 1]"),
+        (1.0, "[1e-1, 1]"),
+    ],
+)
 def test_density_bin(density, label):
     assert density_bin(density) == label
 
 
 def test_by_density_on_known_densities():
-    rows = [row(2e-4, 0.5), row(3e-4, None), row(5e-4, 0.3),      # [1e-4, 1e-3): 0.5, 0, 0.3
-            row(0.5, 0.1), row(1.0, 0.2),                         # [1e-1, 1]: 0.1, 0.2
-            {"feature": 9, "density": 0.5, "skipped": "too few fragments"}]  # not scored: in no bin
+    rows = [
+        row(2e-4, 0.5),
+        row(3e-4, None),
+        row(5e-4, 0.3),  # [1e-4, 1e-3): 0.5, 0, 0.3
+        row(0.5, 0.1),
+        row(1.0, 0.2),  # [1e-1, 1]: 0.1, 0.2
+        {"feature": 9, "density": 0.5, "skipped": "too few fragments"},
+    ]  # not scored: in no bin
     got = by_density(rows, "top_random")
     assert list(got) == bin_labels()
     mid = got["[1e-4, 1e-3)"]
@@ -45,8 +76,9 @@ def test_by_density_on_known_densities():
     assert mid["ci95"] == pytest.approx(1.96 * np.std([0.5, 0, 0.3], ddof=1) / math.sqrt(3))
     top = got["[1e-1, 1]"]
     assert top["mean"] == pytest.approx(0.15) and (top["n"], top["undefined"]) == (2, 0)
-    assert all(got[b]["n"] == 0 and math.isnan(got[b]["mean"]) for b in bin_labels() if b not in (
-        "[1e-4, 1e-3)", "[1e-1, 1]"))
+    assert all(
+        got[b]["n"] == 0 and math.isnan(got[b]["mean"]) for b in bin_labels() if b not in ("[1e-4, 1e-3)", "[1e-1, 1]")
+    )
 
 
 def test_matched_difference_by_hand():
@@ -83,8 +115,14 @@ def test_density_comparison_separates_density_from_score():
 
 
 def _index(baseline=None):
-    return SimpleNamespace(meta={"dictionary": {"baseline": baseline, "arch": "tied_l1", "alpha": 1e-3},
-                                 "hook": "h", "d_dict": 8, "d_in": 4})
+    return SimpleNamespace(
+        meta={
+            "dictionary": {"baseline": baseline, "arch": "tied_l1", "alpha": 1e-3},
+            "hook": "h",
+            "d_dict": 8,
+            "d_in": 4,
+        }
+    )
 
 
 def test_random_only_with_many_undefined_no_longer_beats_top_and_random():
@@ -102,13 +140,24 @@ def test_random_only_with_many_undefined_no_longer_beats_top_and_random():
 
 def test_nulls_and_detection_count_undefined_as_no_information():
     rows = [row(1e-3, 0.4), row(1e-3, 0.2)]
-    nulls = [{"feature": 0, "scores": {"top_random": None, "top": None, "random": 0.1}},
-             {"feature": 1, "scores": {"top_random": 0.1, "top": 0.1, "random": 0.1}}]
+    nulls = [
+        {"feature": 0, "scores": {"top_random": None, "top": None, "random": 0.1}},
+        {"feature": 1, "scores": {"top_random": 0.1, "top": 0.1, "random": 0.1}},
+    ]
     got = summarize_method("m", _index("pca"), rows, nulls, "cunningham2023")
     assert got["null_top_random"]["mean"] == pytest.approx(0.05) and got["null_top_random"]["undefined"] == 1
     # delphi: an undefined AUROC (no non-activating window) is chance, 0.5, not 0
-    det = [{"feature": i, "density": 0.5, "skew": 1.0, "kurtosis": 3.0, "explanation": {"text": "x"},
-            "scores": {"auroc": a, "balanced_accuracy": b}} for i, (a, b) in enumerate([(0.9, 0.8), (None, None)])]
+    det = [
+        {
+            "feature": i,
+            "density": 0.5,
+            "skew": 1.0,
+            "kurtosis": 3.0,
+            "explanation": {"text": "x"},
+            "scores": {"auroc": a, "balanced_accuracy": b},
+        }
+        for i, (a, b) in enumerate([(0.9, 0.8), (None, None)])
+    ]
     got = summarize_method("m", _index(), det, [], "delphi")
     assert got["auroc"]["mean"] == pytest.approx(0.7) and got["auroc"]["undefined"] == 1
     assert got["balanced_accuracy"]["mean"] == pytest.approx(0.65)

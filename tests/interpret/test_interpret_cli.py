@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests._cli import run_cli as _main
 from saex.dictionaries.random_directions import random_directions
 from saex.dictionaries.sae import SAE
 from saex.features.index import FeatureIndex
@@ -32,6 +31,7 @@ from saex.interpret.offline import LABEL, TableExplainer, TableSimulator
 from saex.interpret.protocol import sample_feature
 from saex.interpret.records import Explanation
 from saex.interpret.scoring import pooled_pearson
+from tests._cli import run_cli as _main
 from tests.conftest import WORDS, build_tokenizer
 from tests.features._helpers import HOOK, write_store
 from tests.interpret._fixtures import write_vocab
@@ -54,8 +54,11 @@ def _tokens_and_columns(seed: int = 0):
     rng = np.random.default_rng(seed)
     others = [w for w in WORDS if w not in ("river", "city", "water")]
     u = rng.random(C * T)
-    words = np.where(u < 0.12, "river", np.where(u < 0.17, "city", np.where(u < 0.22, "water",
-                     np.array(others)[rng.integers(0, len(others), C * T)])))
+    words = np.where(
+        u < 0.12,
+        "river",
+        np.where(u < 0.17, "city", np.where(u < 0.22, "water", np.array(others)[rng.integers(0, len(others), C * T)])),
+    )
     token_ids = np.array([ids[w] for w in words], dtype=np.int32)
     X = rng.normal(size=(C * T, D))
     X[:, 0] = words == "river"
@@ -81,9 +84,29 @@ def features(tmp_path_factory) -> Path:
     _onehot_dict().save(dicts / "onehot")
     random_directions(D, 12, seed=0, metadata={"hook_name": HOOK, "baseline": "random"}).save(dicts / "random")
     out = root / "features"
-    rc, _, err = _main("features", "--acts", str(acts), "--dicts", str(dicts), "--out", str(out),
-                       "--fragment-length", str(L), "--no-one-per-document", "--top", "25", "--random", "40",
-                       "--zero", "30", "--no-decode", "--exclude-first", "0", "--no-exclude-special-tokens", "--quiet")
+    rc, _, err = _main(
+        "features",
+        "--acts",
+        str(acts),
+        "--dicts",
+        str(dicts),
+        "--out",
+        str(out),
+        "--fragment-length",
+        str(L),
+        "--no-one-per-document",
+        "--top",
+        "25",
+        "--random",
+        "40",
+        "--zero",
+        "30",
+        "--no-decode",
+        "--exclude-first",
+        "0",
+        "--no-exclude-special-tokens",
+        "--quiet",
+    )
     assert rc == 0, err
     vocab = {i: tok.decode([i]) for i in torch.unique(tokens).tolist()}
     assert vocab[tok.convert_tokens_to_ids("river")] == "river"
@@ -121,8 +144,14 @@ def test_folders(run):
     # results live under the backend tag: offline scores never share a folder with LLM ones
     assert res.is_relative_to(out / TAG)
     assert sorted(p.name for p in out.iterdir()) == ["interpret.json", TAG]
-    assert sorted(p.name for p in res.iterdir()) == ["comparison.json", "comparison.md", "onehot", "plots",
-                                                     "random", "table1.md"]
+    assert sorted(p.name for p in res.iterdir()) == [
+        "comparison.json",
+        "comparison.md",
+        "onehot",
+        "plots",
+        "random",
+        "table1.md",
+    ]
     assert sorted(p.name for p in (res / "onehot").iterdir()) == ["null.jsonl", "scores.jsonl"]
     cfg = json.loads((out / "interpret.json").read_text())["config"]
     assert cfg["backend"] == "offline" and cfg["preset"] == "cunningham2023" and cfg["budget"] == 8
@@ -132,8 +161,14 @@ def test_scores_records(run, features):
     _, res = run
     rows = _rows(res / "onehot" / "scores.jsonl")
     assert [r["feature"] for r in rows] == [0, 1, 2, 3]
-    identity = {"index": FeatureIndex(features / "onehot").meta["identity"], "preset": "cunningham2023",
-                "backend": TAG, "seed": 0, "selection": "index", "simulator_mode": "auto"}
+    identity = {
+        "index": FeatureIndex(features / "onehot").meta["identity"],
+        "preset": "cunningham2023",
+        "backend": TAG,
+        "seed": 0,
+        "selection": "index",
+        "simulator_mode": "auto",
+    }
     for r in rows:
         assert r["identity"] == identity
         assert r["backend"] == TAG and r["preset"] == "cunningham2023"
@@ -171,8 +206,11 @@ def test_scores_records(run, features):
             records = s.score_top + s.score_random
             pred, true = TableSimulator().simulate(e, records), [x.activations for x in records]
             want = pooled_pearson(true, pred)
-            assert r["scores"]["top_random"] is None if math.isnan(want) else \
-                r["scores"]["top_random"] == pytest.approx(want)
+            assert (
+                r["scores"]["top_random"] is None
+                if math.isnan(want)
+                else r["scores"]["top_random"] == pytest.approx(want)
+            )
     # random directions: dense, all scored, low on average
     rand = _rows(res / "random" / "scores.jsonl")
     assert [r["feature"] for r in rand] == list(range(12)) and all("scores" in r for r in rand)
@@ -237,14 +275,16 @@ def test_comparison_tables_and_plots(run):
     t1 = (res / "table1.md").read_text()
     assert "### onehot" in t1 and "### random" in t1 and "'river'" in t1 and LABEL in t1
     plots = res / "plots"
-    assert sorted(p.name for p in plots.iterdir()) == sorted(f"{k}.{e}" for k in ("top_random", "top", "random")
-                                                             for e in ("png", "json"))
+    assert sorted(p.name for p in plots.iterdir()) == sorted(
+        f"{k}.{e}" for k in ("top_random", "top", "random") for e in ("png", "json")
+    )
     for k in ("top_random", "top", "random"):
         assert (plots / f"{k}.png").read_bytes()[:8] == PNG
         data = json.loads((plots / f"{k}.json").read_text())
         assert data["score"] == k and data["scorer"] == LABEL
         assert {d["method"]: d["mean"] for d in data["methods"]} == pytest.approx(
-            {"onehot": oh[k]["mean"], "random": rd[k]["mean"]})
+            {"onehot": oh[k]["mean"], "random": rd[k]["mean"]}
+        )
 
 
 def test_rerun_appends_nothing(features, run):
@@ -316,24 +356,40 @@ def test_an_index_without_token_text_is_refused(features, tmp_path):
 def test_an_index_with_too_few_top_fragments_is_refused(features, tmp_path):
     root = features.parent
     small = tmp_path / "small"
-    rc, _, err = _main("features", "--acts", str(root / "acts"), "--dicts", str(root / "dicts" / "onehot"),
-                       "--out", str(small), "--fragment-length", str(L), "--no-one-per-document", "--top", "10",
-                       "--no-decode", "--quiet")
+    rc, _, err = _main(
+        "features",
+        "--acts",
+        str(root / "acts"),
+        "--dicts",
+        str(root / "dicts" / "onehot"),
+        "--out",
+        str(small),
+        "--fragment-length",
+        str(L),
+        "--no-one-per-document",
+        "--top",
+        "10",
+        "--no-decode",
+        "--quiet",
+    )
     assert rc == 0, err
     write_vocab(small / "onehot", json.loads((features / "onehot" / "vocab.json").read_text()))
     rc, _, err = _interpret(small, tmp_path / "out")
     assert rc == 2 and "--top >= 20" in _one_error_line(err)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--preset", "paper"], "unknown preset 'paper'"),
-    (["--backend", "claude"], "unknown backend 'claude'"),
-    (["--backend", "openai"], "--backend openai needs --model"),
-    (["--n-features", "0"], "--n-features must be positive, got 0"),
-    (["--seed", "-1"], "--seed must be >= 0, got -1"),
-    (["--selection", "best"], "unknown selection 'best'"),
-    (["--budget", "0"], "--budget must be positive"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--preset", "paper"], "unknown preset 'paper'"),
+        (["--backend", "claude"], "unknown backend 'claude'"),
+        (["--backend", "openai"], "--backend openai needs --model"),
+        (["--n-features", "0"], "--n-features must be positive, got 0"),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--selection", "best"], "unknown selection 'best'"),
+        (["--budget", "0"], "--budget must be positive"),
+    ],
+)
 def test_errors_are_one_line(features, tmp_path, args, message):
     out = tmp_path / "out"
     rc, _, err = _interpret(features, out, *args)

@@ -14,8 +14,17 @@ def test_hf_backend_through_the_whole_pipeline(features, tmp_path):  # noqa: F81
     folder = tmp_path / "tiny-chat"
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
-    rc, stdout, err = _interpret(features / "onehot", tmp_path / "out", "--backend", "hf", "--model", str(folder),
-                                 "--n-features", "1", "--no-null")
+    rc, stdout, err = _interpret(
+        features / "onehot",
+        tmp_path / "out",
+        "--backend",
+        "hf",
+        "--model",
+        str(folder),
+        "--n-features",
+        "1",
+        "--no-null",
+    )
     assert rc == 0, err
     res = _results(stdout)
     assert res.parent.name.startswith("hf-") and res.name == "cunningham2023"

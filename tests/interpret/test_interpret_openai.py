@@ -26,9 +26,23 @@ def _river(token: str) -> int:
 def test_oracle_through_the_whole_pipeline(features, tmp_path, monkeypatch, invert, caps):  # noqa: F811
     monkeypatch.setenv("SAEX_TEST_KEY", KEY)
     with StubServer(handler=Oracle(_river, invert=invert, explanation="the word river", **caps)) as stub:
-        rc, stdout, err = _interpret(features / "onehot", tmp_path / "out", "--backend", "openai",
-                                     "--model", "stub-model", "--base-url", stub.url, "--api-key-env",
-                                     "SAEX_TEST_KEY", "--n-features", "1", "--no-null", "--max-retries", "1")
+        rc, stdout, err = _interpret(
+            features / "onehot",
+            tmp_path / "out",
+            "--backend",
+            "openai",
+            "--model",
+            "stub-model",
+            "--base-url",
+            stub.url,
+            "--api-key-env",
+            "SAEX_TEST_KEY",
+            "--n-features",
+            "1",
+            "--no-null",
+            "--max-retries",
+            "1",
+        )
         n_requests = len(stub.requests)
     assert rc == 0, err
     res = _results(stdout)
@@ -46,15 +60,39 @@ def test_oracle_through_the_whole_pipeline(features, tmp_path, monkeypatch, inve
             assert KEY not in path.read_text(errors="replace"), path
     # a rerun is answered from the scores file: the server is not asked again
     with StubServer(handler=Oracle(_river, invert=invert, **caps)) as stub:
-        rc, _, err = _interpret(features / "onehot", tmp_path / "out", "--backend", "openai", "--model",
-                                "stub-model", "--base-url", stub.url, "--api-key-env", "SAEX_TEST_KEY",
-                                "--n-features", "1", "--no-null", "--max-retries", "1")
+        rc, _, err = _interpret(
+            features / "onehot",
+            tmp_path / "out",
+            "--backend",
+            "openai",
+            "--model",
+            "stub-model",
+            "--base-url",
+            stub.url,
+            "--api-key-env",
+            "SAEX_TEST_KEY",
+            "--n-features",
+            "1",
+            "--no-null",
+            "--max-retries",
+            "1",
+        )
         assert rc == 0, err
         assert n_requests > 0 and not [r for r in stub.requests if "completions" in r[0]]
 
 
 def test_a_missing_key_is_one_line(features, tmp_path, monkeypatch, capsys):  # noqa: F811
     monkeypatch.delenv("SAEX_ABSENT_KEY", raising=False)
-    rc, _, err = _interpret(features / "onehot", tmp_path / "out", "--backend", "openai", "--model", "m",
-                            "--base-url", "https://api.example.com/v1", "--api-key-env", "SAEX_ABSENT_KEY")
+    rc, _, err = _interpret(
+        features / "onehot",
+        tmp_path / "out",
+        "--backend",
+        "openai",
+        "--model",
+        "m",
+        "--base-url",
+        "https://api.example.com/v1",
+        "--api-key-env",
+        "SAEX_ABSENT_KEY",
+    )
     assert rc == 2 and "SAEX_ABSENT_KEY" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

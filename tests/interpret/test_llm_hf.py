@@ -15,34 +15,80 @@ from saex.interpret.llm.hf_backend import HFBackend
 from saex.interpret.llm.prompts import simulation_segments
 from saex.interpret.records import ActivationRecord, Explanation
 
-WORDS = ("the a cat dog sat on mat word unknown neuron activations explanation behavior of main thing this does "
-         "is find we studying neurons in neural network").split()
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "mat",
+    "word",
+    "unknown",
+    "neuron",
+    "activations",
+    "explanation",
+    "behavior",
+    "of",
+    "main",
+    "thing",
+    "this",
+    "does",
+    "is",
+    "find",
+    "we",
+    "studying",
+    "neurons",
+    "in",
+    "neural",
+    "network",
+]
 
 
 def tiny_lm(ten_is_one_token: bool, family: str = "llama"):
     """A word-level tokenizer with tab, newline, space and digit tokens, and a 2-layer model over it
     (gemma3: one sliding-window layer with a window far shorter than the prompt, one global layer)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM,
-                              PreTrainedTokenizerFast)
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from saex.lm.loading import LoadedModel
 
     digits = [str(i) for i in range(10)] + (["10"] if ten_is_one_token else [])
-    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "\t", "\n", " ", "<start>", "<end>", ".", ":",
-                                         '"', "[", "]", ","] + digits + WORDS)}
+    vocab = {
+        t: i
+        for i, t in enumerate(
+            ["<unk>", "<s>", "</s>", "\t", "\n", " ", "<start>", "<end>", ".", ":", '"', "[", "]", ","] + digits + WORDS
+        )
+    }
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     number = r"10|\d" if ten_is_one_token else r"\d"
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(rf"\t|\n| |{number}|<start>|<end>|[A-Za-z]+|[^\sA-Za-z\d]"),
-                                             behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(
+        Regex(rf"\t|\n| |{number}|<start>|<end>|[A-Za-z]+|[^\sA-Za-z\d]"), behavior="isolated"
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     torch.manual_seed(0)
-    common = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    common = dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     if family == "gemma3":
-        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, head_dim=8, query_pre_attn_scalar=8, sliding_window=8,
-                                                   layer_types=["sliding_attention", "full_attention"]))
+        model = Gemma3ForCausalLM(
+            Gemma3TextConfig(
+                **common,
+                head_dim=8,
+                query_pre_attn_scalar=8,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"],
+            )
+        )
     else:
         model = LlamaForCausalLM(LlamaConfig(**common))
     model.eval()
@@ -97,8 +143,10 @@ def test_two_token_ten_matches_separate_forward_passes(family):
     assert len(ids) > 100  # far beyond gemma3's 8-token window: its sliding layer must get its own mask
     with torch.no_grad():
         for row, tab in zip(rows, tabs):
-            p_first = torch.softmax(hf.lm(input_ids=torch.tensor([ids[:tab + 1]])).logits[0, -1].double(), -1)
-            p_after_one = torch.softmax(hf.lm(input_ids=torch.tensor([ids[:tab + 1] + [one]])).logits[0, -1].double(), -1)
+            p_first = torch.softmax(hf.lm(input_ids=torch.tensor([ids[: tab + 1]])).logits[0, -1].double(), -1)
+            p_after_one = torch.softmax(
+                hf.lm(input_ids=torch.tensor([ids[: tab + 1] + [one]])).logits[0, -1].double(), -1
+            )
             raw = np.array([float(p_first[d]) for d in digits] + [0.0])
             raw[1] = float(p_first[one] * (1 - p_after_one[digits].sum()))
             raw[10] = float(p_first[one] * p_after_one[zero])
@@ -118,8 +166,9 @@ def test_generation_feeds_explainer_and_detector(hf):
 
 
 def test_greedy_generation_reports_consistent_top_logprobs(hf):
-    result = hf.chat([{"role": "user", "content": "the cat sat on the mat"}], max_tokens=6, top_logprobs=5,
-                     parse=lambda r: r)
+    result = hf.chat(
+        [{"role": "user", "content": "the cat sat on the mat"}], max_tokens=6, top_logprobs=5, parse=lambda r: r
+    )
     assert "".join(t for t, _ in result.pieces) == result.text and len(result.pieces) <= 6
     for token, top in result.pieces:
         assert 0 < len(top) <= 5 and all(lp <= 0 for lp in top.values())

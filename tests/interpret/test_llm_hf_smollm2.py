@@ -41,7 +41,7 @@ def test_smollm2_simulation_structure(hf):
     one = hf.plan[1][0]
     with torch.no_grad():
         probe = hf._forward_with_probes(ids, tabs)
-        ref = hf.lm(input_ids=torch.tensor([ids[:tabs[1] + 1] + [one]])).logits[0, -1]
+        ref = hf.lm(input_ids=torch.tensor([ids[: tabs[1] + 1] + [one]])).logits[0, -1]
     torch.testing.assert_close(probe[len(ids) + 1], ref, rtol=1e-4, atol=1e-3)
 
 

@@ -48,8 +48,9 @@ def backend(url: str, tmp_path: Path | None = None, model: str | None = "stub-mo
 EXPLANATION = Explanation(text="the word cat", backend="test")
 
 
-@pytest.mark.parametrize("caps,mode", [({}, "echo"), ({"echo": False}, "top_logprobs"),
-                                       ({"echo": False, "chat_logprobs": False}, "text")])
+@pytest.mark.parametrize(
+    "caps,mode", [({}, "echo"), ({"echo": False}, "top_logprobs"), ({"echo": False, "chat_logprobs": False}, "text")]
+)
 def test_oracle_scores_one_on_every_rung(caps, mode):
     records = make_records()
     with StubServer(handler=Oracle(oracle_value, **caps)) as stub:
@@ -96,18 +97,21 @@ def test_detection_oracle_has_auroc_one():
             det = LLMDetector(backend(stub.url), n_per_prompt=4)
             scores = det.detect(EXPLANATION, pos + neg)
         assert len(scores) == len(pos) + len(neg)
-        assert auroc(np.array(scores[:len(pos)]), np.array(scores[len(pos):])) == 1.0
+        assert auroc(np.array(scores[: len(pos)]), np.array(scores[len(pos) :])) == 1.0
         assert det.used_logprobs is chat_logprobs
         expected = [0.9] * len(pos) + [0.1] * len(neg) if chat_logprobs else [1.0] * len(pos) + [0.0] * len(neg)
         np.testing.assert_allclose(scores, expected)
 
 
-@pytest.mark.parametrize("fault,counter", [
-    (StubReply(status=429, body={"error": {"message": "slow down"}}), "rate_limited"),
-    (StubReply(status=500, body={"error": {"message": "boom"}}), "server_errors"),
-    (StubReply(body=b"<html>not json</html>"), "malformed"),
-    (StubReply(hang_s=1.0), "timeouts"),
-])
+@pytest.mark.parametrize(
+    "fault,counter",
+    [
+        (StubReply(status=429, body={"error": {"message": "slow down"}}), "rate_limited"),
+        (StubReply(status=500, body={"error": {"message": "boom"}}), "server_errors"),
+        (StubReply(body=b"<html>not json</html>"), "malformed"),
+        (StubReply(hang_s=1.0), "timeouts"),
+    ],
+)
 def test_transient_faults_are_retried_and_counted(fault, counter):
     records = make_records(3)
     with StubServer(handler=Oracle(oracle_value)) as stub:
@@ -161,6 +165,7 @@ def test_cache_makes_a_rerun_free_and_never_holds_the_key(tmp_path, monkeypatch)
     monkeypatch.setenv("SAEX_TEST_LLM_KEY", secret)
     records = make_records(4)
     with StubServer(handler=Oracle(oracle_value)) as stub:
+
         def run():
             b = make_backend("openai", "stub-model", stub.url, api_key_env="SAEX_TEST_LLM_KEY", cache_dir=tmp_path)
             ex = LLMExplainer(b).explain(records[:2])
@@ -170,7 +175,9 @@ def test_cache_makes_a_rerun_free_and_never_holds_the_key(tmp_path, monkeypatch)
 
         b1, text1, pred1, det1 = run()
         sent = stub.count()
-        assert sent > 0 and {k.lower(): v for k, v in stub.requests[-1][2].items()}["authorization"] == f"Bearer {secret}"
+        assert (
+            sent > 0 and {k.lower(): v for k, v in stub.requests[-1][2].items()}["authorization"] == f"Bearer {secret}"
+        )
         b2, text2, pred2, det2 = run()
         assert stub.count() == sent  # zero requests the second time, probe included
     assert text1 == text2 and det1 == det2

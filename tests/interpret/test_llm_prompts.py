@@ -18,8 +18,10 @@ def _record(tokens, acts):
 
 
 def test_explainer_prompt_follows_bills():
-    recs = [_record([" the", " cat", "\tx", " sat"] + [" a"] * 16, [0, 5.0, 0, 2.5] + [0] * 16),
-            _record([" cat", " dog"], [10.0, 0])]
+    recs = [
+        _record([" the", " cat", "\tx", " sat"] + [" a"] * 16, [0, 5.0, 0, 2.5] + [0] * 16),
+        _record([" cat", " dog"], [10.0, 0]),
+    ]
     msgs = prompts.explanation_messages(recs)
     assert msgs[0] == {"role": "system", "content": prompts.EXPLAINER_SYSTEM}
     assert msgs[0]["content"].startswith("We're studying neurons in a neural network. Each neuron looks for")
@@ -54,11 +56,13 @@ def test_simulation_segments_are_bills_all_at_once_prompt():
     prompt = "".join(segs)
     assert prompt.startswith(prompts.SIMULATOR_SYSTEM)
     assert "We're studying neurons in a neural network.\nEach neuron looks for" in prompt
-    assert prompt.endswith("Explanation of neuron 3 behavior: the main thing this neuron does is find the word cat"
-                           "\nActivations: \n<start>\n The\tunknown\n c\\tat\tunknown\n\\n\tunknown\n<end>\n")
+    assert prompt.endswith(
+        "Explanation of neuron 3 behavior: the main thing this neuron does is find the word cat"
+        "\nActivations: \n<start>\n The\tunknown\n c\\tat\tunknown\n\\n\tunknown\n<end>\n"
+    )
     assert len(segs) == len(toks) + 1
     offsets = np.cumsum([len(s) for s in segs[:-1]])
-    assert all(prompt[o:o + 8] == "unknown\n" and prompt[o - 1] == "\t" for o in offsets)
+    assert all(prompt[o : o + 8] == "unknown\n" and prompt[o - 1] == "\t" for o in offsets)
     # The few-shot examples teach the "unknown" slot before the first revealed activation.
     assert "We\tunknown\n stayed\tunknown\n inside\tunknown\n because\t0" in prompt
 
@@ -66,8 +70,10 @@ def test_simulation_segments_are_bills_all_at_once_prompt():
 def test_chat_simulation_and_detection_prompts():
     lines = prompts.simulation_lines_messages("the word cat", [" a", " cat"])
     assert lines[0]["content"] == prompts.SIMULATOR_SYSTEM
-    assert lines[-1]["content"].endswith("Answer with exactly 2 lines in the format token<tab>activation, "
-                                         "one per token, in the same order, and nothing else.")
+    assert lines[-1]["content"].endswith(
+        "Answer with exactly 2 lines in the format token<tab>activation, "
+        "one per token, in the same order, and nothing else."
+    )
     assert "\n<start>\n a\tunknown\n cat\tunknown\n<end>\n" in lines[-1]["content"]
     js = prompts.simulation_json_messages("the word cat", [" a", " cat"])
     assert "JSON list of exactly 2 integers" in js[-1]["content"]
@@ -118,8 +124,15 @@ def test_echo_parser_aligns_by_offset():
 def test_line_parser():
     toks = [" a", " cat"]
     text = "a\t0\n cat\t7"
-    pieces = [("a", {}), ("\t", {}), ("0", {"0": 0.0}), ("\n", {}), (" cat", {}), ("\t", {}),
-              ("7", {"7": math.log(0.5), "5": math.log(0.5)})]
+    pieces = [
+        ("a", {}),
+        ("\t", {}),
+        ("0", {"0": 0.0}),
+        ("\n", {}),
+        (" cat", {}),
+        ("\t", {}),
+        ("7", {"7": math.log(0.5), "5": math.log(0.5)}),
+    ]
     evs, points = parse_lines(ChatResult(text, pieces), toks)
     np.testing.assert_allclose(evs, [0.0, 6.0])
     assert points == 0

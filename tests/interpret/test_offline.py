@@ -45,9 +45,11 @@ def test_max_activation_is_the_largest_relu_over_records():
 
 
 # -- TableExplainer --------------------------------------------------------------------------------------
-HAND = [rec("a b c", [0.0, 2.0, 1.1]),       # max 2 -> discretised 0, 10, 5
-        rec("b a b", [1.99, -3.0, 0.05]),     # -> 9, 0, 0
-        rec("d b", [0.0, 2.0])]               # -> 0, 10
+HAND = [
+    rec("a b c", [0.0, 2.0, 1.1]),  # max 2 -> discretised 0, 10, 5
+    rec("b a b", [1.99, -3.0, 0.05]),  # -> 9, 0, 0
+    rec("d b", [0.0, 2.0]),
+]  # -> 0, 10
 
 
 def test_explainer_hand_table():
@@ -56,16 +58,19 @@ def test_explainer_hand_table():
     # bigrams: (a,b) (10+0)/2 -> 10/3; (b,c) 5/1 -> 2.5; (b,a) 0; (d,b) 10/1 -> 5
     e = TableExplainer(budget=8).explain(HAND)
     assert e.backend == "offline" and e.usage == {}
-    assert e.rule == {"unigrams": [["b", 5.8], ["c", 2.5]],
-                      "bigrams": [[["d", "b"], 5.0], [["a", "b"], 3.3333], [["b", "c"], 2.5]]}
+    assert e.rule == {
+        "unigrams": [["b", 5.8], ["c", 2.5]],
+        "bigrams": [[["d", "b"], 5.0], [["a", "b"], 3.3333], [["b", "c"], 2.5]],
+    }
     assert e.text == "tokens: 'b' (5.8); 'c' (2.5); 'd' then 'b' (5.0); 'a' then 'b' (3.3); 'b' then 'c' (2.5)"
     json.dumps(e.rule)  # JSON-ready
 
 
 def test_explainer_respects_the_budget_and_keeps_the_largest_values():
     rng = np.random.default_rng(0)
-    records = [rec([f"w{i}" for i in rng.integers(0, 40, 64)], rng.random(64) * (rng.random(64) < 0.5))
-               for _ in range(5)]
+    records = [
+        rec([f"w{i}" for i in rng.integers(0, 40, 64)], rng.random(64) * (rng.random(64) < 0.5)) for _ in range(5)
+    ]
     # hand table from the definition
     top = max(float(r.activations.max()) for r in records)
     uni: dict = {}
@@ -93,8 +98,10 @@ def test_explainer_min_value_and_empty_table():
 
 def test_explainer_is_deterministic_and_order_free():
     rng = random.Random(3)
-    records = [rec([rng.choice("abcdefg") for _ in range(20)], [rng.choice([0, 0, 1, 2, 3]) for _ in range(20)])
-               for _ in range(5)]
+    records = [
+        rec([rng.choice("abcdefg") for _ in range(20)], [rng.choice([0, 0, 1, 2, 3]) for _ in range(20)])
+        for _ in range(5)
+    ]
     first = TableExplainer(budget=3).explain(records)
     assert TableExplainer(budget=3).explain(records) == first
     assert TableExplainer(budget=3).explain(records[::-1]).rule == first.rule

@@ -15,8 +15,18 @@ from scipy.stats import rankdata
 from saex.errors import SaexError
 from saex.features.index import FeatureIndex
 from saex.interpret.protocol import MIN_FRAGMENTS, PRESETS, sample_feature
-from tests.interpret._fixtures import (ACTIVE, N_FRAGMENTS, PC, PL, PT, RANDOM, TOP, ZERO, build_protocol_index,
-                                       protocol_columns)
+from tests.interpret._fixtures import (
+    ACTIVE,
+    N_FRAGMENTS,
+    PC,
+    PL,
+    PT,
+    RANDOM,
+    TOP,
+    ZERO,
+    build_protocol_index,
+    protocol_columns,
+)
 
 SCORED = (0, 2, 3)
 """Features with at least 20 activating fragments (140, 210 and exactly 20)."""

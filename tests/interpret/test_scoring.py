@@ -47,14 +47,17 @@ def test_pooled_pearson_against_numpy_on_random_sequences():
     assert pooled_pearson([t * 7 + 3 for t in true], [p / 10 for p in pred]) == pytest.approx(want, rel=1e-10)
 
 
-@pytest.mark.parametrize("true,pred", [
-    ([a(2, 2, 2), a(2)], [a(1, 2, 3), a(4)]),      # constant true
-    ([a(1, 2, 3), a(4)], [a(0, 0, 0), a(0)]),      # constant predicted (a simulator that predicts nothing)
-    ([a(1, 2, 3)], [a(5, 5, 5)]),
-    ([a(0.5, 0.5)], [a(0.25, 0.25)]),
-    ([a(3)], [a(1)]),                              # one token
-    ([], []),
-])
+@pytest.mark.parametrize(
+    "true,pred",
+    [
+        ([a(2, 2, 2), a(2)], [a(1, 2, 3), a(4)]),  # constant true
+        ([a(1, 2, 3), a(4)], [a(0, 0, 0), a(0)]),  # constant predicted (a simulator that predicts nothing)
+        ([a(1, 2, 3)], [a(5, 5, 5)]),
+        ([a(0.5, 0.5)], [a(0.25, 0.25)]),
+        ([a(3)], [a(1)]),  # one token
+        ([], []),
+    ],
+)
 def test_pooled_pearson_undefined_is_nan(true, pred):
     assert math.isnan(pooled_pearson(true, pred))
 

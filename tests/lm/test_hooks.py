@@ -29,7 +29,7 @@ def test_resid_hooks_equal_hidden_states(hooked):
         acts = run(ids)
     for L in range(hooked.n_layers):
         assert torch.equal(acts[f"blocks.{L}.hook_resid_pre"], hs[L])
-        if L < hooked.n_layers - 1:  # HF's last hidden state has the final norm applied
+        if hooked.n_layers - 1 > L:  # HF's last hidden state has the final norm applied
             assert torch.equal(acts[f"blocks.{L}.hook_resid_post"], hs[L + 1])
     last = acts[f"blocks.{hooked.n_layers - 1}.hook_resid_post"]
     assert not torch.allclose(last, hs[-1]), "the final entry of hidden_states is normed; the hook must not be"
@@ -69,7 +69,9 @@ def test_truncated_forward_equals_full_and_skips_later_layers(hooked):
     with hooked.capture(names, stop_early=False) as run:
         full = run(ids)
     calls = []
-    later = [hooked.blocks[L].register_forward_pre_hook(lambda *a, L=L: calls.append(L)) for L in range(2, hooked.n_layers)]
+    later = [
+        hooked.blocks[L].register_forward_pre_hook(lambda *a, L=L: calls.append(L)) for L in range(2, hooked.n_layers)
+    ]
     head = hooked.model.get_output_embeddings().register_forward_pre_hook(lambda *a: calls.append("head"))
     try:
         with hooked.capture(names) as run:
@@ -102,8 +104,16 @@ def test_hooks_are_removed_after_capture(hooked):
     assert before == after
 
 
-@pytest.mark.parametrize("bad", ["blocks.9.hook_resid_post", "blocks.1.resid", "layer.1.hook_resid_post",
-                                 "blocks.-1.hook_resid_post", "blocks.1.hook_mlp_post"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "blocks.9.hook_resid_post",
+        "blocks.1.resid",
+        "layer.1.hook_resid_post",
+        "blocks.-1.hook_resid_post",
+        "blocks.1.hook_mlp_post",
+    ],
+)
 def test_unknown_hook_names_list_the_valid_ones(hooked, bad):
     with pytest.raises(SaexError) as e:
         hooked.resolve(bad)

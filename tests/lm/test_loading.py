@@ -61,9 +61,11 @@ def test_hub_id_path_loads_from_the_hub_cache(tiny_models, tmp_path):
     # network. It runs in a subprocess because huggingface_hub reads its cache location at import.
     cache = _hub_cache(tmp_path / "hub", "tiny-org/tiny-neox", tiny_models["gpt_neox"], commit="ab" * 20)
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    code = ("from saex.lm.loading import load_model; from saex.lm.hooks import HookedLM; "
-            "lm = load_model('tiny-org/tiny-neox'); h = HookedLM(lm.model); "
-            "print(lm.source, lm.weights_sha256, h.family.name, h.n_layers)")
+    code = (
+        "from saex.lm.loading import load_model; from saex.lm.hooks import HookedLM; "
+        "lm = load_model('tiny-org/tiny-neox'); h = HookedLM(lm.model); "
+        "print(lm.source, lm.weights_sha256, h.family.name, h.n_layers)"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["hub", f"hub:tiny-org/tiny-neox@{'ab' * 20}", "gpt_neox", "4"]

@@ -38,46 +38,200 @@ def build_run(root: Path) -> Path:
     run = root / "run"
     acts = run / "acts"
     hooks = RESID + [MLP]
-    _main("harvest", "--out", acts, "--model", model_dir, "--corpus", corpus, "--hooks", ",".join(hooks),
-          "--tokens", 3072, "--heldout-tokens", 640, "--context-length", 16, "--shard-tokens", 1024,
-          "--batch-size", 8, "--quiet")
+    _main(
+        "harvest",
+        "--out",
+        acts,
+        "--model",
+        model_dir,
+        "--corpus",
+        corpus,
+        "--hooks",
+        ",".join(hooks),
+        "--tokens",
+        3072,
+        "--heldout-tokens",
+        640,
+        "--context-length",
+        16,
+        "--shard-tokens",
+        1024,
+        "--batch-size",
+        8,
+        "--quiet",
+    )
     alphas = ",".join(f"{a:g}" for a in ALPHAS)
     ratios = ",".join(f"{r:g}" for r in RATIOS)
     main_alpha = {h: 8.6e-4 for h in RESID} | {MLP: 3.2e-4}
     for h in hooks:
         arch = "untied_l1" if h == MLP else "tied_l1"
-        _main("train", "--acts", acts, "--hook", h, "--out", run / "dicts" / h, "--arch", arch, "--ratio", ratios,
-              "--alpha", alphas, "--steps", 48, "--batch-size", 256, "--decay-fraction", 0, "--normalize", "mean_norm", "--eval-every", 0,
-              "--checkpoint-every", 10000, "--quiet")
+        _main(
+            "train",
+            "--acts",
+            acts,
+            "--hook",
+            h,
+            "--out",
+            run / "dicts" / h,
+            "--arch",
+            arch,
+            "--ratio",
+            ratios,
+            "--alpha",
+            alphas,
+            "--steps",
+            48,
+            "--batch-size",
+            256,
+            "--decay-fraction",
+            0,
+            "--normalize",
+            "mean_norm",
+            "--eval-every",
+            0,
+            "--checkpoint-every",
+            10000,
+            "--quiet",
+        )
         k_from = run / "dicts" / h / _name(arch, 0.5, main_alpha[h])
-        _main("baselines", "--acts", acts, "--hook", h, "--out", run / "baselines" / h,
-              "--kinds", "neurons,random,pca,pca_topk,ica,ica_topk", "--k-from", k_from, "--ica-max-iter", 50,
-              "--quiet")
-        _main("eval", "--acts", acts, "--dicts", f"{run / 'dicts' / h},{run / 'baselines' / h}", "--contexts", 4,
-              "--context-batch", 4, "--out", run / "eval" / h, "--quiet")
+        _main(
+            "baselines",
+            "--acts",
+            acts,
+            "--hook",
+            h,
+            "--out",
+            run / "baselines" / h,
+            "--kinds",
+            "neurons,random,pca,pca_topk,ica,ica_topk",
+            "--k-from",
+            k_from,
+            "--ica-max-iter",
+            50,
+            "--quiet",
+        )
+        _main(
+            "eval",
+            "--acts",
+            acts,
+            "--dicts",
+            f"{run / 'dicts' / h},{run / 'baselines' / h}",
+            "--contexts",
+            4,
+            "--context-batch",
+            4,
+            "--out",
+            run / "eval" / h,
+            "--quiet",
+        )
         chosen = ",".join(str(run / "dicts" / h / _name(arch, r, main_alpha[h])) for r in RATIOS)
-        _main("features", "--acts", acts, "--dicts", f"{chosen},{run / 'baselines' / h}", "--out",
-              run / "features" / h, "--fragment-length", 8, "--no-one-per-document", "--top", 25, "--random", 30,
-              "--zero", 10, "--quiet")
-        _main("interpret", "--features", run / "features" / h, "--out", run / "interpret" / h, "--n-features", 6,
-              "--no-null", "--quiet")
+        _main(
+            "features",
+            "--acts",
+            acts,
+            "--dicts",
+            f"{chosen},{run / 'baselines' / h}",
+            "--out",
+            run / "features" / h,
+            "--fragment-length",
+            8,
+            "--no-one-per-document",
+            "--top",
+            25,
+            "--random",
+            30,
+            "--zero",
+            10,
+            "--quiet",
+        )
+        _main(
+            "interpret",
+            "--features",
+            run / "features" / h,
+            "--out",
+            run / "interpret" / h,
+            "--n-features",
+            6,
+            "--no-null",
+            "--quiet",
+        )
     main_dict = {h: run / "dicts" / h / _name("tied_l1", MAIN_RATIO, 8.6e-4) for h in RESID}
-    _main("case-study", "--acts", acts, "--dict", main_dict[RESID[1]], "--features-index",
-          run / "features" / RESID[1] / main_dict[RESID[1]].name, "--upstream", main_dict[RESID[0]], "--out",
-          run / "case_studies", "--contexts", 5, "--effect-contexts", 5, "--candidates", 16, "--max-samples", 500, "--max-density", 1,
-          "--quiet")
-    _main("ioi", "--model", model_dir, "--dicts", run / "dicts" / RESID[0], "--baselines", "pca", "--acts", acts,
-          "--prompts", 6, "--mode", "quick", "--out", run / "ioi", "--quiet")
-    plan = {"resid_layers": [1, 2], "mlp_layers": [2], "main_layer": 2, "ioi_layer": 1, "alphas_resid": ALPHAS,
-            "alphas_mlp": ALPHAS, "ratios_resid": RATIOS, "ratios_mlp": [2.0, 0.5], "main_ratio": MAIN_RATIO,
-            "main_alpha_resid": 8.6e-4, "main_alpha_mlp": 3.2e-4, "tokens": 3072}
+    _main(
+        "case-study",
+        "--acts",
+        acts,
+        "--dict",
+        main_dict[RESID[1]],
+        "--features-index",
+        run / "features" / RESID[1] / main_dict[RESID[1]].name,
+        "--upstream",
+        main_dict[RESID[0]],
+        "--out",
+        run / "case_studies",
+        "--contexts",
+        5,
+        "--effect-contexts",
+        5,
+        "--candidates",
+        16,
+        "--max-samples",
+        500,
+        "--max-density",
+        1,
+        "--quiet",
+    )
+    _main(
+        "ioi",
+        "--model",
+        model_dir,
+        "--dicts",
+        run / "dicts" / RESID[0],
+        "--baselines",
+        "pca",
+        "--acts",
+        acts,
+        "--prompts",
+        6,
+        "--mode",
+        "quick",
+        "--out",
+        run / "ioi",
+        "--quiet",
+    )
+    plan = {
+        "resid_layers": [1, 2],
+        "mlp_layers": [2],
+        "main_layer": 2,
+        "ioi_layer": 1,
+        "alphas_resid": ALPHAS,
+        "alphas_mlp": ALPHAS,
+        "ratios_resid": RATIOS,
+        "ratios_mlp": [2.0, 0.5],
+        "main_ratio": MAIN_RATIO,
+        "main_alpha_resid": 8.6e-4,
+        "main_alpha_mlp": 3.2e-4,
+        "tokens": 3072,
+    }
     names = ["harvest"] + [f"{st}:{h}" for st in ("train", "baselines", "eval", "features", "interpret") for h in hooks]
-    stages = {name: {"key": hashlib.sha256(name.encode()).hexdigest(), "status": "done", "seconds": 1.0,
-                     "finished": "2024-01-01T00:00:00+00:00"} for name in names + ["case_study", "ioi"]}
-    (run / "reproduce.json").write_text(json.dumps({
-        "preset": "test", "reproduce_config": {"model": str(model_dir), "corpus": str(corpus),
-                                               "backend": "offline"},
-        "plan": plan, "stages": stages}))
+    stages = {
+        name: {
+            "key": hashlib.sha256(name.encode()).hexdigest(),
+            "status": "done",
+            "seconds": 1.0,
+            "finished": "2024-01-01T00:00:00+00:00",
+        }
+        for name in names + ["case_study", "ioi"]
+    }
+    (run / "reproduce.json").write_text(
+        json.dumps(
+            {
+                "preset": "test",
+                "reproduce_config": {"model": str(model_dir), "corpus": str(corpus), "backend": "offline"},
+                "plan": plan,
+                "stages": stages,
+            }
+        )
+    )
     return run
 
 

@@ -22,8 +22,10 @@ def by_key(claims):
 
 
 def test_sae_beats_held_not_held_and_ci_separation():
-    layers = {"layer 0": {"sae": st(0.30, 0.02), "baselines": {"pca": st(0.20, 0.02), "ica": st(0.25, 0.02)}},
-              "layer 1": {"sae": st(0.28, 0.05), "baselines": {"pca": st(0.20, 0.02), "ica": st(0.25, 0.02)}}}
+    layers = {
+        "layer 0": {"sae": st(0.30, 0.02), "baselines": {"pca": st(0.20, 0.02), "ica": st(0.25, 0.02)}},
+        "layer 1": {"sae": st(0.28, 0.05), "baselines": {"pca": st(0.20, 0.02), "ica": st(0.25, 0.02)}},
+    }
     c = by_key(C.sae_beats("fig2", "Fig. 2", "p", "top-and-random", layers))
     assert c["fig2_above"].verdict == HELD
     assert c["fig2_above"].numbers["layer 0"] == {"sae": 0.30, "best_baseline": "ica", "best_baseline_mean": 0.25}
@@ -62,15 +64,19 @@ def test_advantage_declines_slope():
 def test_random_below_top_and_small_dictionaries():
     assert C.random_below_top({"l0": {"top_random": st(0.3), "random": st(0.1)}}).verdict == HELD
     assert C.random_below_top({"l0": {"top_random": st(0.1), "random": st(0.2)}}).verdict == NOT_HELD
-    assert "random 0.200 ≥ top-and-random 0.100" in C.random_below_top({"l0": {"top_random": st(0.1),
-                                                                          "random": st(0.2)}}).detail
+    assert (
+        "random 0.200 ≥ top-and-random 0.100"
+        in C.random_below_top({"l0": {"top_random": st(0.1), "random": st(0.2)}}).detail
+    )
     assert C.random_below_top({"l0": {"top_random": st(0.1), "random": None}}).verdict == NOT_MEASURED
     layers = {"l0": {"by_ratio": {0.5: st(0.3), 2.0: st(0.4)}, "baselines": {"pca": st(0.2)}}}
     assert C.small_dictionaries(layers).verdict == HELD
     layers["l0"]["baselines"]["ica"] = st(0.35)  # beats R = 0.5; R = 2 is not part of the claim
     assert C.small_dictionaries(layers).verdict == NOT_HELD
-    assert C.small_dictionaries({"l0": {"by_ratio": {2.0: st(0.4)}, "baselines": {"pca": st(0.2)}}}).verdict \
+    assert (
+        C.small_dictionaries({"l0": {"by_ratio": {2.0: st(0.4)}, "baselines": {"pca": st(0.2)}}}).verdict
         == NOT_MEASURED
+    )
 
 
 def test_fvu_and_tradeoff():
@@ -78,8 +84,13 @@ def test_fvu_and_tradeoff():
     assert C.fvu_falls_with_ratio({"l0": {0.5: 0.4, 1.0: 0.45}}).verdict == NOT_HELD
     assert C.fvu_falls_with_ratio({"l0": {1.0: 0.4}}).verdict == NOT_MEASURED
     # issue 13: a sweep needs ≥ 5 sparsity levels (was 3)
-    good = [{"l0": 200, "fvu": 0.01}, {"l0": 100, "fvu": 0.02}, {"l0": 50, "fvu": 0.05}, {"l0": 10, "fvu": 0.2},
-            {"l0": 2, "fvu": 0.5}]
+    good = [
+        {"l0": 200, "fvu": 0.01},
+        {"l0": 100, "fvu": 0.02},
+        {"l0": 50, "fvu": 0.05},
+        {"l0": 10, "fvu": 0.2},
+        {"l0": 2, "fvu": 0.5},
+    ]
     assert C.smooth_tradeoff({"s": good}).verdict == HELD
     bad = good + [{"l0": 5, "fvu": 0.1}]  # sorted by L0: 2 → .5, 5 → .1, 10 → .2: FVU rises from L0 5 to 10
     c = C.smooth_tradeoff({"s": bad})
@@ -88,10 +99,15 @@ def test_fvu_and_tradeoff():
 
 
 def test_alive_claims():
-    resid = {"h": [{"alpha": 1e-3, "ratio": 4.0, "alive_fraction": 0.97}, {"alpha": 1e-2, "ratio": 4.0,
-                                                                          "alive_fraction": 0.5}]}
-    mlp = {"m": [{"alpha": 0.0, "ratio": 2.0, "alive_fraction": 0.7}, {"alpha": 1e-3, "ratio": 2.0,
-                                                                    "alive_fraction": 0.4}]}
+    resid = {
+        "h": [
+            {"alpha": 1e-3, "ratio": 4.0, "alive_fraction": 0.97},
+            {"alpha": 1e-2, "ratio": 4.0, "alive_fraction": 0.5},
+        ]
+    }
+    mlp = {
+        "m": [{"alpha": 0.0, "ratio": 2.0, "alive_fraction": 0.7}, {"alpha": 1e-3, "ratio": 2.0, "alive_fraction": 0.4}]
+    }
     c = by_key(C.alive_claims(resid, mlp))
     assert c["fig16_overcomplete"].verdict == HELD and c["fig16_overcomplete"].numbers["h"]["alive_fraction"] == 0.97
     assert c["fig16_mlp_dead"].verdict == HELD and c["fig16_mlp_dead"].numbers["m"]["2"] == pytest.approx(0.3)
@@ -129,15 +145,22 @@ def test_table1_and_perplexity():
 
 
 def curve(alpha, kind, pts, ratio=4.0):
-    return {"alpha": alpha, "kind": kind, "ratio": ratio, "kl_base": 1.0,
-            "points": [{"n_patched": n, "kl": kl, "edit": e} for n, kl, e in pts]}
+    return {
+        "alpha": alpha,
+        "kind": kind,
+        "ratio": ratio,
+        "kl_base": 1.0,
+        "points": [{"n_patched": n, "kl": kl, "edit": e} for n, kl, e in pts],
+    }
 
 
 def test_ioi_claims():
-    curves = {"sae_1e-4": curve(1e-4, "tied_l1", [(0, 1.0, 0), (3, 0.4, 1.0), (10, 0.05, 2.0)]),
-              "sae_1e-3": curve(1e-3, "tied_l1", [(0, 1.0, 0), (5, 0.45, 0.5), (10, 0.2, 1.5)]),
-              "sae_0": curve(0.0, "tied_l1", [(0, 1.0, 0), (20, 0.3, 3.0)]),
-              "pca_rot": curve(None, "pca_rot", [(0, 1.0, 0), (10, 0.5, 4.0), (30, 0.0, 9.0)], None)}
+    curves = {
+        "sae_1e-4": curve(1e-4, "tied_l1", [(0, 1.0, 0), (3, 0.4, 1.0), (10, 0.05, 2.0)]),
+        "sae_1e-3": curve(1e-3, "tied_l1", [(0, 1.0, 0), (5, 0.45, 0.5), (10, 0.2, 1.5)]),
+        "sae_0": curve(0.0, "tied_l1", [(0, 1.0, 0), (20, 0.3, 3.0)]),
+        "pca_rot": curve(None, "pca_rot", [(0, 1.0, 0), (10, 0.5, 4.0), (30, 0.0, 9.0)], None),
+    }
     c = by_key(ioi_claims(curves))
     assert c["fig3_features"].verdict == HELD  # 3 < 10
     assert c["fig3_edit"].verdict == HELD and c["fig3_edit"].numbers["sae_1e-3"]["edit"] == 0.5
@@ -155,23 +178,46 @@ def test_ioi_claims():
 
 def _feature(labels_counts, decreased, rank=0, feature=7):
     series = [{"label": lab, "other": lab == "other", "counts": cnt} for lab, cnt in labels_counts]
-    return {"hook": "h", "dictionary": "d", "feature": feature, "rank": rank,
-            "histogram": {"edges": [i / 4 for i in range(5)], "series": series, "n": 1, "total": 1, "source": "x"},
-            "output_effect": {"positions": 1, "contexts": 1, "increased": [],
-                              "decreased": [{"token": t, "id": 0, "delta": d} for t, d in decreased]}}
+    return {
+        "hook": "h",
+        "dictionary": "d",
+        "feature": feature,
+        "rank": rank,
+        "histogram": {"edges": [i / 4 for i in range(5)], "series": series, "n": 1, "total": 1, "source": "x"},
+        "output_effect": {
+            "positions": 1,
+            "contexts": 1,
+            "increased": [],
+            "decreased": [{"token": t, "id": 0, "delta": d} for t, d in decreased],
+        },
+    }
 
 
 def test_case_study_claims():
     # the apostrophe is not the most common token overall, but it is in the upper half of the bins
-    apos = _feature([("'", [0, 0, 5, 6]), (".", [20, 9, 1, 0]), ("other", [9, 1, 1, 1])], [("Ġs", -0.9), ("t", -0.2)],
-                    rank=2)
+    apos = _feature(
+        [("'", [0, 0, 5, 6]), (".", [20, 9, 1, 0]), ("other", [9, 1, 1, 1])], [("Ġs", -0.9), ("t", -0.2)], rank=2
+    )
     outlier = _feature([(" the", [5, 0, 0, 1])], [(" and", -0.1)], rank=0, feature=1)
-    circuit = {"hook": "h", "feature": 7, "effect": None, "cos": None,
-               "children": [{"hook": "g", "feature": 1, "effect": 0.5, "cos": 0.5,
-                             "children": [{"hook": "f", "feature": 2, "effect": 0.1, "cos": 0.3, "children": []}]},
-                            {"hook": "g", "feature": 3, "effect": 0.2, "cos": 0.4, "children": []}],
-               # issue 13: the tracer records the rises too, and the claim weighs the strongest drop against them
-               "increases": [{"hook": "g", "feature": 9, "effect": -0.1, "cos": 0.0}], "ablated": 12}
+    circuit = {
+        "hook": "h",
+        "feature": 7,
+        "effect": None,
+        "cos": None,
+        "children": [
+            {
+                "hook": "g",
+                "feature": 1,
+                "effect": 0.5,
+                "cos": 0.5,
+                "children": [{"hook": "f", "feature": 2, "effect": 0.1, "cos": 0.3, "children": []}],
+            },
+            {"hook": "g", "feature": 3, "effect": 0.2, "cos": 0.4, "children": []},
+        ],
+        # issue 13: the tracer records the rises too, and the claim weighs the strongest drop against them
+        "increases": [{"hook": "g", "feature": 9, "effect": -0.1, "cos": 0.0}],
+        "ablated": 12,
+    }
     c = by_key(case_study_claims({"features": [outlier, apos], "circuit": circuit}, d_in=100))
     assert c["fig4_apostrophe"].verdict == HELD
     share = [f for f in c["fig4_apostrophe"].numbers["features"] if f["feature"] == 7][0]["share"]

@@ -8,16 +8,18 @@ import json
 
 import pytest
 
-from tests._cli import run_cli as _main
 from saex.report.pipeline import _abs, _rel, parse_overrides, tree_hash
 from saex.report.presets import plan
+from tests._cli import run_cli as _main
 from tests.causal._helpers import save_ioi_model
 
-TINY = ("tokens=3072,heldout_tokens=1024,context_length=32,fragment_length=16,train_batch=256,train_steps=12,"
-        "calibration_batch=64,target_l0_resid=[3,6],target_l0_resid_other=[3],target_l0_mlp=[3],"
-        "main_target_l0_resid=3,main_target_l0_mlp=3,ratios_resid=[1,2],main_ratio=2.0,eval_tokens=512,"
-        "eval_contexts=2,ica_rows=512,fragments=40,interpret_features=4,ioi_prompts=4,circuit_depth=1,"
-        "case_max_density=1.0,mlp_layers=[1]")
+TINY = (
+    "tokens=3072,heldout_tokens=1024,context_length=32,fragment_length=16,train_batch=256,train_steps=12,"
+    "calibration_batch=64,target_l0_resid=[3,6],target_l0_resid_other=[3],target_l0_mlp=[3],"
+    "main_target_l0_resid=3,main_target_l0_mlp=3,ratios_resid=[1,2],main_ratio=2.0,eval_tokens=512,"
+    "eval_contexts=2,ica_rows=512,fragments=40,interpret_features=4,ioi_prompts=4,circuit_depth=1,"
+    "case_max_density=1.0,mlp_layers=[1]"
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +30,18 @@ def inputs(tmp_path_factory):
 
 
 def _reproduce(inputs, out, extra=""):
-    return _main("reproduce", "--model", str(inputs / "model"), "--corpus", str(inputs / "corpus.jsonl"),
-                 "--out", str(out), "--set", TINY + extra, "--quiet")
+    return _main(
+        "reproduce",
+        "--model",
+        str(inputs / "model"),
+        "--corpus",
+        str(inputs / "corpus.jsonl"),
+        "--out",
+        str(out),
+        "--set",
+        TINY + extra,
+        "--quiet",
+    )
 
 
 def _state(out) -> dict:
@@ -55,20 +67,27 @@ def test_every_stage_runs(full_run):
     # the quick plan calibrates the main residual layer for both residual layers, and the MLP on its own
     assert {n for n in stages if n.startswith("calibrate:")} == {f"calibrate:{hooks[1]}", f"calibrate:{hooks[2]}"}
     other = json.loads((out / "dicts" / hooks[0] / "run.json").read_text())["members"]
-    main_alpha = {c["target_l0"]: c["alpha"] for c in
-                  json.loads((out / "calibrate" / hooks[1] / "calibration.json").read_text())["chosen"]}[3.0]
+    main_alpha = {
+        c["target_l0"]: c["alpha"]
+        for c in json.loads((out / "calibrate" / hooks[1] / "calibration.json").read_text())["chosen"]
+    }[3.0]
     assert [m["alpha"] for m in other] == [main_alpha]
     # the sweeps: tied on the residual stream, untied on the MLP, each α the one its hook's calibration chose
     # for a target L0: at the main layer both targets at the main R = 2, and R = 1 at the main target's α
-    chosen = {c["target_l0"]: c["alpha"] for c in
-              json.loads((out / "calibrate" / hooks[1] / "calibration.json").read_text())["chosen"]}
+    chosen = {
+        c["target_l0"]: c["alpha"]
+        for c in json.loads((out / "calibrate" / hooks[1] / "calibration.json").read_text())["chosen"]
+    }
     # (a dozen steps barely move this tiny model's L0: both targets may get the same, extrapolated α)
     assert set(chosen) == {3.0, 6.0} and chosen[3.0] >= chosen[6.0] > 0
-    assert _state(out)["calibrated"][hooks[1]] == json.loads(
-        (out / "calibrate" / hooks[1] / "calibration.json").read_text())["chosen"]
+    assert (
+        _state(out)["calibrated"][hooks[1]]
+        == json.loads((out / "calibrate" / hooks[1] / "calibration.json").read_text())["chosen"]
+    )
     members = [json.loads(p.read_text())["metadata"] for p in (out / "dicts" / hooks[1]).glob("*/cfg.json")]
     assert sorted((m["arch"], m["ratio"], m["alpha"]) for m in members) == sorted(
-        {("tied_l1", 1.0, chosen[3.0]), ("tied_l1", 2.0, chosen[3.0]), ("tied_l1", 2.0, chosen[6.0])})
+        {("tied_l1", 1.0, chosen[3.0]), ("tied_l1", 2.0, chosen[3.0]), ("tied_l1", 2.0, chosen[6.0])}
+    )
     assert all(m["steps"] == 12 and "convergence" in m for m in members)
     # the report's training section: calibration, every dictionary's convergence verdict, the rows used
     results = json.loads((out / "report" / "results.json").read_text())
@@ -81,7 +100,9 @@ def test_every_stage_runs(full_run):
     md = (out / "report" / "report.md").read_text()
     assert "Training: α calibration, convergence and the rows used" in md
     # twelve steps converge nothing: the report says so, dictionary by dictionary
-    flagged = [(h, n) for h in hooks for n, v in results["training"]["convergence"][h].items() if v["converged"] is False]
+    flagged = [
+        (h, n) for h in hooks for n, v in results["training"]["convergence"][h].items() if v["converged"] is False
+    ]
     assert flagged and all(f"NOT converged: {h} {n}" in md for h, n in flagged)
     total = sum(len(results["training"]["convergence"][h]) for h in hooks)
     assert f"converged; **{len(flagged)} NOT converged**" in md and f"of {total} converged" in md
@@ -92,8 +113,9 @@ def test_every_stage_runs(full_run):
     assert "report: " in stdout and "expected time on this machine" in stdout
     # each record's outputs hash is the content of its folder now
     for name, rec in _state(out)["stages"].items():
-        folder = {"harvest": "acts", "case_study": "case_studies"}.get(name, name.replace(":", "/").replace(
-            "train/", "dicts/"))
+        folder = {"harvest": "acts", "case_study": "case_studies"}.get(
+            name, name.replace(":", "/").replace("train/", "dicts/")
+        )
         assert tree_hash(out / folder) == rec["outputs"], name
 
 
@@ -107,13 +129,27 @@ def test_corpus_option_overrides_the_presets(full_run, inputs):
 
 def test_configs_name_run_folder_paths_relative_to_it(tmp_path):
     root = tmp_path / "run"
-    cfg = {"dicts": f"{root}/dicts/h,{root}/baselines/h", "acts": f"{root}/acts", "out": str(root),
-           "model": str(tmp_path / "model"), "other": f"{root}2/acts", "hooks": "blocks.0.x,blocks.1.x",
-           "corpus": "default,kjv", "n": 3}
+    cfg = {
+        "dicts": f"{root}/dicts/h,{root}/baselines/h",
+        "acts": f"{root}/acts",
+        "out": str(root),
+        "model": str(tmp_path / "model"),
+        "other": f"{root}2/acts",
+        "hooks": "blocks.0.x,blocks.1.x",
+        "corpus": "default,kjv",
+        "n": 3,
+    }
     rel = _rel(cfg, root)
-    assert rel == {"dicts": "$OUT/dicts/h,$OUT/baselines/h", "acts": "$OUT/acts", "out": "$OUT",
-                   "model": str(tmp_path / "model"), "other": f"{root}2/acts", "hooks": "blocks.0.x,blocks.1.x",
-                   "corpus": "default,kjv", "n": 3}
+    assert rel == {
+        "dicts": "$OUT/dicts/h,$OUT/baselines/h",
+        "acts": "$OUT/acts",
+        "out": "$OUT",
+        "model": str(tmp_path / "model"),
+        "other": f"{root}2/acts",
+        "hooks": "blocks.0.x,blocks.1.x",
+        "corpus": "default,kjv",
+        "n": 3,
+    }
     assert _abs(rel, root) == cfg
     moved = tmp_path / "elsewhere"
     assert _abs(rel, moved)["dicts"] == f"{moved}/dicts/h,{moved}/baselines/h"
@@ -207,11 +243,19 @@ def test_downstream_of_a_failed_stage_is_not_run(tmp_path):
     def ok(cfg):
         (tmp_path / "b").mkdir(exist_ok=True)
 
-    stages = [Stage("a", "a", (), lambda: {}, fail, optional=True), Stage("b", "b", ("a",), lambda: {}, ok),
-              Stage("c", "c", (), lambda: {}, lambda cfg: (tmp_path / "c").mkdir(), soft=("a",))]
+    stages = [
+        Stage("a", "a", (), lambda: {}, fail, optional=True),
+        Stage("b", "b", ("a",), lambda: {}, ok),
+        Stage("c", "c", (), lambda: {}, lambda cfg: (tmp_path / "c").mkdir(), soft=("a",)),
+    ]
     state = Pipeline(tmp_path, {}, stages, log=lambda m: None).run()["stages"]
-    assert state["a"] == {"key": state["a"]["key"], "status": "failed", "reason": "no single-token names",
-                          "config": {}, "folder": "a"}
+    assert state["a"] == {
+        "key": state["a"]["key"],
+        "status": "failed",
+        "reason": "no single-token names",
+        "config": {},
+        "folder": "a",
+    }
     assert state["b"]["status"] == "not run" and state["c"]["status"] == "done"
     with pytest.raises(SaexError):
         Pipeline(tmp_path, {}, [Stage("a", "a", (), lambda: {}, fail)], log=lambda m: None).run()
@@ -236,21 +280,24 @@ def test_plan_and_overrides():
     assert got == {"tokens": 5, "resid_layers": [1, 2], "main_target_l0_resid": 20.0, "ioi_mode": "greedy"}
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("tokenz=5", "--set key 'tokenz' is not in the plan"),
-    ("tokens=many", "--set tokens='many': expected a int"),
-    ("tokens", "--set item 'tokens' is not key=value"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("tokenz=5", "--set key 'tokenz' is not in the plan"),
+        ("tokens=many", "--set tokens='many': expected a int"),
+        ("tokens", "--set item 'tokens' is not key=value"),
+    ],
+)
 def test_bad_overrides_are_one_line_errors(inputs, tmp_path, bad, message):
-    rc, _, err = _main("reproduce", "--model", str(inputs / "model"), "--out", str(tmp_path), "--set", bad,
-                       "--dry-run")
+    rc, _, err = _main("reproduce", "--model", str(inputs / "model"), "--out", str(tmp_path), "--set", bad, "--dry-run")
     assert rc == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "reproduce.json").exists()
 
 
 def test_paper_preset_states_its_time_first(inputs, tmp_path):
-    rc, stdout, err = _main("reproduce", "--preset", "paper", "--model", str(inputs / "model"), "--out",
-                            str(tmp_path / "r"), "--dry-run")
+    rc, stdout, err = _main(
+        "reproduce", "--preset", "paper", "--model", str(inputs / "model"), "--out", str(tmp_path / "r"), "--dry-run"
+    )
     assert rc == 0, err
     lines = stdout.splitlines()
     assert lines[2].startswith("expected time on this machine: about ")
@@ -267,10 +314,24 @@ def test_sigkill_inside_a_stage_resumes(full_run, inputs, tmp_path):
 
     out = tmp_path / "run"
     stage = "train:blocks.1.hook_resid_post"
-    cmd = [sys.executable, "-m", "saex.cli", "reproduce", "--model", str(inputs / "model"), "--corpus",
-           str(inputs / "corpus.jsonl"), "--out", str(out), "--set", TINY, "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "saex.cli",
+        "reproduce",
+        "--model",
+        str(inputs / "model"),
+        "--corpus",
+        str(inputs / "corpus.jsonl"),
+        "--out",
+        str(out),
+        "--set",
+        TINY,
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ | {"HF_HUB_OFFLINE": "1"}
+    )
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:

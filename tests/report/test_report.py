@@ -21,9 +21,22 @@ SCORER = "offline-table-8/cunningham2023"
 MAIN = "tied_l1_r2_a0.00086"
 HOOK = RESID[0]
 EXPLANATION = '<script>alert("explanation")</script> & more'
-SECTIONS = {"run": "This reproduction", "table1": "Table 1", "fig2": "Figure 2", "fig3": "Figure 3", "fig4": "Figure 4",
-            "fig5": "Figure 5", "fig6": "Figures 6/7", "fig8": "Figure 8", "fig9": "Figure 9", "fig10": "Figure 10",
-            "fig16": "Figure 16", "fig18": "Figure 18", "table2": "Table 2", "ppl": "Spliced perplexity"}
+SECTIONS = {
+    "run": "This reproduction",
+    "table1": "Table 1",
+    "fig2": "Figure 2",
+    "fig3": "Figure 3",
+    "fig4": "Figure 4",
+    "fig5": "Figure 5",
+    "fig6": "Figures 6/7",
+    "fig8": "Figure 8",
+    "fig9": "Figure 9",
+    "fig10": "Figure 10",
+    "fig16": "Figure 16",
+    "fig18": "Figure 18",
+    "table2": "Table 2",
+    "ppl": "Spliced perplexity",
+}
 
 
 def _sha256(path: Path) -> str:
@@ -49,8 +62,11 @@ def built(tmp_path_factory):
 
 def test_html_is_self_contained_with_every_section(built):
     run, paths = built
-    assert paths == {"html": run / "report" / "report.html", "md": run / "report" / "report.md",
-                     "results": run / "report" / "results.json"}
+    assert paths == {
+        "html": run / "report" / "report.html",
+        "md": run / "report" / "report.md",
+        "results": run / "report" / "results.json",
+    }
     html = paths["html"].read_text()
     assert "http://" not in html and "https://" not in html
     assert "<script" not in html and "<link" not in html and "@import" not in html
@@ -153,10 +169,32 @@ def test_claims_are_judged(built):
     verdicts = {(c["key"], c["scope"]): c["verdict"] for c in res["claims"]}
     assert set(verdicts.values()) <= {HELD, NOT_HELD, NOT_MEASURED}
     keys = {k for k, _ in verdicts}
-    assert {"fig2_above", "fig2_ci", "fig2_declines", "fig3_features", "fig3_edit", "fig3_alpha0", "fig3_floor",
-            "fig4_apostrophe", "fig4_s", "fig5_effects", "fig5_cosine", "fig6_tradeoff", "fig8_small", "fig8_fvu",
-            "fig9_above", "fig9_smaller", "fig10_top_random_above", "fig16_overcomplete", "fig16_mlp_dead",
-            "fig18_above", "table1_positive", "table2_skew", "table2_kurtosis", "ppl_spliced"} <= keys
+    assert {
+        "fig2_above",
+        "fig2_ci",
+        "fig2_declines",
+        "fig3_features",
+        "fig3_edit",
+        "fig3_alpha0",
+        "fig3_floor",
+        "fig4_apostrophe",
+        "fig4_s",
+        "fig5_effects",
+        "fig5_cosine",
+        "fig6_tradeoff",
+        "fig8_small",
+        "fig8_fvu",
+        "fig9_above",
+        "fig9_smaller",
+        "fig10_top_random_above",
+        "fig16_overcomplete",
+        "fig16_mlp_dead",
+        "fig18_above",
+        "table1_positive",
+        "table2_skew",
+        "table2_kurtosis",
+        "ppl_spliced",
+    } <= keys
     # Fig. 5: the target's strongest drop against its strongest rise (issue 13: the rises are recorded too),
     # read from case_study.json
     cs = json.loads((run / "case_studies" / "case_study.json").read_text())
@@ -172,8 +210,9 @@ def test_claims_are_judged(built):
     for hook in RESID:
         meta = json.loads((run / "dicts" / hook / "tied_l1_r0.5_a0.00086" / "cfg.json").read_text())["metadata"]
         methods = json.loads((run / "interpret" / hook / SCORER / "comparison.json").read_text())["methods"]
-        scored = any(m["kind"].endswith("_topk") and (m.get("top_random") or {}).get("mean") is not None
-                     for m in methods)
+        scored = any(
+            m["kind"].endswith("_topk") and (m.get("top_random") or {}).get("mean") is not None for m in methods
+        )
         if (meta.get("convergence") or {}).get("converged") is False and scored:
             flagged.append(f"layer {hook.split('.')[1]}")
     fig18 = next(c for c in res["claims"] if c["key"] == "fig18_above" and c["scope"] == SCORER)
@@ -184,8 +223,10 @@ def test_claims_are_judged(built):
     # Fig. 2 verdict, recomputed from the comparison of each residual hook
     above = []
     for hook in RESID:
-        methods = {m["method"]: m for m in json.loads(
-            (run / "interpret" / hook / SCORER / "comparison.json").read_text())["methods"]}
+        methods = {
+            m["method"]: m
+            for m in json.loads((run / "interpret" / hook / SCORER / "comparison.json").read_text())["methods"]
+        }
         base = [methods[k]["top_random"]["mean"] for k in ("neurons", "random", "pca", "ica")]
         above.append(methods[MAIN]["top_random"]["mean"] > max(base))
     assert verdicts[("fig2_above", SCORER)] == (HELD if all(above) else NOT_HELD)
@@ -205,8 +246,10 @@ def test_missing_stages_give_not_run_sections(built, tmp_path):
         assert "not run in this reproduction" not in html.split(f'<h2 id="{sid}">')[1].split("<h2 ")[0], sid
     res = json.loads(paths["results"].read_text())
     assert res["ioi"] is None and res["case_study"] is None and res["autointerp"] == {}
-    assert res["main_sae"][HOOK]["fvu"] == json.loads(
-        (run / "eval" / HOOK / "results" / f"{MAIN}.json").read_text())["metrics"]["fvu"]
+    assert (
+        res["main_sae"][HOOK]["fvu"]
+        == json.loads((run / "eval" / HOOK / "results" / f"{MAIN}.json").read_text())["metrics"]["fvu"]
+    )
     assert {c["verdict"] for c in res["claims"] if c["figure"] in ("Fig. 3", "Fig. 4", "Fig. 5")} == {NOT_MEASURED}
 
     empty = build_report(tmp_path / "empty")
@@ -252,8 +295,9 @@ def test_density_tables_per_hook(built):
             assert f"{b['mean']:.3f}" in row.split(" | ")[1] and f"n={b['n']}" in row.split(" | ")[1]
     assert f"SAE {MAIN}" in table and "SAE − column at matched density" in table
     pairs = comp["density_matched"]["pairs"][MAIN]
-    assert set(pairs) == {m["method"] for m in comp["methods"] if m["kind"] in ("neurons", "random", "pca", "pca_topk",
-                                                                                "ica", "ica_topk")}
+    assert set(pairs) == {
+        m["method"] for m in comp["methods"] if m["kind"] in ("neurons", "random", "pca", "pca_topk", "ica", "ica_topk")
+    }
 
 
 def test_a_split_the_corpus_ran_out_on_is_announced(built, tmp_path):

@@ -29,8 +29,16 @@ HOOKS = f"{RESID},{MLP}"
 def cfg(out, model, corpus, **kw):
     from saex.harvest import HarvestConfig
 
-    base = dict(out=str(out), model=str(model), corpus=str(corpus), hooks=HOOKS, tokens=2000, context_length=16,
-                shard_tokens=256, batch_size=4)
+    base = dict(
+        out=str(out),
+        model=str(model),
+        corpus=str(corpus),
+        hooks=HOOKS,
+        tokens=2000,
+        context_length=16,
+        shard_tokens=256,
+        batch_size=4,
+    )
     base.update(kw)
     return HarvestConfig(**base)
 
@@ -41,8 +49,12 @@ def cli_args(c) -> list[str]:
 
     from saex.harvest import HarvestConfig
 
-    return [arg for f in dataclasses.fields(HarvestConfig) if getattr(c, f.name) is not None
-            for arg in (f"--{f.name.replace('_', '-')}", str(getattr(c, f.name)))]
+    return [
+        arg
+        for f in dataclasses.fields(HarvestConfig)
+        if getattr(c, f.name) is not None
+        for arg in (f"--{f.name.replace('_', '-')}", str(getattr(c, f.name)))
+    ]
 
 
 def sha256_file(path: Path) -> str:
@@ -89,14 +101,15 @@ def expected_stream(docs, split: str, seed: int = 0, fraction: float = 0.1):
     return toks, ids, keys
 
 
-def expected_contexts(docs, split: str, T: int, n_contexts: int, bos: bool = False, seed: int = 0,
-                      fraction: float = 0.1):
+def expected_contexts(
+    docs, split: str, T: int, n_contexts: int, bos: bool = False, seed: int = 0, fraction: float = 0.1
+):
     """The contexts a split should hold, as ``(tokens [C, T], doc_ids [C, T])`` int32 tensors."""
     toks, ids, keys = expected_stream(docs, split, seed, fraction)
     body = T - 1 if bos else T
     assert len(toks) >= n_contexts * body, "corpus too small for the test"
-    tok = torch.tensor(toks[:n_contexts * body], dtype=torch.int32).view(n_contexts, body)
-    doc = torch.tensor(ids[:n_contexts * body], dtype=torch.int32).view(n_contexts, body)
+    tok = torch.tensor(toks[: n_contexts * body], dtype=torch.int32).view(n_contexts, body)
+    doc = torch.tensor(ids[: n_contexts * body], dtype=torch.int32).view(n_contexts, body)
     if bos:
         tok = torch.cat([torch.full((n_contexts, 1), BOS_ID, dtype=torch.int32), tok], 1)
         doc = torch.cat([torch.full((n_contexts, 1), -1, dtype=torch.int32), doc], 1)
@@ -105,7 +118,7 @@ def expected_contexts(docs, split: str, T: int, n_contexts: int, bos: bool = Fal
 
 def read_shard(path: Path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
 
 
 def all_tokens(folder: Path, split: str) -> torch.Tensor:
@@ -113,20 +126,22 @@ def all_tokens(folder: Path, split: str) -> torch.Tensor:
     return torch.cat([read_shard(folder / split / s["file"])["tokens"] for s in shard_lists(folder)[split]])
 
 
-def reference_acts(model, tokens_CT: torch.Tensor, layer_resid: int, mlp_module: str | None,
-                   batch: int = 4) -> tuple[torch.Tensor, torch.Tensor | None]:
+def reference_acts(
+    model, tokens_CT: torch.Tensor, layer_resid: int, mlp_module: str | None, batch: int = 4
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Independent activations: ``hidden_states[L+1]`` of a full HF forward and the input of the MLP's down
     projection (a plain forward pre-hook), flattened to ``[C*T, D]``, float32."""
     got_mlp = []
     handle = None
     if mlp_module is not None:
         handle = model.get_submodule(mlp_module).register_forward_pre_hook(
-            lambda mod, args: got_mlp.append(args[0].detach().clone()))
+            lambda mod, args: got_mlp.append(args[0].detach().clone())
+        )
     resid = []
     try:
         with torch.no_grad():
             for i in range(0, len(tokens_CT), batch):
-                out = model(input_ids=tokens_CT[i:i + batch].long(), output_hidden_states=True, use_cache=False)
+                out = model(input_ids=tokens_CT[i : i + batch].long(), output_hidden_states=True, use_cache=False)
                 resid.append(out.hidden_states[layer_resid + 1])
     finally:
         if handle is not None:
@@ -141,12 +156,17 @@ def assert_same_content(a: Path, b: Path) -> None:
     sha256, so byte-identical files), every tensor of every shard identical, and each shard's recorded
     sha256 that of its file."""
     la, lb = shard_lists(a), shard_lists(b)
-    assert la == lb, [(split, i, x, y) for split in la for i, (x, y) in enumerate(zip(la[split], lb.get(split, [])))
-                      if x != y][:3]
+    assert la == lb, [
+        (split, i, x, y) for split in la for i, (x, y) in enumerate(zip(la[split], lb.get(split, []))) if x != y
+    ][:3]
     for folder, lists in ((a, la), (b, lb)):
         for split, shards in lists.items():
             listed = sorted(p.name for p in (Path(folder) / split).iterdir())
-            assert listed == sorted(s["file"] for s in shards), (folder, split, set(listed) ^ {s["file"] for s in shards})
+            assert listed == sorted(s["file"] for s in shards), (
+                folder,
+                split,
+                set(listed) ^ {s["file"] for s in shards},
+            )
             for s in shards:
                 assert sha256_file(Path(folder) / split / s["file"]) == s["sha256"]
     for split, shards in la.items():

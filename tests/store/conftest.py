@@ -36,11 +36,10 @@ def make_store(tmp_path_factory, tiny_llama, shared_corpus):
 @pytest.fixture
 def copy_store(tmp_path):
     """Copy a shared store into this test's folder so the test may modify it."""
+
     def copy(src, name="acts"):
         dst = tmp_path / name
         shutil.copytree(src, dst)
         return dst
 
     return copy
-
-

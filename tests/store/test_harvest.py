@@ -28,13 +28,29 @@ from saex.harvest import harvest
 from saex.lm.loading import load_model
 from saex.store.reader import ActivationStore
 from tests.conftest import FAMILIES, write_corpus
-from tests.store._helpers import (BOS_ID, MLP, RESID, SEP_ID, all_tokens, assert_same_content, cfg, cli_args,
-                                  expected_contexts, expected_stream, manifest, mtimes, read_shard, reference_acts,
-                                  sha256_file, shard_lists, snapshot)
+from tests.store._helpers import (
+    BOS_ID,
+    MLP,
+    RESID,
+    SEP_ID,
+    all_tokens,
+    assert_same_content,
+    cfg,
+    cli_args,
+    expected_contexts,
+    expected_stream,
+    manifest,
+    mtimes,
+    read_shard,
+    reference_acts,
+    sha256_file,
+    shard_lists,
+    snapshot,
+)
 
 T = 16
 BASE = dict(tokens=1990, dtype="float16")  # 1990 -> 125 contexts (2000 rows); held-out 199 -> 13 contexts
-SHARD_FILES = lambda folder: {k: v for k, v in snapshot(folder).items() if k != "manifest.json"}  # noqa: E731
+SHARD_FILES = lambda folder: {k: v for k, v in snapshot(folder).items() if k != "manifest.json"}
 
 
 def _tmp_files(folder: Path) -> list[Path]:
@@ -42,6 +58,7 @@ def _tmp_files(folder: Path) -> list[Path]:
 
 
 # -- manifest ---------------------------------------------------------------------------------------------
+
 
 def test_manifest_contents(make_store, tiny_llama, shared_corpus, tmp_path):
     out = make_store(**BASE)
@@ -56,6 +73,7 @@ def test_manifest_contents(make_store, tiny_llama, shared_corpus, tmp_path):
     assert m["model"]["weights_sha256"] == load_model(str(copy)).weights_sha256 == m["identity"]["weights_sha256"]
     assert len(m["model"]["weights_sha256"]) == 64
     from safetensors.torch import load_file, save_file
+
     w = load_file(copy / "model.safetensors")
     name = next(iter(w))
     w[name] = w[name] + 1
@@ -69,8 +87,14 @@ def test_manifest_contents(make_store, tiny_llama, shared_corpus, tmp_path):
         MLP: {"module": "model.layers.2.mlp.down_proj", "capture": "input", "width": 48, "layer": 2},
     }
     assert m["dtype"] == "float16"
-    assert m["packing"] == {"context_length": 16, "bos_policy": "separator", "separator_id": SEP_ID,
-                            "separator_token": "<|endoftext|>", "bos_id": BOS_ID, "bos_token": "<|bos|>"}
+    assert m["packing"] == {
+        "context_length": 16,
+        "bos_policy": "separator",
+        "separator_id": SEP_ID,
+        "separator_token": "<|endoftext|>",
+        "bos_id": BOS_ID,
+        "bos_token": "<|bos|>",
+    }
     assert m["identity"]["packing"] == m["packing"]
     fp = resolve_corpus(str(shared_corpus)).fingerprint
     assert m["corpus"]["fingerprint"] == m["identity"]["corpus_fingerprint"] == fp
@@ -104,8 +128,9 @@ def test_manifest_contents(make_store, tiny_llama, shared_corpus, tmp_path):
 
 
 def test_explicit_heldout_tokens(tmp_path, tiny_llama, shared_corpus):
-    out = harvest(cfg(tmp_path / "a", tiny_llama, shared_corpus, tokens=100, heldout_tokens=40, shard_tokens=32),
-                  progress=False)
+    out = harvest(
+        cfg(tmp_path / "a", tiny_llama, shared_corpus, tokens=100, heldout_tokens=40, shard_tokens=32), progress=False
+    )
     m = manifest(out)
     contexts = {s: [x["contexts"] for x in m["splits"][s]["shards"]] for s in m["splits"]}
     assert m["splits"]["train"]["rows"] == 112 and contexts["train"] == [2, 2, 2, 1]  # ceil(100/16) = 7 contexts
@@ -115,8 +140,11 @@ def test_explicit_heldout_tokens(tmp_path, tiny_llama, shared_corpus):
 # -- activations and tokens against independent recomputation --------------------------------------------
 
 # fp16 / bf16 rounding: relative half-ulp 2^-11 / 2^-8 (plus a tiny absolute term for subnormals).
-TOLERANCE = {"float32": dict(rtol=1e-6, atol=1e-6), "float16": dict(rtol=2**-10, atol=2**-24),
-             "bfloat16": dict(rtol=2**-7, atol=1e-30)}
+TOLERANCE = {
+    "float32": dict(rtol=1e-6, atol=1e-6),
+    "float16": dict(rtol=2**-10, atol=2**-24),
+    "bfloat16": dict(rtol=2**-7, atol=1e-30),
+}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -171,16 +199,26 @@ def test_splits_are_document_disjoint_and_reproduce_the_documents(make_store, sh
 
 # -- every family ----------------------------------------------------------------------------------------
 
-MLP_DOWN = {"llama": "model.layers.2.mlp.down_proj", "gpt_neox": "gpt_neox.layers.2.mlp.dense_4h_to_h",
-            "gpt2": "transformer.h.2.mlp.c_proj", "gemma3": "model.layers.2.mlp.down_proj"}
-RESID_MODULE = {"llama": "model.layers.1", "gpt_neox": "gpt_neox.layers.1", "gpt2": "transformer.h.1",
-                "gemma3": "model.layers.1"}
+MLP_DOWN = {
+    "llama": "model.layers.2.mlp.down_proj",
+    "gpt_neox": "gpt_neox.layers.2.mlp.dense_4h_to_h",
+    "gpt2": "transformer.h.2.mlp.c_proj",
+    "gemma3": "model.layers.2.mlp.down_proj",
+}
+RESID_MODULE = {
+    "llama": "model.layers.1",
+    "gpt_neox": "gpt_neox.layers.1",
+    "gpt2": "transformer.h.1",
+    "gemma3": "model.layers.1",
+}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_harvests(family, tiny_models, shared_corpus, tmp_path):
-    out = harvest(cfg(tmp_path / "acts", tiny_models[family], shared_corpus, tokens=256, shard_tokens=128,
-                      dtype="float32"), progress=False)
+    out = harvest(
+        cfg(tmp_path / "acts", tiny_models[family], shared_corpus, tokens=256, shard_tokens=128, dtype="float32"),
+        progress=False,
+    )
     m = manifest(out)
     assert m["status"] == "complete"
     assert m["model"]["family"] == ("gemma" if family == "gemma3" else family)
@@ -212,6 +250,7 @@ def test_every_family_harvests(family, tiny_models, shared_corpus, tmp_path):
 
 
 # -- resume ----------------------------------------------------------------------------------------------
+
 
 def test_resume_after_in_process_crash(tmp_path, tiny_llama, shared_corpus, make_store, monkeypatch):
     ref = make_store(**BASE)
@@ -259,8 +298,13 @@ def test_resume_after_sigkill(tmp_path, tiny_llama):
     corpus = write_corpus(tmp_path / "big.jsonl", n_docs=1000, seed=1)
     kw = dict(tokens=12000, shard_tokens=128)  # 94 train + 10 held-out shards
     out = tmp_path / "killed"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", SAEX_CACHE=str(tmp_path / "cache"), TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1")  # like the in-process runs (see conftest); tiny matmuls gain nothing from threads
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        SAEX_CACHE=str(tmp_path / "cache"),
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+    )  # like the in-process runs (see conftest); tiny matmuls gain nothing from threads
     c = cfg(out, tiny_llama, corpus, **kw)
     argv = [sys.executable, "-m", "saex.cli", "harvest", "--quiet", *cli_args(c)]
     log = tmp_path / "stderr.txt"
@@ -299,8 +343,9 @@ def test_resume_after_sigkill(tmp_path, tiny_llama):
     assert not _tmp_files(out)
 
 
-def test_rerun_complete_is_a_noop_and_larger_tokens_extends(tmp_path, tiny_llama, shared_corpus, make_store,
-                                                            copy_store, monkeypatch):
+def test_rerun_complete_is_a_noop_and_larger_tokens_extends(
+    tmp_path, tiny_llama, shared_corpus, make_store, copy_store, monkeypatch
+):
     big = dict(BASE, tokens=3000)
     ref = make_store(**big)
     out = copy_store(make_store(**BASE))
@@ -327,11 +372,14 @@ def test_rerun_complete_is_a_noop_and_larger_tokens_extends(tmp_path, tiny_llama
     after = mtimes(out)
     kept = [f"train/shard-{i:05d}.safetensors" for i in range(7)]
     assert {k: after[k] for k in kept} == {k: before_mtimes[k] for k in kept}
-    assert sorted(writes) == sorted([f"train/shard-{i:05d}.safetensors" for i in range(7, 12)]
-                                    + ["heldout/shard-00000.safetensors", "heldout/shard-00001.safetensors"])
+    assert sorted(writes) == sorted(
+        [f"train/shard-{i:05d}.safetensors" for i in range(7, 12)]
+        + ["heldout/shard-00000.safetensors", "heldout/shard-00001.safetensors"]
+    )
 
 
 # -- bad input -------------------------------------------------------------------------------------------
+
 
 def _bad_cases(tmp_path, tiny_models):
     empty = tmp_path / "empty.jsonl"
@@ -339,8 +387,10 @@ def _bad_cases(tmp_path, tiny_models):
     blank = tmp_path / "blank.txt"
     blank.write_text("\n\n   \n\n\t\n")
     return {
-        "unknown hook": (dict(hooks=f"{RESID},blocks.9.hook_resid_post"),
-                         ["'blocks.9.hook_resid_post'", "0..3", "hook_resid_pre", "mlp.hook_post", "hook_attn_out"]),
+        "unknown hook": (
+            dict(hooks=f"{RESID},blocks.9.hook_resid_post"),
+            ["'blocks.9.hook_resid_post'", "0..3", "hook_resid_pre", "mlp.hook_post", "hook_attn_out"],
+        ),
         "malformed hook": (dict(hooks="blocks.1.resid"), ["'blocks.1.resid'", "hook_resid_post"]),
         "empty jsonl": (dict(corpus=str(empty)), [str(empty)]),
         "blank txt": (dict(corpus=str(blank)), [str(blank)]),
@@ -358,14 +408,29 @@ def _bad_cases(tmp_path, tiny_models):
     }
 
 
-BAD = ["unknown hook", "malformed hook", "empty jsonl", "blank txt", "context too long", "int8", "different hooks",
-       "different model", "different context", "fraction 0", "fraction 1", "fraction 1.5", "fraction negative",
-       "tokens 0", "tokens negative"]
+BAD = [
+    "unknown hook",
+    "malformed hook",
+    "empty jsonl",
+    "blank txt",
+    "context too long",
+    "int8",
+    "different hooks",
+    "different model",
+    "different context",
+    "fraction 0",
+    "fraction 1",
+    "fraction 1.5",
+    "fraction negative",
+    "tokens 0",
+    "tokens negative",
+]
 
 
 @pytest.mark.parametrize("case", BAD)
-def test_bad_input_raises_and_leaves_store_intact(case, tmp_path, tiny_models, tiny_llama, shared_corpus,
-                                                  make_store, copy_store):
+def test_bad_input_raises_and_leaves_store_intact(
+    case, tmp_path, tiny_models, tiny_llama, shared_corpus, make_store, copy_store
+):
     out = copy_store(make_store(**BASE))
     before = snapshot(out)
     overrides, fragments = _bad_cases(tmp_path, tiny_models)[case]
@@ -412,6 +477,7 @@ def test_output_path_is_a_file(tmp_path, tiny_llama, shared_corpus):
 
 # -- corruption ------------------------------------------------------------------------------------------
 
+
 def test_corrupted_shards_are_detected_and_rebuilt(make_store, copy_store, tiny_llama, shared_corpus):
     out = copy_store(make_store(**BASE))
     before = snapshot(out)
@@ -450,6 +516,7 @@ def test_missing_shard_is_rebuilt(make_store, copy_store, tiny_llama, shared_cor
 
 # -- dtypes ----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def huge_llama(tiny_llama, tmp_path_factory):
     """The tiny llama with its embeddings scaled by 1e7: the residual stream overflows float16."""
@@ -475,6 +542,7 @@ def test_float16_overflow_is_a_clear_error(huge_llama, shared_corpus, tmp_path):
 
 
 # -- corpus exhaustion -----------------------------------------------------------------------------------
+
 
 def test_corpus_exhaustion(tmp_path, tiny_llama):
     corpus = write_corpus(tmp_path / "small.jsonl", n_docs=30, seed=2)

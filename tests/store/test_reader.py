@@ -56,6 +56,7 @@ def test_store_description(store):
 
 # -- batches ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("batch_size,shards_in_buffer", [(64, 3), (256, 1), (128, 4), (32, 8), (2048, 8)])
 def test_one_epoch_yields_every_row_exactly_once(store, batch_size, shards_in_buffer):
     full = _all_rows(store, "train", RESID)
@@ -120,8 +121,9 @@ def test_one_shard_per_buffer_still_covers_all_rows(store):
     for b in batches:  # bounded memory: each batch comes from a single shard
         assert set.intersection(*(where[r.numpy().tobytes()] for r in b)), "a batch mixes shards"
     mixed = list(store.batches("train", RESID, 64, shards_in_buffer=4))
-    assert any(not set.intersection(*(where[r.numpy().tobytes()] for r in b)) for b in mixed), \
+    assert any(not set.intersection(*(where[r.numpy().tobytes()] for r in b)) for b in mixed), (
         "with several shards in the buffer, batches should mix them"
+    )
 
 
 @pytest.mark.parametrize("batch_size", [0, -4])
@@ -137,20 +139,28 @@ def test_unknown_hook_or_split_lists_what_the_store_has(store):
     with pytest.raises(SaexError) as err:
         list(store.batches("test", RESID, 64))
     assert "'test'" in str(err.value) and "train" in str(err.value) and "heldout" in str(err.value)
-    for call in (lambda: store.rows("validation", RESID, [0]), lambda: store.load_shard("train", 0, "nope"),
-                 lambda: store.width("nope"), lambda: store.tokens("nope")):
+    for call in (
+        lambda: store.rows("validation", RESID, [0]),
+        lambda: store.load_shard("train", 0, "nope"),
+        lambda: store.width("nope"),
+        lambda: store.tokens("nope"),
+    ):
         with pytest.raises(SaexError):
             call()
 
 
-@pytest.mark.parametrize("kw", [dict(shards_in_buffer=0), dict(shards_in_buffer=-1), dict(skip_batches=-1)],
-                         ids=["buffer0", "buffer-1", "skip-1"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(shards_in_buffer=0), dict(shards_in_buffer=-1), dict(skip_batches=-1)],
+    ids=["buffer0", "buffer-1", "skip-1"],
+)
 def test_invalid_stream_arguments_raise(store, kw):
     with pytest.raises(SaexError):
         list(store.batches("train", RESID, 64, **kw))
 
 
 # -- random access ---------------------------------------------------------------------------------------
+
 
 def test_rows_equal_indexing_the_concatenated_shards(store):
     rng = np.random.default_rng(0)
@@ -185,7 +195,7 @@ def test_tokens_align_with_activation_rows(store, tiny_llama):
         rows = np.arange(c * T, (c + 1) * T)
         assert torch.equal(flat[torch.from_numpy(rows)], tokens[c])
         with torch.no_grad():
-            ref = model(input_ids=tokens[c:c + 1].long(), output_hidden_states=True).hidden_states[2][0]
+            ref = model(input_ids=tokens[c : c + 1].long(), output_hidden_states=True).hidden_states[2][0]
         torch.testing.assert_close(store.rows("train", RESID, rows), ref, rtol=1e-5, atol=1e-6)
     # one row off would not match
     with torch.no_grad():
@@ -195,6 +205,7 @@ def test_tokens_align_with_activation_rows(store, tiny_llama):
 
 # -- not a store -----------------------------------------------------------------------------------------
 
+
 def test_folder_without_manifest(tmp_path):
     with pytest.raises(SaexError, match="not an activation store"):
         ActivationStore(tmp_path)
@@ -202,11 +213,14 @@ def test_folder_without_manifest(tmp_path):
         ActivationStore(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("content,match", [
-    ({"name": "my web app", "icons": []}, "not a saex activation-store manifest"),
-    ({"format": "other.store", "format_version": 1}, "not a saex activation-store manifest"),
-    ({"format": "saex.activation_store", "format_version": 2}, "version 2"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ({"name": "my web app", "icons": []}, "not a saex activation-store manifest"),
+        ({"format": "other.store", "format_version": 1}, "not a saex activation-store manifest"),
+        ({"format": "saex.activation_store", "format_version": 2}, "version 2"),
+    ],
+)
 def test_foreign_manifest(tmp_path, content, match):
     (tmp_path / "manifest.json").write_text(json.dumps(content))
     with pytest.raises(SaexError, match=match):
@@ -233,6 +247,7 @@ def test_verify_false_reads_without_checksums(store_path, copy_store):
 
 
 # -- row filter (attention sinks, separators) ---------------------------------------------------------------
+
 
 def _expected_keep(store, split, first, special):
     """The kept rows computed from the manifest and the stored tokens directly."""
@@ -265,8 +280,9 @@ def test_filtered_epoch_yields_every_kept_row_once_and_resumes(store):
     keep = _expected_keep(store, "train", 1, True)
     full = list(store.batches("train", RESID, 32, seed=3, shards_in_buffer=3, drop_last=False, rows=rows))
     assert _multiset(torch.cat(full)) == _multiset(_all_rows(store, "train", RESID)[keep])
-    rest = list(store.batches("train", RESID, 32, seed=3, shards_in_buffer=3, drop_last=False, rows=rows,
-                              skip_batches=7))
+    rest = list(
+        store.batches("train", RESID, 32, seed=3, shards_in_buffer=3, drop_last=False, rows=rows, skip_batches=7)
+    )
     assert len(rest) == len(full) - 7 and all(torch.equal(a, b) for a, b in zip(rest, full[7:]))
 
 

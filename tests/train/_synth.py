@@ -20,10 +20,19 @@ HOOK = "blocks.0.hook_resid_post"
 T = 8
 
 
-def write_store(path, train_ND: torch.Tensor, heldout_ND: torch.Tensor, hook: str = HOOK,
-                shard_rows: int = 4096, name: str = "synthetic", dtype: torch.dtype = torch.float32, T: int = T,
-                tokens_CT: torch.Tensor | None = None, docs_CT: torch.Tensor | None = None,
-                vocab_size: int = 50) -> Path:
+def write_store(
+    path,
+    train_ND: torch.Tensor,
+    heldout_ND: torch.Tensor,
+    hook: str = HOOK,
+    shard_rows: int = 4096,
+    name: str = "synthetic",
+    dtype: torch.dtype = torch.float32,
+    T: int = T,
+    tokens_CT: torch.Tensor | None = None,
+    docs_CT: torch.Tensor | None = None,
+    vocab_size: int = 50,
+) -> Path:
     """Write ``train_ND`` / ``heldout_ND`` as a complete store at ``path``; returns the path. ``T`` is the
     context length; ``tokens_CT`` / ``docs_CT`` (``[contexts, T]``), if given, are the held-out split's token
     and document ids (default: counting tokens, one document per context)."""
@@ -40,36 +49,63 @@ def write_store(path, train_ND: torch.Tensor, heldout_ND: torch.Tensor, hook: st
         assert given_doc is None or given_doc.shape == (len(X) // T, T)
         shards, doc = [], 0
         for i, lo in enumerate(range(0, len(X), shard_rows)):
-            x = X[lo:lo + shard_rows].to(dtype).contiguous()
+            x = X[lo : lo + shard_rows].to(dtype).contiguous()
             C = len(x) // T
             if given_tok is None:
                 tok = torch.arange(C * T, dtype=torch.int32).remainder(50).view(C, T)
             else:
-                tok = given_tok[doc:doc + C].to(torch.int32).contiguous()
+                tok = given_tok[doc : doc + C].to(torch.int32).contiguous()
             if given_doc is None:
                 docs = (torch.arange(C, dtype=torch.int32) + doc).unsqueeze(1).expand(C, T).contiguous()
             else:
-                docs = given_doc[doc:doc + C].to(torch.int32).contiguous()
+                docs = given_doc[doc : doc + C].to(torch.int32).contiguous()
             doc += C
             file = path / split / f"shard-{i:05d}.safetensors"
-            digest = write_safetensors_atomic(file, {hook: x, "tokens": tok, "doc_ids": docs},
-                                              {"split": split, "index": str(i), "format": "saex.activation_store"})
-            shards.append({"file": file.name, "contexts": C, "rows": C * T, "bytes": file.stat().st_size,
-                           "sha256": digest, "tokens_sha256": hashlib.sha256(tok.numpy().tobytes()).hexdigest()})
+            digest = write_safetensors_atomic(
+                file,
+                {hook: x, "tokens": tok, "doc_ids": docs},
+                {"split": split, "index": str(i), "format": "saex.activation_store"},
+            )
+            shards.append(
+                {
+                    "file": file.name,
+                    "contexts": C,
+                    "rows": C * T,
+                    "bytes": file.stat().st_size,
+                    "sha256": digest,
+                    "tokens_sha256": hashlib.sha256(tok.numpy().tobytes()).hexdigest(),
+                }
+            )
         splits[split] = {"shards": shards, "rows": len(X), "contexts": len(X) // T, "target_tokens": len(X)}
     content = hashlib.sha256()
     for s in splits.values():
         for sh in s["shards"]:
             content.update(sh["sha256"].encode())
     manifest = {
-        "format": "saex.activation_store", "format_version": 1, "saex_version": "test", "status": "complete",
+        "format": "saex.activation_store",
+        "format_version": 1,
+        "saex_version": "test",
+        "status": "complete",
         "identity": {"synthetic": name, "content": content.hexdigest()},
         "config": {"synthetic": name},
-        "model": {"name": name, "source": "local", "weights_sha256": "-", "model_type": "synthetic",
-                  "family": "synthetic", "n_layers": 1, "d_model": width, "d_mlp": None, "max_context": T},
+        "model": {
+            "name": name,
+            "source": "local",
+            "weights_sha256": "-",
+            "model_type": "synthetic",
+            "family": "synthetic",
+            "n_layers": 1,
+            "d_model": width,
+            "d_mlp": None,
+            "max_context": T,
+        },
         "tokenizer": {"name_or_path": "-", "class": "-", "vocab_size": vocab_size, "sha256": "-"},
         "corpus": {"spec": "synthetic"},
-        "split": {"method": "given", "seed": 0, "heldout_fraction": len(heldout_ND) / max(1, len(train_ND) + len(heldout_ND))},
+        "split": {
+            "method": "given",
+            "seed": 0,
+            "heldout_fraction": len(heldout_ND) / max(1, len(train_ND) + len(heldout_ND)),
+        },
         "packing": {"context_length": T, "bos_policy": "separator"},
         "dtype": {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype],
         "hooks": {hook: {"module": "synthetic", "capture": "output", "width": width, "layer": 0}},
@@ -80,8 +116,9 @@ def write_store(path, train_ND: torch.Tensor, heldout_ND: torch.Tensor, hook: st
     return path
 
 
-def ground_truth(d: int = 32, n_gt: int | None = None, n: int = 65_536, n_heldout: int = 4096,
-                 active: float = 5.0, seed: int = 0):
+def ground_truth(
+    d: int = 32, n_gt: int | None = None, n: int = 65_536, n_heldout: int = 4096, active: float = 5.0, seed: int = 0
+):
     """Sharkey et al. 2022 style data: ``n_gt`` random unit features in ``d`` dims, each active with
     probability ``active / n_gt`` with a magnitude uniform in (0, 1]; returns (G [n_gt, d], train, heldout)."""
     n_gt = n_gt or 2 * d
@@ -107,8 +144,11 @@ def mmcs(G_gd: torch.Tensor, W_FD: torch.Tensor) -> float:
 def snapshot(folder) -> dict[str, str]:
     """sha256 of every file under a folder, by relative path."""
     folder = Path(folder)
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def metrics(out) -> list[dict]:
@@ -124,10 +164,21 @@ def train_cfg(store, out, **kw):
     """A small, fast training config on a synthetic store (override anything with keywords)."""
     from saex.train.config import TrainConfig
 
-    base = dict(acts=str(store), hook=HOOK, out=str(out), ratio="4", alpha="0.01,0.02", steps=300,
-                batch_size=64, eval_every=50, eval_tokens=512, checkpoint_every=50,
-                # synthetic data has no attention sink or separator tokens: every row is a training row
-                exclude_first=0, exclude_special_tokens=False)
+    base = dict(
+        acts=str(store),
+        hook=HOOK,
+        out=str(out),
+        ratio="4",
+        alpha="0.01,0.02",
+        steps=300,
+        batch_size=64,
+        eval_every=50,
+        eval_tokens=512,
+        checkpoint_every=50,
+        # synthetic data has no attention sink or separator tokens: every row is a training row
+        exclude_first=0,
+        exclude_special_tokens=False,
+    )
     return TrainConfig(**(base | kw))
 
 
@@ -135,8 +186,11 @@ def weights(out) -> dict[str, dict[str, torch.Tensor]]:
     """Every saved dictionary's tensors, by folder name."""
     from safetensors.torch import load_file
 
-    return {p.name: load_file(str(p / "sae_weights.safetensors"))
-            for p in sorted(Path(out).iterdir()) if (p / "cfg.json").is_file()}
+    return {
+        p.name: load_file(str(p / "sae_weights.safetensors"))
+        for p in sorted(Path(out).iterdir())
+        if (p / "cfg.json").is_file()
+    }
 
 
 def assert_same_weights(a, b, exact: bool = True) -> None:

@@ -11,9 +11,32 @@ from tests.train._synth import HOOK, assert_same_weights, snapshot
 
 
 def args(store, out, *extra):
-    return ["train", "--acts", str(store), "--hook", HOOK, "--out", str(out), "--ratio", "2", "--alpha",
-            "0.01,0.02", "--steps", "50", "--batch-size", "64", "--exclude-first", "0", "--no-exclude-special-tokens", "--eval-every", "25", "--eval-tokens", "256",
-            "--quiet", *extra]
+    return [
+        "train",
+        "--acts",
+        str(store),
+        "--hook",
+        HOOK,
+        "--out",
+        str(out),
+        "--ratio",
+        "2",
+        "--alpha",
+        "0.01,0.02",
+        "--steps",
+        "50",
+        "--batch-size",
+        "64",
+        "--exclude-first",
+        "0",
+        "--no-exclude-special-tokens",
+        "--eval-every",
+        "25",
+        "--eval-tokens",
+        "256",
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_train_prints_the_dictionaries(small_store, tmp_path, capsys):
@@ -25,8 +48,10 @@ def test_train_prints_the_dictionaries(small_store, tmp_path, capsys):
     # 50 steps of 64 over the store's train rows (every row kept: the filter is off for synthetic data)
     passes = round(50 * 64 / json.loads((small_store / "manifest.json").read_text())["splits"]["train"]["rows"], 2)
     assert run["passes"] == passes
-    assert lines[0] == (f"2 dictionaries on {HOOK} of {json.loads((small_store / 'manifest.json').read_text())['model']['name']} "
-                        f"in {out} (50 steps, {passes:g} passes over the store)")
+    assert lines[0] == (
+        f"2 dictionaries on {HOOK} of {json.loads((small_store / 'manifest.json').read_text())['model']['name']} "
+        f"in {out} (50 steps, {passes:g} passes over the store)"
+    )
     last = {}
     for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()):
         last[row["dictionary"]] = row
@@ -51,14 +76,17 @@ def test_train_prints_the_dictionaries(small_store, tmp_path, capsys):
     assert capsys.readouterr().out == captured.out and snapshot(out) == before
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    (["--alpha=-1"], "α must be >= 0, got -1"),
-    (["--ratio", "0"], "ratio R must be > 0, got 0"),
-    (["--arch", "gated"], "unknown --arch 'gated'"),
-    (["--arch", "topk", "--k", "100"], "--k 100 must be an integer in 1..32"),
-    (["--steps", "0"], "--steps must be positive, got 0"),
-    (["--hook", "blocks.3.hook_mlp_out"], "hook 'blocks.3.hook_mlp_out' is not in the store"),
-])
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--alpha=-1"], "α must be >= 0, got -1"),
+        (["--ratio", "0"], "ratio R must be > 0, got 0"),
+        (["--arch", "gated"], "unknown --arch 'gated'"),
+        (["--arch", "topk", "--k", "100"], "--k 100 must be an integer in 1..32"),
+        (["--steps", "0"], "--steps must be positive, got 0"),
+        (["--hook", "blocks.3.hook_mlp_out"], "hook 'blocks.3.hook_mlp_out' is not in the store"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(small_store, tmp_path, capsys, extra, fragment):
     assert main(args(small_store, tmp_path / "out", *extra)) == 2
     captured = capsys.readouterr()
@@ -82,17 +110,35 @@ def test_different_config_into_a_finished_out_exits_2_naming_the_field(small_sto
 
 def test_config_files_toml_and_json(small_store, tmp_path, capsys):
     toml = tmp_path / "c.toml"
-    toml.write_text(f'acts = "{small_store}"\nhook = "{HOOK}"\nratio = "2"\nalpha = "0.03"\nsteps = 20\n'
-                    'batch_size = 64\neval_every = 0\ndecay_fraction = 0.5\n')
+    toml.write_text(
+        f'acts = "{small_store}"\nhook = "{HOOK}"\nratio = "2"\nalpha = "0.03"\nsteps = 20\n'
+        "batch_size = 64\neval_every = 0\ndecay_fraction = 0.5\n"
+    )
     jsn = tmp_path / "c.json"
-    jsn.write_text(json.dumps({"acts": str(small_store), "hook": HOOK, "ratio": "2", "alpha": "0.03", "steps": 20,
-                               "batch_size": 64, "eval_every": 0, "decay_fraction": 0.5}))
+    jsn.write_text(
+        json.dumps(
+            {
+                "acts": str(small_store),
+                "hook": HOOK,
+                "ratio": "2",
+                "alpha": "0.03",
+                "steps": 20,
+                "batch_size": 64,
+                "eval_every": 0,
+                "decay_fraction": 0.5,
+            }
+        )
+    )
     for f in (toml, jsn):
         assert main(["train", "--config", str(f), "--out", str(tmp_path / f.suffix[1:]), "--quiet"]) == 0
         assert capsys.readouterr().out.strip().splitlines()[2].split()[0] == "tied_l1_r2_a0.03"
         cfg = json.loads((tmp_path / f.suffix[1:] / "run.json").read_text())["config"]
-        assert (cfg["alpha"], cfg["steps"], cfg["decay_fraction"], cfg["out"]) == \
-            ("0.03", 20, 0.5, str(tmp_path / f.suffix[1:]))
+        assert (cfg["alpha"], cfg["steps"], cfg["decay_fraction"], cfg["out"]) == (
+            "0.03",
+            20,
+            0.5,
+            str(tmp_path / f.suffix[1:]),
+        )
     assert_same_weights(tmp_path / "toml", tmp_path / "json")
     # the command line overrides the file
     assert main(["train", "--config", str(toml), "--alpha", "0.04", "--out", str(tmp_path / "o"), "--quiet"]) == 0

@@ -17,36 +17,39 @@ from tests.train._synth import ground_truth, train_cfg, write_store
 def _rows(l0s, losses, dense_end=0.0, total=100):
     """Evaluations at steps 10, 20, ..., total with the given L0 and loss values."""
     n = len(l0s)
-    return [{"step": total * (i + 1) // n, "l0": l0, "loss": loss, "dense_fraction": dense_end if i == n - 1 else 0.5}
-            for i, (l0, loss) in enumerate(zip(l0s, losses))]
+    return [
+        {"step": total * (i + 1) // n, "l0": l0, "loss": loss, "dense_fraction": dense_end if i == n - 1 else 0.5}
+        for i, (l0, loss) in enumerate(zip(l0s, losses))
+    ]
 
 
 def test_flat_tail_is_converged():
-    v = convergence.assess(_rows([300, 120, 60, 50, 48, 47, 46, 46, 45, 45], [1, .5, .3, .25, .24, .23, .23, .22, .22, .22]),
-                           100)
+    v = convergence.assess(
+        _rows([300, 120, 60, 50, 48, 47, 46, 46, 45, 45], [1, 0.5, 0.3, 0.25, 0.24, 0.23, 0.23, 0.22, 0.22, 0.22]), 100
+    )
     # the tail starts at the last evaluation at or before step 80: L0 46 -> 45 (2.2%), loss .22 -> .22
     assert v["converged"] is True and v["reasons"] == []
     assert v["tail_start_step"] == 80 and v["l0_drop"] == pytest.approx(1 / 45)
 
 
 def test_falling_l0_is_not_converged_with_the_numbers():
-    v = convergence.assess(_rows([300, 280, 260, 229, 220], [.5, .45, .44, .43, .42]), 100)
+    v = convergence.assess(_rows([300, 280, 260, 229, 220], [0.5, 0.45, 0.44, 0.43, 0.42]), 100)
     # step 80: L0 229 -> 220 at step 100: (229 - 220) / 220 = 4.1%: under the 5% limit; loss (.43-.42)/.42 = 2.4%
     assert v["converged"] is True
-    v = convergence.assess(_rows([300, 280, 260, 250, 220], [.5, .45, .44, .43, .42]), 100)
+    v = convergence.assess(_rows([300, 280, 260, 250, 220], [0.5, 0.45, 0.44, 0.43, 0.42]), 100)
     assert v["converged"] is False and v["l0_drop"] == pytest.approx(30 / 220) and v["still_changing"]
     assert "--steps" in convergence.advice(v)
     assert "L0 still falling: 250.0 → 220.0 (14%)" in v["reasons"][0]
 
 
 def test_falling_loss_is_not_converged():
-    v = convergence.assess(_rows([50, 50, 50, 50, 50], [.5, .4, .35, .33, .30]), 100)
-    assert v["converged"] is False and v["loss_drop"] == pytest.approx(.03 / .30)
+    v = convergence.assess(_rows([50, 50, 50, 50, 50], [0.5, 0.4, 0.35, 0.33, 0.30]), 100)
+    assert v["converged"] is False and v["loss_drop"] == pytest.approx(0.03 / 0.30)
     assert v["reasons"][0].startswith("loss still falling: 0.33 → 0.3 (10%)")
 
 
 def test_dense_features_fail_only_sparse_methods():
-    rows = _rows([50] * 5, [.3] * 5, dense_end=0.2)
+    rows = _rows([50] * 5, [0.3] * 5, dense_end=0.2)
     v = convergence.assess(rows, 100)
     assert v["converged"] is False and v["dense"] and not v["still_changing"]
     assert "larger α" in convergence.advice(v)
@@ -70,8 +73,20 @@ def test_trainer_records_the_verdict_short_run_fires_long_run_quiet(tmp_path):
     store = write_store(tmp_path / "acts", X, H, shard_rows=4096)
     verdicts = {}
     for steps in (30, 1500):
-        out = train(train_cfg(store, tmp_path / f"s{steps}", ratio="4", alpha="0.05", steps=steps, batch_size=128,
-                              lr=3e-3, eval_every=max(1, steps // 10), checkpoint_every=0), progress=False)
+        out = train(
+            train_cfg(
+                store,
+                tmp_path / f"s{steps}",
+                ratio="4",
+                alpha="0.05",
+                steps=steps,
+                batch_size=128,
+                lr=3e-3,
+                eval_every=max(1, steps // 10),
+                checkpoint_every=0,
+            ),
+            progress=False,
+        )
         run = json.loads((out / "run.json").read_text())
         meta = json.loads((out / "tied_l1_r4_a0.05" / "cfg.json").read_text())["metadata"]
         assert meta["convergence"] == run["convergence"]["tied_l1_r4_a0.05"]
@@ -83,6 +98,7 @@ def test_trainer_records_the_verdict_short_run_fires_long_run_quiet(tmp_path):
 
 
 # -- calibration ---------------------------------------------------------------------------------------------
+
 
 def test_interpolation_is_linear_in_log_log():
     grid = [(1e-3, 100.0), (1e-2, 10.0)]  # L0 = 0.1 / α: a line of slope -1 in log-log

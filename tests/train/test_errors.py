@@ -35,27 +35,33 @@ def out_done(completed, tmp_path):
     return dst
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(alpha="0.01,-0.5"), r"α must be >= 0, got -0\.5"),
-    (dict(ratio="0"), r"ratio R must be > 0, got 0"),
-    (dict(ratio="2,-1"), r"ratio R must be > 0, got -1"),
-    (dict(ratio="0.01"), r"ratio 0\.01 gives no features for d_in 16"),
-    (dict(arch="topk", ratio="2", k="33"), r"--k 33 must be an integer in 1\.\.32"),
-    (dict(arch="topk", k="0"), r"--k 0 must be an integer"),
-    (dict(arch="topk", k="2.5"), r"--k 2\.5 must be an integer"),
-    (dict(arch="gated"), r"unknown --arch 'gated'"),
-    (dict(steps=0), r"--steps must be positive, got 0"),
-    (dict(steps=10, dead_window=640), r"--dead-window 640 is not shorter than the run \(10 steps × 64 = 640 inputs\)"),
-    (dict(batch_size=0), r"--batch-size must be positive, got 0"),
-    (dict(lr=0.0), r"--lr must be positive, got 0\.0"),
-    (dict(decay_fraction=1.5), r"--decay-fraction must be in \[0, 1\], got 1\.5"),
-    (dict(alpha="x"), r"--alpha must be comma-separated numbers, got 'x'"),
-    (dict(alpha="nan"), r"--alpha values must be finite, got 'nan'"),
-    (dict(normalize="zscore"), r"unknown --normalize 'zscore'"),
-    (dict(alpha="0.01,0.010001"), r"names a dictionary twice: tied_l1_r4_a0\.01"),
-    (dict(hook="blocks.9.hook_resid_post"), r"hook 'blocks\.9\.hook_resid_post' is not in the store"),
-    (dict(hook=""), r"name the hook point to train on with --hook; the store has \['blocks\.0\.hook_resid_post'\]"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(alpha="0.01,-0.5"), r"α must be >= 0, got -0\.5"),
+        (dict(ratio="0"), r"ratio R must be > 0, got 0"),
+        (dict(ratio="2,-1"), r"ratio R must be > 0, got -1"),
+        (dict(ratio="0.01"), r"ratio 0\.01 gives no features for d_in 16"),
+        (dict(arch="topk", ratio="2", k="33"), r"--k 33 must be an integer in 1\.\.32"),
+        (dict(arch="topk", k="0"), r"--k 0 must be an integer"),
+        (dict(arch="topk", k="2.5"), r"--k 2\.5 must be an integer"),
+        (dict(arch="gated"), r"unknown --arch 'gated'"),
+        (dict(steps=0), r"--steps must be positive, got 0"),
+        (
+            dict(steps=10, dead_window=640),
+            r"--dead-window 640 is not shorter than the run \(10 steps × 64 = 640 inputs\)",
+        ),
+        (dict(batch_size=0), r"--batch-size must be positive, got 0"),
+        (dict(lr=0.0), r"--lr must be positive, got 0\.0"),
+        (dict(decay_fraction=1.5), r"--decay-fraction must be in \[0, 1\], got 1\.5"),
+        (dict(alpha="x"), r"--alpha must be comma-separated numbers, got 'x'"),
+        (dict(alpha="nan"), r"--alpha values must be finite, got 'nan'"),
+        (dict(normalize="zscore"), r"unknown --normalize 'zscore'"),
+        (dict(alpha="0.01,0.010001"), r"names a dictionary twice: tied_l1_r4_a0\.01"),
+        (dict(hook="blocks.9.hook_resid_post"), r"hook 'blocks\.9\.hook_resid_post' is not in the store"),
+        (dict(hook=""), r"name the hook point to train on with --hook; the store has \['blocks\.0\.hook_resid_post'\]"),
+    ],
+)
 def test_bad_config_is_refused_before_anything_is_written(small_store, out_done, tmp_path, change, message):
     before = snapshot(out_done)
     cfg = train_cfg(small_store, out_done, steps=40, eval_every=20, checkpoint_every=20)
@@ -76,8 +82,9 @@ def test_missing_store_is_refused(tmp_path):
 
 def _wider_store(tmp_path):
     g = torch.Generator().manual_seed(3)
-    return write_store(tmp_path / "wide", torch.randn(2048, 24, generator=g), torch.randn(256, 24, generator=g),
-                       shard_rows=1024)
+    return write_store(
+        tmp_path / "wide", torch.randn(2048, 24, generator=g), torch.randn(256, 24, generator=g), shard_rows=1024
+    )
 
 
 def test_completed_run_on_a_store_of_another_width_is_refused(small_store, out_done, tmp_path):
@@ -164,5 +171,7 @@ def test_out_that_is_a_file_is_refused(small_store, tmp_path):
 
 def test_negative_aux_k_is_refused(small_store, tmp_path):
     with pytest.raises(SaexError, match="aux"):
-        train(train_cfg(small_store, tmp_path / "out", arch="topk", k="3", aux_k=-1, dead_window=64,
-                        steps=30), progress=False)
+        train(
+            train_cfg(small_store, tmp_path / "out", arch="topk", k="3", aux_k=-1, dead_window=64, steps=30),
+            progress=False,
+        )

@@ -31,8 +31,21 @@ def test_tied_sae_recovers_ground_truth_features(tmp_path):
     (0, 1]; the paper's tied SAE (R = 4, lr 1e-3) learns every one of them (MMCS close to 1)."""
     G, X, H = ground_truth(d=32, n=65_536, n_heldout=4096, active=5.0, seed=0)
     store = write_store(tmp_path / "acts", X, H, shard_rows=16_384)
-    out = train(train_cfg(store, tmp_path / "out", ratio="4", alpha="0.01", steps=3906, batch_size=256, decay_fraction=0.0,
-                          lr=1e-3, eval_every=0, checkpoint_every=0), progress=False)
+    out = train(
+        train_cfg(
+            store,
+            tmp_path / "out",
+            ratio="4",
+            alpha="0.01",
+            steps=3906,
+            batch_size=256,
+            decay_fraction=0.0,
+            lr=1e-3,
+            eval_every=0,
+            checkpoint_every=0,
+        ),
+        progress=False,
+    )
     sae = SAE.load(out / "tied_l1_r4_a0.01")
     assert sae.W_dec_FD.shape == (128, 32)
     score = mmcs(G, sae.W_dec_FD)
@@ -47,16 +60,32 @@ def test_tied_sae_recovers_ground_truth_features(tmp_path):
     assert mmcs(G, torch.randn(128, 32, generator=torch.Generator().manual_seed(999))) < 0.7
 
 
-@pytest.mark.parametrize("arch, extra", [
-    ("tied_l1", {}),
-    ("untied_l1", {}),
-    ("untied_l1", {"decoder_bias": True}),
-    ("topk", {"k": "2,5"}),
-])
+@pytest.mark.parametrize(
+    "arch, extra",
+    [
+        ("tied_l1", {}),
+        ("untied_l1", {}),
+        ("untied_l1", {"decoder_bias": True}),
+        ("topk", {"k": "2,5"}),
+    ],
+)
 def test_saved_decoder_rows_are_unit_norm_for_every_arch(tmp_path, small_store, small_data, arch, extra):
     _, _, H = small_data
-    out = train(train_cfg(small_store, tmp_path / "out", arch=arch, ratio="2,4", steps=150, eval_every=0,
-                          checkpoint_every=0, lr=1e-2, normalize="mean_norm", **extra), progress=False)
+    out = train(
+        train_cfg(
+            small_store,
+            tmp_path / "out",
+            arch=arch,
+            ratio="2,4",
+            steps=150,
+            eval_every=0,
+            checkpoint_every=0,
+            lr=1e-2,
+            normalize="mean_norm",
+            **extra,
+        ),
+        progress=False,
+    )
     names = json.loads((out / "run.json").read_text())["members"]
     assert len(names) == 4
     for m in names:

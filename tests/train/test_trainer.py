@@ -25,8 +25,17 @@ from saex.train.trainer import lr_at, train
 from tests.train._synth import assert_same_weights, metrics, snapshot, train_cfg, weights
 
 # 8192 train rows / 64 = 128 steps per epoch: resumable runs cross several epochs.
-RESUME = dict(ratio="4", alpha="0.01,0.3", steps=400, lr=3e-3, warmup_steps=20, decay_fraction=0.3,
-              dead_window=64 * 8, resample_every=40, eval_every=30)
+RESUME = dict(
+    ratio="4",
+    alpha="0.01,0.3",
+    steps=400,
+    lr=3e-3,
+    warmup_steps=20,
+    decay_fraction=0.3,
+    dead_window=64 * 8,
+    resample_every=40,
+    eval_every=30,
+)
 
 
 class Interrupted(Exception):
@@ -72,12 +81,16 @@ def reference(small_store, tmp_path_factory):
 
 # -- sweeps ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch, sweep, one", [
-    ("tied_l1", dict(alpha="0.005,0.01,0.02"), [dict(alpha=a) for a in ("0.005", "0.01", "0.02")]),
-    ("untied_l1", dict(alpha="0.005,0.01,0.02"), [dict(alpha=a) for a in ("0.005", "0.01", "0.02")]),
-    ("tied_l1", dict(ratio="2,4", alpha="0.01"), [dict(ratio=r, alpha="0.01") for r in ("2", "4")]),
-    ("topk", dict(k="2,4,6"), [dict(k=k) for k in ("2", "4", "6")]),
-])
+
+@pytest.mark.parametrize(
+    "arch, sweep, one",
+    [
+        ("tied_l1", dict(alpha="0.005,0.01,0.02"), [dict(alpha=a) for a in ("0.005", "0.01", "0.02")]),
+        ("untied_l1", dict(alpha="0.005,0.01,0.02"), [dict(alpha=a) for a in ("0.005", "0.01", "0.02")]),
+        ("tied_l1", dict(ratio="2,4", alpha="0.01"), [dict(ratio=r, alpha="0.01") for r in ("2", "4")]),
+        ("topk", dict(k="2,4,6"), [dict(k=k) for k in ("2", "4", "6")]),
+    ],
+)
 def test_ensemble_equals_separate_runs(tmp_path, small_store, arch, sweep, one):
     common = dict(arch=arch, steps=150, eval_every=50, checkpoint_every=0, lr=3e-3, dead_window=64 * 4)
     out = train(train_cfg(small_store, tmp_path / "sweep", **common, **sweep), progress=False)
@@ -86,7 +99,7 @@ def test_ensemble_equals_separate_runs(tmp_path, small_store, arch, sweep, one):
     rows = metrics(out)
     for i, kw in enumerate(one):
         alone_out = train(train_cfg(small_store, tmp_path / f"alone{i}", **common, **kw), progress=False)
-        (name, alone), = weights(alone_out).items()
+        ((name, alone),) = weights(alone_out).items()
         for key in alone:
             # Same seed, same data order, members independent: equal to float32 rounding, in fact bitwise.
             assert torch.equal(together[name][key], alone[key]), f"{name}/{key}"
@@ -94,6 +107,7 @@ def test_ensemble_equals_separate_runs(tmp_path, small_store, arch, sweep, one):
 
 
 # -- resume -----------------------------------------------------------------------------------------------
+
 
 def _env():
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -115,9 +129,10 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, small_store,
     ref = reference(**RESUME)
     out = tmp_path / "out"
     cfg = train_cfg(small_store, out, checkpoint_every=25, **RESUME)
-    log = open(tmp_path / "stderr.txt", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "saex.cli", "train", *_cli_args(cfg)], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=log)
+    log = open(tmp_path / "stderr.txt", "wb")  # noqa: SIM115 (the child process writes it)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saex.cli", "train", *_cli_args(cfg)], env=_env(), stdout=subprocess.DEVNULL, stderr=log
+    )
     state, deadline = out / "checkpoint" / "state.json", time.monotonic() + 90
     try:
         while True:
@@ -133,8 +148,10 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, small_store,
                     os.kill(proc.pid, signal.SIGKILL)
                     break
             if proc.poll() is not None:
-                pytest.fail(f"the run ended (rc {proc.returncode}) before it could be killed: "
-                            f"{(tmp_path / 'stderr.txt').read_text()[-2000:]}")
+                pytest.fail(
+                    f"the run ended (rc {proc.returncode}) before it could be killed: "
+                    f"{(tmp_path / 'stderr.txt').read_text()[-2000:]}"
+                )
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.002)
     finally:
@@ -152,15 +169,22 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, small_store,
     assert [p.name for p in (out / "checkpoint").iterdir()] and len(list((out / "checkpoint").glob("state-*"))) == 1
 
 
-@pytest.mark.parametrize("arch, stop, every", [
-    ("tied_l1", 95, 25),    # mid-epoch; checkpoint at 75, the log row of step 90 must be dropped
-    ("tied_l1", 130, 32),   # checkpoint at 128: exactly at the end of an epoch
-    ("untied_l1", 261, 50),  # with a decoder bias and input scaling (the scale is restored from the checkpoint)
-    ("topk", 215, 40),      # aux-k with dead latents: the dead counters must resume too; log row 210 dropped
-])
-def test_resume_in_process_equals_an_uninterrupted_run(tmp_path, monkeypatch, small_store, reference, arch, stop,
-                                                         every):
-    extra = dict(arch=arch, **RESUME) | {"topk": {"k": "3"}, "untied_l1": {"decoder_bias": True, "normalize": "mean_norm"}}.get(arch, {})
+@pytest.mark.parametrize(
+    "arch, stop, every",
+    [
+        ("tied_l1", 95, 25),  # mid-epoch; checkpoint at 75, the log row of step 90 must be dropped
+        ("tied_l1", 130, 32),  # checkpoint at 128: exactly at the end of an epoch
+        ("untied_l1", 261, 50),  # with a decoder bias and input scaling (the scale is restored from the checkpoint)
+        ("topk", 215, 40),  # aux-k with dead latents: the dead counters must resume too; log row 210 dropped
+    ],
+)
+def test_resume_in_process_equals_an_uninterrupted_run(
+    tmp_path, monkeypatch, small_store, reference, arch, stop, every
+):
+    extra = dict(arch=arch, **RESUME) | {
+        "topk": {"k": "3"},
+        "untied_l1": {"decoder_bias": True, "normalize": "mean_norm"},
+    }.get(arch, {})
     ref = reference(**extra)
     out = tmp_path / "out"
     cfg = train_cfg(small_store, out, checkpoint_every=every, **extra)
@@ -263,6 +287,7 @@ def test_resume_drops_a_torn_metrics_line(tmp_path, monkeypatch, small_store, re
 
 # -- idempotence, refusal, replay -------------------------------------------------------------------------
 
+
 def test_completed_run_again_is_a_no_op(tmp_path, small_store):
     cfg = train_cfg(small_store, tmp_path / "out", steps=60)
     out = train(cfg, progress=False)
@@ -280,13 +305,16 @@ def test_completed_run_again_is_a_no_op(tmp_path, small_store):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == mtimes
 
 
-@pytest.mark.parametrize("change, field", [
-    (dict(alpha="0.01,0.03"), "alpha"),
-    (dict(steps=61), "steps"),
-    (dict(arch="untied_l1"), "arch"),
-    (dict(seed=1), "seed"),
-    (dict(lr=2e-3), "lr"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(alpha="0.01,0.03"), "alpha"),
+        (dict(steps=61), "steps"),
+        (dict(arch="untied_l1"), "arch"),
+        (dict(seed=1), "seed"),
+        (dict(lr=2e-3), "lr"),
+    ],
+)
 def test_different_config_into_the_same_out_is_refused(tmp_path, small_store, change, field):
     cfg = train_cfg(small_store, tmp_path / "out", steps=60)
     out = train(cfg, progress=False)
@@ -298,8 +326,10 @@ def test_different_config_into_the_same_out_is_refused(tmp_path, small_store, ch
 
 
 def test_from_run_json_into_a_new_out_reproduces_the_weights(tmp_path, small_store, capsys):
-    out = train(train_cfg(small_store, tmp_path / "a", steps=80, arch="untied_l1", decoder_bias=True,
-                          normalize="mean_norm"), progress=False)
+    out = train(
+        train_cfg(small_store, tmp_path / "a", steps=80, arch="untied_l1", decoder_bias=True, normalize="mean_norm"),
+        progress=False,
+    )
     assert main(["train", "--from", str(out / "run.json"), "--out", str(tmp_path / "b"), "--quiet"]) == 0
     assert_same_weights(out, tmp_path / "b", exact=True)
     ra, rb = (json.loads((tmp_path / d / "run.json").read_text()) for d in "ab")
@@ -318,14 +348,23 @@ def test_out_folder_with_unrelated_files_is_refused(tmp_path, small_store):
 
 # -- metrics ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("normalize, scale", [("none", 1.0), ("mean_norm", 25.0)])
 def test_metrics_rows_and_independent_fvu(tmp_path, small_store, small_data, normalize, scale):
     from tests.train._synth import write_store
 
     _, X, H = small_data
     store = small_store if scale == 1.0 else write_store(tmp_path / "acts", X * scale, H * scale, shard_rows=1024)
-    cfg = train_cfg(store, tmp_path / "out", alpha="0.005,0.02", steps=170, eval_every=40, eval_tokens=300,
-                    normalize=normalize, dead_window=64 * 20)
+    cfg = train_cfg(
+        store,
+        tmp_path / "out",
+        alpha="0.005,0.02",
+        steps=170,
+        eval_every=40,
+        eval_tokens=300,
+        normalize=normalize,
+        dead_window=64 * 20,
+    )
     out = train(cfg, progress=False)
     rows = metrics(out)
     names = ["tied_l1_r4_a0.005", "tied_l1_r4_a0.02"]
@@ -343,9 +382,12 @@ def test_metrics_rows_and_independent_fvu(tmp_path, small_store, small_data, nor
         sae = SAE.load(out / n)
         c = sae.encode(x)
         err = (c @ sae.W_dec_FD + sae.b_dec_D - x).pow(2).sum()
-        got = {"mse": (err / x.numel()).item(), "fvu": (err / (x - x.mean(0)).pow(2).sum()).item(),
-               "l0": (c > 0).sum(1).float().mean().item(),
-               "dense_fraction": ((c > 0).float().mean(0) > 0.1).float().mean().item()}
+        got = {
+            "mse": (err / x.numel()).item(),
+            "fvu": (err / (x - x.mean(0)).pow(2).sum()).item(),
+            "l0": (c > 0).sum(1).float().mean().item(),
+            "dense_fraction": ((c > 0).float().mean(0) > 0.1).float().mean().item(),
+        }
         # the objective in the units training saw: inputs s·x give codes s·c, so MSE·s² + α·s·L1
         s = json.loads((out / "run.json").read_text())["scale"]
         alpha = json.loads((out / n / "cfg.json").read_text())["metadata"]["alpha"]
@@ -365,6 +407,7 @@ def test_no_evaluation_when_eval_every_is_zero(tmp_path, small_store):
 
 
 # -- learning-rate schedule -------------------------------------------------------------------------------
+
 
 def test_lr_schedule_by_hand():
     c = TrainConfig(lr=1e-3, warmup_steps=10, decay_fraction=0.25)
@@ -394,8 +437,7 @@ def test_trainer_sets_the_scheduled_lr_every_step(tmp_path, small_store, monkeyp
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(torch.optim.Adam, "step", step)
-    cfg = train_cfg(small_store, tmp_path / "out", steps=40, lr=1e-2, warmup_steps=5, decay_fraction=0.5,
-                    eval_every=0)
+    cfg = train_cfg(small_store, tmp_path / "out", steps=40, lr=1e-2, warmup_steps=5, decay_fraction=0.5, eval_every=0)
     train(cfg, progress=False)
     assert seen == pytest.approx([lr_at(cfg, s, 40) for s in range(40)])
     assert seen[0] == pytest.approx(2e-3) and seen[-1] == pytest.approx(1e-2 / 20)
@@ -403,17 +445,21 @@ def test_trainer_sets_the_scheduled_lr_every_step(tmp_path, small_store, monkeyp
 
 # -- resampling ------------------------------------------------------------------------------------------
 
+
 def test_resampling_revives_dead_features(tmp_path, small_store, small_data):
     """A large α with lr 1e-2 kills most features within a few hundred steps; resampling every 100 steps
     re-points the dead ones at badly reconstructed inputs, and many of them stay alive."""
     _, X, H = small_data
-    common = dict(alpha="1", steps=650, lr=1e-2, eval_every=50, eval_tokens=1024, dead_window=64 * 25,
-                  checkpoint_every=0)
+    common = dict(
+        alpha="1", steps=650, lr=1e-2, eval_every=50, eval_tokens=1024, dead_window=64 * 25, checkpoint_every=0
+    )
     plain = train(train_cfg(small_store, tmp_path / "plain", **common), progress=False)
     resampled = train(train_cfg(small_store, tmp_path / "resampled", resample_every=100, **common), progress=False)
     dead = {k: [r["dead_fraction"] for r in metrics(o)][-3:] for k, o in (("plain", plain), ("res", resampled))}
-    fires = {k: int((SAE.load(o / "tied_l1_r4_a1").encode(H) > 0).any(0).sum())
-             for k, o in (("plain", plain), ("res", resampled))}
+    fires = {
+        k: int((SAE.load(o / "tied_l1_r4_a1").encode(H) > 0).any(0).sum())
+        for k, o in (("plain", plain), ("res", resampled))
+    }
     assert min(dead["plain"]) >= 0.7, dead
     assert max(dead["res"]) <= min(dead["plain"]) - 0.3, dead
     assert fires["res"] >= fires["plain"] + 15, fires
@@ -422,14 +468,37 @@ def test_resampling_revives_dead_features(tmp_path, small_store, small_data):
 def test_resampled_rows_point_at_training_inputs(tmp_path, small_store, small_data):
     """When the last step resamples, the re-initialised rows are exactly unit training inputs."""
     _, X, _ = small_data
-    out = train(train_cfg(small_store, tmp_path / "out", alpha="1", steps=300, lr=1e-2, eval_every=0,
-                          dead_window=64 * 25, resample_every=100, checkpoint_every=0), progress=False)
+    out = train(
+        train_cfg(
+            small_store,
+            tmp_path / "out",
+            alpha="1",
+            steps=300,
+            lr=1e-2,
+            eval_every=0,
+            dead_window=64 * 25,
+            resample_every=100,
+            checkpoint_every=0,
+        ),
+        progress=False,
+    )
     W = SAE.load(out / "tied_l1_r4_a1").W_dec_FD
     best = (W @ torch.nn.functional.normalize(X, dim=1).T).max(1).values
     assert (best > 1 - 1e-5).sum() >= 20, best.sort().values
     # the same run without resampling has no row that close to an input
-    ref = train(train_cfg(small_store, tmp_path / "ref", alpha="1", steps=300, lr=1e-2, eval_every=0,
-                          dead_window=64 * 25, checkpoint_every=0), progress=False)
+    ref = train(
+        train_cfg(
+            small_store,
+            tmp_path / "ref",
+            alpha="1",
+            steps=300,
+            lr=1e-2,
+            eval_every=0,
+            dead_window=64 * 25,
+            checkpoint_every=0,
+        ),
+        progress=False,
+    )
     W0 = SAE.load(ref / "tied_l1_r4_a1").W_dec_FD
     assert (W0 @ torch.nn.functional.normalize(X, dim=1).T).max() < 1 - 1e-4
 
@@ -440,7 +509,7 @@ def test_excluded_positions_never_reach_training(tmp_path, small_data):
     from tests.train._synth import T, write_store
 
     _, X, H = small_data
-    sink = lambda A: torch.where((torch.arange(len(A)) % T == 0)[:, None], 50 * A + 30, A)  # noqa: E731
+    sink = lambda A: torch.where((torch.arange(len(A)) % T == 0)[:, None], 50 * A + 30, A)
     # precondition of the last check: every sink row is far above 20 × the median norm, every other row below
     norms, med = sink(X).norm(dim=1), sink(X).norm(dim=1).median()
     assert (norms[::T] > 20 * med).all() and (norms.reshape(-1, T)[:, 1:] < 20 * med).all()
@@ -452,8 +521,14 @@ def test_excluded_positions_never_reach_training(tmp_path, small_data):
     assert_same_weights(a, b)
     assert metrics(a) == metrics(b)  # the same held-out numbers too
     run = json.loads((a / "run.json").read_text())
-    assert run["rows"] == {"exclude_first": 1, "exclude_special_tokens": False, "max_norm_ratio": 0.0,
-                           "kept_train_rows": len(X) * (T - 1) // T, "train_rows": len(X), "norm_limit": None}
+    assert run["rows"] == {
+        "exclude_first": 1,
+        "exclude_special_tokens": False,
+        "max_norm_ratio": 0.0,
+        "kept_train_rows": len(X) * (T - 1) // T,
+        "train_rows": len(X),
+        "norm_limit": None,
+    }
     # kept, the sink changes everything
     c = train(train_cfg(sunk, tmp_path / "c", **(kw | {"exclude_first": 0})), progress=False)
     assert json.loads((c / "run.json").read_text())["scale"] != run["scale"]

@@ -19,10 +19,16 @@ def test_histogram_figure(tmp_path):
 
 
 def test_output_effect_threshold(tmp_path):
-    eff = {"positions": 7, "contexts": 2,
-           "decreased": [{"token": "s", "id": 5, "delta": -0.9}, {"token": "t", "id": 6, "delta": -0.1},
-                         {"token": "u", "id": 7, "delta": -0.05}],
-           "increased": [{"token": "a", "id": 1, "delta": 0.3}, {"token": "b", "id": 2, "delta": 0.02}]}
+    eff = {
+        "positions": 7,
+        "contexts": 2,
+        "decreased": [
+            {"token": "s", "id": 5, "delta": -0.9},
+            {"token": "t", "id": 6, "delta": -0.1},
+            {"token": "u", "id": 7, "delta": -0.05},
+        ],
+        "increased": [{"token": "a", "id": 1, "delta": 0.3}, {"token": "b", "id": 2, "delta": 0.02}],
+    }
     rows, by = effect_rows(eff, 0.1)
     assert by and [r["id"] for r in rows] == [5, 6, 1]
     path = plot_output_effect(eff, tmp_path / "e.png", "feature 3", threshold=0.1)
@@ -36,17 +42,45 @@ def test_output_effect_threshold(tmp_path):
 
 
 def test_circuit_figure(tmp_path):
-    leaf = lambda f, e: {"hook": "blocks.0.hook_resid_post", "feature": f, "effect": e, "cos": 0.5,  # noqa: E731
-                         "children": []}
-    tree = {"hook": "blocks.2.hook_resid_post", "feature": 9, "effect": None, "cos": None, "contexts": 20,
-            "max_activation": 3.0, "method": "m",
-            "children": [{"hook": "blocks.1.hook_resid_post", "feature": 4, "effect": 1.5, "cos": 0.8,
-                          "children": [leaf(1, 0.4), leaf(2, 0.2)]},
-                         {"hook": "blocks.1.hook_resid_post", "feature": 5, "effect": 0.5, "cos": None,
-                          "children": []}]}
+    def leaf(f, e):
+        return {
+            "hook": "blocks.0.hook_resid_post",
+            "feature": f,
+            "effect": e,
+            "cos": 0.5,
+            "children": [],
+        }
+
+    tree = {
+        "hook": "blocks.2.hook_resid_post",
+        "feature": 9,
+        "effect": None,
+        "cos": None,
+        "contexts": 20,
+        "max_activation": 3.0,
+        "method": "m",
+        "children": [
+            {
+                "hook": "blocks.1.hook_resid_post",
+                "feature": 4,
+                "effect": 1.5,
+                "cos": 0.8,
+                "children": [leaf(1, 0.4), leaf(2, 0.2)],
+            },
+            {"hook": "blocks.1.hook_resid_post", "feature": 5, "effect": 0.5, "cos": None, "children": []},
+        ],
+    }
     path = plot_circuit(tree, tmp_path / "c.png", "circuit")
     assert path.read_bytes()[:8] == PNG
     assert json.loads(path.with_suffix(".json").read_text())["tree"] == tree
-    lone = {"hook": "blocks.2.hook_resid_post", "feature": 9, "effect": None, "cos": None, "children": [],
-            "contexts": 3, "max_activation": 1.0, "method": "m"}
+    lone = {
+        "hook": "blocks.2.hook_resid_post",
+        "feature": 9,
+        "effect": None,
+        "cos": None,
+        "children": [],
+        "contexts": 3,
+        "max_activation": 1.0,
+        "method": "m",
+    }
     assert plot_circuit(lone, tmp_path / "lone.png", "none").is_file()

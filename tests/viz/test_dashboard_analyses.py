@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests._cli import run_cli as _main
 from saex.dictionaries.sae import SAE
 from saex.features.histogram import histogram_from_index
 from saex.features.index import FeatureIndex
 from saex.viz.dashboard.site import feature_path
+from tests._cli import run_cli as _main
 from tests.causal._helpers import random_sae
 
 UP, RESID, MLP = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.mlp.hook_post"
@@ -28,7 +28,7 @@ F = 24
 
 def _payload(site, f: int) -> dict:
     text = (site / feature_path(f)).read_text(encoding="utf-8")
-    return json.loads("[" + text[len("saexFeature("):-3] + "]")[0]
+    return json.loads("[" + text[len("saexFeature(") : -3] + "]")[0]
 
 
 @pytest.fixture(scope="module")
@@ -47,20 +47,69 @@ def built(tmp_path_factory, tiny_models):
         model.lm_head.weight[OUTLIER] *= 20
     model.save_pretrained(root / "model")
     AutoTokenizer.from_pretrained(tiny_models["llama"]).save_pretrained(root / "model")
-    acts = harvest(cfg(root / "acts", root / "model", write_corpus(root / "corpus.jsonl", n_docs=80),
-                       hooks=f"{UP},{RESID},{MLP}", tokens=768, heldout_tokens=256, dtype="float32"), progress=False)
+    acts = harvest(
+        cfg(
+            root / "acts",
+            root / "model",
+            write_corpus(root / "corpus.jsonl", n_docs=80),
+            hooks=f"{UP},{RESID},{MLP}",
+            tokens=768,
+            heldout_tokens=256,
+            dtype="float32",
+        ),
+        progress=False,
+    )
     for name, hook, width, seed in (("up", UP, 32, 1), ("res", RESID, 32, 2), ("mlp", MLP, 48, 3)):
         r = random_sae(width, F, seed=seed)
-        SAE(r.W_enc_DF, r.W_dec_FD, r.b_enc_F, r.b_dec_D, "standard", apply_b_dec_to_input=True,
-            metadata={"model_name": str(root / "model"), "hook_name": hook}).save(root / name)
-    build_features(FeaturesConfig(acts=str(acts), dicts=f"{root / 'res'},{root / 'mlp'}", out=str(root / "features"),
-                                  fragment_length=8, top=5, random=10, zero=2), progress=False)
+        SAE(
+            r.W_enc_DF,
+            r.W_dec_FD,
+            r.b_enc_F,
+            r.b_dec_D,
+            "standard",
+            apply_b_dec_to_input=True,
+            metadata={"model_name": str(root / "model"), "hook_name": hook},
+        ).save(root / name)
+    build_features(
+        FeaturesConfig(
+            acts=str(acts),
+            dicts=f"{root / 'res'},{root / 'mlp'}",
+            out=str(root / "features"),
+            fragment_length=8,
+            top=5,
+            random=10,
+            zero=2,
+        ),
+        progress=False,
+    )
     # the two features active most often (random dictionaries leave some dead); the first is the target
     study = [int(f) for f in np.argsort(-FeatureIndex(root / "features" / "res").density(), kind="stable")[:2]]
-    rc, _, err = _main("case-study", "--acts", str(acts), "--dict", str(root / "res"), "--out", str(root / "cs"),
-                       "--quiet", "--prompt", PROMPT, "--features", f"{study[1]},{study[0]}", "--target",
-                       str(study[0]), "--upstream", str(root / "up"), "--candidates", "4", "--contexts", "4",
-                       "--effect-contexts", "3", "--max-samples", "200")
+    rc, _, err = _main(
+        "case-study",
+        "--acts",
+        str(acts),
+        "--dict",
+        str(root / "res"),
+        "--out",
+        str(root / "cs"),
+        "--quiet",
+        "--prompt",
+        PROMPT,
+        "--features",
+        f"{study[1]},{study[0]}",
+        "--target",
+        str(study[0]),
+        "--upstream",
+        str(root / "up"),
+        "--candidates",
+        "4",
+        "--contexts",
+        "4",
+        "--effect-contexts",
+        "3",
+        "--max-samples",
+        "200",
+    )
     assert rc == 0, err
     return root, study
 
@@ -71,8 +120,21 @@ def setup(built):
 
 
 def _dashboard(root, name, out, *extra):
-    return _main("dashboard", "--features", str(root / "features"), "--dict", name, "--out", str(out),
-                 "--examples", "2", "--decile-examples", "1", "--quiet", *extra)
+    return _main(
+        "dashboard",
+        "--features",
+        str(root / "features"),
+        "--dict",
+        name,
+        "--out",
+        str(out),
+        "--examples",
+        "2",
+        "--decile-examples",
+        "1",
+        "--quiet",
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -163,11 +225,14 @@ def test_case_study_entries_are_merged(built, resid_site, tmp_path):
             assert [e["value"] for e in ours[end]] == pytest.approx([e["value"] for e in theirs[end]], rel=1e-5)
 
 
-@pytest.mark.parametrize("name, extra, message", [
-    ("mlp", ["--case-study", "CS"], "--case-study CS was run on the dictionary"),
-    ("res", ["--case-study", "FEATURES"], "is not a saex case-study output folder"),
-    ("res", ["--model", "OTHER"], "the logit lens needs the store's model: model OTHER has weights"),
-])
+@pytest.mark.parametrize(
+    "name, extra, message",
+    [
+        ("mlp", ["--case-study", "CS"], "--case-study CS was run on the dictionary"),
+        ("res", ["--case-study", "FEATURES"], "is not a saex case-study output folder"),
+        ("res", ["--model", "OTHER"], "the logit lens needs the store's model: model OTHER has weights"),
+    ],
+)
 def test_refusals_are_one_line(setup, tiny_models, tmp_path, name, extra, message):
     subst = {"CS": str(setup / "cs"), "FEATURES": str(setup / "features"), "OTHER": str(tiny_models["llama"])}
     extra = [subst.get(a, a) for a in extra]

@@ -45,8 +45,15 @@ def driver():
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1000", "--no-first-run", "--disable-extensions"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         opts.add_argument(arg)
     opts.binary_location = chromium
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -64,10 +71,17 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def big_site(tmp_path_factory):
-    rows = [{"id": i, "density": (i % 97) / 1e4, "max": float(i % 11), "score": None if i % 3 else (i % 89) / 89,
-             "explanation": f"feature number {i}"} for i in range(BIG)]
-    return write_site(tmp_path_factory.mktemp("browser-big") / "dash", {"dictionary": "big"}, rows,
-                      [synth.payload(0)])
+    rows = [
+        {
+            "id": i,
+            "density": (i % 97) / 1e4,
+            "max": float(i % 11),
+            "score": None if i % 3 else (i % 89) / 89,
+            "explanation": f"feature number {i}",
+        }
+        for i in range(BIG)
+    ]
+    return write_site(tmp_path_factory.mktemp("browser-big") / "dash", {"dictionary": "big"}, rows, [synth.payload(0)])
 
 
 @pytest.fixture
@@ -92,8 +106,12 @@ def _open(driver, url, ready):
 
 
 def _ids(driver) -> list[int]:
-    return [int(x) for x in driver.execute_script(
-        "return Array.from(document.querySelectorAll('#rows tr')).map(tr => tr.getAttribute('data-id'))")]
+    return [
+        int(x)
+        for x in driver.execute_script(
+            "return Array.from(document.querySelectorAll('#rows tr')).map(tr => tr.getAttribute('data-id'))"
+        )
+    ]
 
 
 def _search(driver, text):
@@ -203,7 +221,8 @@ def test_analysis_panels_show_their_data(browser, site):
     h = synth.histogram()
     rects = browser.execute_script(
         "return Array.from(document.querySelectorAll('#histogram rect')).map(r => "
-        "[r.getAttribute('data-label'), +r.getAttribute('data-count'), +r.getAttribute('height')])")
+        "[r.getAttribute('data-label'), +r.getAttribute('data-count'), +r.getAttribute('height')])"
+    )
     want = [(s["label"], c) for b in range(10) for s in h["series"] if (c := s["counts"][b])]
     assert [(r[0], r[1]) for r in rects] == want
     ymax = max(sum(s["counts"][b] for s in h["series"]) for b in range(10))
@@ -219,8 +238,9 @@ def test_analysis_panels_show_their_data(browser, site):
     assert col("#output-effect table.neg .tok") == [x["token"] for x in oe["decreased"]]
     assert col("#output-effect table.pos .tok") == [x["token"] for x in oe["increased"]]
     assert col("#output-effect table.neg td.num") == ["-0.75", "-0.25"]
-    widths = browser.execute_script("return Array.from(document.querySelectorAll('#output-effect table.neg .bar'))"
-                                     ".map(b => b.style.width)")
+    widths = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#output-effect table.neg .bar')).map(b => b.style.width)"
+    )
     assert widths == ["100%", "33.3%"]
     lens = synth.logit_lens()
     assert col("#logit-lens .two > div:first-child .tok") == [x["token"] for x in lens["top"]]

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests._cli import run_cli as _main
 from saex.errors import SaexError
 from saex.features.index import FeatureIndex
 from saex.viz.dashboard.gather import load_interpretations
 from saex.viz.dashboard.run import DashboardConfig, build_dashboard
 from saex.viz.dashboard.site import feature_path
+from tests._cli import run_cli as _main
 from tests.interpret._fixtures import build_protocol_index
 
 TAG = "offline-table-8"
@@ -23,7 +23,7 @@ TAG = "offline-table-8"
 
 def _call_args(path: Path, callback: str) -> list:
     text = path.read_text(encoding="utf-8")
-    return json.loads("[" + text[len(callback) + 1:-3] + "]")
+    return json.loads("[" + text[len(callback) + 1 : -3] + "]")
 
 
 def _scores(path: Path) -> dict[int, dict]:
@@ -38,8 +38,9 @@ def inputs(tmp_path_factory):
     build_protocol_index(root, name="twin")
     interp = root / "interpret"
     for preset in ("cunningham2023", "delphi"):
-        rc, _, err = _main("interpret", "--features", str(index), "--out", str(interp), "--preset", preset,
-                           "--no-null", "--quiet")
+        rc, _, err = _main(
+            "interpret", "--features", str(index), "--out", str(interp), "--preset", preset, "--no-null", "--quiet"
+        )
         assert rc == 0, err
     return index.parent, index, interp
 
@@ -48,9 +49,24 @@ def inputs(tmp_path_factory):
 def site(inputs, tmp_path_factory):
     features, _, interp = inputs
     out = tmp_path_factory.mktemp("dashboard-site") / "dash"
-    rc, stdout, err = _main("dashboard", "--features", str(features), "--dict", "ident", "--interpret", str(interp),
-                            "--out", str(out), "--examples", "5", "--decile-examples", "3", "--analyses", "histogram",
-                            "--quiet")
+    rc, stdout, err = _main(
+        "dashboard",
+        "--features",
+        str(features),
+        "--dict",
+        "ident",
+        "--interpret",
+        str(interp),
+        "--out",
+        str(out),
+        "--examples",
+        "5",
+        "--decile-examples",
+        "3",
+        "--analyses",
+        "histogram",
+        "--quiet",
+    )
     assert rc == 0, err
     assert stdout.strip() == f"dashboard in {out}: open {out / 'index.html'} in a browser"
     return out
@@ -120,7 +136,8 @@ def test_sections_are_the_index_examples(inputs, site):
     rank[np.argsort(rand_acts.max(1), kind="stable")] = np.arange(len(rand_ids))
     deciles = sections[1:11]
     assert [s["title"].split(":")[0] for s in deciles] == (
-        ["Decile 10 of 10 (highest)"] + [f"Decile {d} of 10" for d in range(9, 1, -1)] + ["Decile 1 of 10 (lowest)"])
+        ["Decile 10 of 10 (highest)"] + [f"Decile {d} of 10" for d in range(9, 1, -1)] + ["Decile 1 of 10 (lowest)"]
+    )
     for d, s in zip(range(9, -1, -1), deciles):
         members = [i for i in range(len(rand_ids)) if rank[i] // 10 == d][:3]
         assert [e["tokens"] for e in s["examples"]] == index.token_strings(rand_ids[members])
@@ -133,8 +150,24 @@ def test_sections_are_the_index_examples(inputs, site):
 
 def test_rebuild_rewrites_nothing(inputs, site):
     features, _, interp = inputs
-    args = ["dashboard", "--features", str(features), "--dict", "ident", "--interpret", str(interp),
-            "--out", str(site), "--examples", "5", "--decile-examples", "3", "--analyses", "histogram", "--quiet"]
+    args = [
+        "dashboard",
+        "--features",
+        str(features),
+        "--dict",
+        "ident",
+        "--interpret",
+        str(interp),
+        "--out",
+        str(site),
+        "--examples",
+        "5",
+        "--decile-examples",
+        "3",
+        "--analyses",
+        "histogram",
+        "--quiet",
+    ]
     assert _main(*args)[0] == 0
     m = json.loads((site / "dashboard.json").read_text())
     assert (m["status"], m["written"], m["unchanged"]) == ("complete", 0, 4)
@@ -142,10 +175,16 @@ def test_rebuild_rewrites_nothing(inputs, site):
 
 def test_analyses_are_merged_and_limit_applies(inputs, tmp_path):
     features, _, _ = inputs
-    hist = {"edges": [0.1 * k for k in range(11)], "series": [{"label": "t1", "other": False, "counts": [1] * 10}],
-            "n": 10, "total": 10, "source": "test"}
-    cfg = DashboardConfig(features=str(features), dict=str(features / "twin"), out=str(tmp_path / "d"), limit=2,
-                          analyses="")
+    hist = {
+        "edges": [0.1 * k for k in range(11)],
+        "series": [{"label": "t1", "other": False, "counts": [1] * 10}],
+        "n": 10,
+        "total": 10,
+        "source": "test",
+    }
+    cfg = DashboardConfig(
+        features=str(features), dict=str(features / "twin"), out=str(tmp_path / "d"), limit=2, analyses=""
+    )
     out = build_dashboard(cfg, progress=False, analyses={1: {"histogram": hist}})
     (data,) = _call_args(out / "data" / "index.js", "saexIndex")
     assert [r["id"] for r in data["rows"]] == [0, 1] and data["rows"][0]["score"] is None
@@ -165,19 +204,24 @@ def test_interpretations_of_another_index_are_refused(inputs):
         load_interpretations(interp, {"weights_sha256": "other"})
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dict", "nope"], "--dict 'nope' is not among the feature indexes in"),
-    ([], "holds 2 feature indexes; choose one with --dict (one of: ident, twin)"),
-    (["--dict", "ident", "--examples", "-1"], "--examples must be >= 0, got -1"),
-    (["--dict", "ident", "--limit", "0"], "--limit must be positive, got 0"),
-    (["--dict", "ident", "--interpret", "/nonexistent/x"], "--interpret folder /nonexistent/x does not exist"),
-    (["--dict", "ident"], "the logit lens needs the store's model: could not load model 'synthetic'"),
-    (["--dict", "ident", "--analyses", "histogram,output_effect"],
-     "unknown --analyses 'output_effect'; allowed: histogram, logit_lens, comma-separated, or '' for none "
-     "(output_effect and upstream come from --case-study)"),
-    (["--dict", "ident", "--analyses", "lens"], "unknown --analyses 'lens'; allowed: histogram, logit_lens"),
-    (["--dict", "ident", "--case-study", "/nonexistent/c"], "--case-study folder /nonexistent/c does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dict", "nope"], "--dict 'nope' is not among the feature indexes in"),
+        ([], "holds 2 feature indexes; choose one with --dict (one of: ident, twin)"),
+        (["--dict", "ident", "--examples", "-1"], "--examples must be >= 0, got -1"),
+        (["--dict", "ident", "--limit", "0"], "--limit must be positive, got 0"),
+        (["--dict", "ident", "--interpret", "/nonexistent/x"], "--interpret folder /nonexistent/x does not exist"),
+        (["--dict", "ident"], "the logit lens needs the store's model: could not load model 'synthetic'"),
+        (
+            ["--dict", "ident", "--analyses", "histogram,output_effect"],
+            "unknown --analyses 'output_effect'; allowed: histogram, logit_lens, comma-separated, or '' for none "
+            "(output_effect and upstream come from --case-study)",
+        ),
+        (["--dict", "ident", "--analyses", "lens"], "unknown --analyses 'lens'; allowed: histogram, logit_lens"),
+        (["--dict", "ident", "--case-study", "/nonexistent/c"], "--case-study folder /nonexistent/c does not exist"),
+    ],
+)
 def test_errors_are_one_line(inputs, tmp_path, args, message):
     features, _, _ = inputs
     rc, _, err = _main("dashboard", "--features", str(features), "--out", str(tmp_path / "o"), "--quiet", *args)

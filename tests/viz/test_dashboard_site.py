@@ -22,7 +22,7 @@ def _call_args(path: Path, callback: str) -> list:
     """The JSON arguments of the one ``callback(...)`` call a data script makes."""
     text = path.read_text(encoding="utf-8")
     assert text.startswith(f"{callback}(") and text.endswith(");\n")
-    return json.loads("[" + text[len(callback) + 1:-3] + "]")
+    return json.loads("[" + text[len(callback) + 1 : -3] + "]")
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,10 @@ def test_layout_and_data_files(site):
         payload, nav = _call_args(site / feature_path(i), "saexFeature")
         assert payload == synth.payload(i)
         k = synth.IDS.index(i)
-        assert nav == {"prev": synth.IDS[k - 1] if k else None,
-                       "next": synth.IDS[k + 1] if k + 1 < len(synth.IDS) else None}
+        assert nav == {
+            "prev": synth.IDS[k - 1] if k else None,
+            "next": synth.IDS[k + 1] if k + 1 < len(synth.IDS) else None,
+        }
     # the gap at 13: 12's next is 14
     assert _call_args(site / feature_path(12), "saexFeature")[1]["next"] == 14
     manifest = json.loads((site / "dashboard.json").read_text())
@@ -87,10 +89,20 @@ def test_javascript_never_parses_data_as_html():
     static = resources.files("saex.viz.dashboard") / "static"
     for name in STATIC:
         # code only: full-line comments may name what the code avoids
-        text = "\n".join(line for line in (static / name).read_text().splitlines()
-                         if not line.lstrip().startswith(("//", "/*", "*")))
-        for bad in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
-                    "setAttribute(\"on", "fetch(", "XMLHttpRequest"):
+        text = "\n".join(
+            line for line in (static / name).read_text().splitlines() if not line.lstrip().startswith(("//", "/*", "*"))
+        )
+        for bad in (
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "new Function",
+            'setAttribute("on',
+            "fetch(",
+            "XMLHttpRequest",
+        ):
             assert bad not in text, (name, bad)
 
 

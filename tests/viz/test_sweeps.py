@@ -14,9 +14,20 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def _result(name, kind, ratio, alpha, l0, fvu, alive_fraction, d_dict=64, never=3):
     hist = {"log10_density_edges": [-2.0, -1.0, 0.0], "counts": [d_dict - never - 10, 10], "never_fired": never}
-    return {"name": name, "kind": kind, "ratio": ratio, "alpha": alpha, "d_dict": d_dict,
-            "metrics": {"l0": l0, "fvu": fvu, "alive_fraction": alive_fraction, "alive_threshold": 10,
-                        "density_histogram": hist}}
+    return {
+        "name": name,
+        "kind": kind,
+        "ratio": ratio,
+        "alpha": alpha,
+        "d_dict": d_dict,
+        "metrics": {
+            "l0": l0,
+            "fvu": fvu,
+            "alive_fraction": alive_fraction,
+            "alive_threshold": 10,
+            "density_histogram": hist,
+        },
+    }
 
 
 RESULTS = [
@@ -50,11 +61,15 @@ def test_every_png_is_valid_and_has_its_json(plotted):
 
 
 SERIES = {
-    "tied_l1 R=2": [{"name": "tied R2 a0", "alpha": 0.0, "l0": 20.0, "fvu": 0.05, "alive_fraction": 1.0},
-                    {"name": "tied R2 a0.001", "alpha": 0.001, "l0": 8.0, "fvu": 0.15, "alive_fraction": 0.9},
-                    {"name": "tied R2 a0.01", "alpha": 0.01, "l0": 3.0, "fvu": 0.30, "alive_fraction": 0.5}],
-    "tied_l1 R=4": [{"name": "tied R4 a0", "alpha": 0, "l0": 40.0, "fvu": 0.02, "alive_fraction": 1.0},
-                    {"name": "tied R4 a0.1", "alpha": 0.1, "l0": 1.5, "fvu": 0.45, "alive_fraction": 0.25}],
+    "tied_l1 R=2": [
+        {"name": "tied R2 a0", "alpha": 0.0, "l0": 20.0, "fvu": 0.05, "alive_fraction": 1.0},
+        {"name": "tied R2 a0.001", "alpha": 0.001, "l0": 8.0, "fvu": 0.15, "alive_fraction": 0.9},
+        {"name": "tied R2 a0.01", "alpha": 0.01, "l0": 3.0, "fvu": 0.30, "alive_fraction": 0.5},
+    ],
+    "tied_l1 R=4": [
+        {"name": "tied R4 a0", "alpha": 0, "l0": 40.0, "fvu": 0.02, "alive_fraction": 1.0},
+        {"name": "tied R4 a0.1", "alpha": 0.1, "l0": 1.5, "fvu": 0.45, "alive_fraction": 0.25},
+    ],
 }
 
 
@@ -77,8 +92,12 @@ def test_alive_vs_alpha_json(plotted):
 def test_density_json(plotted):
     folder, _ = plotted
     d = json.loads((folder / "density" / "tied R4 a0.1.json").read_text())
-    assert d == {"name": "tied R4 a0.1", "log10_density_edges": [-2.0, -1.0, 0.0], "counts": [115, 10],
-                 "never_fired": 3}
+    assert d == {
+        "name": "tied R4 a0.1",
+        "log10_density_edges": [-2.0, -1.0, 0.0],
+        "counts": [115, 10],
+        "never_fired": 3,
+    }
 
 
 def test_only_zero_alpha_and_only_baselines(tmp_path):
@@ -87,7 +106,8 @@ def test_only_zero_alpha_and_only_baselines(tmp_path):
     paths = plot_all(zero, tmp_path / "zero")
     assert all(p.read_bytes()[:8] == PNG for p in paths)
     assert json.loads((tmp_path / "zero" / "alive_vs_alpha.json").read_text())["series"] == {
-        "topk R=8": [{"name": "a0", "alpha": 0.0, "l0": 4.0, "fvu": 0.2, "alive_fraction": 0.7}]}
+        "topk R=8": [{"name": "a0", "alpha": 0.0, "l0": 4.0, "fvu": 0.2, "alive_fraction": 0.7}]
+    }
     base = [_result("neurons", "neurons", 1, None, 30.0, 0.0, 1.0)]
     paths = plot_all(base, tmp_path / "base")
     assert all(p.read_bytes()[:8] == PNG for p in paths)

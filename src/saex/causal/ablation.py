@@ -47,8 +47,10 @@ class Segment:
         handles = []
         if self.first is not None and not self.identity:
             for i in range(self.first, min(p1.layer, hooked.n_layers - 1) + 1):
+
                 def keep(mod, args, kwargs, i=i):
                     self.calls[i] = (tuple(args[1:]), {k: v for k, v in kwargs.items() if k != "hidden_states"})
+
                 handles.append(hooked.blocks[i].register_forward_pre_hook(keep, with_kwargs=True))
 
         def grab(name, last):
@@ -56,7 +58,9 @@ class Segment:
                 got[name] = a.detach().clone()
                 if last:
                     raise _StopForward
+
             return fn
+
         handles.append(hooked.hook(start, grab("start", self.identity)))
         if not self.identity:
             handles.append(hooked.hook(end, grab("end", True)))
@@ -93,6 +97,7 @@ class Segment:
                 def fn(a):
                     got["x"] = a
                     raise _StopForward
+
                 handle = self.hooked.hook(self.end, fn)
                 try:
                     block(h, *expand_batch(args, N, B), **expand_batch(kw, N, B))
@@ -110,8 +115,8 @@ class Segment:
         def fn(a):
             got["x"] = a
             raise _StopForward
-        handles = [self.hooked.hook(self.start, lambda a: h.to(a.dtype), replace=True),
-                   self.hooked.hook(self.end, fn)]
+
+        handles = [self.hooked.hook(self.start, lambda a: h.to(a.dtype), replace=True), self.hooked.hook(self.end, fn)]
         try:
             self.hooked.model(input_ids=ids, use_cache=False)
         except _StopForward:
@@ -134,8 +139,17 @@ def pad_contexts(contexts: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def output_effect(hooked: HookedLM, hook: str, dictionary, feature: int, contexts: Sequence,
-                  decode: Callable[[int], str] = str, top: int = 20, batch: int = 8, position_chunk: int = 256) -> dict:
+def output_effect(
+    hooked: HookedLM,
+    hook: str,
+    dictionary,
+    feature: int,
+    contexts: Sequence,
+    decode: Callable[[int], str] = str,
+    top: int = 20,
+    batch: int = 8,
+    position_chunk: int = 256,
+) -> dict:
     """The ``output_effect`` payload of ``schema.md``: mean Δ log-prob of every token when the feature is
     ablated (x ← x − c_k f_k at every position) over the positions where it is active in ``contexts``
     (token-id sequences; ``contexts`` counts those with at least one active position)."""
@@ -146,7 +160,7 @@ def output_effect(hooked: HookedLM, hook: str, dictionary, feature: int, context
     f_D = dictionary.W_dec_FD[feature].detach().float()
     total_V, positions, used = None, 0, 0
     for lo in range(0, len(contexts), batch):
-        ids_NT, len_N = pad_contexts(contexts[lo:lo + batch])
+        ids_NT, len_N = pad_contexts(contexts[lo : lo + batch])
         seg = Segment(hooked, hook, ids_NT)
         c_NT = dictionary.encode(seg.x_start)[..., feature]
         valid_NT = torch.arange(ids_NT.shape[1])[None] < len_N[:, None]
@@ -157,8 +171,14 @@ def output_effect(hooked: HookedLM, hook: str, dictionary, feature: int, context
         h_abl = seg((seg.x_start - c_NT[..., None] * f_D)[None])[0]
         clean_PD, abl_PD = seg.x_end[active_NT], h_abl[active_NT]
         for p in range(0, len(clean_PD), position_chunk):
-            d = (F.log_softmax(hooked.logits_at(abl_PD[p:p + position_chunk]), -1)
-                 - F.log_softmax(hooked.logits_at(clean_PD[p:p + position_chunk]), -1)).double().sum(0)
+            d = (
+                (
+                    F.log_softmax(hooked.logits_at(abl_PD[p : p + position_chunk]), -1)
+                    - F.log_softmax(hooked.logits_at(clean_PD[p : p + position_chunk]), -1)
+                )
+                .double()
+                .sum(0)
+            )
             total_V = d if total_V is None else total_V + d
         positions += int(active_NT.sum())
     if total_V is None:
@@ -166,6 +186,11 @@ def output_effect(hooked: HookedLM, hook: str, dictionary, feature: int, context
     mean_V = (total_V / positions).float()
     k = min(top, len(mean_V))
     dec, inc = mean_V.topk(k, largest=False), mean_V.topk(k)
-    row = lambda r: [{"token": decode(int(i)), "id": int(i), "delta": float(v)}  # noqa: E731
-                     for v, i in zip(r.values.tolist(), r.indices.tolist())]
+
+    def row(r):
+        return [
+            {"token": decode(int(i)), "id": int(i), "delta": float(v)}
+            for v, i in zip(r.values.tolist(), r.indices.tolist())
+        ]
+
     return {"positions": positions, "contexts": used, "decreased": row(dec), "increased": row(inc)}

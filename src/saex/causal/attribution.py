@@ -50,8 +50,10 @@ def quick_curve(setup: PatchingSetup, scores: torch.Tensor, batch: int = 8) -> d
     for r, k in enumerate(sizes):
         masks[r, order[:k]] = 1.0
     kls, edits = setup.evaluate(masks, batch=batch)
-    return {"order": order.tolist(), "records": [{"n_patched": k, "kl": float(a), "edit": float(e)}
-                                                 for k, a, e in zip(sizes, kls, edits)]}
+    return {
+        "order": order.tolist(),
+        "records": [{"n_patched": k, "kl": float(a), "edit": float(e)} for k, a, e in zip(sizes, kls, edits)],
+    }
 
 
 def validate(setup: PatchingSetup, scores: torch.Tensor, n: int = 32, seed: int = 0, batch: int = 8) -> dict:

@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +71,8 @@ class CaseStudyConfig(RowOptions):
     """Features and basis dimensions listed by the search."""
     max_density: float = 0.05
     """When the analysed features are chosen from the search: skip features active on more than this fraction
-    of held-out tokens (the feature index's density, so it needs --features-index; 1 keeps all). The paper's top search result was an
-    outlier-dimension feature, and a token histogram only describes features active on few tokens (§5.1)."""
+    of held-out tokens (the feature index's density, so it needs --features-index; 1 keeps all). The paper's top search result
+    was an outlier-dimension feature, and a token histogram only describes features active on few tokens (§5.1)."""
     target: int | None = None
     """Target feature of the circuit (default: the first analysed feature)."""
     children: int = 3
@@ -142,8 +142,10 @@ def _same_store(folder: Path, d: SAE, store: ActivationStore, hook: str, option:
     """Refuse a dictionary trained on another model or another store (where its metadata says)."""
     trained_on = d.metadata.get("model_name")
     if trained_on and trained_on != store.manifest["model"]["name"]:
-        raise SaexError(f"{option} dictionary {folder} was trained on model {trained_on!r}, but the store "
-                        f"{store.path} holds {store.manifest['model']['name']!r}")
+        raise SaexError(
+            f"{option} dictionary {folder} was trained on model {trained_on!r}, but the store "
+            f"{store.path} holds {store.manifest['model']['name']!r}"
+        )
     recorded = d.metadata.get("store_hash")
     if recorded and (hook not in store.hooks or recorded != store_hash(store, hook)):
         raise SaexError(f"{option} dictionary {folder} was trained on another activation store than {store.path}")
@@ -154,8 +156,10 @@ def _check_order(hook: str, upstream: list[str], depth: int | None) -> None:
     prev = hook
     for h in upstream:
         if hook_order(h) >= hook_order(prev):
-            raise SaexError(f"upstream hook {h} is not earlier than {prev}; give --upstream dictionaries nearest "
-                            "first, each at an earlier hook point")
+            raise SaexError(
+                f"upstream hook {h} is not earlier than {prev}; give --upstream dictionaries nearest "
+                "first, each at an earlier hook point"
+            )
         prev = h
     if depth is not None and depth > len(upstream):
         raise SaexError(f"--depth {depth} needs that many upstream dictionaries; {len(upstream)} given")
@@ -174,9 +178,12 @@ def _index_folder(path: str, folder: Path, weights_sha: str) -> Path:
     p = Path(path)
     if not (p / INDEX_JSON).is_file():
         candidates = [p / folder.name] + [q for q in p.iterdir() if q.is_dir()] if p.is_dir() else []
-        matches = [q for q in candidates if (q / INDEX_JSON).is_file()
-                   and json.loads((q / INDEX_JSON).read_text()).get("identity", {}).get("weights_sha256")
-                   == weights_sha]
+        matches = [
+            q
+            for q in candidates
+            if (q / INDEX_JSON).is_file()
+            and json.loads((q / INDEX_JSON).read_text()).get("identity", {}).get("weights_sha256") == weights_sha
+        ]
         if not matches:
             raise SaexError(f"--features-index {p} holds no feature index of the dictionary {folder}")
         p = matches[0]
@@ -197,7 +204,7 @@ def run_case_study(cfg: CaseStudyConfig, progress: bool = True) -> Path:
     _validate(cfg)
     store = ActivationStore(cfg.acts)
     folder = _one(cfg.dict, "--dict")
-    (_, d, hook), = open_for_store(str(folder), store, cfg.hook).values()
+    ((_, d, hook),) = open_for_store(str(folder), store, cfg.hook).values()
     _same_store(folder, d, store, hook, "--dict")
     levels = []
     for part in [p.strip() for p in (cfg.upstream or "").split(",") if p.strip()]:
@@ -211,17 +218,22 @@ def run_case_study(cfg: CaseStudyConfig, progress: bool = True) -> Path:
     _check_order(hook, [h for _, h, _ in levels], cfg.depth)
     weights_sha = sha256_path(folder / WEIGHTS)
     index_dir = _index_folder(cfg.features_index, folder, weights_sha) if cfg.features_index else None
-    identity = {"config": {k: v for k, v in asdict(cfg).items() if k != "out"}, "dictionary": weights_sha,
-                "store": store_hash(store, hook), "upstream": [sha256_path(f / WEIGHTS) for f, _, _ in levels],
-                # the index's content: a rebuilt index makes the study stale
-                "index": [sha256_path(f) for f in sorted(index_dir.iterdir())
-                          if f.suffix in (".json", ".safetensors")] if index_dir else None}
+    identity = {
+        "config": {k: v for k, v in asdict(cfg).items() if k != "out"},
+        "dictionary": weights_sha,
+        "store": store_hash(store, hook),
+        "upstream": [sha256_path(f / WEIGHTS) for f, _, _ in levels],
+        # the index's content: a rebuilt index makes the study stale
+        "index": [sha256_path(f) for f in sorted(index_dir.iterdir()) if f.suffix in (".json", ".safetensors")]
+        if index_dir
+        else None,
+    }
     out = Path(cfg.out)
-    if check_output_folder(out, MARKER, "saex case study") and (out / "config.json").is_file():
-        if json.loads((out / "config.json").read_text()).get("identity") == identity:
-            if progress:
-                print(f"case study in {out} is up to date")
-            return out
+    up_to_date = check_output_folder(out, MARKER, "saex case study") and (out / "config.json").is_file()
+    if up_to_date and json.loads((out / "config.json").read_text()).get("identity") == identity:
+        if progress:
+            print(f"case study in {out} is up to date")
+        return out
     index = _open_index(index_dir, folder, weights_sha, hook) if index_dir else None
 
     # figures go to a hidden staging folder first: a run that fails half-way leaves --out reusable
@@ -234,20 +246,29 @@ def run_case_study(cfg: CaseStudyConfig, progress: bool = True) -> Path:
         os.replace(f, out / f.name)
     shutil.rmtree(staging, ignore_errors=True)
     write_json_atomic(out / MARKER, result)
-    write_json_atomic(out / "config.json", {"saex_version": saex.__version__, "config": asdict(cfg),
-                                            "identity": identity})
+    write_json_atomic(
+        out / "config.json", {"saex_version": saex.__version__, "config": asdict(cfg), "identity": identity}
+    )
     return out
 
 
 def decoder(tokenizer):
-    @lru_cache(maxsize=None)
+    @cache
     def decode(i: int) -> str:
         return tokenizer.decode([int(i)])
+
     return decode
 
 
-def store_contexts(tokens_CT: torch.Tensor, cmax_C: torch.Tensor, carg_C: torch.Tensor, n: int,
-                   lo: float | None = None, hi: float | None = None, seed: int = 0) -> list[list[int]]:
+def store_contexts(
+    tokens_CT: torch.Tensor,
+    cmax_C: torch.Tensor,
+    carg_C: torch.Tensor,
+    n: int,
+    lo: float | None = None,
+    hi: float | None = None,
+    seed: int = 0,
+) -> list[list[int]]:
     """Held-out contexts of one series: the ``n`` with the highest peaks, whole; or (with ``lo``/``hi``) a
     seeded sample of ``n`` among those whose peak is in [lo, hi], truncated after the peak's token."""
     if lo is None:
@@ -255,11 +276,12 @@ def store_contexts(tokens_CT: torch.Tensor, cmax_C: torch.Tensor, carg_C: torch.
         return [tokens_CT[c].tolist() for c in order[cmax_C[order] > 0].tolist()]
     ok = torch.nonzero((cmax_C >= lo) & (cmax_C <= hi)).squeeze(1).numpy()
     pick = np.sort(ok[np.random.default_rng([seed, 17]).permutation(len(ok))[:n]])
-    return [tokens_CT[c, :int(carg_C[c]) + 1].tolist() for c in pick.tolist()]
+    return [tokens_CT[c, : int(carg_C[c]) + 1].tolist() for c in pick.tolist()]
 
 
-def _analyse(cfg: CaseStudyConfig, store, folder: Path, d: SAE, hook: str, levels: list, index, out: Path,
-             progress: bool) -> dict:
+def _analyse(
+    cfg: CaseStudyConfig, store, folder: Path, d: SAE, hook: str, levels: list, index, out: Path, progress: bool
+) -> dict:
     from saex.causal.ablation import output_effect
     from saex.causal.circuits import Level, contexts_from_index, upstream_circuit
     from saex.features import histogram as H
@@ -274,10 +296,13 @@ def _analyse(cfg: CaseStudyConfig, store, folder: Path, d: SAE, hook: str, level
     hooked = HookedLM(lm.model)
     decode = decoder(lm.tokenizer)
     F = d.d_dict
-    search, codes_F, x_D = search_prompt(hooked, lm.tokenizer, hook, d, cfg.prompt, cfg.position, cfg.search_top,
-                                         folder.name)
-    say(f"search at {hook}, token {search['position']} {search['tokens'][search['position']]!r}: top features "
-        + ", ".join(f"{r['feature']} ({r['activation']:.3g})" for r in search["features"][:5]))
+    search, codes_F, x_D = search_prompt(
+        hooked, lm.tokenizer, hook, d, cfg.prompt, cfg.position, cfg.search_top, folder.name
+    )
+    say(
+        f"search at {hook}, token {search['position']} {search['tokens'][search['position']]!r}: top features "
+        + ", ".join(f"{r['feature']} ({r['activation']:.3g})" for r in search["features"][:5])
+    )
     feats = _ints(cfg.features, "--features")
     if feats is None:
         density = index.density() if index is not None and cfg.max_density < 1 else None
@@ -293,17 +318,18 @@ def _analyse(cfg: CaseStudyConfig, store, folder: Path, d: SAE, hook: str, level
         if dense:
             say(f"skipped {len(dense)} higher-ranked features active on more than {cfg.max_density:g} of tokens")
         if not feats:
-            raise SaexError(f"no feature of {folder} active on at most --max-density {cfg.max_density:g} of tokens "
-                            f"is active at token {search['position']} of the prompt ({len(dense)} denser ones "
-                            "are); raise --max-density or name features with --features")
+            raise SaexError(
+                f"no feature of {folder} active on at most --max-density {cfg.max_density:g} of tokens "
+                f"is active at token {search['position']} of the prompt ({len(dense)} denser ones "
+                "are); raise --max-density or name features with --features"
+            )
     for f in feats + ([cfg.target] if cfg.target is not None else []):
         if not 0 <= f < F:
             raise SaexError(f"feature {f} is out of range: the dictionary {folder} has features 0..{F - 1}")
     target = cfg.target if cfg.target is not None else feats[0]
     if cfg.residual_dim is not None:
         if not 0 <= cfg.residual_dim < d.d_in:
-            raise SaexError(f"--residual-dim {cfg.residual_dim} is out of range: {hook} has dimensions "
-                            f"0..{d.d_in - 1}")
+            raise SaexError(f"--residual-dim {cfg.residual_dim} is out of range: {hook} has dimensions 0..{d.d_in - 1}")
         dim, sign = cfg.residual_dim, 1 if x_D[cfg.residual_dim] >= 0 else -1
     else:
         hi, lo = search["resid_max"][0], search["resid_min"][0]
@@ -313,9 +339,16 @@ def _analyse(cfg: CaseStudyConfig, store, folder: Path, d: SAE, hook: str, level
     series = feats + ([target] if target not in feats else [])
     feat_fn, dim_fn = H.feature_values(d, series), H.dimension_values([dim], [sign])
     say(f"histograms over the held-out split of {store.path} ...")
-    sp = H.histograms_from_store(store, hook, lambda x: torch.cat([feat_fn(x), dim_fn(x)], 1), len(series) + 1,
-                                 decode, max_n=cfg.max_samples, seed=cfg.seed,
-                                 rows=RowFilter.of(cfg))
+    sp = H.histograms_from_store(
+        store,
+        hook,
+        lambda x: torch.cat([feat_fn(x), dim_fn(x)], 1),
+        len(series) + 1,
+        decode,
+        max_n=cfg.max_samples,
+        seed=cfg.seed,
+        rows=RowFilter.of(cfg),
+    )
     tokens_CT = store.tokens("heldout").long()
     resid_hist = sp.histograms[-1]
     resid_hist["source"] += f", dimension {dim}" + (" (negative part, as -x)" if sign < 0 else "")
@@ -329,29 +362,47 @@ def _analyse(cfg: CaseStudyConfig, store, folder: Path, d: SAE, hook: str, level
     figures, entries = {}, []
     for i, f in enumerate(feats):
         s = series.index(f)
-        hist = H.histogram_from_index(index, f, decode, cfg.max_samples, cfg.seed) if cfg.histogram == "index" \
+        hist = (
+            H.histogram_from_index(index, f, decode, cfg.max_samples, cfg.seed)
+            if cfg.histogram == "index"
             else sp.histograms[s]
+        )
         if index is not None:
             ids, _ = index.examples(f, "top")
-            contexts = index.tokens(ids[:cfg.effect_contexts]).long().tolist()
+            contexts = index.tokens(ids[: cfg.effect_contexts]).long().tolist()
         else:
-            contexts = store_contexts(tokens_CT, sp.context_max_CK[:, s], sp.context_argmax_CK[:, s],
-                                      cfg.effect_contexts)
+            contexts = store_contexts(
+                tokens_CT, sp.context_max_CK[:, s], sp.context_argmax_CK[:, s], cfg.effect_contexts
+            )
         say(f"feature {f}: output effect over {len(contexts)} contexts ...")
-        effect = output_effect(hooked, hook, d, f, contexts, decode, batch=cfg.batch) if contexts else \
-            {"positions": 0, "contexts": 0, "decreased": [], "increased": []}
-        entry = {"hook": hook, "dictionary": folder.name, "feature": f, "rank": rank_of(codes_F, f),
-                 "histogram": hist,
-                 "logit_lens": None if lens is None else LL.payload(
-                     lens[0][i], lens[1][i], lens[2][i], lens[3][i], decode, int(excluded.sum()), cfg.final_norm),
-                 "output_effect": effect, "residual_histogram": resid_hist if i == 0 else None}
+        effect = (
+            output_effect(hooked, hook, d, f, contexts, decode, batch=cfg.batch)
+            if contexts
+            else {"positions": 0, "contexts": 0, "decreased": [], "increased": []}
+        )
+        entry = {
+            "hook": hook,
+            "dictionary": folder.name,
+            "feature": f,
+            "rank": rank_of(codes_F, f),
+            "histogram": hist,
+            "logit_lens": None
+            if lens is None
+            else LL.payload(
+                lens[0][i], lens[1][i], lens[2][i], lens[3][i], decode, int(excluded.sum()), cfg.final_norm
+            ),
+            "output_effect": effect,
+            "residual_histogram": resid_hist if i == 0 else None,
+        }
         entries.append(entry)
         name = f"{folder.name} feature {f}"
         figures[f"feature{f}_histogram"] = viz.plot_histogram(hist, out / f"feature{f}_histogram.png", name).name
         figures[f"feature{f}_output_effect"] = viz.plot_output_effect(
-            effect, out / f"feature{f}_output_effect.png", name, cfg.threshold).name
+            effect, out / f"feature{f}_output_effect.png", name, cfg.threshold
+        ).name
     figures[f"residual{dim}_histogram"] = viz.plot_histogram(
-        resid_hist, out / f"residual{dim}_histogram.png", f"{hook} dimension {dim}").name
+        resid_hist, out / f"residual{dim}_histogram.png", f"{hook} dimension {dim}"
+    ).name
 
     circuit = None
     if levels:
@@ -362,11 +413,22 @@ def _analyse(cfg: CaseStudyConfig, store, folder: Path, d: SAE, hook: str, level
             M = float(sp.max_K[s])
             if not M > 0:
                 raise SaexError(f"feature {target} never fires on the held-out split: no contexts for its circuit")
-            contexts = store_contexts(tokens_CT, sp.context_max_CK[:, s], sp.context_argmax_CK[:, s], cfg.contexts,
-                                      M / 2, M, cfg.seed)
+            contexts = store_contexts(
+                tokens_CT, sp.context_max_CK[:, s], sp.context_argmax_CK[:, s], cfg.contexts, M / 2, M, cfg.seed
+            )
         say(f"upstream circuit of feature {target} over {len(contexts)} contexts ...")
-        circuit = upstream_circuit(hooked, Level(hook, d), target, contexts, [Level(h, u) for _, h, u in levels],
-                                   cfg.depth, cfg.children, cfg.candidates, max_activation=M)
-        figures["circuit"] = viz.plot_circuit(circuit, out / "circuit.png", f"upstream of {folder.name} "
-                                              f"feature {target} at {hook}").name
+        circuit = upstream_circuit(
+            hooked,
+            Level(hook, d),
+            target,
+            contexts,
+            [Level(h, u) for _, h, u in levels],
+            cfg.depth,
+            cfg.children,
+            cfg.candidates,
+            max_activation=M,
+        )
+        figures["circuit"] = viz.plot_circuit(
+            circuit, out / "circuit.png", f"upstream of {folder.name} feature {target} at {hook}"
+        ).name
     return {"search": search, "features": entries, "circuit": circuit, "figures": figures}

@@ -53,7 +53,7 @@ def feature_code(d, x_ND: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tens
     shape = x_ND.shape[:-1]
     x = x_ND.reshape(-1, x_ND.shape[-1])
     if d.architecture == "topk":
-        return torch.cat([d.encode(x[i:i + chunk])[:, k] for i in range(0, len(x), chunk)]).reshape(shape)
+        return torch.cat([d.encode(x[i : i + chunk])[:, k] for i in range(0, len(x), chunk)]).reshape(shape)
     if d.apply_b_dec_to_input:
         x = x - d.b_dec_D
     pre = x @ d.W_enc_DF[:, k] + d.b_enc_F[k]
@@ -66,11 +66,14 @@ def check_levels(hooked: HookedLM, target: Level, upstream: Sequence[Level]) -> 
     for lvl in [target, *upstream]:
         point = hooked.resolve(lvl.hook)
         if lvl.dictionary.d_in != point.width:
-            raise SaexError(f"a dictionary for {lvl.hook} has d_in {lvl.dictionary.d_in}, but the hook has width "
-                            f"{point.width}")
+            raise SaexError(
+                f"a dictionary for {lvl.hook} has d_in {lvl.dictionary.d_in}, but the hook has width {point.width}"
+            )
         if lvl is not target and point.order >= hooked.resolve(prev.hook).order:
-            raise SaexError(f"upstream hook {lvl.hook} is not earlier than {prev.hook}; give --upstream "
-                            "dictionaries nearest first, each at an earlier hook point")
+            raise SaexError(
+                f"upstream hook {lvl.hook} is not earlier than {prev.hook}; give --upstream "
+                "dictionaries nearest first, each at an earlier hook point"
+            )
         prev = lvl
 
 
@@ -91,7 +94,7 @@ def contexts_from_index(index, feature: int, n: int = 20, seed: int = 0) -> tupl
             if fid in found or not ok.any():
                 continue
             pos = int(np.argmax(np.where(ok, row, -np.inf)))
-            found[fid] = index.tokens([fid])[0][:pos + 1].tolist()
+            found[fid] = index.tokens([fid])[0][: pos + 1].tolist()
     keys = sorted(found)
     pick = np.random.default_rng([seed, 17]).permutation(len(keys))[:n]
     return [found[keys[i]] for i in sorted(pick)], M
@@ -121,19 +124,25 @@ class _Circuit:
         with torch.no_grad():
             c_NTF = up.dictionary.encode(x_u)
             active = torch.nonzero(((c_NTF != 0) & self.valid_NT[..., None]).any(0).any(0)).squeeze(1)
-            metric = lambda y: (feature_code(parent.dictionary, y, k) * mask_NT).sum(-1)  # noqa: E731
+            metric = lambda y: (feature_code(parent.dictionary, y, k) * mask_NT).sum(-1)
             clean_N = metric(seg(x_u[None])[0])
         if self.candidates and len(active) > 2 * self.candidates:
             # Both ends: a budget spent only on likely drops would never find the rises that could contradict
             # the tree, and one spent by |attribution| would crowd out the drops the tree is made of.
             attr_A = self.attribution(seg, metric, c_NTF, W_dec)[active]
-            active = torch.unique(torch.cat([active[attr_A.argsort(descending=True, stable=True)[:self.candidates]],
-                                             active[attr_A.argsort(stable=True)[:self.candidates]]]))
+            active = torch.unique(
+                torch.cat(
+                    [
+                        active[attr_A.argsort(descending=True, stable=True)[: self.candidates]],
+                        active[attr_A.argsort(stable=True)[: self.candidates]],
+                    ]
+                )
+            )
         drops = []
         B = self.batch or max(1, min(8, 1200 // self.ids_NT.numel()))
         with torch.no_grad():
             for lo in range(0, len(active), B):
-                J = active[lo:lo + B]
+                J = active[lo : lo + B]
                 edit = c_NTF[..., J].permute(2, 0, 1)[..., None] * W_dec[J][:, None, None, :]
                 drops.append((clean_N[None] - metric(seg(x_u[None] - edit))).sum(1) / N)
         return active, torch.cat(drops) if drops else torch.zeros(0)
@@ -155,20 +164,31 @@ class _Circuit:
         up = upstream[0]
         feats, drops = self.effects(parent, k, mask_NT, up)
         nodes, rises = [], []
-        for i in drops.argsort(descending=True, stable=True)[:self.children].tolist():
+        for i in drops.argsort(descending=True, stable=True)[: self.children].tolist():
             if not drops[i] > 0:  # a feature whose ablation does not lower the parent is no cause of it
                 break
             j = int(feats[i])
-            nodes.append({"hook": up.hook, "feature": j, "effect": float(drops[i]), "cos": _cos(parent, k, up, j),
-                          **self.expand(up, j, self.valid_NT.float(), upstream[1:])})
-        for i in drops.argsort(descending=False, stable=True)[:self.children].tolist():
+            nodes.append(
+                {
+                    "hook": up.hook,
+                    "feature": j,
+                    "effect": float(drops[i]),
+                    "cos": _cos(parent, k, up, j),
+                    **self.expand(up, j, self.valid_NT.float(), upstream[1:]),
+                }
+            )
+        for i in drops.argsort(descending=False, stable=True)[: self.children].tolist():
             if not drops[i] < 0:
                 break
             j = int(feats[i])
             rises.append({"hook": up.hook, "feature": j, "effect": float(drops[i]), "cos": _cos(parent, k, up, j)})
-        return {"children": nodes, "increases": rises, "ablated": len(feats),
-                "effect_sum_positive": float(drops.clamp(min=0).sum()),
-                "effect_sum_negative": float(drops.clamp(max=0).sum())}
+        return {
+            "children": nodes,
+            "increases": rises,
+            "ablated": len(feats),
+            "effect_sum_positive": float(drops.clamp(min=0).sum()),
+            "effect_sum_negative": float(drops.clamp(max=0).sum()),
+        }
 
 
 def _cos(a: Level, i: int, b: Level, j: int) -> float | None:
@@ -178,16 +198,26 @@ def _cos(a: Level, i: int, b: Level, j: int) -> float | None:
     return float(torch.nn.functional.cosine_similarity(u, v, dim=0))
 
 
-def upstream_circuit(hooked: HookedLM, target: Level, feature: int, contexts: Sequence, upstream: Sequence[Level],
-                     depth: int | None = None, children: int = 3, candidates: int = 64, batch: int = 0,
-                     max_activation: float | None = None) -> dict:
+def upstream_circuit(
+    hooked: HookedLM,
+    target: Level,
+    feature: int,
+    contexts: Sequence,
+    upstream: Sequence[Level],
+    depth: int | None = None,
+    children: int = 3,
+    candidates: int = 64,
+    batch: int = 0,
+    max_activation: float | None = None,
+) -> dict:
     """The upstream tree of ``schema.md`` for ``feature`` of ``target``: ``upstream`` holds one dictionary
     per level, nearest first, each at an earlier hook point; ``depth`` levels are expanded (default all),
     ``children`` strongest causes per node, and as many of the strongest rises in ``increases``.
     ``max_activation`` is M (default: the largest clean activation in the contexts)."""
     if not 0 <= feature < target.dictionary.d_dict:
-        raise SaexError(f"feature {feature} is out of range: the target dictionary has features "
-                        f"0..{target.dictionary.d_dict - 1}")
+        raise SaexError(
+            f"feature {feature} is out of range: the target dictionary has features 0..{target.dictionary.d_dict - 1}"
+        )
     depth = len(upstream) if depth is None else depth
     if not 0 <= depth <= len(upstream):
         raise SaexError(f"--depth {depth} needs that many upstream dictionaries; {len(upstream)} given")
@@ -200,9 +230,20 @@ def upstream_circuit(hooked: HookedLM, target: Level, feature: int, contexts: Se
             with hooked.capture([target.hook]) as cap:
                 x = cap(run.ids_NT)[target.hook].float()
             max_activation = float((feature_code(target.dictionary, x, feature) * run.last_NT).sum(1).max())
-    method = ("exact ablation of every active upstream feature" if candidates == 0 else
-              f"attribution (gradient × code) ranks the active upstream features; the top {candidates} and the "
-              f"bottom {candidates} are ablated exactly")
+    method = (
+        "exact ablation of every active upstream feature"
+        if candidates == 0
+        else f"attribution (gradient × code) ranks the active upstream features; the top {candidates} and the "
+        f"bottom {candidates} are ablated exactly"
+    )
     traced = run.expand(target, feature, run.last_NT, list(upstream)[:depth])
-    return {"hook": target.hook, "feature": int(feature), "effect": None, "cos": None, **traced,
-            "contexts": int(run.ids_NT.shape[0]), "max_activation": float(max_activation), "method": method}
+    return {
+        "hook": target.hook,
+        "feature": int(feature),
+        "effect": None,
+        "cos": None,
+        **traced,
+        "contexts": int(run.ids_NT.shape[0]),
+        "max_activation": float(max_activation),
+        "method": method,
+    }

@@ -14,7 +14,7 @@ of the batch is re-evaluated, and the batch shrinks; after a batch without a dro
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -24,8 +24,9 @@ from saex.causal.patching import PatchingSetup
 TAUS = np.logspace(-5, 0, 50)
 
 
-def greedy_prune(setup: PatchingSetup, taus=TAUS, seed: int = 0, max_batch: int = 8,
-                 on_eval: Callable[[int], None] | None = None) -> dict:
+def greedy_prune(
+    setup: PatchingSetup, taus=TAUS, seed: int = 0, max_batch: int = 8, on_eval: Callable[[int], None] | None = None
+) -> dict:
     F = setup.n_features
     mask = torch.zeros(F)
     mask[setup.active] = 1.0
@@ -34,14 +35,16 @@ def greedy_prune(setup: PatchingSetup, taus=TAUS, seed: int = 0, max_batch: int 
     kl_all, edit_all = (float(v[0]) for v in setup.evaluate(torch.ones(1, F)))
     kl_prev = kl_all
     rng = np.random.default_rng([seed, 19])
-    records = [{"tau": None, "n_patched": F, "kl": kl_all, "edit": edit_all},
-               {"tau": None, "n_patched": 0, "kl": setup.kl_base(), "edit": 0.0}]
+    records = [
+        {"tau": None, "n_patched": F, "kl": kl_all, "edit": edit_all},
+        {"tau": None, "n_patched": 0, "kl": setup.kl_base(), "edit": 0.0},
+    ]
     evaluations, b = 1, 1
     for tau in taus:
         order = [int(j) for j in rng.permutation(torch.nonzero(mask).squeeze(1).numpy())]
         i = 0
         while i < len(order):
-            cand = order[i:i + b]
+            cand = order[i : i + b]
             masks = mask.repeat(len(cand), 1)
             masks[torch.arange(len(cand)), torch.tensor(cand)] = 0.0
             kls, _ = setup.evaluate(masks, batch=len(cand))
@@ -58,10 +61,22 @@ def greedy_prune(setup: PatchingSetup, taus=TAUS, seed: int = 0, max_batch: int 
             dropped_at[cand[drop]] = float(tau)
             i += drop + 1
             b = max(1, b // 2)
-        records.append({"tau": float(tau), "n_patched": int(mask.sum()), "kl": kl_prev,
-                        "edit": float(setup.edit_magnitude(mask[None])[0])})
-    return {"records": records, "dropped_at": [None if np.isnan(t) else t for t in dropped_at],
-            "evaluations": evaluations, "seed": seed, "n_features": F, "n_active": int(len(setup.active))}
+        records.append(
+            {
+                "tau": float(tau),
+                "n_patched": int(mask.sum()),
+                "kl": kl_prev,
+                "edit": float(setup.edit_magnitude(mask[None])[0]),
+            }
+        )
+    return {
+        "records": records,
+        "dropped_at": [None if np.isnan(t) else t for t in dropped_at],
+        "evaluations": evaluations,
+        "seed": seed,
+        "n_features": F,
+        "n_active": int(len(setup.active)),
+    }
 
 
 def patched_set(result: dict, tau: float) -> list[int]:

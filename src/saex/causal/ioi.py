@@ -35,16 +35,69 @@ BABA_TEMPLATES = (
     "Friends [B] and [A] found a [OBJECT] at the [PLACE]. [B] gave it to [A]",
 )
 # ABBA: the first clause names the IO first.
-ABBA_TEMPLATES = tuple(t.replace("[B]", "[X]", 1).replace("[A]", "[B]", 1).replace("[X]", "[A]", 1)
-                       for t in BABA_TEMPLATES)
+ABBA_TEMPLATES = tuple(
+    t.replace("[B]", "[X]", 1).replace("[A]", "[B]", 1).replace("[X]", "[A]", 1) for t in BABA_TEMPLATES
+)
 TEMPLATES = BABA_TEMPLATES + ABBA_TEMPLATES
 PLACES = ("store", "garden", "restaurant", "school", "hospital", "office", "house", "station")
 OBJECTS = ("ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack")
-NAMES = ("Mary", "John", "Alice", "Bob", "James", "Michael", "David", "Sarah", "Emma", "Daniel", "Laura",
-         "Thomas", "Anna", "Paul", "Mark", "Kevin", "Lisa", "Peter", "Jessica", "Steven", "Andrew", "Rachel",
-         "Kelly", "Brian", "Helen", "George", "Susan", "Robert", "Linda", "Jack", "Kate", "Eric", "Adam",
-         "Amy", "Ryan", "Scott", "Chris", "Tom", "Sam", "Emily", "Jane", "Henry", "Grace", "Lucy", "Joseph",
-         "William", "Richard", "Charles", "Martin", "Oliver", "Victoria", "Rose", "Max", "Ben", "Tim")
+NAMES = (
+    "Mary",
+    "John",
+    "Alice",
+    "Bob",
+    "James",
+    "Michael",
+    "David",
+    "Sarah",
+    "Emma",
+    "Daniel",
+    "Laura",
+    "Thomas",
+    "Anna",
+    "Paul",
+    "Mark",
+    "Kevin",
+    "Lisa",
+    "Peter",
+    "Jessica",
+    "Steven",
+    "Andrew",
+    "Rachel",
+    "Kelly",
+    "Brian",
+    "Helen",
+    "George",
+    "Susan",
+    "Robert",
+    "Linda",
+    "Jack",
+    "Kate",
+    "Eric",
+    "Adam",
+    "Amy",
+    "Ryan",
+    "Scott",
+    "Chris",
+    "Tom",
+    "Sam",
+    "Emily",
+    "Jane",
+    "Henry",
+    "Grace",
+    "Lucy",
+    "Joseph",
+    "William",
+    "Richard",
+    "Charles",
+    "Martin",
+    "Oliver",
+    "Victoria",
+    "Rose",
+    "Max",
+    "Ben",
+    "Tim",
+)
 
 
 @dataclass
@@ -79,8 +132,10 @@ def make_prompts(tokenizer, n: int = 50, seed: int = 0, pad_id: int | None = Non
         raise SaexError(f"the number of IOI prompts must be positive, got {n}")
     names, places, objects = (single_tokens(tokenizer, v) for v in (NAMES, PLACES, OBJECTS))
     if len(names) < 3 or not places or not objects:
-        raise SaexError(f"this tokenizer splits too many IOI words: {len(names)} single-token names (need 3), "
-                        f"{len(places)} places and {len(objects)} objects (need 1 each)")
+        raise SaexError(
+            f"this tokenizer splits too many IOI words: {len(names)} single-token names (need 3), "
+            f"{len(places)} places and {len(objects)} objects (need 1 each)"
+        )
     rng = np.random.default_rng([seed, 17])
     rows, texts, templates = [], [], []
     tries = 0
@@ -92,9 +147,9 @@ def make_prompts(tokenizer, n: int = 50, seed: int = 0, pad_id: int | None = Non
         io, s, cf = (names[i] for i in rng.choice(len(names), 3, replace=False))
         place, obj = places[rng.integers(len(places))], objects[rng.integers(len(objects))]
 
-        def fill(a: str) -> str:
-            text = TEMPLATES[t].replace("[PLACE]", place).replace("[OBJECT]", obj)
-            text = text.replace("[A]", a).replace("[B]", s)
+        def fill(a: str) -> str:  # called at once, with this draw's t, place, obj and s
+            text = TEMPLATES[t].replace("[PLACE]", place).replace("[OBJECT]", obj)  # noqa: B023
+            text = text.replace("[A]", a).replace("[B]", s)  # noqa: B023
             return text[: text.rfind(" " + a)]  # drop the answer: the last mention of the IO
 
         base, counter = fill(io), fill(cf)
@@ -113,10 +168,18 @@ def make_prompts(tokenizer, n: int = 50, seed: int = 0, pad_id: int | None = Non
     base_NT = torch.full((n, T), pad, dtype=torch.long)
     cf_NT = torch.full((n, T), pad, dtype=torch.long)
     for i, (b, c, *_rest) in enumerate(rows):
-        base_NT[i, :len(b)] = torch.tensor(b)
-        cf_NT[i, :len(c)] = torch.tensor(c)
-    return IOIPrompts(base_NT, cf_NT, torch.tensor([len(r[0]) for r in rows]), torch.tensor([r[2] for r in rows]),
-                      torch.tensor([r[3] for r in rows]), torch.tensor([r[4] for r in rows]), texts, templates)
+        base_NT[i, : len(b)] = torch.tensor(b)
+        cf_NT[i, : len(c)] = torch.tensor(c)
+    return IOIPrompts(
+        base_NT,
+        cf_NT,
+        torch.tensor([len(r[0]) for r in rows]),
+        torch.tensor([r[2] for r in rows]),
+        torch.tensor([r[3] for r in rows]),
+        torch.tensor([r[4] for r in rows]),
+        texts,
+        templates,
+    )
 
 
 @torch.inference_mode()
@@ -125,5 +188,9 @@ def task_performance(model, prompts: IOIPrompts) -> dict:
     logits = model(input_ids=prompts.base_NT, use_cache=False).logits
     last = logits[torch.arange(prompts.n), prompts.lengths_N - 1]
     diff = (last.gather(1, prompts.io_N[:, None]) - last.gather(1, prompts.s_N[:, None])).squeeze(1)
-    return {"n_prompts": prompts.n, "mean_logit_diff": float(diff.mean()), "accuracy": float((diff > 0).float().mean()),
-            "logit_diffs": diff.tolist()}
+    return {
+        "n_prompts": prompts.n,
+        "mean_logit_diff": float(diff.mean()),
+        "accuracy": float((diff > 0).float().mean()),
+        "logit_diffs": diff.tolist(),
+    }

@@ -83,8 +83,10 @@ class PatchingSetup:
         handles = []
         if record_kwargs and self.suffix_from is not None:
             for i in range(self.suffix_from, self.hooked.n_layers):
+
                 def keep(mod, args, kwargs, i=i):
                     self._kwargs[i] = dict(kwargs)
+
                 handles.append(self.hooked.blocks[i].register_forward_pre_hook(keep, with_kwargs=True))
         try:
             with self.hooked.capture([self.hook], stop_early=not record_kwargs) as run:
@@ -139,7 +141,7 @@ class PatchingSetup:
             return torch.zeros(0), torch.zeros(0)
         kls, edits = [], []
         for start in range(0, mask_BF.shape[0], batch):
-            e = self.edit(mask_BF[start:start + batch])
+            e = self.edit(mask_BF[start : start + batch])
             kls.append(self.kl(self.final_logits(self.x_base_NTD[None] + e)))
             edits.append(self._magnitude(e))
         return torch.cat(kls), torch.cat(edits)

@@ -115,9 +115,18 @@ def _plan(cfg: IOIConfig, hooked) -> dict[int, list[tuple[str, object, dict]]]:
                 raise SaexError(f"dictionary {folder} has d_in {d.d_in}, but {hook} has width {point.width}")
             if wanted is None or point.layer in wanted:
                 plan.setdefault(point.layer, []).append(
-                    (name, d, {"hook": hook, "weights_sha256": sha256_path(folder / WEIGHTS), "path": str(folder),
-                               "alpha": d.metadata.get("alpha"), "kind": d.metadata.get("baseline")
-                               or d.metadata.get("arch")}))
+                    (
+                        name,
+                        d,
+                        {
+                            "hook": hook,
+                            "weights_sha256": sha256_path(folder / WEIGHTS),
+                            "path": str(folder),
+                            "alpha": d.metadata.get("alpha"),
+                            "kind": d.metadata.get("baseline") or d.metadata.get("arch"),
+                        },
+                    )
+                )
     if cfg.baselines.strip():
         from saex.store.reader import ActivationStore
 
@@ -133,9 +142,12 @@ def _plan(cfg: IOIConfig, hooked) -> dict[int, list[tuple[str, object, dict]]]:
             fit = fit_pca(store.load_shard("train", i, hook) for i in range(len(store.shards("train"))))
             meta = {"hook_name": hook, "fit_rows": fit.n_rows}
             ident = {"hook": hook, "store": str(store.path), "fit_rows": fit.n_rows}
-            plan.setdefault(layer, []).extend([
-                ("pca_rot", pca_dictionary(fit, center=False, metadata=meta), ident | {"kind": "pca_rot"}),
-                ("pca_split", pca_split(fit, center=True, metadata=meta), ident | {"kind": "pca_split"})])
+            plan.setdefault(layer, []).extend(
+                [
+                    ("pca_rot", pca_dictionary(fit, center=False, metadata=meta), ident | {"kind": "pca_rot"}),
+                    ("pca_split", pca_split(fit, center=True, metadata=meta), ident | {"kind": "pca_split"}),
+                ]
+            )
     if not plan:
         raise SaexError(f"no dictionary is at the requested layers {wanted}")
     return dict(sorted(plan.items()))
@@ -156,11 +168,12 @@ def run_ioi(cfg: IOIConfig, progress: bool = True) -> Path:
     write_json_atomic(out / MARKER, {"saex_version": saex.__version__, "config": asdict(cfg)})
     prompts = make_prompts(lm.tokenizer, cfg.prompts, cfg.seed)
     task = task_performance(lm.model, prompts)
-    write_json_atomic(out / "task.json", {"model": cfg.model, **task,
-                                          "examples": [list(t) for t in prompts.texts[:5]]})
+    write_json_atomic(out / "task.json", {"model": cfg.model, **task, "examples": [list(t) for t in prompts.texts[:5]]})
     if progress:
-        print(f"IOI on {cfg.model}: mean logit diff IO − S {task['mean_logit_diff']:.2f}, "
-              f"accuracy {task['accuracy']:.0%} over {prompts.n} prompts")
+        print(
+            f"IOI on {cfg.model}: mean logit diff IO − S {task['mean_logit_diff']:.2f}, "
+            f"accuracy {task['accuracy']:.0%} over {prompts.n} prompts"
+        )
     taus = np.logspace(-5, 0, cfg.thresholds)
     options = {k: v for k, v in asdict(cfg).items() if k in ("model", "prompts", "seed", "thresholds")}
     results: dict[int, dict[str, dict]] = {}
@@ -177,13 +190,21 @@ def run_ioi(cfg: IOIConfig, progress: bool = True) -> Path:
             t0 = time.perf_counter()
             setup = PatchingSetup(hooked, ident["hook"], prompts, d)
             batch = cfg.batch or setup.auto_batch()
-            r = {"identity": identity, "name": name, "layer": layer, "kind": ident.get("kind"),
-                 "alpha": ident.get("alpha"), "n_features": setup.n_features, "n_active": int(len(setup.active)),
-                 "kl_base": setup.kl_base()}
+            r = {
+                "identity": identity,
+                "name": name,
+                "layer": layer,
+                "kind": ident.get("kind"),
+                "alpha": ident.get("alpha"),
+                "n_features": setup.n_features,
+                "n_active": int(len(setup.active)),
+                "kl_base": setup.kl_base(),
+            }
             if cfg.mode in ("quick", "both"):
                 scores = attribution_scores(setup)
                 r["quick"] = quick_curve(setup, scores, batch) | {
-                    "validation": validate(setup, scores, seed=cfg.seed, batch=batch)}
+                    "validation": validate(setup, scores, seed=cfg.seed, batch=batch)
+                }
             if cfg.mode in ("greedy", "both"):
                 bar = tqdm(desc=f"layer {layer} {name}: greedy", unit="eval", disable=not progress)
                 r["greedy"] = greedy_prune(setup, taus, cfg.seed, batch, on_eval=bar.update)
@@ -192,8 +213,10 @@ def run_ioi(cfg: IOIConfig, progress: bool = True) -> Path:
             write_json_atomic(path, r)
             results[layer][name] = r
             if progress:
-                print(f"layer {layer} {name}: {r['n_active']}/{r['n_features']} features differ between the "
-                      f"runs, KL none {r['kl_base']:.3f}, {r['seconds']:.0f}s")
+                print(
+                    f"layer {layer} {name}: {r['n_active']}/{r['n_features']} features differ between the "
+                    f"runs, KL none {r['kl_base']:.3f}, {r['seconds']:.0f}s"
+                )
     from saex.viz.ioi import plot_ioi
 
     plot_ioi(results, out, cfg.mode)

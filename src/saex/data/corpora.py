@@ -67,8 +67,11 @@ def wiki_json_path() -> Path:
 
 def wiki_documents() -> list[Document]:
     table = json.loads(wiki_json_path().read_text(encoding="utf-8"))
-    return [Document(f"wiki:{title}", entry["extract"].strip()) for title, entry in sorted(table.items())
-            if entry.get("extract", "").strip()]
+    return [
+        Document(f"wiki:{title}", entry["extract"].strip())
+        for title, entry in sorted(table.items())
+        if entry.get("extract", "").strip()
+    ]
 
 
 def _sha256_files(paths: list[Path]) -> str:
@@ -116,8 +119,9 @@ def local_documents(path: Path, text_field: str = "text") -> list[Document]:
     return docs
 
 
-def _hub_documents(name: str, config: str | None, split: str, text_field: str, seed: int,
-                   buffer: int = 10_000) -> Iterator[Document]:
+def _hub_documents(
+    name: str, config: str | None, split: str, text_field: str, seed: int, buffer: int = 10_000
+) -> Iterator[Document]:
     from datasets import load_dataset
 
     ds = load_dataset(name, config, split=split, streaming=True)
@@ -141,8 +145,9 @@ def _hub_revision(name: str) -> str | None:
         return None
 
 
-def resolve_corpus(spec: str, text_field: str = "text", hub_split: str = "train",
-                   hub_config: str | None = None) -> Corpus:
+def resolve_corpus(
+    spec: str, text_field: str = "text", hub_split: str = "train", hub_config: str | None = None
+) -> Corpus:
     """Turn a corpus spec into documents and a fingerprint, failing early with a clear message."""
     from saex.data import debian
 
@@ -159,8 +164,10 @@ def resolve_corpus(spec: str, text_field: str = "text", hub_split: str = "train"
         elif part == "debian":
             installed = [s for s in debian.DEBIAN_SOURCES.values() if s.is_installed()]
             if not installed:
-                raise SaexError("corpus 'debian' found no Debian text source installed; "
-                                f"install some of: {' '.join(s.package for s in debian.DEBIAN_SOURCES.values())}")
+                raise SaexError(
+                    "corpus 'debian' found no Debian text source installed; "
+                    f"install some of: {' '.join(s.package for s in debian.DEBIAN_SOURCES.values())}"
+                )
             for s in installed:
                 docs += list(s.documents())
                 fingerprints.append(f"{s.name}:{s.fingerprint()}")

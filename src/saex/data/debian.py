@@ -150,8 +150,9 @@ def read_kjv(data_file: Path) -> Iterator[Document]:
     # bible.data is a custom compressed format; only the ``bible`` program decodes it. ``-d`` takes
     # a name relative to the search path ``-p``, not a full path.
     cmd = ["bible", "-p", str(data_file.parent), "-d", data_file.name, "-f", "gen1:1-rev22:21"]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          encoding="utf-8", errors="replace") as proc:
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace"
+    ) as proc:
         assert proc.stdout is not None
         yield from parse_kjv(proc.stdout)
         error = proc.stderr.read().strip() if proc.stderr else ""
@@ -165,8 +166,10 @@ _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 # "\Spurt\ (sp[^u]rt)": the pronunciation (sometimes wrapped onto a second line), plus a
 # parenthesised respelling right after it; "(Bot.)" is capitalised and has no respelling characters.
 _PRON = re.compile(r"[ \t]*\\[^\\\n]*\n?[^\\\n]*\\(?:[ \t]*\((?![A-Z])[^()\n]*[\[\"`*?][^()\n]*\))?")
-_SOURCE_TAG = (r"(?:1913 Webster|Webster 1913 Suppl\.|WordNet(?: 1\.[56]| sense [\d+& ]+)?"
-               r"|Century Dict(?:\.|ionary),? 1906\.?|Century Dict\.|PJC\.?|RDH|AS|CV|RP|GG|JG|CM|MW10|PC|#here)")
+_SOURCE_TAG = (
+    r"(?:1913 Webster|Webster 1913 Suppl\.|WordNet(?: 1\.[56]| sense [\d+& ]+)?"
+    r"|Century Dict(?:\.|ionary),? 1906\.?|Century Dict\.|PJC\.?|RDH|AS|CV|RP|GG|JG|CM|MW10|PC|#here)"
+)
 # "[1913 Webster]", "[WordNet 1.5 +PJC]": who supplied the text, not part of it. Tags may wrap, and a
 # few lack the "[". Separators are written so that no two \s* meet (that backtracks badly on indents).
 _SOURCE = re.compile(rf"(?:\[\s*(?:\+\s*)?)?{_SOURCE_TAG}(?:(?:\s*\+\s*|\s+){_SOURCE_TAG})*\s*\]".replace(" ", r"\s+"))
@@ -240,7 +243,7 @@ _LINUX_SKIP = ("translations",)
 def _linux_doc_root() -> Path:
     # The package name carries the kernel series (linux-doc-6.1 in bookworm); take the newest.
     found = Path("/usr/share/doc").glob("linux-doc-*/html/_sources")
-    version = lambda p: [int(n) for n in re.findall(r"\d+", p.parts[-3])]  # noqa: E731
+    version = lambda p: [int(n) for n in re.findall(r"\d+", p.parts[-3])]
     return max(found, key=version, default=Path("/usr/share/doc/linux-doc-6.1/html/_sources"))
 
 
@@ -258,7 +261,7 @@ def wordnet_line(line: str) -> tuple[str, str] | None:
     fields = head.split()
     count = int(fields[3], 16)
     # "beautiful(a)": adjective position markers are annotation, not words.
-    words = [re.sub(r"\(\w+\)$", "", w).replace("_", " ") for w in fields[4:4 + 2 * count:2]]
+    words = [re.sub(r"\(\w+\)$", "", w).replace("_", " ") for w in fields[4 : 4 + 2 * count : 2]]
     return fields[0], f"{', '.join(words)}: {' '.join(gloss.split())}"
 
 
@@ -285,8 +288,11 @@ def _fortune_files(root: Path) -> list[Path]:
     # Text files have no suffix; *.dat are strfile indexes and *.u8 symlinks to the same text.
     if not root.is_dir():
         return []
-    return [p for p in root.iterdir()
-            if p.is_file() and not p.is_symlink() and "." not in p.name and p.name not in _FORTUNE_SKIP]
+    return [
+        p
+        for p in root.iterdir()
+        if p.is_file() and not p.is_symlink() and "." not in p.name and p.name not in _FORTUNE_SKIP
+    ]
 
 
 def parse_fortunes(text: str, name: str) -> Iterator[Document]:
@@ -361,20 +367,52 @@ def read_jargon(root: Path) -> Iterator[Document]:
 
 _LINUX_ROOT = _linux_doc_root()
 _SOURCES = [
-    DebianSource("kjv", "bible-kjv", "public domain", Path("/usr/lib/bible.data"),
-                 _existing, read_kjv, programs=("bible",)),
-    DebianSource("gcide", "dict-gcide", "GPL-2+", Path("/usr/share/dictd"),
-                 lambda p: _existing(p / "gcide.dict.dz", p / "gcide.index"), read_gcide),
-    DebianSource("linux-doc", _LINUX_ROOT.parts[-3], "GPL-2", _LINUX_ROOT,
-                 partial(_rst_files, skip=_LINUX_SKIP), partial(read_rst_tree, name="linux-doc", skip=_LINUX_SKIP)),
-    DebianSource("python-doc", "python3.11-doc", "PSF licence", Path("/usr/share/doc/python3.11/html/_sources"),
-                 _rst_files, partial(read_rst_tree, name="python-doc")),
-    DebianSource("wordnet", "wordnet-base", "WordNet 3.0 licence (permissive)", Path("/usr/share/wordnet"),
-                 lambda p: _existing(*(p / f"data.{pos}" for pos in _WORDNET_POS)), read_wordnet),
-    DebianSource("fortunes", "fortunes", "BSD / mixed", Path("/usr/share/games/fortunes"),
-                 _fortune_files, read_fortunes),
-    DebianSource("jargon", "jargon-text", "public domain", Path("/usr/share/doc/jargon-text"),
-                 lambda p: _existing(p / "jargon.txt.gz"), read_jargon),
+    DebianSource(
+        "kjv", "bible-kjv", "public domain", Path("/usr/lib/bible.data"), _existing, read_kjv, programs=("bible",)
+    ),
+    DebianSource(
+        "gcide",
+        "dict-gcide",
+        "GPL-2+",
+        Path("/usr/share/dictd"),
+        lambda p: _existing(p / "gcide.dict.dz", p / "gcide.index"),
+        read_gcide,
+    ),
+    DebianSource(
+        "linux-doc",
+        _LINUX_ROOT.parts[-3],
+        "GPL-2",
+        _LINUX_ROOT,
+        partial(_rst_files, skip=_LINUX_SKIP),
+        partial(read_rst_tree, name="linux-doc", skip=_LINUX_SKIP),
+    ),
+    DebianSource(
+        "python-doc",
+        "python3.11-doc",
+        "PSF licence",
+        Path("/usr/share/doc/python3.11/html/_sources"),
+        _rst_files,
+        partial(read_rst_tree, name="python-doc"),
+    ),
+    DebianSource(
+        "wordnet",
+        "wordnet-base",
+        "WordNet 3.0 licence (permissive)",
+        Path("/usr/share/wordnet"),
+        lambda p: _existing(*(p / f"data.{pos}" for pos in _WORDNET_POS)),
+        read_wordnet,
+    ),
+    DebianSource(
+        "fortunes", "fortunes", "BSD / mixed", Path("/usr/share/games/fortunes"), _fortune_files, read_fortunes
+    ),
+    DebianSource(
+        "jargon",
+        "jargon-text",
+        "public domain",
+        Path("/usr/share/doc/jargon-text"),
+        lambda p: _existing(p / "jargon.txt.gz"),
+        read_jargon,
+    ),
 ]
 DEBIAN_SOURCES: dict[str, DebianSource] = {source.name: source for source in _SOURCES}
 

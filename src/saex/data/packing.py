@@ -45,8 +45,9 @@ class Packing:
         return dict(self.__dict__)
 
 
-def resolve_packing(tokenizer, context_length: int, bos_policy: str = "auto", separator: str = "auto",
-                    max_context: int | None = None) -> Packing:
+def resolve_packing(
+    tokenizer, context_length: int, bos_policy: str = "auto", separator: str = "auto", max_context: int | None = None
+) -> Packing:
     if bos_policy not in BOS_POLICIES:
         raise SaexError(f"unknown BOS policy {bos_policy!r}; allowed: {list(BOS_POLICIES)}")
     if context_length < 2:
@@ -87,8 +88,15 @@ class Context:
     prepended BOS. A separator belongs to the document it opens."""
 
 
-def pack(docs: Iterator[Document], tokenizer, packing: Packing, split: str, seed: int,
-         heldout_fraction: float, tokenize_batch: int = 64) -> Iterator[Context]:
+def pack(
+    docs: Iterator[Document],
+    tokenizer,
+    packing: Packing,
+    split: str,
+    seed: int,
+    heldout_fraction: float,
+    tokenize_batch: int = 64,
+) -> Iterator[Context]:
     """Contexts of one split, in a deterministic order."""
     if split not in SPLITS:
         raise SaexError(f"unknown split {split!r}; allowed: {list(SPLITS)}")
@@ -120,10 +128,10 @@ def pack(docs: Iterator[Document], tokenizer, packing: Packing, split: str, seed
             doc_index += 1
         n_full = len(buf_tok) // body
         for i in range(n_full):
-            tok = np.asarray(buf_tok[i * body:(i + 1) * body], dtype=np.int32)
-            doc = np.asarray(buf_doc[i * body:(i + 1) * body], dtype=np.int32)
+            tok = np.asarray(buf_tok[i * body : (i + 1) * body], dtype=np.int32)
+            doc = np.asarray(buf_doc[i * body : (i + 1) * body], dtype=np.int32)
             if packing.bos_policy == "bos":
                 tok = np.concatenate([np.int32([packing.bos_id]), tok])
                 doc = np.concatenate([np.int32([-1]), doc])
             yield Context(tok, doc)
-        del buf_tok[:n_full * body], buf_doc[:n_full * body]
+        del buf_tok[: n_full * body], buf_doc[: n_full * body]

@@ -43,8 +43,9 @@ def open_for_store(spec: str, store, hook: str | None) -> dict[str, tuple[Path, 
         if not h:
             raise SaexError(f"dictionary {folder} records no hook point; name one with --hook")
         if h not in store.hooks:
-            raise SaexError(f"dictionary {folder} is for hook {h!r}, which the store {store.path} lacks; "
-                            f"it has {store.hooks}")
+            raise SaexError(
+                f"dictionary {folder} is for hook {h!r}, which the store {store.path} lacks; it has {store.hooks}"
+            )
         if d.d_in != store.width(h):
             raise SaexError(f"dictionary {folder} has d_in {d.d_in}, but {h} in the store has width {store.width(h)}")
         out[name] = (folder, d, h)

@@ -24,8 +24,7 @@ from saex.dictionaries.sae import SAE
 from saex.errors import SaexError
 
 
-def fit_ica(x_ND: torch.Tensor, seed: int, max_iter: int = 200, tol: float = 1e-4,
-            metadata: dict | None = None) -> SAE:
+def fit_ica(x_ND: torch.Tensor, seed: int, max_iter: int = 200, tol: float = 1e-4, metadata: dict | None = None) -> SAE:
     """The signed ICA dictionary of ``x_ND``; ``metadata`` gains ``ica_n_iter`` and ``ica_converged``."""
     # imported here: scikit-learn brings its own OpenMP runtime, which every `saex` command (the CLI parser
     # imports this module's config) would otherwise load beside torch's
@@ -38,8 +37,9 @@ def fit_ica(x_ND: torch.Tensor, seed: int, max_iter: int = 200, tol: float = 1e-
     if n <= d:
         raise SaexError(f"ICA on width {d} needs more than {d} rows to fit, got {n}")
     if not np.isfinite(x).all():
-        raise SaexError("the activations hold NaN or Inf values; ICA needs finite inputs "
-                        "(re-harvest with --dtype float32)")
+        raise SaexError(
+            "the activations hold NaN or Inf values; ICA needs finite inputs (re-harvest with --dtype float32)"
+        )
     scaler = StandardScaler().fit(x)
     ica = FastICA(n_components=d, whiten="unit-variance", max_iter=max_iter, tol=tol, random_state=seed)
     with warnings.catch_warnings(record=True) as caught:
@@ -55,13 +55,27 @@ def fit_ica(x_ND: torch.Tensor, seed: int, max_iter: int = 200, tol: float = 1e-
     b_dec_D = mu_D * sigma + m
     norm_F = np.linalg.norm(W_dec_FD, axis=1)
     meta = dict(metadata or {}, ica_n_iter=int(ica.n_iter_), ica_converged=converged, fit_rows=n)
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
-    return SAE(t(W_enc_DF * norm_F[None, :]), t(W_dec_FD / norm_F[:, None]), t(b_enc_F * norm_F), t(b_dec_D),
-               "linear", apply_b_dec_to_input=False, metadata=meta)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()
+    return SAE(
+        t(W_enc_DF * norm_F[None, :]),
+        t(W_dec_FD / norm_F[:, None]),
+        t(b_enc_F * norm_F),
+        t(b_dec_D),
+        "linear",
+        apply_b_dec_to_input=False,
+        metadata=meta,
+    )
 
 
 def ica_topk(ica: SAE, k: int, metadata: dict | None = None) -> SAE:
     """±split of a signed ICA dictionary, keeping the K largest per token."""
-    return SAE(torch.cat([ica.W_enc_DF, -ica.W_enc_DF], 1), torch.cat([ica.W_dec_FD, -ica.W_dec_FD]),
-               torch.cat([ica.b_enc_F, -ica.b_enc_F]), ica.b_dec_D.clone(), "topk", k=k,
-               apply_b_dec_to_input=False, metadata=metadata)
+    return SAE(
+        torch.cat([ica.W_enc_DF, -ica.W_enc_DF], 1),
+        torch.cat([ica.W_dec_FD, -ica.W_dec_FD]),
+        torch.cat([ica.b_enc_F, -ica.b_enc_F]),
+        ica.b_dec_D.clone(),
+        "topk",
+        k=k,
+        apply_b_dec_to_input=False,
+        metadata=metadata,
+    )

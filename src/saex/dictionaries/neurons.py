@@ -17,5 +17,6 @@ from saex.dictionaries.sae import SAE
 def neurons(d_in: int, metadata: dict | None = None) -> SAE:
     eye_DD = torch.eye(d_in)
     zeros_D = torch.zeros(d_in)
-    return SAE(eye_DD, eye_DD.clone(), zeros_D, zeros_D.clone(), "standard", apply_b_dec_to_input=False,
-               metadata=metadata)
+    return SAE(
+        eye_DD, eye_DD.clone(), zeros_D, zeros_D.clone(), "standard", apply_b_dec_to_input=False, metadata=metadata
+    )

@@ -19,8 +19,8 @@ Each eigenvector's sign is fixed so that its largest-magnitude entry is positive
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 
@@ -43,8 +43,9 @@ def fit_pca(batches: Iterable[torch.Tensor]) -> PCAFit:
     for x_ND in batches:
         x_ND = x_ND.double()
         if not torch.isfinite(x_ND).all():
-            raise SaexError("the activations hold NaN or Inf values; PCA needs finite inputs "
-                            "(re-harvest with --dtype float32)")
+            raise SaexError(
+                "the activations hold NaN or Inf values; PCA needs finite inputs (re-harvest with --dtype float32)"
+            )
         if shift_D is None:
             shift_D = x_ND.mean(0)
             sum_D = torch.zeros_like(shift_D)
@@ -68,16 +69,31 @@ def fit_pca(batches: Iterable[torch.Tensor]) -> PCAFit:
 def pca_dictionary(fit: PCAFit, center: bool = True, metadata: dict | None = None) -> SAE:
     V_FD = fit.components_FD
     b_dec_D = fit.mean_D.clone() if center else torch.zeros_like(fit.mean_D)
-    return SAE(V_FD.T.clone(), V_FD.clone(), torch.zeros(V_FD.shape[0]), b_dec_D, "linear",
-               apply_b_dec_to_input=center, metadata=metadata)
+    return SAE(
+        V_FD.T.clone(),
+        V_FD.clone(),
+        torch.zeros(V_FD.shape[0]),
+        b_dec_D,
+        "linear",
+        apply_b_dec_to_input=center,
+        metadata=metadata,
+    )
 
 
 def _split(fit: PCAFit, center: bool, architecture: str, k: int | None, metadata: dict | None) -> SAE:
     V_FD = fit.components_FD
     W_dec_FD = torch.cat([V_FD, -V_FD])
     b_dec_D = fit.mean_D.clone() if center else torch.zeros_like(fit.mean_D)
-    return SAE(W_dec_FD.T.clone(), W_dec_FD, torch.zeros(W_dec_FD.shape[0]), b_dec_D, architecture, k=k,
-               apply_b_dec_to_input=center, metadata=metadata)
+    return SAE(
+        W_dec_FD.T.clone(),
+        W_dec_FD,
+        torch.zeros(W_dec_FD.shape[0]),
+        b_dec_D,
+        architecture,
+        k=k,
+        apply_b_dec_to_input=center,
+        metadata=metadata,
+    )
 
 
 def pca_split(fit: PCAFit, center: bool = True, metadata: dict | None = None) -> SAE:

@@ -17,5 +17,12 @@ def random_directions(d_in: int, d_dict: int, seed: int, metadata: dict | None =
     g = torch.Generator().manual_seed(seed)
     V_FD = torch.randn(d_dict, d_in, generator=g, dtype=torch.float64)
     V_FD = (V_FD / V_FD.norm(dim=1, keepdim=True)).float()
-    return SAE(V_FD.T.clone(), V_FD, torch.zeros(d_dict), torch.zeros(d_in), "standard",
-               apply_b_dec_to_input=False, metadata=metadata)
+    return SAE(
+        V_FD.T.clone(),
+        V_FD,
+        torch.zeros(d_dict),
+        torch.zeros(d_in),
+        "standard",
+        apply_b_dec_to_input=False,
+        metadata=metadata,
+    )

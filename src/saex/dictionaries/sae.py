@@ -38,9 +38,17 @@ def topk_relu(pre_BF: torch.Tensor, k: int) -> torch.Tensor:
 class SAE(torch.nn.Module):
     """A trained sparse autoencoder: implements the Dictionary protocol."""
 
-    def __init__(self, W_enc_DF: torch.Tensor, W_dec_FD: torch.Tensor, b_enc_F: torch.Tensor, b_dec_D: torch.Tensor,
-                 architecture: str = "standard", k: int | None = None, apply_b_dec_to_input: bool = False,
-                 metadata: dict | None = None):
+    def __init__(
+        self,
+        W_enc_DF: torch.Tensor,
+        W_dec_FD: torch.Tensor,
+        b_enc_F: torch.Tensor,
+        b_dec_D: torch.Tensor,
+        architecture: str = "standard",
+        k: int | None = None,
+        apply_b_dec_to_input: bool = False,
+        metadata: dict | None = None,
+    ):
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise SaexError(f"unknown SAE architecture {architecture!r}; allowed: {sorted(ARCHITECTURES)}")
@@ -50,8 +58,10 @@ class SAE(torch.nn.Module):
         if architecture == "topk" and not 0 < k <= F:
             raise SaexError(f"a topk SAE needs 0 < k <= d_sae = {F}, got k = {k}")
         if W_dec_FD.shape != (F, D) or b_enc_F.shape != (F,) or b_dec_D.shape != (D,):
-            raise SaexError(f"inconsistent SAE shapes: W_enc {tuple(W_enc_DF.shape)}, W_dec {tuple(W_dec_FD.shape)}, "
-                            f"b_enc {tuple(b_enc_F.shape)}, b_dec {tuple(b_dec_D.shape)}")
+            raise SaexError(
+                f"inconsistent SAE shapes: W_enc {tuple(W_enc_DF.shape)}, W_dec {tuple(W_dec_FD.shape)}, "
+                f"b_enc {tuple(b_enc_F.shape)}, b_dec {tuple(b_dec_D.shape)}"
+            )
         self.W_enc_DF = torch.nn.Parameter(W_enc_DF.float().contiguous(), requires_grad=False)
         self.W_dec_FD = torch.nn.Parameter(W_dec_FD.float().contiguous(), requires_grad=False)
         self.b_enc_F = torch.nn.Parameter(b_enc_F.float().contiguous(), requires_grad=False)
@@ -92,8 +102,15 @@ class SAE(torch.nn.Module):
 
     # -- files -----------------------------------------------------------------------------------------
     def cfg(self) -> dict:
-        cfg = {"architecture": self.architecture, "d_in": self.d_in, "d_sae": self.d_dict, "dtype": "float32",
-               "device": "cpu", "apply_b_dec_to_input": self.apply_b_dec_to_input, "normalize_activations": "none"}
+        cfg = {
+            "architecture": self.architecture,
+            "d_in": self.d_in,
+            "d_sae": self.d_dict,
+            "dtype": "float32",
+            "device": "cpu",
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "normalize_activations": "none",
+        }
         if self.k:
             cfg["k"] = self.k
         for key in ("model_name", "hook_name"):
@@ -105,19 +122,33 @@ class SAE(torch.nn.Module):
     def save(self, folder: str | Path) -> Path:
         """Write the SAELens-layout folder; weights first, so a folder with cfg.json is always complete."""
         folder = Path(folder)
-        write_safetensors_atomic(folder / WEIGHTS, {
-            "W_enc": self.W_enc_DF.detach(), "W_dec": self.W_dec_FD.detach(),
-            "b_enc": self.b_enc_F.detach(), "b_dec": self.b_dec_D.detach()}, {"format": "pt"})
+        write_safetensors_atomic(
+            folder / WEIGHTS,
+            {
+                "W_enc": self.W_enc_DF.detach(),
+                "W_dec": self.W_dec_FD.detach(),
+                "b_enc": self.b_enc_F.detach(),
+                "b_dec": self.b_dec_D.detach(),
+            },
+            {"format": "pt"},
+        )
         write_json_atomic(folder / CFG, self.cfg())
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "SAE":
+    def load(cls, folder: str | Path) -> SAE:
         folder = Path(folder)
         if not (folder / CFG).is_file() or not (folder / WEIGHTS).is_file():
             raise SaexError(f"{folder} is not a dictionary folder (needs {CFG} and {WEIGHTS})")
         cfg = json.loads((folder / CFG).read_text())
         w = load_file(str(folder / WEIGHTS))
-        return cls(w["W_enc"], w["W_dec"], w["b_enc"], w["b_dec"], architecture=cfg.get("architecture", "standard"),
-                   k=cfg.get("k"), apply_b_dec_to_input=cfg.get("apply_b_dec_to_input", True),
-                   metadata=cfg.get("metadata", {}))
+        return cls(
+            w["W_enc"],
+            w["W_dec"],
+            w["b_enc"],
+            w["b_dec"],
+            architecture=cfg.get("architecture", "standard"),
+            k=cfg.get("k"),
+            apply_b_dec_to_input=cfg.get("apply_b_dec_to_input", True),
+            metadata=cfg.get("metadata", {}),
+        )

@@ -36,8 +36,15 @@ class TiedL1(Ensemble):
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None) -> SAE:
         M_hat = unit_rows(self.M_KFD[k])
-        return SAE(M_hat.T.clone(), M_hat.clone(), self.b_KF[k] / scale, torch.zeros(self.d_in),
-                   architecture="standard", apply_b_dec_to_input=False, metadata=metadata)
+        return SAE(
+            M_hat.T.clone(),
+            M_hat.clone(),
+            self.b_KF[k] / scale,
+            torch.zeros(self.d_in),
+            architecture="standard",
+            apply_b_dec_to_input=False,
+            metadata=metadata,
+        )
 
     @torch.no_grad()
     def resample(self, k, features, directions_ND) -> None:

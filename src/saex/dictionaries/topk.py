@@ -50,11 +50,23 @@ class TopK(Ensemble):
         loss = loss_K.sum()
         with torch.no_grad():
             active = c_KBF > 0
-            return StepOutput(loss, mse_K.detach(), active.sum(-1).float().mean(-1), active.any(1),
-                              None if aux_K is None else aux_K.detach())
+            return StepOutput(
+                loss,
+                mse_K.detach(),
+                active.sum(-1).float().mean(-1),
+                active.any(1),
+                None if aux_K is None else aux_K.detach(),
+            )
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None) -> SAE:
-        return SAE(self.W_enc_KFD[k].T.clone(), unit_rows(self.W_dec_KFD[k]).clone(), self.b_enc_KF[k] / scale,
-                   self.b_dec_KD[k] / scale, architecture="topk", k=self.k, apply_b_dec_to_input=True,
-                   metadata=metadata)
+        return SAE(
+            self.W_enc_KFD[k].T.clone(),
+            unit_rows(self.W_dec_KFD[k]).clone(),
+            self.b_enc_KF[k] / scale,
+            self.b_dec_KD[k] / scale,
+            architecture="topk",
+            k=self.k,
+            apply_b_dec_to_input=True,
+            metadata=metadata,
+        )

@@ -34,11 +34,18 @@ class UntiedL1(Ensemble):
 
     def step(self, x_BD, coef_K, dead_KF=None) -> StepOutput:
         b_dec = self.b_dec_KD if self.decoder_bias else None
-        return StepOutput(*ReluL1Step.apply(x_BD, self.W_enc_KFD, self.W_dec_KFD, self.b_enc_KF, b_dec, coef_K,
-                                            self.workspace))
+        return StepOutput(
+            *ReluL1Step.apply(x_BD, self.W_enc_KFD, self.W_dec_KFD, self.b_enc_KF, b_dec, coef_K, self.workspace)
+        )
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None) -> SAE:
-        return SAE(self.W_enc_KFD[k].T.clone(), unit_rows(self.W_dec_KFD[k]).clone(), self.b_enc_KF[k] / scale,
-                   self.b_dec_KD[k] / scale, architecture="standard", apply_b_dec_to_input=self.decoder_bias,
-                   metadata=metadata)
+        return SAE(
+            self.W_enc_KFD[k].T.clone(),
+            unit_rows(self.W_dec_KFD[k]).clone(),
+            self.b_enc_KF[k] / scale,
+            self.b_dec_KD[k] / scale,
+            architecture="standard",
+            apply_b_dec_to_input=self.decoder_bias,
+            metadata=metadata,
+        )

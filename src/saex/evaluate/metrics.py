@@ -91,8 +91,11 @@ def density_histogram(density_F: np.ndarray, n: int, bins: int = DENSITY_BINS) -
     fired = density_F[density_F > 0]
     lo = math.log10(1.0 / n) if n > 1 else -1.0
     counts, edges = np.histogram(np.log10(fired), bins=bins, range=(lo, 0.0))
-    return {"log10_density_edges": [float(e) for e in edges], "counts": [int(c) for c in counts],
-            "never_fired": int((density_F == 0).sum())}
+    return {
+        "log10_density_edges": [float(e) for e in edges],
+        "counts": [int(c) for c in counts],
+        "never_fired": int((density_F == 0).sum()),
+    }
 
 
 @torch.no_grad()

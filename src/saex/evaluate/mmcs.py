@@ -34,6 +34,9 @@ def mmcs(reference_FD: torch.Tensor, other_GD: torch.Tensor, hungarian: bool = T
 
         rows, cols = linear_sum_assignment(cos_GF, maximize=True)
         matched = cos_GF[rows, cols]
-        out |= {"hungarian_mmcs": float(matched.mean()), "hungarian_frac_above_0.9": float((matched > 0.9).mean()),
-                "matched_pairs": int(len(rows))}
+        out |= {
+            "hungarian_mmcs": float(matched.mean()),
+            "hungarian_frac_above_0.9": float((matched > 0.9).mean()),
+            "matched_pairs": int(len(rows)),
+        }
     return out

@@ -71,10 +71,18 @@ class EvalConfig(RowOptions):
 
 def _describe(name: str, folder: Path, d: SAE) -> dict:
     meta = d.metadata
-    return {"name": name, "path": str(folder), "kind": meta.get("baseline") or meta.get("arch") or d.architecture,
-            "architecture": d.architecture, "d_in": d.d_in, "d_dict": d.d_dict, "ratio": d.d_dict / d.d_in,
-            "alpha": meta.get("alpha"), "k": meta.get("k") if d.architecture == "topk" else None,
-            "weights_sha256": sha256_path(folder / WEIGHTS)}
+    return {
+        "name": name,
+        "path": str(folder),
+        "kind": meta.get("baseline") or meta.get("arch") or d.architecture,
+        "architecture": d.architecture,
+        "d_in": d.d_in,
+        "d_dict": d.d_dict,
+        "ratio": d.d_dict / d.d_in,
+        "alpha": meta.get("alpha"),
+        "k": meta.get("k") if d.architecture == "topk" else None,
+        "weights_sha256": sha256_path(folder / WEIGHTS),
+    }
 
 
 def evaluate_dictionaries(cfg: EvalConfig, progress: bool = True) -> Path:
@@ -103,8 +111,12 @@ def evaluate_dictionaries(cfg: EvalConfig, progress: bool = True) -> Path:
     todo: dict[str, dict[str, SAE]] = {}
     reference_sha = sha256_path(Path(cfg.reference) / WEIGHTS) if cfg.reference else None
     for name, i in info.items():
-        ident = {"weights_sha256": i["weights_sha256"], "store_hash": hashes[i["hook"]], "options": options,
-                 "reference_sha256": reference_sha}
+        ident = {
+            "weights_sha256": i["weights_sha256"],
+            "store_hash": hashes[i["hook"]],
+            "options": options,
+            "reference_sha256": reference_sha,
+        }
         i["identity"] = ident
         path = _result_path(out, name)
         if path.is_file():
@@ -121,13 +133,12 @@ def evaluate_dictionaries(cfg: EvalConfig, progress: bool = True) -> Path:
         metrics = _reconstruction(store, hook, group, cfg.tokens, rows, cfg, progress)
         spliced = {}
         if hooked is not None:
-            tokens = store.tokens("heldout")[:cfg.contexts]
+            tokens = store.tokens("heldout")[: cfg.contexts]
             bar = tqdm(total=len(tokens), desc=f"spliced CE at {hook}", unit="ctx", disable=not progress)
             spliced = spliced_losses(hooked, hook, group, tokens, cfg.context_batch, bar.update)
             bar.close()
         for name, d in group.items():
-            r = {**info[name], "saex_version": saex.__version__, "metrics": metrics[name],
-                 "spliced": spliced.get(name)}
+            r = {**info[name], "saex_version": saex.__version__, "metrics": metrics[name], "spliced": spliced.get(name)}
             if reference is not None:
                 r["mmcs_to_reference"] = mmcs(reference.W_dec_FD, d.W_dec_FD) | {"reference": cfg.reference}
             write_json_atomic(_result_path(out, name), r)
@@ -156,10 +167,12 @@ def _reconstruction(store, hook, group, n_rows: int | None, rows: RowFilter, cfg
     for s in range(len(store.shards("heldout"))):
         x_ND = store.load_kept("heldout", s, hook, rows)
         if not torch.isfinite(x_ND).all():
-            raise SaexError(f"the store {store.path} holds NaN or Inf activations at {hook} in its held-out split; "
-                            "re-harvest with --dtype float32")
+            raise SaexError(
+                f"the store {store.path} holds NaN or Inf activations at {hook} in its held-out split; "
+                "re-harvest with --dtype float32"
+            )
         for b in range(0, len(x_ND), cfg.batch_size):
-            x_BD = x_ND[b:b + cfg.batch_size]
+            x_BD = x_ND[b : b + cfg.batch_size]
             k = int(max(0, min(len(x_BD), budget - seen)))  # rows of this batch within the metrics' budget
             with torch.inference_mode():
                 for name, d in group.items():
@@ -183,19 +196,32 @@ def _load_model(store: ActivationStore, name: str | None):
     return HookedLM(loaded.model)
 
 
-COLUMNS = [("name", "dictionary", "{}"), ("kind", "kind", "{}"), ("d_dict", "d_dict", "{}"), ("ratio", "R", "{:g}"),
-           ("alpha", "α", "{:g}"), ("fvu", "FVU", "{:.4f}"), ("l0", "L0", "{:.1f}"), ("alive", "alive", "{}"),
-           ("dead", "dead", "{}"), ("cosine", "cos", "{:.3f}"), ("ce_spliced", "CE spliced", "{:.3f}"),
-           ("ce_recovered", "CE recovered", "{:.3f}"), ("kl", "KL", "{:.4f}"), ("mmcs", "MMCS", "{:.3f}"),
-           ("hungarian_mmcs", "MMCS (Hungarian)", "{:.3f}")]
+COLUMNS = [
+    ("name", "dictionary", "{}"),
+    ("kind", "kind", "{}"),
+    ("d_dict", "d_dict", "{}"),
+    ("ratio", "R", "{:g}"),
+    ("alpha", "α", "{:g}"),
+    ("fvu", "FVU", "{:.4f}"),
+    ("l0", "L0", "{:.1f}"),
+    ("alive", "alive", "{}"),
+    ("dead", "dead", "{}"),
+    ("cosine", "cos", "{:.3f}"),
+    ("ce_spliced", "CE spliced", "{:.3f}"),
+    ("ce_recovered", "CE recovered", "{:.3f}"),
+    ("kl", "KL", "{:.4f}"),
+    ("mmcs", "MMCS", "{:.3f}"),
+    ("hungarian_mmcs", "MMCS (Hungarian)", "{:.3f}"),
+]
 
 
 def comparison_row(r: dict) -> dict:
     m, s, c = r["metrics"], r.get("spliced") or {}, r.get("mmcs_to_reference") or {}
     row = {k: r[k] for k in ("name", "path", "kind", "architecture", "hook", "d_in", "d_dict", "ratio", "alpha", "k")}
     row |= {k: m[k] for k in ("fvu", "mse", "l0", "alive", "dead", "alive_fraction", "cosine", "norm_ratio")}
-    row |= {k: s.get(k) for k in ("ce_clean", "ce_spliced", "ce_zero", "ppl_clean", "ppl_spliced", "ce_recovered",
-                                  "kl")}
+    row |= {
+        k: s.get(k) for k in ("ce_clean", "ce_spliced", "ce_zero", "ppl_clean", "ppl_spliced", "ce_recovered", "kl")
+    }
     row |= {"mmcs": c.get("mmcs"), "hungarian_mmcs": c.get("hungarian_mmcs")}
     return row
 
@@ -203,11 +229,13 @@ def comparison_row(r: dict) -> dict:
 def comparison_table(rows: list[dict]) -> str:
     """A Markdown table; columns with no value in any row are left out."""
     cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
-    cell = lambda v, f: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v)  # noqa: E731
+    cell = lambda v, f: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v)
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(cell(r.get(k), f) for k, _, f in cols) + " |" for r in rows]
     zero = {r["hook"]: r for r in rows if r.get("ce_clean") is not None}
     for hook, r in zero.items():
-        lines.append(f"\nAt {hook}: the model's own CE {r['ce_clean']:.3f} (perplexity {r['ppl_clean']:.2f}); "
-                     f"with the activation zero-ablated, CE {r['ce_zero']:.3f}.")
+        lines.append(
+            f"\nAt {hook}: the model's own CE {r['ce_clean']:.3f} (perplexity {r['ppl_clean']:.2f}); "
+            f"with the activation zero-ablated, CE {r['ce_zero']:.3f}."
+        )
     return "\n".join(lines)

@@ -17,7 +17,7 @@ The clean and zero-ablated forwards are shared by every dictionary evaluated at 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -42,16 +42,24 @@ def _token_terms(logits_BTV: torch.Tensor, p_clean_BTV: torch.Tensor, targets_BT
 
 
 @torch.inference_mode()
-def spliced_losses(hooked: HookedLM, hook: str, dictionaries: dict, tokens_CT: torch.Tensor,
-                   batch_size: int = 8, on_batch: Callable[[int], None] | None = None) -> dict[str, dict]:
+def spliced_losses(
+    hooked: HookedLM,
+    hook: str,
+    dictionaries: dict,
+    tokens_CT: torch.Tensor,
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, dict]:
     """CE, perplexity, CE recovered and KL for each named dictionary spliced in at ``hook``."""
-    splices = {"<zero>": torch.zeros_like, **{name: (lambda a, d=d: d.decode(d.encode(a)))
-                                             for name, d in dictionaries.items()}}
+    splices = {
+        "<zero>": torch.zeros_like,
+        **{name: (lambda a, d=d: d.decode(d.encode(a))) for name, d in dictionaries.items()},
+    }
     ce = dict.fromkeys(["<clean>", *splices], 0.0)
     kl = dict.fromkeys(splices, 0.0)
     n = 0
     for start in range(0, tokens_CT.shape[0], batch_size):
-        ids_BT = tokens_CT[start:start + batch_size].long()
+        ids_BT = tokens_CT[start : start + batch_size].long()
         targets = ids_BT[:, 1:, None]
         logits = _logits(hooked, ids_BT)
         p_clean = torch.softmax(logits, dim=-1)
@@ -74,11 +82,17 @@ def spliced_losses(hooked: HookedLM, hook: str, dictionaries: dict, tokens_CT: t
     for name in dictionaries:
         spliced = ce[name] / n
         out[name] = {
-            "n_contexts": int(tokens_CT.shape[0]), "n_tokens": n,
-            "ce_clean": clean, "ce_spliced": spliced, "ce_zero": zero,
-            "ppl_clean": math.exp(clean), "ppl_spliced": math.exp(spliced), "ppl_zero": math.exp(zero),
+            "n_contexts": int(tokens_CT.shape[0]),
+            "n_tokens": n,
+            "ce_clean": clean,
+            "ce_spliced": spliced,
+            "ce_zero": zero,
+            "ppl_clean": math.exp(clean),
+            "ppl_spliced": math.exp(spliced),
+            "ppl_zero": math.exp(zero),
             "ce_recovered": (zero - spliced) / (zero - clean) if zero != clean else math.nan,
-            "kl": kl[name] / n, "kl_zero": kl["<zero>"] / n,
+            "kl": kl[name] / n,
+            "kl_zero": kl["<zero>"] / n,
             # what was replaced: x̂ at every position of every context, attention-sink and separator
             # positions included (the dictionary's row filter applies to its training and metrics only)
             "positions": "all",

@@ -17,9 +17,9 @@ import torch
 from tqdm import tqdm
 
 import saex
+from saex.dictionaries.folders import open_for_store
 from saex.dictionaries.sae import WEIGHTS
 from saex.errors import SaexError
-from saex.dictionaries.folders import open_for_store
 from saex.features.fragments import Fragments, make_fragments
 from saex.features.index import INDEX_JSON, INDEX_TENSORS, KINDS, VOCAB_JSON, IndexBuilder, sparse_token_values
 from saex.store.files import check_output_folder, sha256_path, write_json_atomic, write_safetensors_atomic
@@ -95,20 +95,39 @@ def build_features(cfg: FeaturesConfig, progress: bool = True) -> Path:
     options = {k: v for k, v in asdict(cfg).items() if k not in ("acts", "dicts", "out", "model")}
     for name, (folder, d, hook) in dicts.items():
         target = out / name.replace("/", "__")
-        identity = {"weights_sha256": sha256_path(folder / WEIGHTS), "store_hash": store_hash(store, hook),
-                    "hook": hook, "options": options}
-        if (target / INDEX_JSON).is_file():
-            if json.loads((target / INDEX_JSON).read_text()).get("identity") == identity:
-                continue
+        identity = {
+            "weights_sha256": sha256_path(folder / WEIGHTS),
+            "store_hash": store_hash(store, hook),
+            "hook": hook,
+            "options": options,
+        }
+        if (target / INDEX_JSON).is_file() and json.loads((target / INDEX_JSON).read_text()).get(
+            "identity"
+        ) == identity:
+            continue
         tensors = _index_one(store, hook, d, frags, keep_NL, store.norm_limit(hook, rows), cfg, progress, name)
-        tensors |= {"tokens": frags.tokens_NL, "fragment_rows": torch.from_numpy(frags.rows_NL[:, 0].copy()),
-                    "fragment_docs": torch.from_numpy(frags.doc_N.copy())}
+        tensors |= {
+            "tokens": frags.tokens_NL,
+            "fragment_rows": torch.from_numpy(frags.rows_NL[:, 0].copy()),
+            "fragment_docs": torch.from_numpy(frags.doc_N.copy()),
+        }
         write_safetensors_atomic(target / INDEX_TENSORS, tensors, {"format": "saex.feature_index"})
-        meta = {"format": "saex.feature_index", "format_version": 1, "saex_version": saex.__version__,
-                "identity": identity, "dictionary": {"name": name, "path": str(folder), **d.metadata},
-                "architecture": d.architecture, "d_in": d.d_in, "d_dict": d.d_dict, "hook": hook, "store": str(store.path),
-                "model": store.manifest["model"]["name"], "n_fragments": frags.n,
-                "fragment_length": cfg.fragment_length, "config": asdict(cfg)}
+        meta = {
+            "format": "saex.feature_index",
+            "format_version": 1,
+            "saex_version": saex.__version__,
+            "identity": identity,
+            "dictionary": {"name": name, "path": str(folder), **d.metadata},
+            "architecture": d.architecture,
+            "d_in": d.d_in,
+            "d_dict": d.d_dict,
+            "hook": hook,
+            "store": str(store.path),
+            "model": store.manifest["model"]["name"],
+            "n_fragments": frags.n,
+            "fragment_length": cfg.fragment_length,
+            "config": asdict(cfg),
+        }
         if vocab is not None:
             write_json_atomic(target / VOCAB_JSON, vocab)
         else:  # text from an earlier build would not match these fragments
@@ -127,14 +146,17 @@ def _vocab(store: ActivationStore, frags: Fragments, model: str | None) -> dict[
     return {str(i): tok.decode([i]) for i in torch.unique(frags.tokens_NL).tolist()}
 
 
-def _codes(store, hook, d, frags: Fragments, keep_NL: torch.Tensor, limit: float | None,
-           sel: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _codes(
+    store, hook, d, frags: Fragments, keep_NL: torch.Tensor, limit: float | None, sel: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes [len(sel), L, F] of the selected fragments (rows read from the store, encoded; 0 at excluded
     tokens), and which tokens count [len(sel), L]: ``keep_NL`` and, with a norm ``limit``, not above it."""
     rows = frags.rows_NL[sel]
     x = store.rows("heldout", hook, rows.reshape(-1))
     if not torch.isfinite(x).all():
-        raise SaexError(f"the store {store.path} holds NaN or Inf activations at {hook}; re-harvest with --dtype float32")
+        raise SaexError(
+            f"the store {store.path} holds NaN or Inf activations at {hook}; re-harvest with --dtype float32"
+        )
     with torch.inference_mode():
         c_CLF = d.encode(x).reshape(len(sel), rows.shape[1], -1)
         keep_CL = keep_NL[torch.from_numpy(sel)]
@@ -144,8 +166,17 @@ def _codes(store, hook, d, frags: Fragments, keep_NL: torch.Tensor, limit: float
         return c_CLF, keep_CL
 
 
-def _index_one(store, hook, d, frags: Fragments, keep_NL: torch.Tensor, limit: float | None, cfg: FeaturesConfig,
-               progress: bool, name: str) -> dict:
+def _index_one(
+    store,
+    hook,
+    d,
+    frags: Fragments,
+    keep_NL: torch.Tensor,
+    limit: float | None,
+    cfg: FeaturesConfig,
+    progress: bool,
+    name: str,
+) -> dict:
     F, N = d.d_dict, frags.n
     builder = IndexBuilder(F, cfg.top, cfg.random, cfg.zero, cfg.seed)
     bar = tqdm(total=N, desc=f"{name}: examples", unit="frag", disable=not progress)
@@ -166,7 +197,7 @@ def _index_one(store, hook, d, frags: Fragments, keep_NL: torch.Tensor, limit: f
     parts = []
     bar = tqdm(total=len(needed), desc=f"{name}: token values", unit="frag", disable=not progress)
     for start in range(0, len(needed), cfg.chunk):
-        sel = needed[start:start + cfg.chunk]
+        sel = needed[start : start + cfg.chunk]
         c_CLF, _ = _codes(store, hook, d, frags, keep_NL, limit, sel)
         lo, hi = np.searchsorted(frag_P.numpy(), [sel[0], sel[-1] + 1])
         local = torch.from_numpy(np.searchsorted(sel, frag_P[lo:hi].numpy()))

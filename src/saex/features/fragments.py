@@ -34,14 +34,16 @@ class Fragments:
         return self.rows_NL.shape[0]
 
 
-def make_fragments(tokens_CT: torch.Tensor, docs_CT: torch.Tensor, length: int, one_per_document: bool,
-                   limit: int | None, seed: int) -> Fragments:
+def make_fragments(
+    tokens_CT: torch.Tensor, docs_CT: torch.Tensor, length: int, one_per_document: bool, limit: int | None, seed: int
+) -> Fragments:
     C, T = tokens_CT.shape
     if not 1 <= length <= T:
         raise SaexError(f"--fragment-length must be between 1 and the store's context length {T}, got {length}")
     W = T // length
-    rows_NL = (np.arange(C)[:, None, None] * T + np.arange(W)[None, :, None] * length
-               + np.arange(length)[None, None, :]).reshape(C * W, length)
+    rows_NL = (
+        np.arange(C)[:, None, None] * T + np.arange(W)[None, :, None] * length + np.arange(length)[None, None, :]
+    ).reshape(C * W, length)
     docs_NL = docs_CT.numpy().reshape(-1)[rows_NL]
     from scipy import stats
 

@@ -52,8 +52,16 @@ def _decoder(decode) -> Callable[[int], str]:
     raise TypeError(f"decode must be a callable, mapping or sequence, got {type(decode).__name__}")
 
 
-def token_histogram(values, token_ids, decode=None, bins: int = BINS, top_tokens: int = TOP_TOKENS,
-                    max_n: int | None = MAX_SAMPLES, seed: int = 0, source: str = "") -> dict:
+def token_histogram(
+    values,
+    token_ids,
+    decode=None,
+    bins: int = BINS,
+    top_tokens: int = TOP_TOKENS,
+    max_n: int | None = MAX_SAMPLES,
+    seed: int = 0,
+    source: str = "",
+) -> dict:
     """The histogram payload of ``schema.md`` from parallel arrays of activations and token ids.
 
     ``decode`` maps a token id to its text (callable, mapping or sequence; default: the id itself).
@@ -85,14 +93,22 @@ def _binned(v: np.ndarray, t: np.ndarray, total: int, decode, bins: int, top_tok
     for tok in ids[order]:
         sel = t == tok
         rest &= ~sel
-        series.append({"label": decode(int(tok)), "other": False,
-                       "counts": np.bincount(idx[sel], minlength=bins).astype(int).tolist()})
-    series.append({"label": OTHER, "other": True, "counts": np.bincount(idx[rest], minlength=bins).astype(int).tolist()})
+        series.append(
+            {
+                "label": decode(int(tok)),
+                "other": False,
+                "counts": np.bincount(idx[sel], minlength=bins).astype(int).tolist(),
+            }
+        )
+    series.append(
+        {"label": OTHER, "other": True, "counts": np.bincount(idx[rest], minlength=bins).astype(int).tolist()}
+    )
     return {"edges": [float(e) for e in edges], "series": series, "n": int(v.size), "total": total, "source": source}
 
 
-def histogram_from_index(index, feature: int, decode=None, max_n: int | None = MAX_SAMPLES, seed: int = 0,
-                         **kw) -> dict:
+def histogram_from_index(
+    index, feature: int, decode=None, max_n: int | None = MAX_SAMPLES, seed: int = 0, **kw
+) -> dict:
     """From a ``saex features`` index: every non-zero position of the feature's random sample of activating
     fragments (a uniform sample of fragments, so its positions are a cluster sample of the feature's
     activations). ``decode`` defaults to the index's own token text (or the ids without it)."""
@@ -106,8 +122,15 @@ def histogram_from_index(index, feature: int, decode=None, max_n: int | None = M
             text = None
         if text is not None:
             decode = {int(i): s for row_i, row_s in zip(toks.tolist(), text) for i, s in zip(row_i, row_s)}
-    return token_histogram(acts, toks, decode, max_n=max_n, seed=seed,
-                           source=f"index random sample ({len(ids)} activating fragments)", **kw)
+    return token_histogram(
+        acts,
+        toks,
+        decode,
+        max_n=max_n,
+        seed=seed,
+        source=f"index random sample ({len(ids)} activating fragments)",
+        **kw,
+    )
 
 
 @dataclass
@@ -125,10 +148,21 @@ class StorePass:
 
 
 @torch.no_grad()
-def histograms_from_store(store, hook: str, values_fn: Callable[[torch.Tensor], torch.Tensor], n_series: int,
-                          decode=None, split: str = "heldout", max_n: int | None = MAX_SAMPLES, seed: int = 0,
-                          source: str = "held-out store", bins: int = BINS, top_tokens: int = TOP_TOKENS,
-                          chunk_rows: int = 4096, rows: RowFilter = ALL_ROWS) -> StorePass:
+def histograms_from_store(
+    store,
+    hook: str,
+    values_fn: Callable[[torch.Tensor], torch.Tensor],
+    n_series: int,
+    decode=None,
+    split: str = "heldout",
+    max_n: int | None = MAX_SAMPLES,
+    seed: int = 0,
+    source: str = "held-out store",
+    bins: int = BINS,
+    top_tokens: int = TOP_TOKENS,
+    chunk_rows: int = 4096,
+    rows: RowFilter = ALL_ROWS,
+) -> StorePass:
     """One exact pass over ``split``: ``values_fn(x_ND) -> v_NK`` gives the K series' values at every row
     (e.g. a dictionary's codes of a few features, or ±x[:, dim]). Every positive value is a candidate; a
     bottom-k reservoir keeps a uniform sample of at most ``max_n`` per series (bounded memory). Rows that
@@ -145,8 +179,11 @@ def histograms_from_store(store, hook: str, values_fn: Callable[[torch.Tensor], 
         tok = store.load_tokens(split, i)[0].reshape(-1).long()
         # whole contexts per chunk; a wide dictionary's codes of a whole shard would not fit in memory
         step = T * max(1, chunk_rows // T)
-        v = torch.cat([values_fn(x[lo:lo + step]).float() for lo in range(0, len(x), step)]) if len(x) else \
-            torch.zeros(0, n_series)
+        v = (
+            torch.cat([values_fn(x[lo : lo + step]).float() for lo in range(0, len(x), step)])
+            if len(x)
+            else torch.zeros(0, n_series)
+        )
         if v.shape != (x.shape[0], n_series):
             raise SaexError(f"values_fn returned shape {tuple(v.shape)}, expected {(x.shape[0], n_series)}")
         if rows.active:
@@ -159,17 +196,27 @@ def histograms_from_store(store, hook: str, values_fn: Callable[[torch.Tensor], 
             pos = torch.nonzero(v[:, k] > 0).squeeze(1)
             totals[k] += len(pos)
             key = torch.rand(len(pos), generator=gen)
-            vv, tt, kk = torch.cat([keep_v[k], v[pos, k]]), torch.cat([keep_t[k], tok[pos]]), torch.cat([keep_k[k], key])
+            vv, tt, kk = (
+                torch.cat([keep_v[k], v[pos, k]]),
+                torch.cat([keep_t[k], tok[pos]]),
+                torch.cat([keep_k[k], key]),
+            )
             if max_n is not None and len(kk) > max_n:
                 best = kk.topk(max_n, largest=False).indices
                 vv, tt, kk = vv[best], tt[best], kk[best]
             keep_v[k], keep_t[k], keep_k[k] = vv, tt, kk
     dec = _decoder(decode)
-    hists = [_binned(keep_v[k].double().numpy(), keep_t[k].numpy(), totals[k], dec, bins, top_tokens, source)
-             for k in range(n_series)]
+    hists = [
+        _binned(keep_v[k].double().numpy(), keep_t[k].numpy(), totals[k], dec, bins, top_tokens, source)
+        for k in range(n_series)
+    ]
     context_max = torch.cat(cmax) if cmax else torch.zeros(0, n_series)
-    return StorePass(hists, context_max, torch.cat(carg) if carg else torch.zeros(0, n_series, dtype=torch.int64),
-                     context_max.amax(0) if len(context_max) else torch.zeros(n_series))
+    return StorePass(
+        hists,
+        context_max,
+        torch.cat(carg) if carg else torch.zeros(0, n_series, dtype=torch.int64),
+        context_max.amax(0) if len(context_max) else torch.zeros(n_series),
+    )
 
 
 def feature_values(dictionary, features: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:

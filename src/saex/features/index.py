@@ -46,7 +46,7 @@ class _Keep:
     value_FK: torch.Tensor
 
     @classmethod
-    def empty(cls, F: int, K: int) -> "_Keep":
+    def empty(cls, F: int, K: int) -> _Keep:
         return cls(torch.full((F, K), -torch.inf), torch.full((F, K), -1, dtype=torch.int64), torch.zeros(F, K))
 
     def merge(self, score_FC: torch.Tensor, ids_C: torch.Tensor, value_FC: torch.Tensor) -> None:
@@ -113,8 +113,14 @@ class IndexBuilder:
         return out
 
     def stats(self) -> dict[str, torch.Tensor]:
-        return {"n_tokens": torch.tensor([self.n_tokens]), "nonzero": self.nonzero_F, "positive": self.positive_F,
-                "active_fragments": self.active_frags_F, "max": self.max_F, "moments": self.moments_4F}
+        return {
+            "n_tokens": torch.tensor([self.n_tokens]),
+            "nonzero": self.nonzero_F,
+            "positive": self.positive_F,
+            "active_fragments": self.active_frags_F,
+            "max": self.max_F,
+            "moments": self.moments_4F,
+        }
 
 
 def moments_summary(moments_4F: torch.Tensor, n: int) -> dict[str, np.ndarray]:
@@ -123,8 +129,8 @@ def moments_summary(moments_4F: torch.Tensor, n: int) -> dict[str, np.ndarray]:
     m = (moments_4F / n).numpy()
     var = m[1] - m[0] ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        skew = np.where(var > 0, m[2] / var ** 1.5, np.nan)
-        kurt = np.where(var > 0, m[3] / var ** 2, np.nan)
+        skew = np.where(var > 0, m[2] / var**1.5, np.nan)
+        kurt = np.where(var > 0, m[3] / var**2, np.nan)
     return {"mean": m[0], "var": var, "skew": skew, "kurtosis": kurt}
 
 
@@ -141,8 +147,10 @@ class FeatureIndex:
     def __init__(self, path):
         self.path = Path(path)
         if not (self.path / INDEX_JSON).is_file() or not (self.path / INDEX_TENSORS).is_file():
-            raise SaexError(f"{self.path} is not a feature index (needs {INDEX_JSON} and {INDEX_TENSORS}); "
-                            "build one with saex features")
+            raise SaexError(
+                f"{self.path} is not a feature index (needs {INDEX_JSON} and {INDEX_TENSORS}); "
+                "build one with saex features"
+            )
         self.meta = json.loads((self.path / INDEX_JSON).read_text())
         t = load_file(str(self.path / INDEX_TENSORS))
         self.t = t
@@ -168,8 +176,10 @@ class FeatureIndex:
         ids, _ = self.examples(f, kind)
         acts = self.activations(f, kind)
         toks = self.tokens(ids).tolist()
-        return [ActivationRecord(s, a.astype(np.float64), t, int(n))
-                for s, a, t, n in zip(self.token_strings(ids), acts, toks, ids)]
+        return [
+            ActivationRecord(s, a.astype(np.float64), t, int(n))
+            for s, a, t, n in zip(self.token_strings(ids), acts, toks, ids)
+        ]
 
     def check_feature(self, f: int) -> None:
         if not 0 <= f < self.n_features:
@@ -204,4 +214,4 @@ class FeatureIndex:
         sel = (idx >= start) & (idx < start + self.slots[kind] * L)
         local = idx[sel] - start
         out[local // L, local % L] = val[sel]
-        return out[:len(ids)]
+        return out[: len(ids)]

@@ -57,31 +57,40 @@ def excluded_tokens(W_U_VD: torch.Tensor, rule: str | float | None = "5x") -> to
     try:
         limit = float(text[:-1]) * norms.median() if text.endswith("x") else torch.tensor(float(text))
     except ValueError as e:
-        raise SaexError(f"unembedding-norm rule {rule!r} is not 'Nx' (N times the median norm), a number "
-                        "(an absolute norm) or 'none'") from e
+        raise SaexError(
+            f"unembedding-norm rule {rule!r} is not 'Nx' (N times the median norm), a number "
+            "(an absolute norm) or 'none'"
+        ) from e
     if not float(limit) > 0:
         raise SaexError(f"unembedding-norm rule {rule!r} must give a positive limit")
     return norms > limit
 
 
 @torch.no_grad()
-def logit_lens_all(directions_FD: torch.Tensor, W_U_VD: torch.Tensor, k: int = 20,
-                   excluded_V: torch.Tensor | None = None, gain_D: torch.Tensor | None = None,
-                   chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def logit_lens_all(
+    directions_FD: torch.Tensor,
+    W_U_VD: torch.Tensor,
+    k: int = 20,
+    excluded_V: torch.Tensor | None = None,
+    gain_D: torch.Tensor | None = None,
+    chunk: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k and bottom-k tokens of ``f @ W_Uᵀ`` for every direction: (top values [F, k] descending, their
     ids, bottom values [F, k] ascending, their ids). ``chunk`` directions at a time bound the memory to
     ``chunk × V`` floats."""
     W = W_U_VD.float()
     if directions_FD.shape[1] != W.shape[1]:
-        raise SaexError(f"directions have width {directions_FD.shape[1]}, but the unembedding has {W.shape[1]}; "
-                        "the logit lens needs a residual-stream dictionary")
+        raise SaexError(
+            f"directions have width {directions_FD.shape[1]}, but the unembedding has {W.shape[1]}; "
+            "the logit lens needs a residual-stream dictionary"
+        )
     keep = torch.ones(W.shape[0], dtype=torch.bool) if excluded_V is None else ~excluded_V
     ids_kept = torch.nonzero(keep).squeeze(1)
     W = W[ids_kept]
     k = min(k, len(ids_kept))
     tops, top_ids, bots, bot_ids = [], [], [], []
     for lo in range(0, directions_FD.shape[0], chunk):
-        f = directions_FD[lo:lo + chunk].float()
+        f = directions_FD[lo : lo + chunk].float()
         if gain_D is not None:
             f = f * gain_D
         logits = f @ W.T
@@ -97,8 +106,14 @@ def logit_lens_all(directions_FD: torch.Tensor, W_U_VD: torch.Tensor, k: int = 2
     return torch.cat(tops), torch.cat(top_ids), torch.cat(bots), torch.cat(bot_ids)
 
 
-def logit_lens(direction_D: torch.Tensor, W_U_VD: torch.Tensor, decode: Callable[[int], str], k: int = 20,
-               rule: str | float | None = "5x", gain_D: torch.Tensor | None = None) -> dict:
+def logit_lens(
+    direction_D: torch.Tensor,
+    W_U_VD: torch.Tensor,
+    decode: Callable[[int], str],
+    k: int = 20,
+    rule: str | float | None = "5x",
+    gain_D: torch.Tensor | None = None,
+) -> dict:
     """The logit-lens payload of ``schema.md`` for one direction."""
     excluded = excluded_tokens(W_U_VD, rule)
     tv, ti, bv, bi = logit_lens_all(direction_D[None], W_U_VD, k, excluded, gain_D)
@@ -107,7 +122,13 @@ def logit_lens(direction_D: torch.Tensor, W_U_VD: torch.Tensor, decode: Callable
 
 def payload(top_vals, top_ids, bot_vals, bot_ids, decode, excluded: int, final_norm: bool) -> dict:
     """One row of ``logit_lens_all`` as the schema's dict."""
-    row = lambda vals, ids: [{"token": decode(int(i)), "id": int(i), "value": float(v)}  # noqa: E731
-                             for v, i in zip(vals.tolist(), ids.tolist())]
-    return {"top": row(top_vals, top_ids), "bottom": row(bot_vals, bot_ids), "excluded": excluded,
-            "final_norm": final_norm}
+
+    def row(vals, ids):
+        return [{"token": decode(int(i)), "id": int(i), "value": float(v)} for v, i in zip(vals.tolist(), ids.tolist())]
+
+    return {
+        "top": row(top_vals, top_ids),
+        "bottom": row(bot_vals, bot_ids),
+        "excluded": excluded,
+        "final_norm": final_norm,
+    }

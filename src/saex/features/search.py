@@ -27,14 +27,24 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 def check_position(position: int, n_tokens: int) -> int:
     """A token position (negative counts from the end) as a non-negative index, or a clear error."""
     if not -n_tokens <= position < n_tokens:
-        raise SaexError(f"--position {position} is out of range: the prompt has {n_tokens} tokens "
-                        f"(allowed {-n_tokens}..{n_tokens - 1})")
+        raise SaexError(
+            f"--position {position} is out of range: the prompt has {n_tokens} tokens "
+            f"(allowed {-n_tokens}..{n_tokens - 1})"
+        )
     return position % n_tokens
 
 
 @torch.no_grad()
-def search_prompt(hooked, tokenizer, hook: str, dictionary, prompt: str = DAVE, position: int = -1, top: int = 10,
-                  dictionary_name: str = "") -> tuple[dict, torch.Tensor, torch.Tensor]:
+def search_prompt(
+    hooked,
+    tokenizer,
+    hook: str,
+    dictionary,
+    prompt: str = DAVE,
+    position: int = -1,
+    top: int = 10,
+    dictionary_name: str = "",
+) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """The ``search`` entry of ``case_study.json`` (the prompt's tokens, the chosen position, the ``top``
     features by activation there, descending, and the ``top`` basis dimensions by maximum and by minimum),
     with the codes ``[F]`` and the activation ``[D]`` at that position."""
@@ -47,11 +57,20 @@ def search_prompt(hooked, tokenizer, hook: str, dictionary, prompt: str = DAVE, 
     best = c_F.topk(n)
     m = min(top, len(x_D))
     hi, lo = x_D.topk(m), x_D.topk(m, largest=False)
-    return {"prompt": prompt, "tokens": [tokenizer.decode([i]) for i in ids], "position": pos, "hook": hook,
+    return (
+        {
+            "prompt": prompt,
+            "tokens": [tokenizer.decode([i]) for i in ids],
+            "position": pos,
+            "hook": hook,
             "dictionary": dictionary_name,
             "features": [{"feature": int(f), "activation": float(a)} for a, f in zip(best.values, best.indices)],
             "resid_max": [{"dim": int(d), "value": float(v)} for v, d in zip(hi.values, hi.indices)],
-            "resid_min": [{"dim": int(d), "value": float(v)} for v, d in zip(lo.values, lo.indices)]}, c_F, x_D
+            "resid_min": [{"dim": int(d), "value": float(v)} for v, d in zip(lo.values, lo.indices)],
+        },
+        c_F,
+        x_D,
+    )
 
 
 def rank_of(codes_F: torch.Tensor, feature: int) -> int:

@@ -81,11 +81,25 @@ def matched_difference(sae: dict[str, dict], baseline: dict[str, dict], min_feat
         s, b = sae.get(label) or {}, baseline.get(label) or {}
         if min(s.get("n") or 0, b.get("n") or 0) < min_features or not (_ok(s.get("mean")) and _ok(b.get("mean"))):
             continue
-        bins.append({"bin": label, "sae": s["mean"], "baseline": b["mean"], "diff": s["mean"] - b["mean"],
-                     "n_sae": s["n"], "n_baseline": b["n"]})
+        bins.append(
+            {
+                "bin": label,
+                "sae": s["mean"],
+                "baseline": b["mean"],
+                "diff": s["mean"] - b["mean"],
+                "n_sae": s["n"],
+                "n_baseline": b["n"],
+            }
+        )
         variances.append(sum((x["ci95"] / 1.96) ** 2 if _ok(x.get("ci95")) else math.nan for x in (s, b)))
-    out = {"diff": None, "ci95": None, "bins": bins, "n_sae": sum(x["n_sae"] for x in bins),
-           "n_baseline": sum(x["n_baseline"] for x in bins), "min_features": min_features}
+    out = {
+        "diff": None,
+        "ci95": None,
+        "bins": bins,
+        "n_sae": sum(x["n_sae"] for x in bins),
+        "n_baseline": sum(x["n_baseline"] for x in bins),
+        "min_features": min_features,
+    }
     if bins:
         w = [x["n_sae"] / out["n_sae"] for x in bins]
         out["diff"] = sum(wi * x["diff"] for wi, x in zip(w, bins))
@@ -102,8 +116,10 @@ def density_comparison(rows: dict[str, list[dict]], baselines: set[str], score: 
     means, so the part of a gap that density accounts for can be read off.
     """
     binned = {name: by_density(rs, score) for name, rs in rows.items()}
-    overall = {name: mean_ci95([_score(r, score) for r in rs if "scores" in r], undefined_as=NO_INFORMATION[score])
-               for name, rs in rows.items()}
+    overall = {
+        name: mean_ci95([_score(r, score) for r in rs if "scores" in r], undefined_as=NO_INFORMATION[score])
+        for name, rs in rows.items()
+    }
     pairs: dict[str, dict] = {}
     for sae in (n for n in rows if n not in baselines):
         for base in (n for n in rows if n in baselines):
@@ -111,7 +127,18 @@ def density_comparison(rows: dict[str, list[dict]], baselines: set[str], score: 
             a, b = overall[sae]["mean"], overall[base]["mean"]
             d["unmatched_diff"] = a - b if _ok(a) and _ok(b) else None
             pairs.setdefault(sae, {})[base] = d
-    return {"by_density": {"score": score, "undefined_as": NO_INFORMATION[score], "edges": list(EDGES),
-                           "bins": bin_labels(), "methods": binned},
-            "density_matched": {"score": score, "min_features": MIN_FEATURES,
-                                "weights": "the SAE's features per bin", "pairs": pairs}}
+    return {
+        "by_density": {
+            "score": score,
+            "undefined_as": NO_INFORMATION[score],
+            "edges": list(EDGES),
+            "bins": bin_labels(),
+            "methods": binned,
+        },
+        "density_matched": {
+            "score": score,
+            "min_features": MIN_FEATURES,
+            "weights": "the SAE's features per bin",
+            "pairs": pairs,
+        },
+    }

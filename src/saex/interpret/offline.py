@@ -56,13 +56,19 @@ class TableExplainer:
             vals = [(s / (n + 1), k) for k, (s, n) in table.items()]
             vals = [(v, k) for v, k in vals if v >= self.min_value]
             vals.sort(key=lambda vk: (-vk[0], repr(vk[1])))  # value, then a fixed order: deterministic
-            return vals[:self.budget]
+            return vals[: self.budget]
 
         unigrams, bigrams = best(uni), best(bi)
-        rule = {"unigrams": [[k, round(v, 4)] for v, k in unigrams],
-                "bigrams": [[list(k), round(v, 4)] for v, k in bigrams]}
-        text = "; ".join([f"{k!r} ({v:.1f})" for v, k in unigrams]
-                         + [f"{a!r} then {b!r} ({v:.1f})" for v, (a, b) in bigrams]) or "(no token fires reliably)"
+        rule = {
+            "unigrams": [[k, round(v, 4)] for v, k in unigrams],
+            "bigrams": [[list(k), round(v, 4)] for v, k in bigrams],
+        }
+        text = (
+            "; ".join(
+                [f"{k!r} ({v:.1f})" for v, k in unigrams] + [f"{a!r} then {b!r} ({v:.1f})" for v, (a, b) in bigrams]
+            )
+            or "(no token fires reliably)"
+        )
         return Explanation(text=f"tokens: {text}", backend=BACKEND, rule=rule)
 
 

@@ -54,8 +54,10 @@ def sample_feature(index: FeatureIndex, f: int, preset: str, seed: int) -> Featu
         return f"fewer than {MIN_FRAGMENTS} activating fragments ({active})"
     top = index.records(f, "top")
     if len(top) < MIN_FRAGMENTS:
-        raise SaexError(f"the index {index.path} keeps {len(top)} top fragments per feature; the protocol needs "
-                        f"{MIN_FRAGMENTS} (rebuild it with --top >= {MIN_FRAGMENTS})")
+        raise SaexError(
+            f"the index {index.path} keeps {len(top)} top fragments per feature; the protocol needs "
+            f"{MIN_FRAGMENTS} (rebuild it with --top >= {MIN_FRAGMENTS})"
+        )
     rand = index.records(f, "random")
     if preset == "delphi":
         return _delphi(index, f, rand)
@@ -63,14 +65,18 @@ def sample_feature(index: FeatureIndex, f: int, preset: str, seed: int) -> Featu
     if preset == "cunningham2023":
         random20 = rand[:MIN_FRAGMENTS]
         if len(random20) < MIN_FRAGMENTS:
-            raise SaexError(f"the index {index.path} keeps {len(rand)} random activating fragments per feature; "
-                            f"the protocol needs {MIN_FRAGMENTS} (rebuild it with --random >= {MIN_FRAGMENTS})")
+            raise SaexError(
+                f"the index {index.path} keeps {len(rand)} random activating fragments per feature; "
+                f"the protocol needs {MIN_FRAGMENTS} (rebuild it with --random >= {MIN_FRAGMENTS})"
+            )
     else:
         zero = index.records(f, "zero")
         if len(rand) + len(zero) < MIN_FRAGMENTS:
-            raise SaexError(f"the index {index.path} keeps {len(rand)} random activating and {len(zero)} "
-                            f"non-activating fragments for feature {f}; bills2023 draws {MIN_FRAGMENTS} from them "
-                            f"(rebuild it with larger --random and --zero)")
+            raise SaexError(
+                f"the index {index.path} keeps {len(rand)} random activating and {len(zero)} "
+                f"non-activating fragments for feature {f}; bills2023 draws {MIN_FRAGMENTS} from them "
+                f"(rebuild it with larger --random and --zero)"
+            )
         p_active = active / index.meta["n_fragments"]
         rng = np.random.default_rng([seed, 7, f])
         random20, ia, iz = [], 0, 0
@@ -96,5 +102,4 @@ def _delphi(index: FeatureIndex, f: int, rand: list[ActivationRecord]) -> Featur
         explain += [rand[i] for i in members[:2]]
         test += [rand[i] for i in members[2:7]]
         deciles += [d] * len(members[2:7])
-    return FeatureSample(f, explain=explain, activating=test, decile=deciles,
-                         non_activating=index.records(f, "zero"))
+    return FeatureSample(f, explain=explain, activating=test, decile=deciles, non_activating=index.records(f, "zero"))

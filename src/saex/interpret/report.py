@@ -22,10 +22,14 @@ def score_cell(stat, n: bool = False) -> str:
 def rule(preset: str) -> str:
     """The sentence that states how undefined scores enter the means."""
     if preset == "delphi":
-        return ("An undefined AUROC or balanced accuracy (a sample without non-activating windows) counts as 0.5, "
-                "chance; the count of undefined ones follows each mean.")
-    return ("An undefined correlation — constant simulation — counts as 0 (the simulator predicted nothing); the "
-            "count of undefined ones follows each mean, and each feature's record keeps it undefined.")
+        return (
+            "An undefined AUROC or balanced accuracy (a sample without non-activating windows) counts as 0.5, "
+            "chance; the count of undefined ones follows each mean."
+        )
+    return (
+        "An undefined correlation — constant simulation — counts as 0 (the simulator predicted nothing); the "
+        "count of undefined ones follows each mean, and each feature's record keeps it undefined."
+    )
 
 
 def density_lines(density: dict) -> list[str]:
@@ -35,19 +39,31 @@ def density_lines(density: dict) -> list[str]:
     used = [b for b in bd.get("bins") or [] if any((m.get(b) or {}).get("n") for m in methods.values())]
     if not used:
         return []
-    lines = ["", f"{bd['score']} by activation density (fraction of tokens where the feature is non-zero; "
-             "decade bins): mean ± 95% CI (n features, undefined ones). Dense features are easier for a scorer that "
-             "rewards token-determined activations, so compare methods within a column.", "",
-             "| method | " + " | ".join(used) + " |", "|" + "---|" * (len(used) + 1)]
-    lines += ["| " + " | ".join([name] + [score_cell(bins.get(b), n=True) for b in used]) + " |"
-              for name, bins in methods.items()]
+    lines = [
+        "",
+        f"{bd['score']} by activation density (fraction of tokens where the feature is non-zero; "
+        "decade bins): mean ± 95% CI (n features, undefined ones). Dense features are easier for a scorer that "
+        "rewards token-determined activations, so compare methods within a column.",
+        "",
+        "| method | " + " | ".join(used) + " |",
+        "|" + "---|" * (len(used) + 1),
+    ]
+    lines += [
+        "| " + " | ".join([name] + [score_cell(bins.get(b), n=True) for b in used]) + " |"
+        for name, bins in methods.items()
+    ]
     pairs = dm.get("pairs") or {}
     bases = list(dict.fromkeys(b for v in pairs.values() for b in v))
     if pairs and bases:
-        lines += ["", f"SAE − baseline {dm['score']} at matched density: the per-bin differences over the bins where "
-                  f"both have ≥ {dm['min_features']} features, weighted by {dm['weights']}; ± 95% CI (bins used); "
-                  "after the slash, the unmatched difference of the means.", "",
-                  "| SAE | " + " | ".join(bases) + " |", "|" + "---|" * (len(bases) + 1)]
+        lines += [
+            "",
+            f"SAE − baseline {dm['score']} at matched density: the per-bin differences over the bins where "
+            f"both have ≥ {dm['min_features']} features, weighted by {dm['weights']}; ± 95% CI (bins used); "
+            "after the slash, the unmatched difference of the means.",
+            "",
+            "| SAE | " + " | ".join(bases) + " |",
+            "|" + "---|" * (len(bases) + 1),
+        ]
         for sae, row in pairs.items():
             lines.append("| " + " | ".join([sae] + [matched_cell(row.get(b)) for b in bases]) + " |")
     return lines
@@ -65,19 +81,40 @@ def matched_cell(d) -> str:
     return f"{d['diff']:+.3f}{ci} ({k} bin{'s' if k != 1 else ''}) / {unmatched}"
 
 
-def write_report(out: Path, methods: list[dict], cfg, label: str, backend_stats: dict | None = None,
-                 table2: dict | None = None, density: dict | None = None) -> None:
+def write_report(
+    out: Path,
+    methods: list[dict],
+    cfg,
+    label: str,
+    backend_stats: dict | None = None,
+    table2: dict | None = None,
+    density: dict | None = None,
+) -> None:
     """``density``: ``density.density_comparison``'s "by_density" and "density_matched" entries."""
     keys = ("top_random", "top", "random") if cfg.preset != "delphi" else ("auroc", "balanced_accuracy")
-    write_json_atomic(out / "comparison.json", {"scorer": label, "preset": cfg.preset, "methods": methods,
-                                                "table2_pooled": table2 or {}, "backend_stats": backend_stats or {},
-                                                **(density or {})})
-    head = ["method", "kind", "hook", "scored", "skipped"] + list(keys) + [f"null {keys[0]}", "token entropy",
-                                                                          f"r({keys[0]}, skew)",
-                                                                          f"r({keys[0]}, kurtosis)"]
-    lines = [f"Scorer: {label}; preset {cfg.preset}; mean ± 95% CI (1.96·sd/√n) over every scored feature. "
-             + rule(cfg.preset), "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    write_json_atomic(
+        out / "comparison.json",
+        {
+            "scorer": label,
+            "preset": cfg.preset,
+            "methods": methods,
+            "table2_pooled": table2 or {},
+            "backend_stats": backend_stats or {},
+            **(density or {}),
+        },
+    )
+    head = (
+        ["method", "kind", "hook", "scored", "skipped"]
+        + list(keys)
+        + [f"null {keys[0]}", "token entropy", f"r({keys[0]}, skew)", f"r({keys[0]}, kurtosis)"]
+    )
+    lines = [
+        f"Scorer: {label}; preset {cfg.preset}; mean ± 95% CI (1.96·sd/√n) over every scored feature. "
+        + rule(cfg.preset),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for m in methods:
         corr = [m.get(f"corr_{keys[0]}_{x}") for x in ("skew", "kurtosis")]
         cells = [m["method"], str(m["kind"]), m["hook"], str(m["scored"]), str(m["skipped"])]
@@ -85,10 +122,15 @@ def write_report(out: Path, methods: list[dict], cfg, label: str, backend_stats:
         cells += ["—" if c is None else f"{c:.3f}" for c in corr]
         lines.append("| " + " | ".join(cells) + " |")
     if table2:
-        cells = [f"{m} r = {v['r']:.3f} (n = {v['n']})" if v["r"] is not None else f"{m} undefined"
-                 for m, v in table2.items()]
-        lines += ["", f"Paper Table 2, pooled over every method's scored features with a defined {keys[0]} (undefined "
-                  f"ones left out): correlation of {keys[0]} with " + "; ".join(cells) + "."]
+        cells = [
+            f"{m} r = {v['r']:.3f} (n = {v['n']})" if v["r"] is not None else f"{m} undefined"
+            for m, v in table2.items()
+        ]
+        lines += [
+            "",
+            f"Paper Table 2, pooled over every method's scored features with a defined {keys[0]} (undefined "
+            f"ones left out): correlation of {keys[0]} with " + "; ".join(cells) + ".",
+        ]
     lines += density_lines(density or {})
     if backend_stats:  # requests, tokens, retries and failures of this run (cache hits cost nothing)
         lines += ["", "Backend: " + ", ".join(f"{k} {v}" for k, v in sorted(backend_stats.items()))]

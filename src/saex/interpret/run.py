@@ -33,8 +33,8 @@ import saex
 from saex.dictionaries.folders import find_folders
 from saex.errors import SaexError
 from saex.features.index import INDEX_JSON, FeatureIndex
-from saex.interpret.offline import LABEL, TableExplainer, TableSimulator, token_entropy
 from saex.interpret.density import density_comparison
+from saex.interpret.offline import LABEL, TableExplainer, TableSimulator, token_entropy
 from saex.interpret.protocol import FeatureSample, check_preset, sample_feature
 from saex.interpret.records import Explanation
 from saex.interpret.scoring import NO_INFORMATION, auroc, balanced_accuracy, mean_ci95, pooled_pearson
@@ -119,11 +119,22 @@ def _agents(cfg: InterpretConfig, out: Path):
         return TableExplainer(cfg.budget), TableSimulator(), None, LABEL
     from saex.interpret.llm import LLMDetector, LLMExplainer, LLMSimulator, make_backend
 
-    backend = make_backend(cfg.backend, cfg.model, cfg.base_url, api_key_env=cfg.api_key_env,
-                           cache_dir=out / "cache", concurrency=cfg.concurrency, timeout=cfg.timeout,
-                           max_retries=cfg.max_retries)
-    return (LLMExplainer(backend), LLMSimulator(backend, mode=cfg.simulator_mode), LLMDetector(backend),
-            f"LLM explainer and simulator ({backend_tag(cfg)})")
+    backend = make_backend(
+        cfg.backend,
+        cfg.model,
+        cfg.base_url,
+        api_key_env=cfg.api_key_env,
+        cache_dir=out / "cache",
+        concurrency=cfg.concurrency,
+        timeout=cfg.timeout,
+        max_retries=cfg.max_retries,
+    )
+    return (
+        LLMExplainer(backend),
+        LLMSimulator(backend, mode=cfg.simulator_mode),
+        LLMDetector(backend),
+        f"LLM explainer and simulator ({backend_tag(cfg)})",
+    )
 
 
 def _select(cfg: InterpretConfig, n_features: int) -> list[int]:
@@ -140,8 +151,11 @@ def score_sample(sample: FeatureSample, explanation: Explanation, simulator, det
         pred = simulator.simulate(explanation, records)
         true = [r.activations for r in records]
         k = len(sample.score_top)
-        return {"top_random": pooled_pearson(true, pred), "top": pooled_pearson(true[:k], pred[:k]),
-                "random": pooled_pearson(true[k:], pred[k:])}
+        return {
+            "top_random": pooled_pearson(true, pred),
+            "top": pooled_pearson(true[:k], pred[:k]),
+            "random": pooled_pearson(true[k:], pred[k:]),
+        }
     records = sample.activating + sample.non_activating
     if detector is not None:
         window = np.asarray(detector.detect(explanation, records), dtype=np.float64)
@@ -151,8 +165,11 @@ def score_sample(sample: FeatureSample, explanation: Explanation, simulator, det
         called = window >= 1.0
     n = len(sample.activating)
     dec = np.asarray(sample.decile)
-    return {"auroc": auroc(window[:n], window[n:]), "balanced_accuracy": balanced_accuracy(called[:n], called[n:]),
-            "recall_by_decile": [float(called[:n][dec == d].mean()) if (dec == d).any() else None for d in range(10)]}
+    return {
+        "auroc": auroc(window[:n], window[n:]),
+        "balanced_accuracy": balanced_accuracy(called[:n], called[n:]),
+        "recall_by_decile": [float(called[:n][dec == d].mean()) if (dec == d).any() else None for d in range(10)],
+    }
 
 
 def _clean(x):
@@ -203,8 +220,14 @@ def interpret(cfg: InterpretConfig, progress: bool = True) -> Path:
     method_rows, pooled, by_method, baselines = [], [], {}, set()
     for name, folder in indexes.items():
         index = FeatureIndex(folder)
-        identity = {"index": index.meta["identity"], "preset": cfg.preset, "backend": backend_tag(cfg),
-                    "seed": cfg.seed, "selection": cfg.selection, "simulator_mode": cfg.simulator_mode}
+        identity = {
+            "index": index.meta["identity"],
+            "preset": cfg.preset,
+            "backend": backend_tag(cfg),
+            "seed": cfg.seed,
+            "selection": cfg.selection,
+            "simulator_mode": cfg.simulator_mode,
+        }
         mdir = out / name.replace("/", "__")
         mdir.mkdir(exist_ok=True)
         done = _read_jsonl(mdir / "scores.jsonl", identity)
@@ -214,17 +237,28 @@ def interpret(cfg: InterpretConfig, progress: bool = True) -> Path:
             for f in tqdm(feats, desc=f"{name}: explain+simulate", unit="feature", disable=not progress):
                 if f in done:
                     continue
-                row = {"feature": f, "identity": identity, "preset": cfg.preset, "backend": backend_tag(cfg),
-                       "scorer": label, "density": density[f], "skew": moments["skew"][f],
-                       "kurtosis": moments["kurtosis"][f],
-                       "token_entropy": token_entropy(index.records(f, "top") + index.records(f, "random"))}
+                row = {
+                    "feature": f,
+                    "identity": identity,
+                    "preset": cfg.preset,
+                    "backend": backend_tag(cfg),
+                    "scorer": label,
+                    "density": density[f],
+                    "skew": moments["skew"][f],
+                    "kurtosis": moments["kurtosis"][f],
+                    "token_entropy": token_entropy(index.records(f, "top") + index.records(f, "random")),
+                }
                 sample = sample_feature(index, f, cfg.preset, cfg.seed)
                 if isinstance(sample, str):
                     row["skipped"] = sample
                 else:
                     expl = explainer.explain(sample.explain)
-                    row["explanation"] = {"text": expl.text, "backend": expl.backend, "rule": expl.rule,
-                                          "usage": expl.usage}
+                    row["explanation"] = {
+                        "text": expl.text,
+                        "backend": expl.backend,
+                        "rule": expl.rule,
+                        "usage": expl.usage,
+                    }
                     if expl.usage.get("failed"):  # simulating an empty explanation would only score zeros
                         row["skipped"] = "the explainer gave no explanation (see the backend's failure counts)"
                     else:
@@ -263,8 +297,14 @@ def _null(index, rows, cfg, identity, simulator, detector, mdir: Path, progress:
             e = donor["explanation"]
             expl = Explanation(e["text"], e["backend"], e["rule"], e.get("usage") or {})
             sample = sample_feature(index, r["feature"], cfg.preset, cfg.seed)
-            row = _clean({"feature": r["feature"], "identity": identity, "explanation_of": donor["feature"],
-                          "scores": score_sample(sample, expl, simulator, detector, cfg.preset)})
+            row = _clean(
+                {
+                    "feature": r["feature"],
+                    "identity": identity,
+                    "explanation_of": donor["feature"],
+                    "scores": score_sample(sample, expl, simulator, detector, cfg.preset),
+                }
+            )
             fh.write(json.dumps(row) + "\n")
             fh.flush()
             done[r["feature"]] = row
@@ -275,10 +315,17 @@ def summarize_method(name: str, index: FeatureIndex, rows: list[dict], nulls: li
     meta = index.meta["dictionary"]
     keys = ("top_random", "top", "random") if preset != "delphi" else ("auroc", "balanced_accuracy")
     scored = [r for r in rows if "scores" in r]
-    out = {"method": name, "kind": meta.get("baseline") or meta.get("arch") or index.meta.get("architecture"),
-           "hook": index.meta["hook"], "d_dict": index.meta["d_dict"], "alpha": meta.get("alpha"),
-           "ratio": index.meta["d_dict"] / index.meta["d_in"],
-           "considered": len(rows), "scored": len(scored), "skipped": len(rows) - len(scored)}
+    out = {
+        "method": name,
+        "kind": meta.get("baseline") or meta.get("arch") or index.meta.get("architecture"),
+        "hook": index.meta["hook"],
+        "d_dict": index.meta["d_dict"],
+        "alpha": meta.get("alpha"),
+        "ratio": index.meta["d_dict"] / index.meta["d_in"],
+        "considered": len(rows),
+        "scored": len(scored),
+        "skipped": len(rows) - len(scored),
+    }
     for k in keys:  # over every scored feature: an undefined score counts as no information (0 for r)
         out[k] = mean_ci95([r["scores"][k] for r in scored], undefined_as=NO_INFORMATION[k])
         if nulls:
@@ -287,8 +334,10 @@ def summarize_method(name: str, index: FeatureIndex, rows: list[dict], nulls: li
     out["token_entropy"] = mean_ci95([r.get("token_entropy") for r in scored])
     first = keys[0]
     out |= {f"corr_{first}_{m}": v["r"] for m, v in moment_correlations(scored, preset).items()}
-    out["first_features"] = [{"feature": r["feature"], "explanation": r["explanation"]["text"],
-                              "score": r["scores"][first]} for r in scored[:5]]
+    out["first_features"] = [
+        {"feature": r["feature"], "explanation": r["explanation"]["text"], "score": r["scores"][first]}
+        for r in scored[:5]
+    ]
     return _clean(out)
 
 
@@ -306,10 +355,17 @@ def moment_correlations(scored: list[dict], preset: str) -> dict[str, dict]:
     first = main_score(preset)
     out = {}
     for moment in ("skew", "kurtosis"):
-        pairs = [(r["scores"][first], r[moment]) for r in scored
-                 if r["scores"][first] is not None and r.get(moment) is not None]
-        r = (pooled_pearson([np.array([p[0] for p in pairs])], [np.array([p[1] for p in pairs])])
-             if len(pairs) > 2 else None)
-        out[moment] = _clean({"r": r, "n": len(pairs), "score": first,
-                              "undefined": sum(row["scores"][first] is None for row in scored)})
+        pairs = [
+            (r["scores"][first], r[moment])
+            for r in scored
+            if r["scores"][first] is not None and r.get(moment) is not None
+        ]
+        r = (
+            pooled_pearson([np.array([p[0] for p in pairs])], [np.array([p[1] for p in pairs])])
+            if len(pairs) > 2
+            else None
+        )
+        out[moment] = _clean(
+            {"r": r, "n": len(pairs), "score": first, "undefined": sum(row["scores"][first] is None for row in scored)}
+        )
     return out

@@ -39,7 +39,7 @@ def auroc(scores_pos: np.ndarray, scores_neg: np.ndarray) -> float:
     from scipy.stats import rankdata
 
     ranks = rankdata(np.concatenate([pos, neg]))
-    u = ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2
+    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
     return float(u / (pos.size * neg.size))
 
 

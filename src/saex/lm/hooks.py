@@ -26,7 +26,7 @@ one hook point (with a dictionary's reconstruction, zeros, a patched value) and 
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import torch
@@ -43,8 +43,9 @@ def hook_order(name: str) -> tuple[int, int]:
     hook points sort first."""
     m = _HOOK_RE.match(name)
     if not m:
-        raise SaexError(f"unknown hook point {name!r}; valid names are blocks.{{L}}.{{kind}} with kind in "
-                        f"{list(HOOK_KINDS)}")
+        raise SaexError(
+            f"unknown hook point {name!r}; valid names are blocks.{{L}}.{{kind}} with kind in {list(HOOK_KINDS)}"
+        )
     return int(m.group(1)), HOOK_KINDS.index(m.group(2))
 
 
@@ -63,10 +64,12 @@ class Family:
 
 FAMILIES = {
     "llama": Family("llama", "model.layers", "self_attn", "mlp", "mlp.down_proj", "model.norm"),
-    "gemma": Family("gemma", "model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "mlp.down_proj",
-                    "model.norm"),
-    "gpt_neox": Family("gpt_neox", "gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h",
-                       "gpt_neox.final_layer_norm"),
+    "gemma": Family(
+        "gemma", "model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "mlp.down_proj", "model.norm"
+    ),
+    "gpt_neox": Family(
+        "gpt_neox", "gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm"
+    ),
     "gpt2": Family("gpt2", "transformer.h", "attn", "mlp", "mlp.c_proj", "transformer.ln_f"),
 }
 # HF model_type -> family. Llama-shaped decoders share module names.
@@ -113,9 +116,7 @@ class _StopForward(Exception):
 def family_of(model: torch.nn.Module) -> Family:
     model_type = getattr(model.config, "model_type", None)
     if model_type not in MODEL_TYPES:
-        raise SaexError(
-            f"model type {model_type!r} has no hook-point mapping; supported: {sorted(MODEL_TYPES)}"
-        )
+        raise SaexError(f"model type {model_type!r} has no hook-point mapping; supported: {sorted(MODEL_TYPES)}")
     return FAMILIES[MODEL_TYPES[model_type]]
 
 
@@ -200,11 +201,8 @@ class HookedLM:
 
             def run(input_ids_BT: torch.Tensor) -> dict[str, torch.Tensor]:
                 store.clear()
-                with torch.inference_mode():
-                    try:
-                        self.model(input_ids=input_ids_BT, use_cache=False)
-                    except _StopForward:
-                        pass
+                with torch.inference_mode(), suppress(_StopForward):
+                    self.model(input_ids=input_ids_BT, use_cache=False)
                 return {n: store[n] for n in names}
 
             yield run
@@ -218,6 +216,7 @@ class HookedLM:
 
         ``fn`` must return a tensor of the same shape; the rest of the network runs on what it returns.
         """
+
         def checked(act):
             new = fn(act)
             if new.shape != act.shape:
@@ -236,6 +235,7 @@ class HookedLM:
         point = self.resolve(name)
         module = self.model.get_submodule(point.module)
         if point.capture == "input":
+
             def pre(mod, args, kwargs):
                 if args:
                     new = fn(args[0])

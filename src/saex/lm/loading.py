@@ -152,9 +152,7 @@ def _load_embedded(name: str) -> LoadedModel:
     if not (cached / "config.json").is_file():
         # Dequantise once (slow), then keep an ordinary float32 checkpoint.
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         # transformers refuses to save a model it still believes is GGUF-quantised; the weights are
         # plain float32 tensors by now, so drop the marker.
         model.hf_quantizer = None
@@ -251,6 +249,8 @@ def load_store_model(manifest_model: dict, name: str | None = None) -> LoadedMod
         name = path if path and Path(path).is_dir() else manifest_model["name"]
     loaded = load_model(name)
     if loaded.weights_sha256 != manifest_model["weights_sha256"]:
-        raise SaexError(f"model {name} has weights {loaded.weights_sha256[:16]}…, but the store was harvested "
-                        f"from {manifest_model['weights_sha256'][:16]}…; use the same weights (--model)")
+        raise SaexError(
+            f"model {name} has weights {loaded.weights_sha256[:16]}…, but the store was harvested "
+            f"from {manifest_model['weights_sha256'][:16]}…; use the same weights (--model)"
+        )
     return loaded

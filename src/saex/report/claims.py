@@ -89,8 +89,15 @@ def _usable(baselines: dict, k_source: dict | None) -> tuple[dict, str | None]:
     return {n: s for n, s in baselines.items() if not n.endswith("_topk")}, why
 
 
-def sae_beats(key: str, figure: str, paper: str, score: str, layers: dict[str, dict],
-              baselines: tuple[str, ...] | None = None, k_source: dict[str, dict] | None = None) -> list[Claim]:
+def sae_beats(
+    key: str,
+    figure: str,
+    paper: str,
+    score: str,
+    layers: dict[str, dict],
+    baselines: tuple[str, ...] | None = None,
+    k_source: dict[str, dict] | None = None,
+) -> list[Claim]:
     """SAE mean above every baseline's mean at every layer, and whether the 95% CIs separate.
 
     ``layers``: label -> {"sae": stat | None, "baselines": {name: stat}}; ``baselines`` restricts the set.
@@ -101,8 +108,11 @@ def sae_beats(key: str, figure: str, paper: str, score: str, layers: dict[str, d
     above, separate, nums, dropped = [], [], {}, {}
     for label, row in layers.items():
         sae = row.get("sae")
-        base = {n: s for n, s in (row.get("baselines") or {}).items()
-                if (baselines is None or n in baselines) and _mean(s) is not None}
+        base = {
+            n: s
+            for n, s in (row.get("baselines") or {}).items()
+            if (baselines is None or n in baselines) and _mean(s) is not None
+        }
         base, why = _usable(base, (k_source or {}).get(label))
         if why:
             dropped[label] = why
@@ -114,8 +124,10 @@ def sae_beats(key: str, figure: str, paper: str, score: str, layers: dict[str, d
         sb = _bounds(sae)
         if sb is not None and all(_bounds(s) is not None for s in base.values()):
             separate.append(all(sb[0] > _bounds(s)[1] for s in base.values()))
-    lines = [f"{label}: SAE {_f(v['sae'])} vs best baseline {v['best_baseline']} {_f(v['best_baseline_mean'])}"
-             for label, v in nums.items()]
+    lines = [
+        f"{label}: SAE {_f(v['sae'])} vs best baseline {v['best_baseline']} {_f(v['best_baseline_mean'])}"
+        for label, v in nums.items()
+    ]
     left_out = "; ".join(f"{label}: top-K baselines not compared: {why}" for label, why in dropped.items())
     if dropped:
         nums = {**nums, "topk_left_out": dropped}
@@ -126,11 +138,24 @@ def sae_beats(key: str, figure: str, paper: str, score: str, layers: dict[str, d
     else:
         d_above = d_ci = left_out or "no layer has both an SAE score and a baseline score"
     return [
-        Claim(f"{key}_above", figure, paper, f"the SAE's mean {score} is above every baseline's mean at each layer",
-              _verdict(above), d_above, nums),
-        Claim(f"{key}_ci", figure, "the SAE's advantage is larger than the 95% confidence intervals",
-              "the SAE's lower 95% bound is above every baseline's upper bound at each layer", _verdict(separate),
-              d_ci, nums),
+        Claim(
+            f"{key}_above",
+            figure,
+            paper,
+            f"the SAE's mean {score} is above every baseline's mean at each layer",
+            _verdict(above),
+            d_above,
+            nums,
+        ),
+        Claim(
+            f"{key}_ci",
+            figure,
+            "the SAE's advantage is larger than the 95% confidence intervals",
+            "the SAE's lower 95% bound is above every baseline's upper bound at each layer",
+            _verdict(separate),
+            d_ci,
+            nums,
+        ),
     ]
 
 
@@ -145,18 +170,30 @@ def advantage_declines(layers: dict[int, dict]) -> Claim:
         if _mean(row.get("sae")) is not None and base:
             pts.append((layer, _mean(row["sae"]) - max(base)))
     paper = "the advantage declines through the model (comparable to ICA at layer 4, minimal at the last layer)"
-    test = (f"least-squares slope of (SAE mean − best baseline mean) against layer is negative (≥ {MIN_LAYERS} "
-            "layers)")
+    test = f"least-squares slope of (SAE mean − best baseline mean) against layer is negative (≥ {MIN_LAYERS} layers)"
     if len(pts) < MIN_LAYERS:
-        return Claim("fig2_declines", "Fig. 2", paper, test, NOT_MEASURED,
-                     f"needs ≥ {MIN_LAYERS} residual layers with scores, have {len(pts)}",
-                     {"margins": {str(x): y for x, y in pts}})
+        return Claim(
+            "fig2_declines",
+            "Fig. 2",
+            paper,
+            test,
+            NOT_MEASURED,
+            f"needs ≥ {MIN_LAYERS} residual layers with scores, have {len(pts)}",
+            {"margins": {str(x): y for x, y in pts}},
+        )
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x in xs)
     detail = "margin by layer: " + ", ".join(f"{x}: {_f(y, '{:+.3f}')}" for x, y in pts) + f"; slope {slope:+.4f}"
-    return Claim("fig2_declines", "Fig. 2", paper, test, HELD if slope < 0 else NOT_HELD, detail,
-                 {"margins": {str(x): y for x, y in pts}, "slope": slope})
+    return Claim(
+        "fig2_declines",
+        "Fig. 2",
+        paper,
+        test,
+        HELD if slope < 0 else NOT_HELD,
+        detail,
+        {"margins": {str(x): y for x, y in pts}, "slope": slope},
+    )
 
 
 def random_below_top(layers: dict[str, dict]) -> Claim:
@@ -167,11 +204,20 @@ def random_below_top(layers: dict[str, dict]) -> Claim:
         if t is not None and r is not None:
             nums[label] = {"top_random": t, "random": r}
             ok.append(r < t)
-    return Claim("fig9_smaller", "Fig. 9", "random-only scores are significantly smaller than top-and-random scores",
-                 "the SAE's random-only mean is below its top-and-random mean at each layer", _verdict(ok),
-                 "; ".join(f"{k}: random {_f(v['random'])} {'<' if v['random'] < v['top_random'] else '≥'} "
-                           f"top-and-random {_f(v['top_random'])}" for k, v in nums.items())
-                 or "no layer has both scores", nums)
+    return Claim(
+        "fig9_smaller",
+        "Fig. 9",
+        "random-only scores are significantly smaller than top-and-random scores",
+        "the SAE's random-only mean is below its top-and-random mean at each layer",
+        _verdict(ok),
+        "; ".join(
+            f"{k}: random {_f(v['random'])} {'<' if v['random'] < v['top_random'] else '≥'} "
+            f"top-and-random {_f(v['top_random'])}"
+            for k, v in nums.items()
+        )
+        or "no layer has both scores",
+        nums,
+    )
 
 
 def small_dictionaries(layers: dict[str, dict], k_source: dict[str, dict] | None = None) -> Claim:
@@ -188,13 +234,20 @@ def small_dictionaries(layers: dict[str, dict], k_source: dict[str, dict] | None
             if float(r) < 1 and _mean(stat) is not None and base:
                 nums[f"{label} R={float(r):g}"] = {"sae": _mean(stat), "best_baseline": max(base)}
                 ok.append(_mean(stat) > max(base))
-    detail = ("; ".join(f"{k}: {_f(v['sae'])} vs best baseline {_f(v['best_baseline'])}" for k, v in nums.items())
-              or "no dictionary with R < 1 was scored")
+    detail = (
+        "; ".join(f"{k}: {_f(v['sae'])} vs best baseline {_f(v['best_baseline'])}" for k, v in nums.items())
+        or "no dictionary with R < 1 was scored"
+    )
     detail += "".join(f". {label}: top-K baselines not compared: {why}" for label, why in dropped.items())
-    return Claim("fig8_small", "Fig. 8", "interpretability gains hold even for dictionaries smaller than the "
-                 "activation space (R < 1)", "every SAE with R < 1 (at the main α) has a mean score above every "
-                 "baseline's mean at its layer", _verdict(ok), detail,
-                 {**nums, **({"topk_left_out": dropped} if dropped else {})})
+    return Claim(
+        "fig8_small",
+        "Fig. 8",
+        "interpretability gains hold even for dictionaries smaller than the activation space (R < 1)",
+        "every SAE with R < 1 (at the main α) has a mean score above every baseline's mean at its layer",
+        _verdict(ok),
+        detail,
+        {**nums, **({"topk_left_out": dropped} if dropped else {})},
+    )
 
 
 def fvu_falls_with_ratio(series: dict[str, dict[float, float]]) -> Claim:
@@ -206,10 +259,16 @@ def fvu_falls_with_ratio(series: dict[str, dict[float, float]]) -> Claim:
             fvus = [pts[r] for r in rs]
             nums[label] = {f"{r:g}": pts[r] for r in rs}
             ok.append(all(b < a for a, b in zip(fvus, fvus[1:])))
-    return Claim("fig8_fvu", "Fig. 8", "larger dictionaries explain more of the variance",
-                 "FVU falls strictly as R grows at the main α, at each layer", _verdict(ok),
-                 "; ".join(f"{k}: " + ", ".join(f"R={r} FVU {_f(v)}" for r, v in pts.items())
-                           for k, pts in nums.items()) or "fewer than two ratios evaluated at the main α", nums)
+    return Claim(
+        "fig8_fvu",
+        "Fig. 8",
+        "larger dictionaries explain more of the variance",
+        "FVU falls strictly as R grows at the main α, at each layer",
+        _verdict(ok),
+        "; ".join(f"{k}: " + ", ".join(f"R={r} FVU {_f(v)}" for r, v in pts.items()) for k, pts in nums.items())
+        or "fewer than two ratios evaluated at the main α",
+        nums,
+    )
 
 
 def smooth_tradeoff(series: dict[str, list[dict]]) -> Claim:
@@ -225,16 +284,25 @@ def smooth_tradeoff(series: dict[str, list[dict]]) -> Claim:
         nums[label] = {"points": len(pts), "non_monotone_steps": bad}
         ok.append(bad == 0)
     n = MIN_SPARSITY_LEVELS
-    detail = "; ".join(f"{k}: {v['non_monotone_steps']} non-monotone steps over {v['points']} points"
-                       for k, v in nums.items())
+    detail = "; ".join(
+        f"{k}: {v['non_monotone_steps']} non-monotone steps over {v['points']} points" for k, v in nums.items()
+    )
     if short:
-        detail += ("; " if detail else "") + f"not judged (needs ≥ {n} sparsity levels): " + ", ".join(
-            f"{k}: have {m}" for k, m in short.items())
-    return Claim("fig6_tradeoff", "Figs. 6/7", "a smooth trade-off between sparsity and reconstruction, with no "
-                 "knee", f"along each α sweep with ≥ {n} sparsity levels, FVU never rises as L0 grows (the absence "
-                 "of a knee is judged by eye on the figure)", _verdict(ok),
-                 detail or f"no α sweep (needs ≥ {n} sparsity levels)",
-                 {**nums, **({"too_few_levels": short} if short else {})})
+        detail += (
+            ("; " if detail else "")
+            + f"not judged (needs ≥ {n} sparsity levels): "
+            + ", ".join(f"{k}: have {m}" for k, m in short.items())
+        )
+    return Claim(
+        "fig6_tradeoff",
+        "Figs. 6/7",
+        "a smooth trade-off between sparsity and reconstruction, with no knee",
+        f"along each α sweep with ≥ {n} sparsity levels, FVU never rises as L0 grows (the absence "
+        "of a knee is judged by eye on the figure)",
+        _verdict(ok),
+        detail or f"no α sweep (needs ≥ {n} sparsity levels)",
+        {**nums, **({"too_few_levels": short} if short else {})},
+    )
 
 
 def alive_claims(resid: dict[str, list[dict]], mlp: dict[str, list[dict]]) -> list[Claim]:
@@ -246,35 +314,59 @@ def alive_claims(resid: dict[str, list[dict]], mlp: dict[str, list[dict]]) -> li
             best = max(big, key=lambda p: p["alive_fraction"])
             nums4[hook] = {"ratio": best["ratio"], "alpha": best["alpha"], "alive_fraction": best["alive_fraction"]}
             ok4.append(best["alive_fraction"] >= 0.95)
-    c1 = Claim("fig16_overcomplete", "Fig. 16", "residual dictionaries are at least 4× overcomplete before "
-               "features start to drop out, with the right hyperparameters", "at each residual hook, some α gives a "
-               "dictionary with R ≥ 4 and ≥ 95% of features alive", _verdict(ok4),
-               "; ".join(f"{h}: best R={v['ratio']:g} at α={v['alpha']:g}: {v['alive_fraction']:.1%} alive"
-                         for h, v in nums4.items()) or "no residual dictionary with R ≥ 4 was evaluated", nums4)
+    c1 = Claim(
+        "fig16_overcomplete",
+        "Fig. 16",
+        "residual dictionaries are at least 4× overcomplete before "
+        "features start to drop out, with the right hyperparameters",
+        "at each residual hook, some α gives a dictionary with R ≥ 4 and ≥ 95% of features alive",
+        _verdict(ok4),
+        "; ".join(
+            f"{h}: best R={v['ratio']:g} at α={v['alpha']:g}: {v['alive_fraction']:.1%} alive" for h, v in nums4.items()
+        )
+        or "no residual dictionary with R ≥ 4 was evaluated",
+        nums4,
+    )
     okd, numsd = [], {}
     for hook, pts in mlp.items():
         zero = [p for p in pts if float(p["alpha"]) == 0 and _ok(p.get("alive_fraction"))]
         if zero:
             numsd[hook] = {f"{float(p['ratio']):g}": 1 - p["alive_fraction"] for p in zero}
             okd.append(any(1 - p["alive_fraction"] >= 0.1 for p in zero))
-    c2 = Claim("fig16_mlp_dead", "Fig. 16", "MLP dictionaries have large numbers of dead features even with α = 0",
-               "at each MLP hook, an α = 0 dictionary has ≥ 10% dead features", _verdict(okd),
-               "; ".join(f"{h}: " + ", ".join(f"R={r} {d:.1%} dead" for r, d in v.items()) for h, v in numsd.items())
-               or "no α = 0 MLP dictionary was evaluated", numsd)
+    c2 = Claim(
+        "fig16_mlp_dead",
+        "Fig. 16",
+        "MLP dictionaries have large numbers of dead features even with α = 0",
+        "at each MLP hook, an α = 0 dictionary has ≥ 10% dead features",
+        _verdict(okd),
+        "; ".join(f"{h}: " + ", ".join(f"R={r} {d:.1%} dead" for r, d in v.items()) for h, v in numsd.items())
+        or "no α = 0 MLP dictionary was evaluated",
+        numsd,
+    )
     okm, numsm = [], {}
     for hook, pts in {**resid, **mlp}.items():
         for r in sorted({float(p["ratio"]) for p in pts}):
-            s = sorted((p for p in pts if float(p["ratio"]) == r and _ok(p.get("alive_fraction"))),
-                       key=lambda p: p["alpha"])
+            s = sorted(
+                (p for p in pts if float(p["ratio"]) == r and _ok(p.get("alive_fraction"))), key=lambda p: p["alpha"]
+            )
             if len(s) >= 2:
                 rises = sum(b["alive_fraction"] > a["alive_fraction"] + 1e-9 for a, b in zip(s, s[1:]))
-                numsm[f"{hook} R={r:g}"] = {"first": s[0]["alive_fraction"], "last": s[-1]["alive_fraction"],
-                                           "rises": rises}
+                numsm[f"{hook} R={r:g}"] = {
+                    "first": s[0]["alive_fraction"],
+                    "last": s[-1]["alive_fraction"],
+                    "rises": rises,
+                }
                 okm.append(s[-1]["alive_fraction"] <= s[0]["alive_fraction"])
-    c3 = Claim("fig16_falls", "Fig. 16", "the fraction of alive features falls as α grows",
-               "for each (hook, R), the fraction alive at the largest α is at most that at the smallest α",
-               _verdict(okm), "; ".join(f"{k}: {v['first']:.1%} → {v['last']:.1%}" for k, v in numsm.items())
-               or "no hook has two α values at one R", numsm)
+    c3 = Claim(
+        "fig16_falls",
+        "Fig. 16",
+        "the fraction of alive features falls as α grows",
+        "for each (hook, R), the fraction alive at the largest α is at most that at the smallest α",
+        _verdict(okm),
+        "; ".join(f"{k}: {v['first']:.1%} → {v['last']:.1%}" for k, v in numsm.items())
+        or "no hook has two α values at one R",
+        numsm,
+    )
     return [c1, c2, c3]
 
 
@@ -297,12 +389,29 @@ def table2_claims(corrs: dict[str, dict]) -> list[Claim]:
         test = "Pearson r > 0 with its 95% CI (Fisher z) above 0"
         paper = f"top-and-random score correlates with activation {moment} (r = {paper_r})"
         if ci is None:
-            out.append(Claim(f"table2_{moment}", "Table 2", paper, test, NOT_MEASURED,
-                             f"r undefined or too few features (n = {n})", {"r": r, "n": n, "paper": paper_r}))
+            out.append(
+                Claim(
+                    f"table2_{moment}",
+                    "Table 2",
+                    paper,
+                    test,
+                    NOT_MEASURED,
+                    f"r undefined or too few features (n = {n})",
+                    {"r": r, "n": n, "paper": paper_r},
+                )
+            )
             continue
-        out.append(Claim(f"table2_{moment}", "Table 2", paper, test, HELD if ci[0] > 0 else NOT_HELD,
-                         f"r = {r:.3f} (95% CI {ci[0]:.3f} to {ci[1]:.3f}, n = {n}); paper {paper_r}",
-                         {"r": r, "n": n, "ci95": list(ci), "paper": paper_r}))
+        out.append(
+            Claim(
+                f"table2_{moment}",
+                "Table 2",
+                paper,
+                test,
+                HELD if ci[0] > 0 else NOT_HELD,
+                f"r = {r:.3f} (95% CI {ci[0]:.3f} to {ci[1]:.3f}, n = {n}); paper {paper_r}",
+                {"r": r, "n": n, "ci95": list(ci), "paper": paper_r},
+            )
+        )
     return out
 
 
@@ -312,11 +421,25 @@ def table1_claim(first: list[dict]) -> Claim:
     paper = "the first features of the layer-1 dictionary get explanations that mostly score above zero (4 of 5)"
     test = "at least 3 of the first 5 scored features have a top-and-random score > 0"
     if len(scores) < 5:
-        return Claim("table1_positive", "Table 1", paper, test, NOT_MEASURED,
-                     f"only {len(scores)} scored features", {"scores": scores})
+        return Claim(
+            "table1_positive",
+            "Table 1",
+            paper,
+            test,
+            NOT_MEASURED,
+            f"only {len(scores)} scored features",
+            {"scores": scores},
+        )
     pos = sum(s > 0 for s in scores)
-    return Claim("table1_positive", "Table 1", paper, test, HELD if pos >= 3 else NOT_HELD,
-                 f"{pos} of 5 above zero; mean {sum(scores) / 5:.3f} (paper, recalled: 0.31)", {"scores": scores})
+    return Claim(
+        "table1_positive",
+        "Table 1",
+        paper,
+        test,
+        HELD if pos >= 3 else NOT_HELD,
+        f"{pos} of 5 above zero; mean {sum(scores) / 5:.3f} (paper, recalled: 0.31)",
+        {"scores": scores},
+    )
 
 
 def perplexity_claim(rows: dict[str, dict]) -> Claim:
@@ -324,22 +447,33 @@ def perplexity_claim(rows: dict[str, dict]) -> Claim:
     ``rows``: hook -> {"ppl_clean", "ppl_spliced"} of the main SAE. The ratio is judged against the paper's
     (``PPL_BAND``), not merely against 1: a splice that costs almost nothing fails too, since it says the
     dictionary is too dense to be the paper's kind of sparse code."""
-    nums = {h: {"ppl_clean": r["ppl_clean"], "ppl_spliced": r["ppl_spliced"],
-                "ratio": r["ppl_spliced"] / r["ppl_clean"]}
-            for h, r in rows.items() if _ok(r.get("ppl_clean")) and _ok(r.get("ppl_spliced")) and r["ppl_clean"] > 0}
+    nums = {
+        h: {"ppl_clean": r["ppl_clean"], "ppl_spliced": r["ppl_spliced"], "ratio": r["ppl_spliced"] / r["ppl_clean"]}
+        for h, r in rows.items()
+        if _ok(r.get("ppl_clean")) and _ok(r.get("ppl_spliced")) and r["ppl_clean"] > 0
+    }
     lo, hi = PAPER_PPL_RATIO ** (1 - PPL_BAND), PAPER_PPL_RATIO ** (1 + PPL_BAND)
     for v in nums.values():
         v["band"] = [lo, hi]
         v["position"] = "below" if v["ratio"] < lo else "above" if v["ratio"] > hi else "within"
-    why = {"within": "within the band",
-           "below": "below the band: the splice costs much less than the paper's (is the dictionary too dense, "
-                    "or not sparse enough to compare?)",
-           "above": "above the band: the splice costs much more than the paper's (a poor reconstruction)"}
-    return Claim("ppl_spliced", "§6.2", "the reconstruction loses information: perplexity rises from 25 to 40 "
-                 "(×1.6) with the layer-2 residual replaced by the SAE's reconstruction",
-                 f"spliced / clean perplexity is within [{lo:.2f}, {hi:.2f}] at each evaluated residual hook: the "
-                 f"paper's ×{PAPER_PPL_RATIO:.1f} with its log within ±{PPL_BAND:.0%}",
-                 _verdict([v["position"] == "within" for v in nums.values()]),
-                 "; ".join(f"{h}: {v['ppl_clean']:.2f} → {v['ppl_spliced']:.2f} (×{v['ratio']:.2f}, "
-                           f"{why[v['position']]})" for h, v in nums.items()) or "no spliced perplexity was measured",
-                 nums)
+    why = {
+        "within": "within the band",
+        "below": "below the band: the splice costs much less than the paper's (is the dictionary too dense, "
+        "or not sparse enough to compare?)",
+        "above": "above the band: the splice costs much more than the paper's (a poor reconstruction)",
+    }
+    return Claim(
+        "ppl_spliced",
+        "§6.2",
+        "the reconstruction loses information: perplexity rises from 25 to 40 "
+        "(×1.6) with the layer-2 residual replaced by the SAE's reconstruction",
+        f"spliced / clean perplexity is within [{lo:.2f}, {hi:.2f}] at each evaluated residual hook: the "
+        f"paper's ×{PAPER_PPL_RATIO:.1f} with its log within ±{PPL_BAND:.0%}",
+        _verdict([v["position"] == "within" for v in nums.values()]),
+        "; ".join(
+            f"{h}: {v['ppl_clean']:.2f} → {v['ppl_spliced']:.2f} (×{v['ratio']:.2f}, {why[v['position']]})"
+            for h, v in nums.items()
+        )
+        or "no spliced perplexity was measured",
+        nums,
+    )

@@ -7,14 +7,16 @@ import math
 
 from saex.report.claims import HELD, NOT_HELD, NOT_MEASURED, Claim, _f, _ok, _verdict
 
-
 # --- IOI (Fig. 3) ---------------------------------------------------------------------------------------
+
 
 def _needed(curve: dict, target: float) -> tuple[float, float]:
     """(fewest features patched, smallest edit) among the curve's points with KL ≤ target; inf if none."""
     pts = [p for p in curve.get("points") or [] if _ok(p.get("kl")) and p["kl"] <= target]
-    return (min((p["n_patched"] for p in pts), default=math.inf),
-            min((p["edit"] for p in pts if _ok(p.get("edit"))), default=math.inf))
+    return (
+        min((p["n_patched"] for p in pts), default=math.inf),
+        min((p["edit"] for p in pts if _ok(p.get("edit"))), default=math.inf),
+    )
 
 
 def ioi_claims(curves: dict[str, dict]) -> list[Claim]:
@@ -28,32 +30,63 @@ def ioi_claims(curves: dict[str, dict]) -> list[Claim]:
     test_of = "to bring KL(patched ‖ target) to half its unpatched value"
 
     def fmt(names, i):
-        return ", ".join(f"{n}: {'never' if need[n][i] == math.inf else _f(need[n][i], '{:.4g}')}"
-                         for n in names if n in need)
+        return ", ".join(
+            f"{n}: {'never' if need[n][i] == math.inf else _f(need[n][i], '{:.4g}')}" for n in names if n in need
+        )
 
     out = []
-    for i, (what, paper) in enumerate((("features", "sparse dictionaries reach a given KL with fewer patched "
-                                        "features than PCA"),
-                                       ("edit", "sparse dictionaries reach a given KL with a smaller edit than PCA"))):
+    for i, (what, paper) in enumerate(
+        (
+            ("features", "sparse dictionaries reach a given KL with fewer patched features than PCA"),
+            ("edit", "sparse dictionaries reach a given KL with a smaller edit than PCA"),
+        )
+    ):
         s = [need[n][i] for n in sparse if n in need]
         p = [need[n][i] for n in pca if n in need]
         test = f"the best α > 0 dictionary needs less ({what}) than the best PCA variant {test_of}"
         if not s or not p:
-            out.append(Claim(f"fig3_{what}", "Fig. 3", paper, test, NOT_MEASURED,
-                             "needs an α > 0 dictionary and a PCA baseline at the layer", nums))
+            out.append(
+                Claim(
+                    f"fig3_{what}",
+                    "Fig. 3",
+                    paper,
+                    test,
+                    NOT_MEASURED,
+                    "needs an α > 0 dictionary and a PCA baseline at the layer",
+                    nums,
+                )
+            )
             continue
         verdict = HELD if min(s) < min(p) else NOT_HELD
         if min(s) == math.inf:
             verdict = NOT_HELD
-        out.append(Claim(f"fig3_{what}", "Fig. 3", paper, test, verdict,
-                         f"{what} needed: {fmt(sparse, i)}; PCA {fmt(pca, i)}", nums))
+        out.append(
+            Claim(
+                f"fig3_{what}",
+                "Fig. 3",
+                paper,
+                test,
+                verdict,
+                f"{what} needed: {fmt(sparse, i)}; PCA {fmt(pca, i)}",
+                nums,
+            )
+        )
     s = [need[n][0] for n in sparse if n in need]
     d = [need[n][0] for n in dense if n in need]
     test = f"every α = 0 dictionary needs more features than the best α > 0 dictionary {test_of}"
-    out.append(Claim("fig3_alpha0", "Fig. 3", "a non-sparse dictionary (α = 0) does not show the benefit", test,
-                     NOT_MEASURED if not s or not d else (HELD if min(d) > min(s) else NOT_HELD),
-                     f"α = 0: {fmt(dense, 0)}; α > 0: {fmt(sparse, 0)}" if s and d
-                     else "needs both α = 0 and α > 0 dictionaries", nums))
+    out.append(
+        Claim(
+            "fig3_alpha0",
+            "Fig. 3",
+            "a non-sparse dictionary (α = 0) does not show the benefit",
+            test,
+            NOT_MEASURED if not s or not d else (HELD if min(d) > min(s) else NOT_HELD),
+            f"α = 0: {fmt(dense, 0)}; α > 0: {fmt(sparse, 0)}"
+            if s and d
+            else "needs both α = 0 and α > 0 dictionaries",
+            nums,
+        )
+    )
     floors, ok = {}, []
     for r in sorted({c.get("ratio") for c in sparse.values()}, key=lambda x: (x is None, x)):
         grp = sorted((c for c in sparse.values() if c.get("ratio") == r), key=lambda c: c["alpha"])
@@ -61,15 +94,25 @@ def ioi_claims(curves: dict[str, dict]) -> list[Claim]:
         if len(grp) >= 2 and None not in kls:
             floors[f"R={r:g}" if r is not None else "R=?"] = {f"{c['alpha']:g}": k for c, k in zip(grp, kls)}
             ok.append(kls[-1] > kls[0])
-    out.append(Claim("fig3_floor", "Fig. 3", "larger α gives a larger minimum KL (worse reconstruction)",
-                     "at each R, the lowest KL reached by the largest α is above that of the smallest α > 0",
-                     _verdict(ok), "; ".join(f"{k}: " + ", ".join(f"α={a} min KL {_f(v, '{:.4g}')}"
-                                                                   for a, v in f.items())
-                                            for k, f in floors.items()) or "needs two α > 0 at one R", floors))
+    out.append(
+        Claim(
+            "fig3_floor",
+            "Fig. 3",
+            "larger α gives a larger minimum KL (worse reconstruction)",
+            "at each R, the lowest KL reached by the largest α is above that of the smallest α > 0",
+            _verdict(ok),
+            "; ".join(
+                f"{k}: " + ", ".join(f"α={a} min KL {_f(v, '{:.4g}')}" for a, v in f.items()) for k, f in floors.items()
+            )
+            or "needs two α > 0 at one R",
+            floors,
+        )
+    )
     return out
 
 
 # --- case studies (Figs. 4, 5) --------------------------------------------------------------------------
+
 
 def _bare(token: str) -> str:
     return str(token).replace("Ġ", "").replace("▁", "").strip().lower()
@@ -99,25 +142,41 @@ def _fig5_effects(root) -> Claim:
     effects and change with the candidate budget. If the strongest upstream influence is a rise, the target
     is mainly held down by the earlier layer and a tree of "causes" misdescribes it."""
     paper = "ablating upstream features lowers the target feature (a causal tree)"
-    test = ("at the target, the strongest drop from ablating one upstream feature (a child's effect > 0) is larger "
-            "than the strongest rise (|effect| of an increase < 0)")
+    test = (
+        "at the target, the strongest drop from ablating one upstream feature (a child's effect > 0) is larger "
+        "than the strongest rise (|effect| of an increase < 0)"
+    )
     if not isinstance(root, dict):
         return Claim("fig5_effects", "Fig. 5", paper, test, NOT_MEASURED, "no circuit was traced")
     if "increases" not in root:
-        return Claim("fig5_effects", "Fig. 5", paper, test, NOT_MEASURED,
-                     "the circuit does not record the upstream features that raise the target (traced with depth 0, "
-                     "or by an older saex): rerun saex case-study")
+        return Claim(
+            "fig5_effects",
+            "Fig. 5",
+            paper,
+            test,
+            NOT_MEASURED,
+            "the circuit does not record the upstream features that raise the target (traced with depth 0, "
+            "or by an older saex): rerun saex case-study",
+        )
     drops = [c["effect"] for c in root.get("children") or [] if _ok(c.get("effect"))]
     rises = [-c["effect"] for c in root.get("increases") or [] if _ok(c.get("effect"))]
     top_drop, top_rise = max(drops, default=0.0), max(rises, default=0.0)
-    nums = {"drops": drops, "rises": rises, "strongest_drop": top_drop, "strongest_rise": top_rise,
-            "ablated": root.get("ablated"), "effect_sum_positive": root.get("effect_sum_positive"),
-            "effect_sum_negative": root.get("effect_sum_negative")}
-    detail = (f"{root.get('ablated', '?')} upstream features ablated; strongest drop {_f(top_drop)}"
-              + (f" (of {', '.join(_f(e) for e in drops)})" if drops else " (no ablation lowers the target)")
-              + f", strongest rise {_f(top_rise)}"
-              + (f" (of {', '.join(_f(e) for e in rises)})" if rises else " (no ablation raises the target)")
-              + f"; sums of effects {_f(root.get('effect_sum_positive'))} and {_f(root.get('effect_sum_negative'))}")
+    nums = {
+        "drops": drops,
+        "rises": rises,
+        "strongest_drop": top_drop,
+        "strongest_rise": top_rise,
+        "ablated": root.get("ablated"),
+        "effect_sum_positive": root.get("effect_sum_positive"),
+        "effect_sum_negative": root.get("effect_sum_negative"),
+    }
+    detail = (
+        f"{root.get('ablated', '?')} upstream features ablated; strongest drop {_f(top_drop)}"
+        + (f" (of {', '.join(_f(e) for e in drops)})" if drops else " (no ablation lowers the target)")
+        + f", strongest rise {_f(top_rise)}"
+        + (f" (of {', '.join(_f(e) for e in rises)})" if rises else " (no ablation raises the target)")
+        + f"; sums of effects {_f(root.get('effect_sum_positive'))} and {_f(root.get('effect_sum_negative'))}"
+    )
     return Claim("fig5_effects", "Fig. 5", paper, test, HELD if top_drop > top_rise else NOT_HELD, detail, nums)
 
 
@@ -131,30 +190,64 @@ def case_study_claims(cs: dict | None, d_in: int | None) -> list[Claim]:
     apos = [i for i, (tok, _) in tops.items() if "'" in tok or "’" in tok]
     out = []
     paper = "the prompt search finds a feature that fires on apostrophes"
-    test = ("among the searched features analysed, one's most common token in the upper half of its histogram "
-            "contains ' or ’")
-    detail = "; ".join(f"feature {feats[i].get('feature')} (search rank {feats[i].get('rank')}): {tok!r}, "
-                       f"{share:.0%} of the upper-half counts" for i, (tok, share) in tops.items())
-    out.append(Claim("fig4_apostrophe", "Fig. 4", paper, test,
-                     NOT_MEASURED if not tops else (HELD if apos else NOT_HELD),
-                     detail or "no histogram of a searched feature",
-                     {"features": [{"feature": feats[i].get("feature"), "rank": feats[i].get("rank"),
-                                    "token": tok, "share": share} for i, (tok, share) in tops.items()]}))
-    paper = "ablating the apostrophe feature mainly lowers the log-probability of \"s\""
-    test = "the most-lowered token of the apostrophe feature's less-than-rank-one ablation is \"s\""
+    test = (
+        "among the searched features analysed, one's most common token in the upper half of its histogram "
+        "contains ' or ’"
+    )
+    detail = "; ".join(
+        f"feature {feats[i].get('feature')} (search rank {feats[i].get('rank')}): {tok!r}, "
+        f"{share:.0%} of the upper-half counts"
+        for i, (tok, share) in tops.items()
+    )
+    out.append(
+        Claim(
+            "fig4_apostrophe",
+            "Fig. 4",
+            paper,
+            test,
+            NOT_MEASURED if not tops else (HELD if apos else NOT_HELD),
+            detail or "no histogram of a searched feature",
+            {
+                "features": [
+                    {"feature": feats[i].get("feature"), "rank": feats[i].get("rank"), "token": tok, "share": share}
+                    for i, (tok, share) in tops.items()
+                ]
+            },
+        )
+    )
+    paper = 'ablating the apostrophe feature mainly lowers the log-probability of "s"'
+    test = 'the most-lowered token of the apostrophe feature\'s less-than-rank-one ablation is "s"'
     dec = {i: (feats[i].get("output_effect") or {}).get("decreased") or [] for i in apos}
     dec = {i: d for i, d in dec.items() if d}
     if not dec:
-        out.append(Claim("fig4_s", "Fig. 4", paper, test, NOT_MEASURED,
-                         "no apostrophe feature with an output effect" if not apos else
-                         "the apostrophe feature has no output effect"))
+        out.append(
+            Claim(
+                "fig4_s",
+                "Fig. 4",
+                paper,
+                test,
+                NOT_MEASURED,
+                "no apostrophe feature with an output effect"
+                if not apos
+                else "the apostrophe feature has no output effect",
+            )
+        )
     else:
-        out.append(Claim("fig4_s", "Fig. 4", paper, test,
-                         HELD if any(_bare(d[0]["token"]) == "s" for d in dec.values()) else NOT_HELD,
-                         "; ".join(f"feature {feats[i].get('feature')}: most lowered "
-                                   + ", ".join(f"{x['token']!r} {_f(x.get('delta'), '{:+.3f}')}" for x in d[:5])
-                                   for i, d in dec.items()),
-                         {str(feats[i].get("feature")): d[:5] for i, d in dec.items()}))
+        out.append(
+            Claim(
+                "fig4_s",
+                "Fig. 4",
+                paper,
+                test,
+                HELD if any(_bare(d[0]["token"]) == "s" for d in dec.values()) else NOT_HELD,
+                "; ".join(
+                    f"feature {feats[i].get('feature')}: most lowered "
+                    + ", ".join(f"{x['token']!r} {_f(x.get('delta'), '{:+.3f}')}" for x in d[:5])
+                    for i, d in dec.items()
+                ),
+                {str(feats[i].get("feature")): d[:5] for i, d in dec.items()},
+            )
+        )
     root = cs.get("circuit")
     edges = []
 
@@ -170,11 +263,28 @@ def case_study_claims(cs: dict | None, d_in: int | None) -> list[Claim]:
     test = "mean cosine over the tree's edges is above 3/√d (three standard deviations of random directions)"
     paper = "linked features across layers often point in similar directions"
     if not cos or not d_in:
-        out.append(Claim("fig5_cosine", "Fig. 5", paper, test, NOT_MEASURED,
-                         "no cosine in the circuit" if not cos else "the width of the hook is unknown", {}))
+        out.append(
+            Claim(
+                "fig5_cosine",
+                "Fig. 5",
+                paper,
+                test,
+                NOT_MEASURED,
+                "no cosine in the circuit" if not cos else "the width of the hook is unknown",
+                {},
+            )
+        )
     else:
         mean, thr = sum(cos) / len(cos), 3 / math.sqrt(d_in)
-        out.append(Claim("fig5_cosine", "Fig. 5", paper, test, HELD if mean > thr else NOT_HELD,
-                         f"mean cosine {mean:.3f} over {len(cos)} edges; 3/√{d_in} = {thr:.3f}",
-                         {"mean_cos": mean, "threshold": thr, "edges": len(cos)}))
+        out.append(
+            Claim(
+                "fig5_cosine",
+                "Fig. 5",
+                paper,
+                test,
+                HELD if mean > thr else NOT_HELD,
+                f"mean cosine {mean:.3f} over {len(cos)} edges; 3/√{d_in} = {thr:.3f}",
+                {"mean_cos": mean, "threshold": thr, "edges": len(cos)},
+            )
+        )
     return out

@@ -54,9 +54,11 @@ class Run:
 
     def stage_reason(self, prefix: str) -> str | None:
         """Why the stages named ``prefix`` or ``prefix:<hook>`` did not run, from reproduce.json."""
-        why = [f"{n}: {s.get('status')}" + (f" ({s['reason']})" if s.get("reason") else "")
-               for n, s in self.stages.items() if isinstance(s, dict) and n.split(":")[0] == prefix
-               and s.get("status") != "done"]
+        why = [
+            f"{n}: {s.get('status')}" + (f" ({s['reason']})" if s.get("reason") else "")
+            for n, s in self.stages.items()
+            if isinstance(s, dict) and n.split(":")[0] == prefix and s.get("status") != "done"
+        ]
         return "; ".join(why) or None
 
     @property
@@ -130,7 +132,11 @@ def collect(run_dir: Path) -> Run:
                     if rows:
                         hashes[m["method"]] = rows[0]["identity"]["index"].get("weights_sha256")
                 run.interpret.setdefault(f"{backend.name}/{preset.name}", {})[hook_dir.name] = {
-                    "comparison": comp, "scores": scores, "hashes": hashes, "plots": _pngs(preset / "plots")}
+                    "comparison": comp,
+                    "scores": scores,
+                    "hashes": hashes,
+                    "plots": _pngs(preset / "plots"),
+                }
     for folder in _subdirs(root / "dicts"):
         if isinstance(tr := _json(run, folder / "run.json"), dict):
             run.training[folder.name] = tr
@@ -176,12 +182,16 @@ def _collect_ioi(run: Run) -> None:
             if res:
                 layers[int(m.group(1))] = res
     if layers:
-        run.ioi = {"config": (_json(run, folder / "ioi.json") or {}).get("config") or {},
-                   "task": _json(run, folder / "task.json") or {}, "layers": dict(sorted(layers.items())),
-                   "figures": _pngs(folder)}
+        run.ioi = {
+            "config": (_json(run, folder / "ioi.json") or {}).get("config") or {},
+            "task": _json(run, folder / "task.json") or {},
+            "layers": dict(sorted(layers.items())),
+            "figures": _pngs(folder),
+        }
 
 
 # --- choosing what the paper's figures show -------------------------------------------------------------
+
 
 def main_target(run: Run, hook: str) -> dict:
     """The (α, R) of the main SAE at a hook: the α its calibration chose for the plan's main target L0, else
@@ -196,8 +206,10 @@ def main_target(run: Run, hook: str) -> dict:
     ratio = cfg.get(f"main_ratio_{kind}")
     if ratio is None:
         ratio = cfg.get("main_ratio")
-    return {"alpha": float(alpha if alpha is not None else PAPER_MAIN[kind]["alpha"]),
-            "ratio": float(ratio if ratio is not None else PAPER_MAIN[kind]["ratio"])}
+    return {
+        "alpha": float(alpha if alpha is not None else PAPER_MAIN[kind]["alpha"]),
+        "ratio": float(ratio if ratio is not None else PAPER_MAIN[kind]["ratio"]),
+    }
 
 
 def is_sae(entry: dict) -> bool:
@@ -211,8 +223,11 @@ def _closest(entries: list[dict], target: dict) -> dict | None:
 
     def dist(e):
         a = float(e["alpha"])
-        da = abs(math.log(a / target["alpha"])) if a > 0 and target["alpha"] > 0 else (0.0 if a == target["alpha"]
-                                                                                    else math.inf)
+        da = (
+            abs(math.log(a / target["alpha"]))
+            if a > 0 and target["alpha"] > 0
+            else (0.0 if a == target["alpha"] else math.inf)
+        )
         return (abs(float(e.get("ratio") or 0) - target["ratio"]), da)
 
     return min(entries, key=dist)

@@ -35,8 +35,15 @@ def grouped_bars(groups: dict[str, dict[str, dict]], path: Path, title: str, yla
     for j, m in enumerate(methods):
         xs = [i + (j - (len(methods) - 1) / 2) * width for i, per in enumerate(groups.values()) if m in per]
         stats = [per[m] for per in groups.values() if m in per]
-        ax.bar(xs, [_num(s.get("mean")) for s in stats], width, yerr=[_num(s.get("ci95")) for s in stats],
-               capsize=2, label=m, color=colors[j % len(colors)])
+        ax.bar(
+            xs,
+            [_num(s.get("mean")) for s in stats],
+            width,
+            yerr=[_num(s.get("ci95")) for s in stats],
+            capsize=2,
+            label=m,
+            color=colors[j % len(colors)],
+        )
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(list(groups), fontsize=8)
     ax.axhline(0, color="black", linewidth=0.5)
@@ -47,16 +54,24 @@ def grouped_bars(groups: dict[str, dict[str, dict]], path: Path, title: str, yla
     return _save(fig, path, {"title": title, "score": ylabel, "groups": groups})
 
 
-def score_vs_ratio(series: dict[str, dict[str, dict]], baselines: dict[str, float], path: Path, title: str,
-                   ylabel: str) -> Path:
+def score_vs_ratio(
+    series: dict[str, dict[str, dict]], baselines: dict[str, float], path: Path, title: str, ylabel: str
+) -> Path:
     """``series``: layer label -> {R (as text): stat}; ``baselines``: layer label -> best baseline mean."""
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, pts) in enumerate(series.items()):
         rs = sorted(pts, key=float)
         c = colors[i % len(colors)]
-        ax.errorbar([float(r) for r in rs], [_num(pts[r].get("mean")) for r in rs],
-                    yerr=[_num(pts[r].get("ci95")) for r in rs], fmt="o-", capsize=3, color=c, label=f"SAE {label}")
+        ax.errorbar(
+            [float(r) for r in rs],
+            [_num(pts[r].get("mean")) for r in rs],
+            yerr=[_num(pts[r].get("ci95")) for r in rs],
+            fmt="o-",
+            capsize=3,
+            color=c,
+            label=f"SAE {label}",
+        )
         if label in baselines:
             ax.axhline(baselines[label], color=c, linestyle="--", linewidth=1, label=f"best baseline {label}")
     ax.set_xscale("log", base=2)

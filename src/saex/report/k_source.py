@@ -29,14 +29,20 @@ def k_source_convergence(run: Run, hook: str) -> dict | None:
     """{"dictionary": folder name, "converged": bool | None, "reasons": [str]} of the SAE whose L0 set K at
     ``hook``; None when no top-K baseline there took K from a dictionary."""
     folders = sorted((run.root / "baselines" / hook).glob("*_topk"))
-    folders += [Path(r["path"]) for r in (run.eval.get(hook) or {}).get("results") or []
-                if str(r.get("kind") or "").endswith("_topk") and r.get("path")]
+    folders += [
+        Path(r["path"])
+        for r in (run.eval.get(hook) or {}).get("results") or []
+        if str(r.get("kind") or "").endswith("_topk") and r.get("path")
+    ]
     for folder in folders:
         meta = _metadata(folder)
         if not meta.get("k_from"):
             continue
         record = meta.get("k_from_convergence")
         converged = record.get("converged") if isinstance(record, dict) else None
-        return {"dictionary": Path(meta["k_from"]).name, "converged": converged if isinstance(converged, bool) else None,
-                "reasons": [str(r) for r in (record or {}).get("reasons") or []] if converged is False else []}
+        return {
+            "dictionary": Path(meta["k_from"]).name,
+            "converged": converged if isinstance(converged, bool) else None,
+            "reasons": [str(r) for r in (record or {}).get("reasons") or []] if converged is False else [],
+        }
     return None

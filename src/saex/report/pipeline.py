@@ -19,9 +19,9 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from saex.config import config_dict
 from saex.errors import SaexError
@@ -87,8 +87,14 @@ def tree_hash(folder: Path) -> str:
     if (folder / "manifest.json").exists() and (folder / "train").is_dir():
         files = [folder / "manifest.json"]
     else:
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and "checkpoint" not in p.relative_to(folder).parts
-                       and not p.name.endswith(".tmp") and ".tmp-" not in p.name)
+        files = sorted(
+            p
+            for p in folder.rglob("*")
+            if p.is_file()
+            and "checkpoint" not in p.relative_to(folder).parts
+            and not p.name.endswith(".tmp")
+            and ".tmp-" not in p.name
+        )
     for p in files:
         h.update(str(p.relative_to(folder)).encode() + b"\0" + sha256_path(p).encode() + b"\n")
     return h.hexdigest()
@@ -210,15 +216,24 @@ class Pipeline:
                 if not st.optional:
                     raise
                 self._drop(st.folder)
-                records[st.name] = {"key": key, "status": "failed", "reason": str(e), "config": cfg,
-                                    "folder": st.folder}
+                records[st.name] = {
+                    "key": key,
+                    "status": "failed",
+                    "reason": str(e),
+                    "config": cfg,
+                    "folder": st.folder,
+                }
                 self.log(f"{tag}: failed, continuing without it: {e}")
                 self.save()
                 continue
             records[st.name] = {
-                "key": key, "status": "done", "config": cfg, "folder": st.folder, "outputs": tree_hash(folder),
+                "key": key,
+                "status": "done",
+                "config": cfg,
+                "folder": st.folder,
+                "outputs": tree_hash(folder),
                 "seconds": round(time.perf_counter() - t0, 1),
-                "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             }
             self.save()
             self.log(f"{tag}: done in {records[st.name]['seconds']:.0f} s")
@@ -232,7 +247,7 @@ def _rel(obj, root: Path):
         return {k: _rel(v, root) for k, v in obj.items()}
     if isinstance(obj, str):
         r = str(root)
-        return ",".join("$OUT" + s[len(r):] if s == r or s.startswith(r + "/") else s for s in obj.split(","))
+        return ",".join("$OUT" + s[len(r) :] if s == r or s.startswith(r + "/") else s for s in obj.split(","))
     return obj
 
 
@@ -259,22 +274,36 @@ def reproduce(cfg: ReproduceConfig, progress: bool = True) -> Path:
     upstream = {plan["main_layer"] - i for i in range(1, plan["circuit_depth"] + 1)}
     plan["resid_layers"] = sorted(set(plan["resid_layers"]) | upstream | {plan["main_layer"], plan["ioi_layer"]})
     if not set(plan["calibration_layers_resid"]) <= set(plan["resid_layers"]):
-        raise SaexError(f"calibration_layers_resid {plan['calibration_layers_resid']} must be residual layers of "
-                        f"the plan {plan['resid_layers']} (or [] to calibrate every one)")
+        raise SaexError(
+            f"calibration_layers_resid {plan['calibration_layers_resid']} must be residual layers of "
+            f"the plan {plan['resid_layers']} (or [] to calibrate every one)"
+        )
     bad = [L for L in plan["resid_layers"] + plan["mlp_layers"] if not 0 <= L < info["n_layers"]]
     if bad:
         raise SaexError(f"layers {bad} are out of range: {cfg.model} has layers 0..{info['n_layers'] - 1}")
-    estimate = presets.estimate_seconds(plan, info["params_per_layer"], info["d_model"], info["d_mlp"],
-                                        info["vocab"], info["gflops"])
+    estimate = presets.estimate_seconds(
+        plan, info["params_per_layer"], info["d_model"], info["d_mlp"], info["vocab"], info["gflops"]
+    )
     total = sum(estimate.values())
-    print(f"saex reproduce --preset {cfg.preset}: {cfg.model} ({info['n_layers']} layers, d_model {info['d_model']})"
-          f" on {plan['corpus']}")
+    print(
+        f"saex reproduce --preset {cfg.preset}: {cfg.model} ({info['n_layers']} layers, d_model {info['d_model']})"
+        f" on {plan['corpus']}"
+    )
     print("plan: " + json.dumps(plan))
-    print(f"expected time on this machine: about {_human(total)} (an estimate from FLOP counts and a measured "
-          f"{info['gflops']:.0f} GFLOP/s matmul rate: " + ", ".join(f"{k} {_human(v)}" for k, v in estimate.items())
-          + ")", flush=True)
-    header = {"preset": cfg.preset, "reproduce_config": config_dict(cfg), "plan": plan, "model": info,
-              "estimate_seconds": estimate}
+    print(
+        f"expected time on this machine: about {_human(total)} (an estimate from FLOP counts and a measured "
+        f"{info['gflops']:.0f} GFLOP/s matmul rate: "
+        + ", ".join(f"{k} {_human(v)}" for k, v in estimate.items())
+        + ")",
+        flush=True,
+    )
+    header = {
+        "preset": cfg.preset,
+        "reproduce_config": config_dict(cfg),
+        "plan": plan,
+        "model": info,
+        "estimate_seconds": estimate,
+    }
     stages = build_stages(cfg, plan, root, progress)
     if cfg.dry_run:
         print("stages: " + ", ".join(s.name for s in stages))
@@ -283,8 +312,10 @@ def reproduce(cfg: ReproduceConfig, progress: bool = True) -> Path:
     pipeline = Pipeline(root, header, stages, log=lambda m: print(m, file=sys.stderr, flush=True))
     state = pipeline.run()
     # the α each hook's calibration chose, beside the plan's target L0s
-    state["calibrated"] = {p.parent.name: json.loads(p.read_text())["chosen"]
-                           for p in sorted((root / "calibrate").glob("*/calibration.json"))}
+    state["calibrated"] = {
+        p.parent.name: json.loads(p.read_text())["chosen"]
+        for p in sorted((root / "calibrate").glob("*/calibration.json"))
+    }
     pipeline.save()
     for hook, chosen in state["calibrated"].items():
         print(f"{hook}: α " + ", ".join(f"{c['alpha']:.3g} (target L0 {c['target_l0']:g})" for c in chosen))

@@ -47,8 +47,10 @@ def plan(preset: str, n_layers: int) -> dict:
     if preset not in PRESETS:
         raise SaexError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if n_layers < 2:
-        raise SaexError(f"the model has {n_layers} layer(s); saex reproduce needs at least 2 (a circuit needs a "
-                        "layer before the main one)")
+        raise SaexError(
+            f"the model has {n_layers} layer(s); saex reproduce needs at least 2 (a circuit needs a "
+            "layer before the main one)"
+        )
     # About a fifth of the way in: Pythia-70M's apostrophe feature sits at layer 4 of 6 but the early-middle
     # layers of a deeper model are where the paper's autointerp advantage is largest (Fig. 2).
     main = max(1, round(0.2 * (n_layers - 1)))
@@ -198,8 +200,9 @@ def sweep_targets(p: dict, hook_kind: str, layer: int) -> list[float]:
     return p["target_l0_resid"] if layer in (p["main_layer"], p["ioi_layer"]) else p["target_l0_resid_other"]
 
 
-def estimate_seconds(p: dict, n_params_per_layer: float, d_model: int, d_mlp: int, vocab: int,
-                     gflops: float) -> dict[str, float]:
+def estimate_seconds(
+    p: dict, n_params_per_layer: float, d_model: int, d_mlp: int, vocab: int, gflops: float
+) -> dict[str, float]:
     """Rough time of each stage from FLOP counts and a measured fp32 matmul rate (``gflops``).
 
     An estimate, not a measurement. The efficiency factors were fitted to the quick preset on SmolLM2-135M
@@ -222,31 +225,36 @@ def estimate_seconds(p: dict, n_params_per_layer: float, d_model: int, d_mlp: in
     for L in p["resid_layers"]:
         members = len(set(sweep_targets(p, "resid", L)) | {p["main_target_l0_resid"]}) + len(p["extra_alphas_resid"])
         # every α × every R at the main layer (Figs. 6/7, 8, 16), the main R elsewhere
-        ratios = p["ratios_resid"] if L == p["main_layer"] else [p["main_ratio"]]
+        ratios = p["ratios_resid"] if p["main_layer"] == L else [p["main_ratio"]]
         train += sae_flops(d_model, ratios, members, steps, batch)
         if L in (p["calibration_layers_resid"] or p["resid_layers"]):
-            calib += sae_flops(d_model, [p["calibration_ratio"]], len(p["calibration_grid_resid"]), steps,
-                               p["calibration_batch"])
+            calib += sae_flops(
+                d_model, [p["calibration_ratio"]], len(p["calibration_grid_resid"]), steps, p["calibration_batch"]
+            )
     for _ in p["mlp_layers"]:
         members = len(set(p["target_l0_mlp"]) | {p["main_target_l0_mlp"]}) + len(p["extra_alphas_mlp"])
         # untied: a second matrix in every product
         train += 2 * sae_flops(d_mlp, p["ratios_mlp"], members, steps, batch)
-        calib += 2 * sae_flops(d_mlp, [p["calibration_ratio"]], len(p["calibration_grid_mlp"]), steps,
-                               p["calibration_batch"])
+        calib += 2 * sae_flops(
+            d_mlp, [p["calibration_ratio"]], len(p["calibration_grid_mlp"]), steps, p["calibration_batch"]
+        )
     # small batches run well below the matmul peak (per-step overheads, Adam over every parameter)
     out["calibrate"] = calib / (0.25 * rate)
     out["train"] = train / (0.4 * rate)
     # FastICA: iterations × rows × d² multiply-adds a few times over, per residual layer (PCA is cheap).
-    out["baselines"] = len(p["resid_layers"]) * 24 * p["ica_max_iter"] * p["ica_rows"] * d_model ** 2 / rate
+    out["baselines"] = len(p["resid_layers"]) * 24 * p["ica_max_iter"] * p["ica_rows"] * d_model**2 / rate
     n_model = n_params_per_layer * depth + 2 * vocab * d_model
     n_alpha = len(p["target_l0_resid"]) + len(p["extra_alphas_resid"])
-    n_dicts = (n_alpha * len(p["ratios_resid"])
-               + (len(p["resid_layers"]) - 1) * (len(p["target_l0_resid_other"]) + 1 + len(p["extra_alphas_resid"]))
-               + 6 * hooks)
+    n_dicts = (
+        n_alpha * len(p["ratios_resid"])
+        + (len(p["resid_layers"]) - 1) * (len(p["target_l0_resid_other"]) + 1 + len(p["extra_alphas_resid"]))
+        + 6 * hooks
+    )
     eval_tokens = p["eval_contexts"] * p["context_length"]
     out["eval"] = (n_dicts + 2 * hooks) * 2 * n_model * eval_tokens / (0.25 * rate)
-    out["features"] = hooks * 8 * 2 * d_model * 4 * d_model * min(p["heldout_tokens"], 64 * p["fragments"]) / (
-        0.5 * rate)
+    out["features"] = (
+        hooks * 8 * 2 * d_model * 4 * d_model * min(p["heldout_tokens"], 64 * p["fragments"]) / (0.5 * rate)
+    )
     # Quick mode: ~160 exact evaluations of ~20-token prompts per dictionary (the α sweep and 2 PCA variants).
     n_ioi = len(p["target_l0_resid"]) + len(p["extra_alphas_resid"]) + 2
     out["ioi"] = n_ioi * 160 * 2 * n_model * p["ioi_prompts"] * 20 / (0.75 * rate)

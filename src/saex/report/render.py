@@ -27,18 +27,53 @@ from saex.store.files import write_json_atomic, write_text_atomic
 
 # (section ids, builder) in paper order; fig2_9_18 and fig4_5 build several sections at once.
 BUILDERS = [
-    (("run",), sec_eval.overview), (("train",), sec_train.training), (("table1",), sec_autointerp.table1),
-    (("fig2", "fig9", "fig18"), sec_autointerp.fig2_9_18), (("fig3",), sec_causal.fig3),
-    (("fig4", "fig5"), sec_causal.fig4_5), (("fig6",), sec_eval.fig6_7), (("fig8",), sec_autointerp.fig8),
-    (("fig10",), sec_autointerp.fig10), (("fig16",), sec_eval.fig16), (("table2",), sec_autointerp.table2),
+    (("run",), sec_eval.overview),
+    (("train",), sec_train.training),
+    (("table1",), sec_autointerp.table1),
+    (("fig2", "fig9", "fig18"), sec_autointerp.fig2_9_18),
+    (("fig3",), sec_causal.fig3),
+    (("fig4", "fig5"), sec_causal.fig4_5),
+    (("fig6",), sec_eval.fig6_7),
+    (("fig8",), sec_autointerp.fig8),
+    (("fig10",), sec_autointerp.fig10),
+    (("fig16",), sec_eval.fig16),
+    (("table2",), sec_autointerp.table2),
     (("ppl",), sec_eval.perplexity),
 ]
-ORDER = ["run", "train", "table1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig8", "fig9", "fig10", "fig16", "fig18", "table2",
-         "ppl"]
-FALLBACK_TITLES = {"run": "This reproduction", "train": "Training", "table1": "Table 1", "fig2": "Figure 2", "fig3": "Figure 3",
-                   "fig4": "Figure 4", "fig5": "Figure 5", "fig6": "Figures 6/7", "fig8": "Figure 8",
-                   "fig9": "Figure 9", "fig10": "Figure 10", "fig16": "Figure 16", "fig18": "Figure 18",
-                   "table2": "Table 2", "ppl": "Spliced perplexity (§6.2)"}
+ORDER = [
+    "run",
+    "train",
+    "table1",
+    "fig2",
+    "fig3",
+    "fig4",
+    "fig5",
+    "fig6",
+    "fig8",
+    "fig9",
+    "fig10",
+    "fig16",
+    "fig18",
+    "table2",
+    "ppl",
+]
+FALLBACK_TITLES = {
+    "run": "This reproduction",
+    "train": "Training",
+    "table1": "Table 1",
+    "fig2": "Figure 2",
+    "fig3": "Figure 3",
+    "fig4": "Figure 4",
+    "fig5": "Figure 5",
+    "fig6": "Figures 6/7",
+    "fig8": "Figure 8",
+    "fig9": "Figure 9",
+    "fig10": "Figure 10",
+    "fig16": "Figure 16",
+    "fig18": "Figure 18",
+    "table2": "Table 2",
+    "ppl": "Spliced perplexity (§6.2)",
+}
 
 
 def _md_cell(value) -> str:
@@ -56,9 +91,15 @@ def _md_escape(value) -> str:
 
 def _environment(markdown: bool) -> jinja2.Environment:
     """HTML: jinja2 autoescape. Markdown: every printed value passes through ``_md_escape``."""
-    env = jinja2.Environment(loader=jinja2.PackageLoader("saex.report", "templates"), autoescape=not markdown,
-                             finalize=_md_escape if markdown else None, undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("saex.report", "templates"),
+        autoescape=not markdown,
+        finalize=_md_escape if markdown else None,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters["md_cell"] = _md_cell
     return env
 
@@ -73,8 +114,15 @@ def build_sections(run) -> tuple[list[Section], dict]:
         except Exception as e:  # a malformed stage output costs its sections, not the report
             why = f"{e.__class__.__name__}: {e}"
             run.problems += [f"section {sid}: could not be built ({why})" for sid in ids]
-            out = [Section(sid, FALLBACK_TITLES[sid], "", notes=[f"This section could not be built from the stage "
-                                                                 f"outputs ({why})."]) for sid in ids]
+            out = [
+                Section(
+                    sid,
+                    FALLBACK_TITLES[sid],
+                    "",
+                    notes=[f"This section could not be built from the stage outputs ({why})."],
+                )
+                for sid in ids
+            ]
         for s in out if isinstance(out, list) else [out]:
             built[s.id] = s
     return [built[i] for i in ORDER if i in built], extra
@@ -115,10 +163,17 @@ def build_report(run_dir: Path) -> dict[str, Path]:
     counts = {v: sum(c.verdict == v for c in claims) for v in (HELD, NOT_HELD, NOT_MEASURED)}
     verdicts = [v.get("converged") for tr in run.training.values() for v in (tr.get("convergence") or {}).values()]
     converged = {"converged": verdicts.count(True), "of": len(verdicts), "not": verdicts.count(False)}
-    ctx = {"sections": sections, "claims": claims, "counts": counts, "problems": run.problems, "converged": converged,
-           "short_splits": short_splits(run.store),
-           "title": "Reproduction report: Sparse Autoencoders Find Highly Interpretable Features in Language Models",
-           "run_dir": str(run.root), "preset": run.reproduce.get("preset")}
+    ctx = {
+        "sections": sections,
+        "claims": claims,
+        "counts": counts,
+        "problems": run.problems,
+        "converged": converged,
+        "short_splits": short_splits(run.store),
+        "title": "Reproduction report: Sparse Autoencoders Find Highly Interpretable Features in Language Models",
+        "run_dir": str(run.root),
+        "preset": run.reproduce.get("preset"),
+    }
     html = _environment(False).get_template("report.html.j2").render(**ctx, image=lambda f: _data_uri(f.path))
     md = _environment(True).get_template("report.md.j2").render(**ctx, image=lambda f: f"figures/{Path(f.path).name}")
     paths = {"html": out / "report.html", "md": out / "report.md", "results": out / "results.json"}

@@ -8,9 +8,8 @@ Numbers are copied from the stage outputs, never recomputed, so they equal what 
 
 from __future__ import annotations
 
-
 import saex
-from saex.report.collect import SPLICED, Run, main_result, stage_keys, short_splits, store_rows
+from saex.report.collect import SPLICED, Run, main_result, short_splits, stage_keys, store_rows
 from saex.store.files import json_ready
 
 FORMAT = "saex.report.results"
@@ -25,12 +24,20 @@ def main_saes(run: Run) -> dict[str, dict]:
         if r is None:
             continue
         m, sp = r.get("metrics") or {}, r.get("spliced") or {}
-        out[hook] = {"name": r["name"], "kind": r.get("kind"), "alpha": r.get("alpha"), "ratio": r.get("ratio"),
-                     "d_dict": r.get("d_dict"), **{k: m.get(k) for k in MAIN_METRICS},
-                     **{k: sp.get(k) for k in SPLICED},
-                     "provenance": {"store_hash": (r.get("identity") or {}).get("store_hash"),
-                                    "weights_sha256": r.get("weights_sha256"),
-                                    "stage_keys": stage_keys(run, ("harvest", "train", "eval"), hook)}}
+        out[hook] = {
+            "name": r["name"],
+            "kind": r.get("kind"),
+            "alpha": r.get("alpha"),
+            "ratio": r.get("ratio"),
+            "d_dict": r.get("d_dict"),
+            **{k: m.get(k) for k in MAIN_METRICS},
+            **{k: sp.get(k) for k in SPLICED},
+            "provenance": {
+                "store_hash": (r.get("identity") or {}).get("store_hash"),
+                "weights_sha256": r.get("weights_sha256"),
+                "stage_keys": stage_keys(run, ("harvest", "train", "eval"), hook),
+            },
+        }
     return out
 
 
@@ -40,14 +47,20 @@ def autointerp(run: Run) -> dict[str, dict]:
         for hook, data in per_hook.items():
             for m in data["comparison"].get("methods") or []:
                 out.setdefault(scorer, {}).setdefault(hook, {})[m["method"]] = {
-                    "kind": m.get("kind"), "alpha": m.get("alpha"), "ratio": m.get("ratio"),
-                    "considered": m.get("considered"), "scored": m.get("scored"),
+                    "kind": m.get("kind"),
+                    "alpha": m.get("alpha"),
+                    "ratio": m.get("ratio"),
+                    "considered": m.get("considered"),
+                    "scored": m.get("scored"),
                     **{k: m[k] for k in SCORES if k in m},
-                    "provenance": {"weights_sha256": data["hashes"].get(m["method"]),
-                                   "store_hash": ((run.features.get(hook) or {}).get(m["method"]) or {})
-                                   .get("identity", {}).get("store_hash"),
-                                   "stage_keys": stage_keys(run, ("harvest", "train", "baselines", "features",
-                                                                  "interpret"), hook)}}
+                    "provenance": {
+                        "weights_sha256": data["hashes"].get(m["method"]),
+                        "store_hash": ((run.features.get(hook) or {}).get(m["method"]) or {})
+                        .get("identity", {})
+                        .get("store_hash"),
+                        "stage_keys": stage_keys(run, ("harvest", "train", "baselines", "features", "interpret"), hook),
+                    },
+                }
     return out
 
 
@@ -55,18 +68,29 @@ def build_results(run: Run, extra: dict, claims: list[dict]) -> dict:
     """The results.json object; ``extra`` holds what the sections gathered (table1, table2, ioi, case_study)."""
     store = run.store or {}
     model = store.get("model") or run.reproduce.get("model") or {}
-    out = {"format": FORMAT, "format_version": 1, "saex_version": saex.__version__,
-           "run": {"preset": run.reproduce.get("preset"), "config": run.config,
-                   "stage_keys": {n: s.get("key") for n, s in run.stages.items() if isinstance(s, dict)},
-                   "stage_status": {n: s.get("status") for n, s in run.stages.items() if isinstance(s, dict)}},
-           "store": {"model": model.get("name") or run.config.get("model"),
-                     "model_weights_sha256": model.get("weights_sha256"),
-                     "corpus": (store.get("corpus") or {}).get("spec") or run.config.get("corpus"),
-                     "rows": {"train": store_rows(store, "train"), "heldout": store_rows(store, "heldout")},
-                     "short_splits": short_splits(store),
-                     "hashes": store.get("hashes") or {}} if store or run.reproduce else None,
-           "main_sae": main_saes(run),
-           "autointerp": autointerp(run)}
+    out = {
+        "format": FORMAT,
+        "format_version": 1,
+        "saex_version": saex.__version__,
+        "run": {
+            "preset": run.reproduce.get("preset"),
+            "config": run.config,
+            "stage_keys": {n: s.get("key") for n, s in run.stages.items() if isinstance(s, dict)},
+            "stage_status": {n: s.get("status") for n, s in run.stages.items() if isinstance(s, dict)},
+        },
+        "store": {
+            "model": model.get("name") or run.config.get("model"),
+            "model_weights_sha256": model.get("weights_sha256"),
+            "corpus": (store.get("corpus") or {}).get("spec") or run.config.get("corpus"),
+            "rows": {"train": store_rows(store, "train"), "heldout": store_rows(store, "heldout")},
+            "short_splits": short_splits(store),
+            "hashes": store.get("hashes") or {},
+        }
+        if store or run.reproduce
+        else None,
+        "main_sae": main_saes(run),
+        "autointerp": autointerp(run),
+    }
     for key in ("training", "table1", "table2", "ioi", "case_study"):
         out[key] = extra.get(key)
     if out["ioi"]:

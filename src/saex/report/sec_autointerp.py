@@ -54,9 +54,12 @@ def per_layer(run: Run, scorer: str, kind: str, score: str, baselines=BASELINE_K
         for m in ms:
             if m.get("kind") in baselines and m.get("kind") not in base:
                 base[m["kind"]] = m.get(score)
-        out[layer_label(hook)] = {"hook": hook, "sae_method": main["method"] if main else None,
-                                  "sae": main.get(score) if main else None,
-                                  "baselines": dict(sorted(base.items(), key=lambda kv: baselines.index(kv[0])))}
+        out[layer_label(hook)] = {
+            "hook": hook,
+            "sae_method": main["method"] if main else None,
+            "sae": main.get(score) if main else None,
+            "baselines": dict(sorted(base.items(), key=lambda kv: baselines.index(kv[0]))),
+        }
     return out
 
 
@@ -65,8 +68,10 @@ def _absent(run: Run, s: Section, what: str) -> None:
     if not scorers(run):
         not_run(s, what, run.stage_reason("interpret"))
     elif not s.notes:
-        s.notes.append(f"{what}: the stage ran, but no feature of the main SAE could be scored (too few activating "
-                       "fragments per feature for the protocol).")
+        s.notes.append(
+            f"{what}: the stage ran, but no feature of the main SAE could be scored (too few activating "
+            "fragments per feature for the protocol)."
+        )
 
 
 def preset_of(scorer: str) -> str:
@@ -94,15 +99,24 @@ def density_table(run: Run, scorer: str, hook: str) -> Table | None:
     rows = [[b] + [_cell(per[c].get(b)) for c in cols] for b in bins]
     pairs = (dm.get("pairs") or {}).get(sae) if sae else None
     if pairs and bases:
-        rows.append([f"SAE − column at matched density (bins with ≥ {dm.get('min_features')} features each; "
-                     "after the slash, unmatched)", "—"] + [matched_cell(pairs.get(b)) for b in bases])
+        rows.append(
+            [
+                f"SAE − column at matched density (bins with ≥ {dm.get('min_features')} features each; "
+                "after the slash, unmatched)",
+                "—",
+            ]
+            + [matched_cell(pairs.get(b)) for b in bases]
+        )
     score = SCORE_NAMES.get(bd.get("score"), bd.get("score"))
-    return Table(f"{score} by activation density at {hook} ({scorer}): mean ± 95% CI (n features, undefined ones "
-                 "counted as no information). A scorer that rewards activations the current token determines favours "
-                 "dense features (the offline table scores random directions above PCA, ICA and the neurons), so "
-                 "compare methods within a row, at matched density; the matched difference weights each bin by the "
-                 "SAE's features in it.",
-                 ["density (fraction of tokens non-zero)"] + [f"SAE {c}" if c == sae else c for c in cols], rows)
+    return Table(
+        f"{score} by activation density at {hook} ({scorer}): mean ± 95% CI (n features, undefined ones "
+        "counted as no information). A scorer that rewards activations the current token determines favours "
+        "dense features (the offline table scores random directions above PCA, ICA and the neurons), so "
+        "compare methods within a row, at matched density; the matched difference weights each bin by the "
+        "SAE's features in it.",
+        ["density (fraction of tokens non-zero)"] + [f"SAE {c}" if c == sae else c for c in cols],
+        rows,
+    )
 
 
 def _density_tables(run: Run, section: Section, scorer: str, kind: str) -> None:
@@ -116,28 +130,50 @@ def _scored(row: dict) -> bool:
     return (row.get("sae") or {}).get("mean") is not None
 
 
-def _bars(run: Run, fig_dir: Path, section: Section, scorer: str, kind: str, score: str, baselines, claim_key: str,
-          claim_baselines=None) -> dict[str, dict]:
+def _bars(
+    run: Run,
+    fig_dir: Path,
+    section: Section,
+    scorer: str,
+    kind: str,
+    score: str,
+    baselines,
+    claim_key: str,
+    claim_baselines=None,
+) -> dict[str, dict]:
     layers = per_layer(run, scorer, kind, score, baselines)
     if not any(_scored(v) for v in layers.values()):
         where = "MLP" if kind == "mlp" else "residual"
         why = "not run in this reproduction" if not layers else "no feature of the main SAE could be scored"
         section.notes.append(f"{scorer}: no {where} SAE {SCORE_NAMES.get(score, score)} score — {why}.")
         return layers
-    groups = {label: {"SAE": v["sae"] or {}, **{b: s or {} for b, s in v["baselines"].items()}}
-              for label, v in layers.items()}
+    groups = {
+        label: {"SAE": v["sae"] or {}, **{b: s or {} for b, s in v["baselines"].items()}} for label, v in layers.items()
+    }
     name = f"{section.id}_{score}_{_slug(scorer)}.png"
     title = f"{section.title}: {SCORE_NAMES.get(score, score)}, mean ± 95% CI ({scorer})"
     section.figures.append(Figure(title, grouped_bars(groups, fig_dir / name, title, SCORE_NAMES.get(score, score))))
     cols = list(dict.fromkeys(b for v in layers.values() for b in v["baselines"]))
-    section.tables.append(Table(f"{SCORE_NAMES.get(score, score)} scores ({scorer}); mean ± 95% CI (n features) over "
-                                f"every scored feature. {rule(preset_of(scorer))}",
-                                ["layer", "SAE", "SAE score"] + cols,
-                                [[label, v["sae_method"] or "—", _cell(v["sae"])]
-                                 + [_cell(v["baselines"].get(b)) for b in cols] for label, v in layers.items()]))
-    found = C.sae_beats(claim_key, f"Fig. {section.id[3:]}", "sparse-coding features are more interpretable "
-                        "than the baselines", SCORE_NAMES.get(score, score), layers, claim_baselines,
-                        {label: k_source_convergence(run, v["hook"]) for label, v in layers.items()})
+    section.tables.append(
+        Table(
+            f"{SCORE_NAMES.get(score, score)} scores ({scorer}); mean ± 95% CI (n features) over "
+            f"every scored feature. {rule(preset_of(scorer))}",
+            ["layer", "SAE", "SAE score"] + cols,
+            [
+                [label, v["sae_method"] or "—", _cell(v["sae"])] + [_cell(v["baselines"].get(b)) for b in cols]
+                for label, v in layers.items()
+            ],
+        )
+    )
+    found = C.sae_beats(
+        claim_key,
+        f"Fig. {section.id[3:]}",
+        "sparse-coding features are more interpretable than the baselines",
+        SCORE_NAMES.get(score, score),
+        layers,
+        claim_baselines,
+        {label: k_source_convergence(run, v["hook"]) for label, v in layers.items()},
+    )
     for c in found:
         c.scope = scorer
     section.claims += found
@@ -145,12 +181,16 @@ def _bars(run: Run, fig_dir: Path, section: Section, scorer: str, kind: str, sco
 
 
 def table1(run: Run, fig_dir: Path, results: dict) -> Section:
-    s = Section("table1", "Table 1: the first features of the layer-1 residual SAE",
-                "Explanations and top-and-random scores of the first five features of the layer-1 residual "
-                "dictionary (the paper's recalled scores: 0.33, −0.11, 0.55, 0.57, 0.19).")
+    s = Section(
+        "table1",
+        "Table 1: the first features of the layer-1 residual SAE",
+        "Explanations and top-and-random scores of the first five features of the layer-1 residual "
+        "dictionary (the paper's recalled scores: 0.33, −0.11, 0.55, 0.57, 0.19).",
+    )
     resid = [h for h in run.hooks if hook_kind(h) == "resid"]
     hook = next((h for h in resid if hook_layer(h) == 1), None) or next(
-        (h for h in resid if hook_layer(h) == run.config.get("main_layer")), resid[0] if resid else None)
+        (h for h in resid if hook_layer(h) == run.config.get("main_layer")), resid[0] if resid else None
+    )
     for scorer in scorers(run):
         main = main_method(methods(run, scorer, hook), main_target(run, hook)) if hook else None
         if not main:
@@ -158,9 +198,13 @@ def table1(run: Run, fig_dir: Path, results: dict) -> Section:
         first = main.get("first_features") or []
         if not first:
             s.notes.append(f"{scorer}: no feature of {main['method']} could be scored.")
-        s.tables.append(Table(f"{main['method']} at {hook} ({scorer}); score: {primary_score(scorer)}",
-                              ["feature", "explanation", "score"],
-                              [[str(f["feature"]), str(f["explanation"]), fmt(f.get("score"))] for f in first]))
+        s.tables.append(
+            Table(
+                f"{main['method']} at {hook} ({scorer}); score: {primary_score(scorer)}",
+                ["feature", "explanation", "score"],
+                [[str(f["feature"]), str(f["explanation"]), fmt(f.get("score"))] for f in first],
+            )
+        )
         c = C.table1_claim(first)
         c.scope = scorer
         s.claims.append(c)
@@ -173,16 +217,25 @@ def table1(run: Run, fig_dir: Path, results: dict) -> Section:
 
 
 def fig2_9_18(run: Run, fig_dir: Path, results: dict) -> list[Section]:
-    s2 = Section("fig2", "Figure 2: autointerp per residual layer, SAE against baselines",
-                 "Top-and-random scores of 150 features per method, residual layers 0-5 of Pythia-70M: sparse-coding "
-                 "features are far more interpretable than neurons (identity ReLU), random directions, PCA and ICA; "
-                 "the advantage declines through the model.")
-    s9 = Section("fig9", "Figure 9: random-only autointerp scores",
-                 "Random-only scores are significantly smaller than top-and-random scores, but the learned features "
-                 "still consistently outperform the baselines, especially in early layers.")
-    s18 = Section("fig18", "Figure 18: top-k baselines",
-                  "Sparse coding against PCA, top-k PCA, ICA, top-k ICA and identity ReLU: top-k sparsity explains "
-                  "only a small fraction of the improvement.")
+    s2 = Section(
+        "fig2",
+        "Figure 2: autointerp per residual layer, SAE against baselines",
+        "Top-and-random scores of 150 features per method, residual layers 0-5 of Pythia-70M: sparse-coding "
+        "features are far more interpretable than neurons (identity ReLU), random directions, PCA and ICA; "
+        "the advantage declines through the model.",
+    )
+    s9 = Section(
+        "fig9",
+        "Figure 9: random-only autointerp scores",
+        "Random-only scores are significantly smaller than top-and-random scores, but the learned features "
+        "still consistently outperform the baselines, especially in early layers.",
+    )
+    s18 = Section(
+        "fig18",
+        "Figure 18: top-k baselines",
+        "Sparse coding against PCA, top-k PCA, ICA, top-k ICA and identity ReLU: top-k sparsity explains "
+        "only a small fraction of the improvement.",
+    )
     resid = [h for h in run.hooks if hook_kind(h) == "resid"]
     for scorer in scorers(run):
         score = primary_score(scorer)
@@ -195,17 +248,20 @@ def fig2_9_18(run: Run, fig_dir: Path, results: dict) -> list[Section]:
         if score == "top_random":
             rnd = _bars(run, fig_dir, s9, scorer, "resid", "random", FIG2_BASELINES, "fig9")
             if any(_scored(v) for v in rnd.values()):
-                c = C.random_below_top({k: {"top_random": layers[k]["sae"], "random": v["sae"]}
-                                        for k, v in rnd.items() if k in layers})
+                c = C.random_below_top(
+                    {k: {"top_random": layers[k]["sae"], "random": v["sae"]} for k, v in rnd.items() if k in layers}
+                )
                 c.scope = scorer
                 s9.claims.append(c)
         _bars(run, fig_dir, s18, scorer, "resid", score, FIG18_BASELINES, "fig18", ("pca_topk", "ica_topk"))
         _density_tables(run, s2, scorer, "resid")
         for s in (s2, s9, s18):
             s.differences = differences(run, scorer=scorer, hooks=resid) + autointerp_scale(run, scorer, resid)
-    unmeasured = {"fig2": C.sae_beats("fig2", "Fig. 2", s2.paper, "top-and-random", {}) + [C.advantage_declines({})],
-                  "fig9": C.sae_beats("fig9", "Fig. 9", s9.paper, "random-only", {}) + [C.random_below_top({})],
-                  "fig18": C.sae_beats("fig18", "Fig. 18", s18.paper, "top-and-random", {})}
+    unmeasured = {
+        "fig2": C.sae_beats("fig2", "Fig. 2", s2.paper, "top-and-random", {}) + [C.advantage_declines({})],
+        "fig9": C.sae_beats("fig9", "Fig. 9", s9.paper, "random-only", {}) + [C.random_below_top({})],
+        "fig18": C.sae_beats("fig18", "Fig. 18", s18.paper, "top-and-random", {}),
+    }
     for s in (s2, s9, s18):
         if not s.figures:
             s.claims = s.claims or unmeasured[s.id]
@@ -214,9 +270,11 @@ def fig2_9_18(run: Run, fig_dir: Path, results: dict) -> list[Section]:
 
 
 def fig8(run: Run, fig_dir: Path, results: dict) -> Section:
-    s = Section("fig8", "Figure 8: autointerp against dictionary size R",
-                "At α = 8.6e-4, interpretability gains hold even for R < 1; larger dictionaries explain more of the "
-                "variance.")
+    s = Section(
+        "fig8",
+        "Figure 8: autointerp against dictionary size R",
+        "At α = 8.6e-4, interpretability gains hold even for R < 1; larger dictionaries explain more of the variance.",
+    )
     resid = [h for h in run.hooks if hook_kind(h) == "resid"]
     for scorer in scorers(run):
         score = primary_score(scorer)
@@ -224,28 +282,41 @@ def fig8(run: Run, fig_dir: Path, results: dict) -> Section:
         for hook in resid:
             t = main_target(run, hook)
             ms = methods(run, scorer, hook)
-            by_r = {f"{m['ratio']:g}": m.get(score) or {} for m in ms
-                    if is_sae(m) and same_alpha(m["alpha"], t["alpha"])}
-            base = [m[score]["mean"] for m in ms if m.get("kind") in BASELINE_KINDS and (m.get(score) or {}).get("mean")
-                    is not None]
+            by_r = {
+                f"{m['ratio']:g}": m.get(score) or {} for m in ms if is_sae(m) and same_alpha(m["alpha"], t["alpha"])
+            }
+            base = [
+                m[score]["mean"]
+                for m in ms
+                if m.get("kind") in BASELINE_KINDS and (m.get(score) or {}).get("mean") is not None
+            ]
             if by_r:
                 series[layer_label(hook)] = by_r
-                layers[layer_label(hook)] = {"by_ratio": {float(r): v for r, v in by_r.items()},
-                                             "baselines": {m["kind"]: m.get(score) for m in ms
-                                                           if m.get("kind") in BASELINE_KINDS}}
+                layers[layer_label(hook)] = {
+                    "by_ratio": {float(r): v for r, v in by_r.items()},
+                    "baselines": {m["kind"]: m.get(score) for m in ms if m.get("kind") in BASELINE_KINDS},
+                }
                 if base:
                     best[layer_label(hook)] = max(base)
         if not series:
             continue
         title = f"{SCORE_NAMES[score]} against R at the main α ({scorer})"
-        s.figures.append(Figure(title, score_vs_ratio(series, best, fig_dir / f"fig8_{_slug(scorer)}.png", title,
-                                                      SCORE_NAMES[score])))
+        s.figures.append(
+            Figure(
+                title, score_vs_ratio(series, best, fig_dir / f"fig8_{_slug(scorer)}.png", title, SCORE_NAMES[score])
+            )
+        )
         rs = sorted({r for v in series.values() for r in v}, key=float)
-        s.tables.append(Table(title, ["layer"] + [f"R={r}" for r in rs] + ["best baseline"],
-                              [[label] + [_cell(v.get(r)) for r in rs] + [fmt(best.get(label))]
-                               for label, v in series.items()]))
-        c = C.small_dictionaries(layers, {label: k_source_convergence(run, h) for h in resid
-                                          if (label := layer_label(h)) in layers})
+        s.tables.append(
+            Table(
+                title,
+                ["layer"] + [f"R={r}" for r in rs] + ["best baseline"],
+                [[label] + [_cell(v.get(r)) for r in rs] + [fmt(best.get(label))] for label, v in series.items()],
+            )
+        )
+        c = C.small_dictionaries(
+            layers, {label: k_source_convergence(run, h) for h in resid if (label := layer_label(h)) in layers}
+        )
         c.scope = scorer
         s.claims.append(c)
         s.differences = differences(run, scorer=scorer, hooks=resid) + autointerp_scale(run, scorer, resid)
@@ -255,14 +326,22 @@ def fig8(run: Run, fig_dir: Path, results: dict) -> Section:
     fvu = {}
     for hook in resid:
         t = main_target(run, hook)
-        pts = {float(r["ratio"]): r["metrics"]["fvu"] for r in (run.eval.get(hook) or {}).get("results") or []
-               if is_sae(r) and same_alpha(r["alpha"], t["alpha"])}
+        pts = {
+            float(r["ratio"]): r["metrics"]["fvu"]
+            for r in (run.eval.get(hook) or {}).get("results") or []
+            if is_sae(r) and same_alpha(r["alpha"], t["alpha"])
+        }
         if pts:
             fvu[layer_label(hook)] = pts
     if fvu:
         rs = sorted({r for v in fvu.values() for r in v})
-        s.tables.append(Table("FVU of the SAEs at the main α (saex eval)", ["layer"] + [f"R={r:g}" for r in rs],
-                              [[k] + [fmt(v.get(r), "{:.4f}") for r in rs] for k, v in fvu.items()]))
+        s.tables.append(
+            Table(
+                "FVU of the SAEs at the main α (saex eval)",
+                ["layer"] + [f"R={r:g}" for r in rs],
+                [[k] + [fmt(v.get(r), "{:.4f}") for r in rs] for k, v in fvu.items()],
+            )
+        )
         s.claims.append(C.fvu_falls_with_ratio(fvu))
     if not fvu:
         s.claims.append(C.fvu_falls_with_ratio({}))
@@ -271,12 +350,15 @@ def fig8(run: Run, fig_dir: Path, results: dict) -> Section:
 
 
 def fig10(run: Run, fig_dir: Path, results: dict) -> Section:
-    s = Section("fig10", "Figure 10: autointerp of MLP dictionaries",
-                "Top-and-random and random-only scores per MLP layer (untied, α = 3.2e-4, R = 1): many features are "
-                "more interpretable than the neurons, but many are dead.")
+    s = Section(
+        "fig10",
+        "Figure 10: autointerp of MLP dictionaries",
+        "Top-and-random and random-only scores per MLP layer (untied, α = 3.2e-4, R = 1): many features are "
+        "more interpretable than the neurons, but many are dead.",
+    )
     mlp = [h for h in run.hooks if hook_kind(h) == "mlp"]
     for scorer in scorers(run):
-        for score in ((primary_score(scorer), "random") if primary_score(scorer) == "top_random" else ("auroc",)):
+        for score in (primary_score(scorer), "random") if primary_score(scorer) == "top_random" else ("auroc",):
             _bars(run, fig_dir, s, scorer, "mlp", score, BASELINE_KINDS, f"fig10_{score}", ("neurons",))
         _density_tables(run, s, scorer, "mlp")
         s.differences = differences(run, scorer=scorer, hooks=mlp) + autointerp_scale(run, scorer, mlp)
@@ -289,9 +371,12 @@ def fig10(run: Run, fig_dir: Path, results: dict) -> Section:
 def table2(run: Run, fig_dir: Path, results: dict) -> Section:
     from saex.interpret.run import moment_correlations
 
-    s = Section("table2", "Table 2: autointerp score against activation skew and kurtosis",
-                "The top-and-random score correlates with the positive skew (r = 0.19) and kurtosis (r = 0.24) of "
-                "feature activations (pooled over tied SAEs R ∈ {0.5, 1, 2, 4}, α = 8.6e-4, layers 0-5).")
+    s = Section(
+        "table2",
+        "Table 2: autointerp score against activation skew and kurtosis",
+        "The top-and-random score correlates with the positive skew (r = 0.19) and kurtosis (r = 0.24) of "
+        "feature activations (pooled over tied SAEs R ∈ {0.5, 1, 2, 4}, α = 8.6e-4, layers 0-5).",
+    )
     resid = [h for h in run.hooks if hook_kind(h) == "resid"]
     for scorer in scorers(run):
         preset = preset_of(scorer)
@@ -308,15 +393,34 @@ def table2(run: Run, fig_dir: Path, results: dict) -> Section:
         if not per_hook:
             continue
         corr = moment_correlations(pooled, preset)
-        rows = [["SAEs at the main α, pooled over residual hooks", fmt(corr["skew"]["r"]), fmt(corr["kurtosis"]["r"]),
-                 str(corr["skew"]["n"]), str(corr["skew"]["undefined"])]]
-        rows += [[f"every method at {h}", fmt((v.get("skew") or {}).get("r")), fmt((v.get("kurtosis") or {}).get("r")),
-                  str((v.get("skew") or {}).get("n", "—")), str((v.get("skew") or {}).get("undefined", "—"))]
-                 for h, v in per_hook.items()]
-        s.tables.append(Table(f"Pearson r with the {corr['skew']['score']} score ({scorer}) over the features whose "
-                              "score is defined (unlike the means, an undefined score is left out, not counted as "
-                              "0); the paper: skew 0.19, kurtosis 0.24",
-                              ["features", "r (skew)", "r (kurtosis)", "n", "undefined (left out)"], rows))
+        rows = [
+            [
+                "SAEs at the main α, pooled over residual hooks",
+                fmt(corr["skew"]["r"]),
+                fmt(corr["kurtosis"]["r"]),
+                str(corr["skew"]["n"]),
+                str(corr["skew"]["undefined"]),
+            ]
+        ]
+        rows += [
+            [
+                f"every method at {h}",
+                fmt((v.get("skew") or {}).get("r")),
+                fmt((v.get("kurtosis") or {}).get("r")),
+                str((v.get("skew") or {}).get("n", "—")),
+                str((v.get("skew") or {}).get("undefined", "—")),
+            ]
+            for h, v in per_hook.items()
+        ]
+        s.tables.append(
+            Table(
+                f"Pearson r with the {corr['skew']['score']} score ({scorer}) over the features whose "
+                "score is defined (unlike the means, an undefined score is left out, not counted as "
+                "0); the paper: skew 0.19, kurtosis 0.24",
+                ["features", "r (skew)", "r (kurtosis)", "n", "undefined (left out)"],
+                rows,
+            )
+        )
         for c in C.table2_claims(corr):
             c.scope = scorer
             s.claims.append(c)

@@ -32,10 +32,15 @@ def describe_model(name: str) -> dict:
     for _ in range(8):
         a @ a
     gflops = 8 * 2 * 1024**3 / (time.perf_counter() - t0) / 1e9
-    return {"name": name, "n_layers": hooked.n_layers, "d_model": hooked.d_model, "d_mlp": hooked.d_mlp,
-            "vocab": model.config.vocab_size,
-            "params_per_layer": sum(p.numel() for p in hooked.blocks[0].parameters()),
-            "gflops": round(gflops, 1)}
+    return {
+        "name": name,
+        "n_layers": hooked.n_layers,
+        "d_model": hooked.d_model,
+        "d_mlp": hooked.d_mlp,
+        "vocab": model.config.vocab_size,
+        "params_per_layer": sum(p.numel() for p in hooked.blocks[0].parameters()),
+        "gflops": round(gflops, 1),
+    }
 
 
 def resid_hook(layer: int) -> str:
@@ -53,8 +58,12 @@ def member(folder: Path, ratio: float, alpha: float) -> Path:
     for cfg_path in sorted(folder.glob("*/cfg.json")):
         meta = json.loads(cfg_path.read_text()).get("metadata", {})
         found.append((meta.get("ratio"), meta.get("alpha")))
-        if (meta.get("ratio") is not None and math.isclose(meta["ratio"], ratio, rel_tol=1e-6)
-                and meta.get("alpha") is not None and math.isclose(meta["alpha"], alpha, rel_tol=1e-6)):
+        if (
+            meta.get("ratio") is not None
+            and math.isclose(meta["ratio"], ratio, rel_tol=1e-6)
+            and meta.get("alpha") is not None
+            and math.isclose(meta["alpha"], alpha, rel_tol=1e-6)
+        ):
             return cfg_path.parent
     raise SaexError(f"no dictionary with R={ratio:g}, α={alpha:g} in {folder}; it has (R, α) = {found}")
 
@@ -91,19 +100,36 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
 
     def add(name, folder, inputs, make, run, optional=False, soft=()):
         """``make()`` builds the saex config dataclass; the key sees it with run-folder paths made relative."""
-        stages.append(Stage(name, folder, tuple(inputs), lambda: _rel(stage_config(make()), root),
-                            lambda c: run(_abs(c, root)), optional, tuple(soft)))
+        stages.append(
+            Stage(
+                name,
+                folder,
+                tuple(inputs),
+                lambda: _rel(stage_config(make()), root),
+                lambda c: run(_abs(c, root)),
+                optional,
+                tuple(soft),
+            )
+        )
 
     def sweep(hook: str) -> dict:
         """What trains at a hook; its α come from the hook's calibration (read when the stage is reached)."""
         kind = "mlp" if hook.endswith("mlp.hook_post") else "resid"
-        ratios = plan["ratios_mlp"] if kind == "mlp" else (plan["ratios_resid"] if hook == main else [plan["main_ratio"]])
+        ratios = (
+            plan["ratios_mlp"] if kind == "mlp" else (plan["ratios_resid"] if hook == main else [plan["main_ratio"]])
+        )
         main_target = plan[f"main_target_l0_{kind}"]
         targets = sorted(set(sweep_targets(plan, kind, hook_layer(hook))) | {main_target})
-        return {"arch": "untied_l1" if kind == "mlp" else "tied_l1", "ratios": ratios, "targets": targets,
-                "main_target": main_target, "extra_alphas": plan[f"extra_alphas_{kind}"],
-                "grid": plan[f"calibration_grid_{kind}"], "calibrated_at": calibrated_at(hook),
-                "main_ratio": plan["main_ratio_mlp"] if kind == "mlp" else plan["main_ratio"]}
+        return {
+            "arch": "untied_l1" if kind == "mlp" else "tied_l1",
+            "ratios": ratios,
+            "targets": targets,
+            "main_target": main_target,
+            "extra_alphas": plan[f"extra_alphas_{kind}"],
+            "grid": plan[f"calibration_grid_{kind}"],
+            "calibrated_at": calibrated_at(hook),
+            "main_ratio": plan["main_ratio_mlp"] if kind == "mlp" else plan["main_ratio"],
+        }
 
     def calibrated_at(hook: str) -> str:
         """The hook whose calibration gives this hook its α: itself, or for a residual hook when the plan
@@ -123,68 +149,139 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
     def main_dict(hook: str) -> Path:
         return member(root / "dicts" / hook, sweep(hook)["main_ratio"], alphas(hook)[1])
 
-    add("harvest", "acts", (),
-        lambda: HarvestConfig(out=str(acts), model=cfg.model, corpus=plan["corpus"], hooks=",".join(hooks),
-                              tokens=plan["tokens"], heldout_tokens=plan["heldout_tokens"],
-                              heldout_fraction=plan["heldout_fraction"],
-                              context_length=plan["context_length"]),
-        lambda c: harvest(HarvestConfig(**c), progress=progress))
+    add(
+        "harvest",
+        "acts",
+        (),
+        lambda: HarvestConfig(
+            out=str(acts),
+            model=cfg.model,
+            corpus=plan["corpus"],
+            hooks=",".join(hooks),
+            tokens=plan["tokens"],
+            heldout_tokens=plan["heldout_tokens"],
+            heldout_fraction=plan["heldout_fraction"],
+            context_length=plan["context_length"],
+        ),
+        lambda c: harvest(HarvestConfig(**c), progress=progress),
+    )
     for hook in [h for h in hooks if sweep(h)["calibrated_at"] == h]:
         # α for the target L0s of every hook calibrated here (saex calibrate: the training's steps, R = 1)
         targets = sorted({t for h in hooks if sweep(h)["calibrated_at"] == hook for t in sweep(h)["targets"]})
         s = sweep(hook)
-        add(f"calibrate:{hook}", f"calibrate/{hook}", ("harvest",),
+        add(
+            f"calibrate:{hook}",
+            f"calibrate/{hook}",
+            ("harvest",),
             lambda hook=hook, s=s, targets=targets: CalibrateConfig(
-                acts=str(acts), hook=hook, out=str(root / "calibrate" / hook),
-                target_l0=",".join(f"{t:g}" for t in targets), grid=",".join(f"{a:g}" for a in s["grid"]),
-                arch=s["arch"], ratio=plan["calibration_ratio"], steps=plan["train_steps"],
-                batch_size=plan["calibration_batch"], eval_tokens=4096),
-            lambda c: calibrate(CalibrateConfig(**c), progress=progress))
+                acts=str(acts),
+                hook=hook,
+                out=str(root / "calibrate" / hook),
+                target_l0=",".join(f"{t:g}" for t in targets),
+                grid=",".join(f"{a:g}" for a in s["grid"]),
+                arch=s["arch"],
+                ratio=plan["calibration_ratio"],
+                steps=plan["train_steps"],
+                batch_size=plan["calibration_batch"],
+                eval_tokens=4096,
+            ),
+            lambda c: calibrate(CalibrateConfig(**c), progress=progress),
+        )
     for hook in hooks:
         s = sweep(hook)
-        add(f"train:{hook}", f"dicts/{hook}", ("harvest", f"calibrate:{s['calibrated_at']}"),
+        add(
+            f"train:{hook}",
+            f"dicts/{hook}",
+            ("harvest", f"calibrate:{s['calibrated_at']}"),
             lambda hook=hook, s=s: TrainConfig(
-                acts=str(acts), hook=hook, out=str(root / "dicts" / hook), arch=s["arch"],
-                ratio=",".join(f"{r:g}" for r in s["ratios"]), alpha=",".join(f"{a:g}" for a in alphas(hook)[0]),
-                steps=plan["train_steps"], batch_size=plan["train_batch"], normalize="mean_norm", eval_tokens=4096),
-            lambda c: train(TrainConfig(**c), progress=progress))
+                acts=str(acts),
+                hook=hook,
+                out=str(root / "dicts" / hook),
+                arch=s["arch"],
+                ratio=",".join(f"{r:g}" for r in s["ratios"]),
+                alpha=",".join(f"{a:g}" for a in alphas(hook)[0]),
+                steps=plan["train_steps"],
+                batch_size=plan["train_batch"],
+                normalize="mean_norm",
+                eval_tokens=4096,
+            ),
+            lambda c: train(TrainConfig(**c), progress=progress),
+        )
     for hook in hooks:
         mlp = hook.endswith("mlp.hook_post")
         # Fig. 10 compares MLP dictionaries with the MLP's own neurons; the residual stream gets every
         # baseline of Fig. 2 / Fig. 18.
         kinds = "neurons,random" if mlp else "neurons,random,pca,pca_topk,ica,ica_topk"
-        add(f"baselines:{hook}", f"baselines/{hook}", ("harvest", f"train:{hook}"),
+        add(
+            f"baselines:{hook}",
+            f"baselines/{hook}",
+            ("harvest", f"train:{hook}"),
             lambda hook=hook, kinds=kinds: BaselinesConfig(
-                acts=str(acts), hook=hook, kinds=kinds, out=str(root / "baselines" / hook),
-                k_from=None if "topk" not in kinds else str(main_dict(hook)), ica_rows=plan["ica_rows"],
-                ica_max_iter=plan["ica_max_iter"]),
-            lambda c: build_baselines(BaselinesConfig(**c), progress=progress))
+                acts=str(acts),
+                hook=hook,
+                kinds=kinds,
+                out=str(root / "baselines" / hook),
+                k_from=None if "topk" not in kinds else str(main_dict(hook)),
+                ica_rows=plan["ica_rows"],
+                ica_max_iter=plan["ica_max_iter"],
+            ),
+            lambda c: build_baselines(BaselinesConfig(**c), progress=progress),
+        )
     for hook in hooks:
-        add(f"eval:{hook}", f"eval/{hook}", ("harvest", f"train:{hook}", f"baselines:{hook}"),
+        add(
+            f"eval:{hook}",
+            f"eval/{hook}",
+            ("harvest", f"train:{hook}", f"baselines:{hook}"),
             lambda hook=hook: EvalConfig(
-                acts=str(acts), dicts=f"{root / 'dicts' / hook},{root / 'baselines' / hook}",
-                out=str(root / "eval" / hook), tokens=plan["eval_tokens"] or None,
-                contexts=plan["eval_contexts"], reference=str(main_dict(hook)), model=cfg.model),
-            lambda c: evaluate_dictionaries(EvalConfig(**c), progress=progress))
+                acts=str(acts),
+                dicts=f"{root / 'dicts' / hook},{root / 'baselines' / hook}",
+                out=str(root / "eval" / hook),
+                tokens=plan["eval_tokens"] or None,
+                contexts=plan["eval_contexts"],
+                reference=str(main_dict(hook)),
+                model=cfg.model,
+            ),
+            lambda c: evaluate_dictionaries(EvalConfig(**c), progress=progress),
+        )
     for hook in hooks:
+
         def features_cfg(hook=hook):
             s = sweep(hook)
             # The main dictionary, and at the main layer every R at the main α (the Fig. 8 series).
             chosen = [member(root / "dicts" / hook, r, alphas(hook)[1]) for r in s["ratios"]]
             chosen = [main_dict(hook)] + [p for p in chosen if p != main_dict(hook)]
-            return FeaturesConfig(acts=str(acts), dicts=",".join(map(str, chosen + [root / "baselines" / hook])),
-                                  out=str(root / "features" / hook), fragments=plan["fragments"],
-                                  fragment_length=plan["fragment_length"], model=cfg.model)
+            return FeaturesConfig(
+                acts=str(acts),
+                dicts=",".join(map(str, chosen + [root / "baselines" / hook])),
+                out=str(root / "features" / hook),
+                fragments=plan["fragments"],
+                fragment_length=plan["fragment_length"],
+                model=cfg.model,
+            )
 
-        add(f"features:{hook}", f"features/{hook}", ("harvest", f"train:{hook}", f"baselines:{hook}"),
-            features_cfg, lambda c: build_features(FeaturesConfig(**c), progress=progress))
+        add(
+            f"features:{hook}",
+            f"features/{hook}",
+            ("harvest", f"train:{hook}", f"baselines:{hook}"),
+            features_cfg,
+            lambda c: build_features(FeaturesConfig(**c), progress=progress),
+        )
     for hook in hooks:
-        add(f"interpret:{hook}", f"interpret/{hook}", (f"features:{hook}",),
+        add(
+            f"interpret:{hook}",
+            f"interpret/{hook}",
+            (f"features:{hook}",),
             lambda hook=hook: InterpretConfig(
-                features=str(root / "features" / hook), out=str(root / "interpret" / hook), backend=cfg.backend,
-                n_features=plan["interpret_features"], model=cfg.llm_model, base_url=cfg.base_url,
-                api_key_env=cfg.api_key_env),
-            lambda c: interpret(InterpretConfig(**c), progress=progress))
+                features=str(root / "features" / hook),
+                out=str(root / "interpret" / hook),
+                backend=cfg.backend,
+                n_features=plan["interpret_features"],
+                model=cfg.llm_model,
+                base_url=cfg.base_url,
+                api_key_env=cfg.api_key_env,
+            ),
+            lambda c: interpret(InterpretConfig(**c), progress=progress),
+        )
 
     ioi_hook = resid_hook(plan["ioi_layer"])
 
@@ -192,12 +289,25 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
         # Fig. 3: the α sweep at the main R, against PCA.
         s = sweep(ioi_hook)
         dicts = [member(root / "dicts" / ioi_hook, s["main_ratio"], a) for a in alphas(ioi_hook)[0]]
-        return IOIConfig(model=cfg.model, dicts=",".join(map(str, dicts)), layers=str(plan["ioi_layer"]),
-                         baselines="pca", acts=str(acts), prompts=plan["ioi_prompts"], mode=plan["ioi_mode"],
-                         out=str(root / "ioi"))
+        return IOIConfig(
+            model=cfg.model,
+            dicts=",".join(map(str, dicts)),
+            layers=str(plan["ioi_layer"]),
+            baselines="pca",
+            acts=str(acts),
+            prompts=plan["ioi_prompts"],
+            mode=plan["ioi_mode"],
+            out=str(root / "ioi"),
+        )
 
-    add("ioi", "ioi", ("harvest", f"train:{ioi_hook}"), ioi_cfg,
-        lambda c: run_ioi(IOIConfig(**c), progress=progress), optional=True)
+    add(
+        "ioi",
+        "ioi",
+        ("harvest", f"train:{ioi_hook}"),
+        ioi_cfg,
+        lambda c: run_ioi(IOIConfig(**c), progress=progress),
+        optional=True,
+    )
     _late_stages(cfg, plan, root, progress, main, main_dict, add, stages)
     return stages
 
@@ -210,20 +320,41 @@ def _late_stages(cfg, plan, root, progress, main, main_dict, add, stages) -> Non
 
     # one upstream dictionary per level of the circuit, nearest first
     upstream = [resid_hook(plan["main_layer"] - i) for i in range(1, plan["circuit_depth"] + 1)]
-    add("case_study", "case_studies", ("harvest", f"train:{main}", *(f"train:{h}" for h in upstream),
-                                       f"features:{main}"),
-        lambda: CaseStudyConfig(acts=str(root / "acts"), dict=str(main_dict(main)),
-                                features_index=str(root / "features" / main),
-                                upstream=",".join(str(main_dict(h)) for h in upstream), depth=plan["circuit_depth"],
-                                top=plan["case_top"], max_density=plan["case_max_density"], model=cfg.model,
-                                out=str(root / "case_studies")),
-        lambda c: run_case_study(CaseStudyConfig(**c), progress=progress), optional=True)
+    add(
+        "case_study",
+        "case_studies",
+        ("harvest", f"train:{main}", *(f"train:{h}" for h in upstream), f"features:{main}"),
+        lambda: CaseStudyConfig(
+            acts=str(root / "acts"),
+            dict=str(main_dict(main)),
+            features_index=str(root / "features" / main),
+            upstream=",".join(str(main_dict(h)) for h in upstream),
+            depth=plan["circuit_depth"],
+            top=plan["case_top"],
+            max_density=plan["case_max_density"],
+            model=cfg.model,
+            out=str(root / "case_studies"),
+        ),
+        lambda c: run_case_study(CaseStudyConfig(**c), progress=progress),
+        optional=True,
+    )
     case = root / "case_studies"
-    add("dashboard", "dashboard", (f"features:{main}", f"interpret:{main}"),
-        lambda: DashboardConfig(features=str(root / "features" / main), dict=main_dict(main).name,
-                                interpret=str(root / "interpret" / main), out=str(root / "dashboard"),
-                                limit=plan["dashboard_features"] or None, model=cfg.model,
-                                case_study=str(case) if (case / "case_study.json").exists() else None),
-        lambda c: build_dashboard(DashboardConfig(**c), progress=progress), optional=True, soft=("case_study",))
+    add(
+        "dashboard",
+        "dashboard",
+        (f"features:{main}", f"interpret:{main}"),
+        lambda: DashboardConfig(
+            features=str(root / "features" / main),
+            dict=main_dict(main).name,
+            interpret=str(root / "interpret" / main),
+            out=str(root / "dashboard"),
+            limit=plan["dashboard_features"] or None,
+            model=cfg.model,
+            case_study=str(case) if (case / "case_study.json").exists() else None,
+        ),
+        lambda c: build_dashboard(DashboardConfig(**c), progress=progress),
+        optional=True,
+        soft=("case_study",),
+    )
     soft = tuple(s.name for s in stages) + ("case_study", "dashboard")
     add("report", "report", (), lambda: {"run": "$OUT"}, lambda c: build_report(root), soft=soft)

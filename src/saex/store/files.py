@@ -137,5 +137,7 @@ def check_same_identity(out: Path, saved: dict, asked: dict, what: str, holder: 
     differ = sorted(k for k in asked.keys() | saved.keys() if asked.get(k) != saved.get(k))
     if differ:
         details = "; ".join(f"{k}: {holder} has {saved.get(k)!r}, asked {asked.get(k)!r}" for k in differ)
-        raise SaexError(f"output folder {out} holds a different {what} ({details}). "
-                        "Choose another --out, or delete that folder to start over.")
+        raise SaexError(
+            f"output folder {out} holds a different {what} ({details}). "
+            "Choose another --out, or delete that folder to start over."
+        )

@@ -94,7 +94,7 @@ class RowFilter:
     max_norm_ratio: float = 20.0
 
     @classmethod
-    def of(cls, cfg: RowOptions) -> "RowFilter":
+    def of(cls, cfg: RowOptions) -> RowFilter:
         """The filter a stage's config names."""
         return cls(cfg.exclude_first, cfg.exclude_special_tokens, cfg.max_norm_ratio)
 
@@ -104,8 +104,10 @@ class RowFilter:
 
     def check(self, context_length: int) -> None:
         if not 0 <= self.exclude_first < context_length:
-            raise SaexError(f"--exclude-first must be in 0..{context_length - 1} (the store's context length is "
-                            f"{context_length}), got {self.exclude_first}")
+            raise SaexError(
+                f"--exclude-first must be in 0..{context_length - 1} (the store's context length is "
+                f"{context_length}), got {self.exclude_first}"
+            )
         if not (math.isfinite(self.max_norm_ratio) and (self.max_norm_ratio == 0 or self.max_norm_ratio > 1)):
             raise SaexError(f"--max-norm-ratio must be 0 (off) or a number above 1, got {self.max_norm_ratio}")
 
@@ -114,7 +116,7 @@ class RowFilter:
         r % T of context r // T); ``ActivationStore.keep_mask`` adds the norm limit."""
         C, T = tokens_CT.shape
         keep_CT = torch.ones(C, T, dtype=torch.bool)
-        keep_CT[:, :self.exclude_first] = False
+        keep_CT[:, : self.exclude_first] = False
         if self.exclude_special_tokens and special_ids:
             keep_CT &= ~torch.isin(tokens_CT, torch.tensor(special_ids, dtype=tokens_CT.dtype))
         return keep_CT.reshape(-1)
@@ -135,7 +137,7 @@ def _stamp(path: Path, sha256: str) -> tuple:
     return str(path.resolve()), st.st_size, st.st_mtime_ns, sha256
 
 
-def store_hash(store: "ActivationStore", hook: str) -> str:
+def store_hash(store: ActivationStore, hook: str) -> str:
     """Content hash of what a stage reads at one hook: the store's identity and its shards' checksums."""
     h = hashlib.sha256(json.dumps(store.manifest["identity"], sort_keys=True).encode())
     h.update(hook.encode())
@@ -157,8 +159,10 @@ class ActivationStore:
         if self.manifest.get("format") != FORMAT:
             raise SaexError(f"{mpath} is not a saex activation-store manifest")
         if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise SaexError(f"{mpath} has store format version {self.manifest.get('format_version')}; "
-                            f"this saex reads version {FORMAT_VERSION}")
+            raise SaexError(
+                f"{mpath} has store format version {self.manifest.get('format_version')}; "
+                f"this saex reads version {FORMAT_VERSION}"
+            )
         self.verify = verify
         self._median_norms: dict[tuple, float] = {}
         self.context_length: int = self.manifest["packing"]["context_length"]
@@ -203,8 +207,9 @@ class ActivationStore:
             self._median_norms[key] = float(n_N.median()) if len(n_N) else math.inf
         return rows.max_norm_ratio * self._median_norms[key]
 
-    def keep_mask(self, split: str, index: int, rows: RowFilter, hook: str,
-                  x_ND: torch.Tensor | None = None) -> torch.Tensor:
+    def keep_mask(
+        self, split: str, index: int, rows: RowFilter, hook: str, x_ND: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Bool ``[rows of the shard]``: which rows of one shard ``rows`` keeps at ``hook`` (the norm limit
         reads the shard's activations: pass them as ``x_ND`` when they are loaded already)."""
         if not rows.active:
@@ -216,8 +221,9 @@ class ActivationStore:
             keep &= within_norm(x_ND, limit)
         return keep
 
-    def load_kept(self, split: str, index: int, hook: str, rows: RowFilter,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def load_kept(
+        self, split: str, index: int, hook: str, rows: RowFilter, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """The rows of one shard that ``rows`` keeps at ``hook``, ``[kept, width]``."""
         x = self.load_shard(split, index, hook, dtype)
         return x[self.keep_mask(split, index, rows, hook, x)]
@@ -244,8 +250,10 @@ class ActivationStore:
         if not path.is_file():
             raise SaexError(f"shard {path} is missing; re-run the same `saex harvest` to rebuild it")
         if path.stat().st_size != entry["bytes"]:
-            raise SaexError(f"shard {path} is truncated or corrupted: {path.stat().st_size} bytes, the manifest "
-                            f"says {entry['bytes']}; re-run the same `saex harvest` to rebuild it")
+            raise SaexError(
+                f"shard {path} is truncated or corrupted: {path.stat().st_size} bytes, the manifest "
+                f"says {entry['bytes']}; re-run the same `saex harvest` to rebuild it"
+            )
         stamp = _stamp(path, entry["sha256"])
         if self.verify and stamp not in _VERIFIED:
             digest = sha256_path(path)
@@ -310,9 +318,19 @@ class ActivationStore:
         return out
 
     # -- training stream -----------------------------------------------------------------------------
-    def batches(self, split: str, hook: str, batch_size: int, seed: int = 0, epoch: int = 0,
-                shards_in_buffer: int = 4, skip_batches: int = 0, drop_last: bool = True,
-                dtype: torch.dtype = torch.float32, rows: RowFilter = ALL_ROWS) -> Iterator[torch.Tensor]:
+    def batches(
+        self,
+        split: str,
+        hook: str,
+        batch_size: int,
+        seed: int = 0,
+        epoch: int = 0,
+        shards_in_buffer: int = 4,
+        skip_batches: int = 0,
+        drop_last: bool = True,
+        dtype: torch.dtype = torch.float32,
+        rows: RowFilter = ALL_ROWS,
+    ) -> Iterator[torch.Tensor]:
         """One shuffled pass over a split, deterministic in ``(seed, epoch)``.
 
         Shards are visited in a seeded order, ``shards_in_buffer`` at a time; the rows of a buffer (those
@@ -331,7 +349,7 @@ class ActivationStore:
             raise SaexError(f"split {split!r} of {self.path} has no rows")
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(shards))
-        groups = [order[i:i + shards_in_buffer] for i in range(0, len(order), shards_in_buffer)]
+        groups = [order[i : i + shards_in_buffer] for i in range(0, len(order), shards_in_buffer)]
         # Each buffer's leftover rows (fewer than a batch) are dropped rather than carried into the next
         # buffer: then a buffer's batches depend on it alone, and resuming can skip buffers unread.
         # A different permutation each epoch drops different rows.
@@ -350,5 +368,5 @@ class ActivationStore:
             gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, g]).integers(2**62)))
             buf = buf[torch.randperm(len(buf), generator=gen)]
             for b in range(skip_batches, n_batches):
-                yield buf[b * batch_size:(b + 1) * batch_size]
+                yield buf[b * batch_size : (b + 1) * batch_size]
             skip_batches = 0

@@ -104,31 +104,56 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> Path:
     if cfg.arch not in ("tied_l1", "untied_l1"):
         raise SaexError(f"--arch {cfg.arch!r} has no α to calibrate; allowed: tied_l1, untied_l1")
     out = Path(cfg.out)
-    sweep = TrainConfig(acts=cfg.acts, hook=cfg.hook, out=str(out / "sweep"), arch=cfg.arch, ratio=f"{cfg.ratio:g}",
-                        alpha=",".join(f"{a:g}" for a in grid), steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                        decay_fraction=cfg.decay_fraction, normalize=cfg.normalize, decoder_bias=cfg.decoder_bias,
-                        eval_tokens=cfg.eval_tokens, eval_every=cfg.steps, seed=cfg.seed, **row_options(cfg))
+    sweep = TrainConfig(
+        acts=cfg.acts,
+        hook=cfg.hook,
+        out=str(out / "sweep"),
+        arch=cfg.arch,
+        ratio=f"{cfg.ratio:g}",
+        alpha=",".join(f"{a:g}" for a in grid),
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        decay_fraction=cfg.decay_fraction,
+        normalize=cfg.normalize,
+        decoder_bias=cfg.decoder_bias,
+        eval_tokens=cfg.eval_tokens,
+        eval_every=cfg.steps,
+        seed=cfg.seed,
+        **row_options(cfg),
+    )
     train(sweep, progress=progress)
     run = json.loads((out / "sweep" / "run.json").read_text())
     final = {row["dictionary"]: row for row in read_jsonl(out / "sweep" / METRICS) if row.get("step") == cfg.steps}
-    measured = [{"alpha": m["alpha"], "l0": final[m["name"]]["l0"], "fvu": final[m["name"]]["fvu"]}
-                for m in run["members"]]
+    measured = [
+        {"alpha": m["alpha"], "l0": final[m["name"]]["l0"], "fvu": final[m["name"]]["fvu"]} for m in run["members"]
+    ]
     chosen = []
     for t in targets:
         alpha, extrapolated = interpolate([(p["alpha"], p["l0"]) for p in measured], t)
         chosen.append({"target_l0": t, "alpha": float(f"{alpha:.3g}"), "extrapolated": extrapolated})
-    result = {"saex_version": saex.__version__, "config": asdict(cfg), "hook": cfg.hook, "grid": measured,
-              "chosen": chosen, "alphas": [c["alpha"] for c in chosen],
-              "method": "piecewise-linear interpolation of log α against log L0 (held-out, after the sweep's "
-                        f"{cfg.steps} steps at batch {cfg.batch_size})"}
+    result = {
+        "saex_version": saex.__version__,
+        "config": asdict(cfg),
+        "hook": cfg.hook,
+        "grid": measured,
+        "chosen": chosen,
+        "alphas": [c["alpha"] for c in chosen],
+        "method": "piecewise-linear interpolation of log α against log L0 (held-out, after the sweep's "
+        f"{cfg.steps} steps at batch {cfg.batch_size})",
+    }
     write_json_atomic(out / RESULT, result)
     return out
 
 
 def summary(out: str | Path) -> str:
     r = json.loads((Path(out) / RESULT).read_text())
-    lines = [f"calibration of α at {r['hook']}: L0 after {r['config']['steps']} steps",
-             "  grid: " + ", ".join(f"α {p['alpha']:.3g} → L0 {p['l0']:.1f}" for p in r["grid"])]
-    lines += [f"  target L0 {c['target_l0']:g}: α = {c['alpha']:.3g}" + (" (extrapolated)" if c["extrapolated"] else "")
-              for c in r["chosen"]]
+    lines = [
+        f"calibration of α at {r['hook']}: L0 after {r['config']['steps']} steps",
+        "  grid: " + ", ".join(f"α {p['alpha']:.3g} → L0 {p['l0']:.1f}" for p in r["grid"]),
+    ]
+    lines += [
+        f"  target L0 {c['target_l0']:g}: α = {c['alpha']:.3g}" + (" (extrapolated)" if c["extrapolated"] else "")
+        for c in r["chosen"]
+    ]
     return "\n".join(lines)

@@ -21,8 +21,9 @@ FOLDER = "checkpoint"
 def save(out: Path, step: int, tensors: dict[str, torch.Tensor], scalars: dict) -> None:
     folder = out / FOLDER
     name = f"state-{step:09d}.safetensors"
-    write_safetensors_atomic(folder / name, {k: v.detach().contiguous() for k, v in tensors.items()},
-                             {"step": str(step)})
+    write_safetensors_atomic(
+        folder / name, {k: v.detach().contiguous() for k, v in tensors.items()}, {"step": str(step)}
+    )
     write_json_atomic(folder / "state.json", {**scalars, "step": step, "tensors": name})
     for old in folder.glob("state-*.safetensors"):
         if old.name != name:
@@ -45,8 +46,9 @@ def optimizer_tensors(opt: torch.optim.Optimizer, params: dict[str, torch.nn.Par
     return out
 
 
-def restore_optimizer(opt: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter],
-                      tensors: dict[str, torch.Tensor]) -> None:
+def restore_optimizer(
+    opt: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor]
+) -> None:
     for name, p in params.items():
         state = {key.rsplit(".", 1)[1]: v for key, v in tensors.items() if key.rsplit(".", 1)[0] == f"adam.{name}"}
         if state:

@@ -135,8 +135,10 @@ def validate(cfg: TrainConfig, d_in: int) -> list[Member]:
     if not 0.0 <= cfg.decay_fraction <= 1.0:
         raise SaexError(f"--decay-fraction must be in [0, 1], got {cfg.decay_fraction}")
     if cfg.dead_window is not None and cfg.dead_window >= cfg.steps * cfg.batch_size:
-        raise SaexError(f"--dead-window {cfg.dead_window} is not shorter than the run ({cfg.steps} steps × "
-                        f"{cfg.batch_size} = {cfg.steps * cfg.batch_size} inputs): no feature could ever count as dead")
+        raise SaexError(
+            f"--dead-window {cfg.dead_window} is not shorter than the run ({cfg.steps} steps × "
+            f"{cfg.batch_size} = {cfg.steps * cfg.batch_size} inputs): no feature could ever count as dead"
+        )
     ratios = parse_floats(cfg.ratio, "ratio")
     bad = [r for r in ratios if r <= 0]
     if bad:
@@ -151,13 +153,18 @@ def validate(cfg: TrainConfig, d_in: int) -> list[Member]:
                 if k != int(k) or not 1 <= k <= d_dict:
                     raise SaexError(f"--k {k:g} must be an integer in 1..{d_dict} (the dictionary size for R={r:g})")
                 k = int(k)
-                members.append(Member(f"topk_r{r:g}_k{k}", r, d_dict, 0.0, k, _member_seed(cfg.seed, cfg.arch, r, 0.0, k)))
+                members.append(
+                    Member(f"topk_r{r:g}_k{k}", r, d_dict, 0.0, k, _member_seed(cfg.seed, cfg.arch, r, 0.0, k))
+                )
         else:
             for a in parse_floats(cfg.alpha, "alpha"):
                 if a < 0:
                     raise SaexError(f"the sparsity coefficient α must be >= 0, got {a:g}")
-                members.append(Member(f"{cfg.arch}_r{r:g}_a{a:.3g}", r, d_dict, a, None,
-                                      _member_seed(cfg.seed, cfg.arch, r, a, None)))
+                members.append(
+                    Member(
+                        f"{cfg.arch}_r{r:g}_a{a:.3g}", r, d_dict, a, None, _member_seed(cfg.seed, cfg.arch, r, a, None)
+                    )
+                )
     names = [m.name for m in members]
     if len(set(names)) != len(names):
         raise SaexError(f"the sweep names a dictionary twice: {sorted(n for n in names if names.count(n) > 1)[0]}")

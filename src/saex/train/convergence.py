@@ -36,34 +36,50 @@ def assess(rows: list[dict], total_steps: int, sparse: bool = True) -> dict:
         return {"converged": None, "reasons": ["not checked: no held-out evaluation at the end of the run"]}
     end = rows[-1]
     before = [r for r in rows if r["step"] <= (1 - TAIL) * total_steps]
-    out = {"tail_fraction": TAIL, "l0_end": end["l0"], "loss_end": end.get("loss"),
-           "dense_fraction": end.get("dense_fraction"), "thresholds": {
-               "l0_drop": MAX_L0_DROP, "loss_drop": MAX_LOSS_DROP, "dense_density": DENSE_DENSITY,
-               "dense_fraction": MAX_DENSE_SHARE}}
+    out = {
+        "tail_fraction": TAIL,
+        "l0_end": end["l0"],
+        "loss_end": end.get("loss"),
+        "dense_fraction": end.get("dense_fraction"),
+        "thresholds": {
+            "l0_drop": MAX_L0_DROP,
+            "loss_drop": MAX_LOSS_DROP,
+            "dense_density": DENSE_DENSITY,
+            "dense_fraction": MAX_DENSE_SHARE,
+        },
+    }
     reasons = []
     if not before:
-        reasons.append(f"not checked over the last {TAIL:.0%}: no evaluation before step "
-                       f"{(1 - TAIL) * total_steps:.0f} (raise the number of evaluations)")
+        reasons.append(
+            f"not checked over the last {TAIL:.0%}: no evaluation before step "
+            f"{(1 - TAIL) * total_steps:.0f} (raise the number of evaluations)"
+        )
     else:
         start = before[-1]
         out["tail_start_step"] = start["step"]
         out["l0_start"] = start["l0"]
         out["l0_drop"] = (start["l0"] - end["l0"]) / max(end["l0"], 1e-9)
         if out["l0_drop"] > MAX_L0_DROP:
-            reasons.append(f"L0 still falling: {start['l0']:.1f} → {end['l0']:.1f} ({out['l0_drop']:.0%}) over the "
-                           f"last {TAIL:.0%} of the run (limit {MAX_L0_DROP:.0%})")
+            reasons.append(
+                f"L0 still falling: {start['l0']:.1f} → {end['l0']:.1f} ({out['l0_drop']:.0%}) over the "
+                f"last {TAIL:.0%} of the run (limit {MAX_L0_DROP:.0%})"
+            )
         if start.get("loss") is not None and end.get("loss"):
             out["loss_start"] = start["loss"]
             out["loss_drop"] = (start["loss"] - end["loss"]) / end["loss"]
             if out["loss_drop"] > MAX_LOSS_DROP:
-                reasons.append(f"loss still falling: {start['loss']:.4g} → {end['loss']:.4g} ({out['loss_drop']:.0%}) "
-                               f"over the last {TAIL:.0%} of the run (limit {MAX_LOSS_DROP:.0%})")
+                reasons.append(
+                    f"loss still falling: {start['loss']:.4g} → {end['loss']:.4g} ({out['loss_drop']:.0%}) "
+                    f"over the last {TAIL:.0%} of the run (limit {MAX_LOSS_DROP:.0%})"
+                )
     out["still_changing"] = any(r.startswith(("L0 still", "loss still")) for r in reasons)
     dense = end.get("dense_fraction")
     out["dense"] = bool(sparse and dense is not None and dense > MAX_DENSE_SHARE)
     if out["dense"]:
-        reasons.append(f"{dense:.1%} of features fire on more than {DENSE_DENSITY:.0%} of held-out inputs "
-                       f"(limit {MAX_DENSE_SHARE:.0%} of features)")
+        reasons.append(
+            f"{dense:.1%} of features fire on more than {DENSE_DENSITY:.0%} of held-out inputs "
+            f"(limit {MAX_DENSE_SHARE:.0%} of features)"
+        )
     checked = bool(before)
     out["converged"] = (not reasons) if checked else (False if out["dense"] else None)
     out["reasons"] = reasons

@@ -27,8 +27,13 @@ from saex import distributed
 from saex.dictionaries import ARCHS, Ensemble
 from saex.errors import SaexError
 from saex.evaluate.metrics import ReconstructionMetrics
-from saex.store.files import (check_output_folder, check_same_identity, read_jsonl, remove_stale_temporaries,
-                              write_json_atomic)
+from saex.store.files import (
+    check_output_folder,
+    check_same_identity,
+    read_jsonl,
+    remove_stale_temporaries,
+    write_json_atomic,
+)
 from saex.store.reader import ActivationStore, RowFilter, store_hash
 from saex.train import checkpoint, convergence
 from saex.train.config import Member, TrainConfig, dead_window, eval_every, validate
@@ -61,7 +66,9 @@ def _build_groups(cfg: TrainConfig, members: list[Member], d_in: int) -> list[Gr
             model = ARCHS["untied_l1"](d_in, d_dict, seeds, decoder_bias=cfg.decoder_bias)
         else:
             model = ARCHS["topk"](d_in, d_dict, seeds, k=k, aux_k=cfg.aux_k, aux_coef=cfg.aux_coef)
-        groups.append(Group(ms, model, torch.tensor([m.alpha for m in ms]), torch.zeros(len(ms), d_dict, dtype=torch.long)))
+        groups.append(
+            Group(ms, model, torch.tensor([m.alpha for m in ms]), torch.zeros(len(ms), d_dict, dtype=torch.long))
+        )
     return groups
 
 
@@ -96,11 +103,13 @@ def _heldout_sample(store: ActivationStore, hook: str, n: int, seed: int, rows: 
     kept = store.kept_rows("heldout", rows, hook)
     if len(kept) == 0:
         raise SaexError(f"the store {store.path} has no held-out rows to evaluate on")
-    idx = np.sort(kept[np.random.default_rng([seed, 1]).permutation(len(kept))[:min(n, len(kept))]])
+    idx = np.sort(kept[np.random.default_rng([seed, 1]).permutation(len(kept))[: min(n, len(kept))]])
     x = store.rows("heldout", hook, idx)
     if not torch.isfinite(x).all():
-        raise SaexError(f"the store {store.path} holds NaN or Inf activations at {hook} in its held-out split; "
-                        "re-harvest with --dtype float32")
+        raise SaexError(
+            f"the store {store.path} holds NaN or Inf activations at {hook} in its held-out split; "
+            "re-harvest with --dtype float32"
+        )
     return x
 
 
@@ -116,8 +125,13 @@ def evaluate(sae, x_ND: torch.Tensor, scale: float = 1.0, alpha: float = 0.0) ->
     r = acc.result()
     l1 = c_NF.abs().sum(1).mean().item()
     density_F = (c_NF != 0).float().mean(0)
-    return {"mse": r["mse"], "fvu": r["fvu"], "l0": r["l0"], "loss": scale**2 * r["mse"] + alpha * scale * l1,
-            "dense_fraction": (density_F > convergence.DENSE_DENSITY).float().mean().item()}
+    return {
+        "mse": r["mse"],
+        "fvu": r["fvu"],
+        "l0": r["l0"],
+        "loss": scale**2 * r["mse"] + alpha * scale * l1,
+        "dense_fraction": (density_F > convergence.DENSE_DENSITY).float().mean().item(),
+    }
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
@@ -136,7 +150,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if saved is not None and saved.get("status") == "complete":
         return out
     groups = _build_groups(cfg, members, d_in)
-    params = {f"g{g}.{n}": p for g, grp in enumerate(groups) for n, p in grp.model.named_parameters() if p.requires_grad}
+    params = {
+        f"g{g}.{n}": p for g, grp in enumerate(groups) for n, p in grp.model.named_parameters() if p.requires_grad
+    }
     # fused: one pass over each parameter and its two moments instead of several (CPU kernel since torch 2.4).
     opt = torch.optim.Adam(params.values(), lr=cfg.lr, fused=True)
     total = cfg.steps
@@ -151,7 +167,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if state is not None:
         scalars, tensors = state
         if scalars["store_hash"] != s_hash:
-            raise SaexError(f"the checkpoint in {out} was made on different activations; delete it or use another --out")
+            raise SaexError(
+                f"the checkpoint in {out} was made on different activations; delete it or use another --out"
+            )
         step, epoch, in_epoch, scale = scalars["step"], scalars["epoch"], scalars["in_epoch"], scalars["scale"]
         for g, grp in enumerate(groups):
             grp.model.load_state_dict({n: tensors[f"g{g}.{n}"] for n, _ in grp.model.named_parameters()})
@@ -161,12 +179,26 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             _truncate_metrics(out / METRICS, step)
     for grp in groups:  # after loading weights: DDP broadcasts rank 0's parameters when it wraps
         grp.step_fn = distributed.wrap(grp.model, ranks)
-    run = {"saex_version": saex.__version__, "config": asdict(cfg), "identity": identity, "status": "running",
-           "members": [asdict(m) for m in members], "d_in": d_in, "hook": cfg.hook, "scale": scale,
-           "store": {"path": str(store.path), "hash": s_hash, "model": store.manifest["model"]["name"]},
-           "steps": total, "dead_window": dead_window(cfg), "eval_every": eval_every(cfg),
-           "rows": {**asdict(rfilter), "kept_train_rows": int(len(store.kept_rows("train", rfilter, cfg.hook))),
-                    "train_rows": store.n_rows("train"), "norm_limit": store.norm_limit(cfg.hook, rfilter)}}
+    run = {
+        "saex_version": saex.__version__,
+        "config": asdict(cfg),
+        "identity": identity,
+        "status": "running",
+        "members": [asdict(m) for m in members],
+        "d_in": d_in,
+        "hook": cfg.hook,
+        "scale": scale,
+        "store": {"path": str(store.path), "hash": s_hash, "model": store.manifest["model"]["name"]},
+        "steps": total,
+        "dead_window": dead_window(cfg),
+        "eval_every": eval_every(cfg),
+        "rows": {
+            **asdict(rfilter),
+            "kept_train_rows": int(len(store.kept_rows("train", rfilter, cfg.hook))),
+            "train_rows": store.n_rows("train"),
+            "norm_limit": store.norm_limit(cfg.hook, rfilter),
+        },
+    }
     run["passes"] = round(total * cfg.batch_size / max(1, run["rows"]["kept_train_rows"]), 2)
     if ranks.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -178,37 +210,54 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         tensors = {f"g{g}.{n}": p for g, grp in enumerate(groups) for n, p in grp.model.named_parameters()}
         tensors |= {f"g{g}.since_fired": grp.since_fired_KF for g, grp in enumerate(groups)}
         tensors |= checkpoint.optimizer_tensors(opt, params)
-        checkpoint.save(out, step, tensors, {"epoch": epoch, "in_epoch": in_epoch, "scale": scale, "store_hash": s_hash})
+        checkpoint.save(
+            out, step, tensors, {"epoch": epoch, "in_epoch": in_epoch, "scale": scale, "store_hash": s_hash}
+        )
 
-    bar = tqdm(total=total, initial=step, unit="step", disable=not (progress and ranks.main), desc="train",
-               dynamic_ncols=True)
-    metrics = open(out / METRICS, "a") if ranks.main else None
+    bar = tqdm(
+        total=total, initial=step, unit="step", disable=not (progress and ranks.main), desc="train", dynamic_ncols=True
+    )
+    metrics = open(out / METRICS, "a") if ranks.main else None  # noqa: SIM115 (closed in the finally below)
     try:
         while step < total:
-            stream = store.batches("train", cfg.hook, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                   shards_in_buffer=cfg.shards_in_buffer, skip_batches=in_epoch, rows=rfilter)
+            stream = store.batches(
+                "train",
+                cfg.hook,
+                cfg.batch_size,
+                seed=cfg.seed,
+                epoch=epoch,
+                shards_in_buffer=cfg.shards_in_buffer,
+                skip_batches=in_epoch,
+                rows=rfilter,
+            )
             yielded = False
             for x_BD in stream:
                 yielded = True
                 if not torch.isfinite(x_BD).all():
-                    raise SaexError(f"the store {store.path} holds NaN or Inf activations at {cfg.hook} "
-                                    f"(found in the batch of step {step}); re-harvest with --dtype float32")
+                    raise SaexError(
+                        f"the store {store.path} holds NaN or Inf activations at {cfg.hook} "
+                        f"(found in the batch of step {step}); re-harvest with --dtype float32"
+                    )
                 _train_step(cfg, groups, opt, x_BD * scale if scale != 1.0 else x_BD, step, total, ranks)
                 step += 1
                 in_epoch += 1
                 bar.update(1)
                 if ranks.main and every and (step % every == 0 or step == total):
                     rows = _log_eval(groups, x_eval, scale, step, cfg, metrics)
-                    bar.set_postfix_str(f"fvu {np.mean([r['fvu'] for r in rows]):.3f} l0 {np.mean([r['l0'] for r in rows]):.1f}")
+                    bar.set_postfix_str(
+                        f"fvu {np.mean([r['fvu'] for r in rows]):.3f} l0 {np.mean([r['l0'] for r in rows]):.1f}"
+                    )
                 if ranks.main and (step == total or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
                     save_checkpoint()
                 if step == total:
                     break
             else:
                 if not yielded and in_epoch == 0:
-                    raise SaexError(f"the train split of {store.path} has {store.n_rows('train')} rows: not one batch of "
-                                    f"{cfg.batch_size} per buffer of {cfg.shards_in_buffer} shards; lower --batch-size "
-                                    "or raise --shards-in-buffer")
+                    raise SaexError(
+                        f"the train split of {store.path} has {store.n_rows('train')} rows: not one batch of "
+                        f"{cfg.batch_size} per buffer of {cfg.shards_in_buffer} shards; lower --batch-size "
+                        "or raise --shards-in-buffer"
+                    )
                 epoch, in_epoch = epoch + 1, 0
     finally:
         if metrics is not None:
@@ -220,10 +269,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     run["convergence"] = verdicts = _convergence(out, cfg, members, total)
     for grp in groups:
         for i, m in enumerate(grp.members):
-            meta = {"saex_version": saex.__version__, "arch": cfg.arch, "alpha": m.alpha, "ratio": m.ratio, "k": m.k,
-                    "seed": m.seed, "hook_name": cfg.hook, "model_name": store.manifest["model"]["name"],
-                    "tokens_seen": step * cfg.batch_size, "steps": step, "store_hash": s_hash, "input_scale": scale,
-                    "train_config": asdict(cfg), "row_filter": asdict(rfilter), "convergence": verdicts[m.name]}
+            meta = {
+                "saex_version": saex.__version__,
+                "arch": cfg.arch,
+                "alpha": m.alpha,
+                "ratio": m.ratio,
+                "k": m.k,
+                "seed": m.seed,
+                "hook_name": cfg.hook,
+                "model_name": store.manifest["model"]["name"],
+                "tokens_seen": step * cfg.batch_size,
+                "steps": step,
+                "store_hash": s_hash,
+                "input_scale": scale,
+                "train_config": asdict(cfg),
+                "row_filter": asdict(rfilter),
+                "convergence": verdicts[m.name],
+            }
             grp.model.export(i, scale, meta).save(out / m.name)
     run["status"] = "complete"
     run["completed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -238,8 +300,9 @@ def _convergence(out: Path, cfg: TrainConfig, members: list[Member], total: int)
     for row in read_jsonl(out / METRICS):
         if row.get("dictionary") in by_member:
             by_member[row["dictionary"]].append(row)
-    return {m.name: convergence.assess(by_member[m.name], total, sparse=cfg.arch == "topk" or m.alpha > 0)
-            for m in members}
+    return {
+        m.name: convergence.assess(by_member[m.name], total, sparse=cfg.arch == "topk" or m.alpha > 0) for m in members
+    }
 
 
 def _train_step(cfg, groups, opt, x_BD, step, total, ranks) -> None:
@@ -302,8 +365,13 @@ def _log_eval(groups, x_eval, scale, step, cfg, metrics) -> list[dict]:
     for grp in groups:
         dead_frac = (grp.since_fired_KF >= dead_window(cfg)).float().mean(1)
         for i, m in enumerate(grp.members):
-            r = {"step": step, "tokens": step * cfg.batch_size, "dictionary": m.name,
-                 **evaluate(grp.model.export(i, scale), x_eval, scale, m.alpha), "dead_fraction": dead_frac[i].item()}
+            r = {
+                "step": step,
+                "tokens": step * cfg.batch_size,
+                "dictionary": m.name,
+                **evaluate(grp.model.export(i, scale), x_eval, scale, m.alpha),
+                "dead_fraction": dead_frac[i].item(),
+            }
             metrics.write(json.dumps(r) + "\n")
             rows.append(r)
     metrics.flush()
@@ -316,19 +384,26 @@ def summary(out: str | Path) -> str:
     last = {row["dictionary"]: row for row in read_jsonl(out / METRICS) if "dictionary" in row}
     run = json.loads((out / RUN).read_text())
     n = len(run["members"])
-    lines = [f"{n} {'dictionary' if n == 1 else 'dictionaries'} on {run['hook']} of {run['store']['model']} in {out}"
-             + (f" ({run['steps']} steps, {run['passes']:g} passes over the store)" if "passes" in run else ""),
-             f"  {'dictionary':<28}{'d_dict':>8}{'FVU':>9}{'L0':>9}{'dense':>8}{'dead':>8}  convergence"]
+    lines = [
+        f"{n} {'dictionary' if n == 1 else 'dictionaries'} on {run['hook']} of {run['store']['model']} in {out}"
+        + (f" ({run['steps']} steps, {run['passes']:g} passes over the store)" if "passes" in run else ""),
+        f"  {'dictionary':<28}{'d_dict':>8}{'FVU':>9}{'L0':>9}{'dense':>8}{'dead':>8}  convergence",
+    ]
     verdicts = run.get("convergence") or {}
     for m in run["members"]:
         r = last.get(m["name"])
-        cells = (f"{r['fvu']:>9.4f}{r['l0']:>9.1f}{r.get('dense_fraction', math.nan):>8.1%}{r['dead_fraction']:>8.1%}"
-                 if r else f"{'—':>9}{'—':>9}{'—':>8}{'—':>8}")
+        cells = (
+            f"{r['fvu']:>9.4f}{r['l0']:>9.1f}{r.get('dense_fraction', math.nan):>8.1%}{r['dead_fraction']:>8.1%}"
+            if r
+            else f"{'—':>9}{'—':>9}{'—':>8}{'—':>8}"
+        )
         v = verdicts.get(m["name"])
         state = "—" if v is None else {True: "ok", False: "NOT CONVERGED"}.get(v.get("converged"), "not checked")
         lines.append(f"  {m['name']:<28}{m['d_dict']:>8}{cells}  {state}")
-    lines.append("  (held-out sample; dense: features firing on > 10% of inputs; dead: no firing in the last "
-                 f"{run.get('dead_window', '?')} training inputs)")
+    lines.append(
+        "  (held-out sample; dense: features firing on > 10% of inputs; dead: no firing in the last "
+        f"{run.get('dead_window', '?')} training inputs)"
+    )
     for name, v in verdicts.items():
         if v.get("converged") is False:
             lines.append(f"warning: {name} is {convergence.describe(v)}; {convergence.advice(v)}.")

@@ -37,8 +37,14 @@ def plot_histogram(hist: dict, path: Path, title: str) -> Path:
     bottom = [0] * n_bins
     for s in hist["series"]:
         label = s["label"] if s["other"] else _show(s["label"])
-        ax.bar(centres, s["counts"], width=width * 0.95, bottom=bottom, label=label,
-               color="lightgrey" if s["other"] else None)
+        ax.bar(
+            centres,
+            s["counts"],
+            width=width * 0.95,
+            bottom=bottom,
+            label=label,
+            color="lightgrey" if s["other"] else None,
+        )
         bottom = [b + c for b, c in zip(bottom, s["counts"])]
     ax.set_xlabel("activation")
     ax.set_ylabel("token count")
@@ -70,8 +76,18 @@ def plot_output_effect(effect: dict, path: Path, title: str, threshold: float = 
     note = f"|Δ| ≥ {threshold:g}" if by_threshold else f"no token reaches |Δ| {threshold:g}: the largest shown"
     ax.set_title(f"{title}\n{effect['positions']} positions in {effect['contexts']} contexts; {note}", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
-    return _save(fig, path, {"title": title, "threshold": threshold, "by_threshold": by_threshold, "rows": rows,
-                             "positions": effect["positions"], "contexts": effect["contexts"]})
+    return _save(
+        fig,
+        path,
+        {
+            "title": title,
+            "threshold": threshold,
+            "by_threshold": by_threshold,
+            "rows": rows,
+            "positions": effect["positions"],
+            "contexts": effect["contexts"],
+        },
+    )
 
 
 def _layout(node: dict, depth: int, pos: dict, counter: list, key: tuple) -> float:
@@ -101,6 +117,7 @@ def plot_circuit(tree: dict, path: Path, title: str) -> Path:
         for i, c in enumerate(node["children"]):
             edges.append((key, key + (i,), c))
             walk(c, key + (i,))
+
     walk(tree, ())
     top = max([e[2]["effect"] for e in edges] or [1.0])
     n_leaves = max(1, leaves[0])
@@ -110,18 +127,37 @@ def plot_circuit(tree: dict, path: Path, title: str) -> Path:
         (x0, y0), (x1, y1) = pos[a], pos[b]
         ax.plot([x0, x1], [y0, y1], color="tab:blue", lw=0.5 + 5.5 * child["effect"] / top, alpha=0.7, zorder=1)
         cos = "" if child["cos"] is None else f"cos {child['cos']:.2f}"
-        ax.text((x0 + x1) / 2, (y0 + y1) / 2, f"{child['effect']:.3g}\n{cos}", fontsize=7, ha="center",
-                va="center", color="dimgray", bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5))
+        ax.text(
+            (x0 + x1) / 2,
+            (y0 + y1) / 2,
+            f"{child['effect']:.3g}\n{cos}",
+            fontsize=7,
+            ha="center",
+            va="center",
+            color="dimgray",
+            bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5),
+        )
     nodes = {(): tree}
-    for a, b, child in edges:
+    for _, b, child in edges:
         nodes[b] = child
     for key, node in nodes.items():
         x, y = pos[key]
-        ax.text(x, y, f"{_short(node['hook'])}\n#{node['feature']}", fontsize=8, ha="center", va="center",
-                bbox=dict(boxstyle="round", facecolor="lightyellow" if key else "gold", edgecolor="gray"), zorder=2)
+        ax.text(
+            x,
+            y,
+            f"{_short(node['hook'])}\n#{node['feature']}",
+            fontsize=8,
+            ha="center",
+            va="center",
+            bbox=dict(boxstyle="round", facecolor="lightyellow" if key else "gold", edgecolor="gray"),
+            zorder=2,
+        )
     ax.set_xlim(-depth + 0.5, 0.5)
     ax.set_ylim(-n_leaves + 0.3, 0.7)
     ax.axis("off")
-    ax.set_title(f"{title}\n{tree.get('contexts')} contexts, M = {tree.get('max_activation', 0):.3g}; edge width ∝ "
-                 "mean drop of the downstream activation when the upstream feature is ablated", fontsize=9)
+    ax.set_title(
+        f"{title}\n{tree.get('contexts')} contexts, M = {tree.get('max_activation', 0):.3g}; edge width ∝ "
+        "mean drop of the downstream activation when the upstream feature is ablated",
+        fontsize=9,
+    )
     return _save(fig, path, {"title": title, "tree": tree})

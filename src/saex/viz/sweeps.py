@@ -29,8 +29,14 @@ def _series(results: list[dict]) -> dict[str, list[dict]]:
         if r.get("alpha") is None:
             continue
         out.setdefault(f"{r['kind']} R={r['ratio']:g}", []).append(
-            {"name": r["name"], "alpha": r["alpha"], "l0": r["metrics"]["l0"], "fvu": r["metrics"]["fvu"],
-             "alive_fraction": r["metrics"]["alive_fraction"]})
+            {
+                "name": r["name"],
+                "alpha": r["alpha"],
+                "l0": r["metrics"]["l0"],
+                "fvu": r["metrics"]["fvu"],
+                "alive_fraction": r["metrics"]["alive_fraction"],
+            }
+        )
     for pts in out.values():
         pts.sort(key=lambda p: p["alpha"])
     return dict(sorted(out.items()))
@@ -38,8 +44,11 @@ def _series(results: list[dict]) -> dict[str, list[dict]]:
 
 def plot_fvu_vs_l0(results: list[dict], path: Path) -> None:
     series = _series(results)
-    points = [{"name": r["name"], "kind": r["kind"], "l0": r["metrics"]["l0"], "fvu": r["metrics"]["fvu"]}
-              for r in results if r.get("alpha") is None]
+    points = [
+        {"name": r["name"], "kind": r["kind"], "l0": r["metrics"]["l0"], "fvu": r["metrics"]["fvu"]}
+        for r in results
+        if r.get("alpha") is None
+    ]
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for label, pts in series.items():
         ax.plot([p["l0"] for p in pts], [p["fvu"] for p in pts], "o-", label=label, markersize=4)

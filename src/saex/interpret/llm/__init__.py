@@ -20,8 +20,15 @@ import numpy as np
 from saex.errors import SaexError
 from saex.interpret.llm.base import MODES, Backend, ChatResult, MalformedAnswer, expected_values
 from saex.interpret.llm.parsing import parse_detection, parse_lines, parse_text_values
-from saex.interpret.llm.prompts import (clean_explanation, detection_messages, explanation_messages, record_text,
-                                        simulation_json_messages, simulation_lines_messages, simulation_segments)
+from saex.interpret.llm.prompts import (
+    clean_explanation,
+    detection_messages,
+    explanation_messages,
+    record_text,
+    simulation_json_messages,
+    simulation_lines_messages,
+    simulation_segments,
+)
 from saex.interpret.records import ActivationRecord, Explanation
 
 __all__ = ["LLMExplainer", "LLMSimulator", "LLMDetector", "make_backend", "MODES"]
@@ -48,8 +55,14 @@ class LLMExplainer:
             return text
 
         usage: dict = {}
-        text = self.backend.chat(explanation_messages(records), max_tokens=self.max_tokens,
-                                 temperature=self.temperature, top_logprobs=0, parse=parse, usage=usage)
+        text = self.backend.chat(
+            explanation_messages(records),
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_logprobs=0,
+            parse=parse,
+            usage=usage,
+        )
         if text is None:
             usage["failed"] = 1
         return Explanation(text=text or "", backend=self.backend.name, usage=usage)
@@ -110,16 +123,28 @@ class LLMSimulator:
                 b.count(usage, "misaligned_slots", missing)
             return evs
         if mode == "top_logprobs":
-            got = b.chat(simulation_lines_messages(explanation, tokens), max_tokens=16 + 12 * n, temperature=0.0,
-                         top_logprobs=20, parse=lambda r: parse_lines(r, tokens), usage=usage)
+            got = b.chat(
+                simulation_lines_messages(explanation, tokens),
+                max_tokens=16 + 12 * n,
+                temperature=0.0,
+                top_logprobs=20,
+                parse=lambda r: parse_lines(r, tokens),
+                usage=usage,
+            )
             if got is None:
                 return None
             evs, points = got
             if points:
                 b.count(usage, "point_estimates", points)
             return evs
-        return b.chat(simulation_json_messages(explanation, tokens), max_tokens=16 + 4 * n, temperature=0.0,
-                      top_logprobs=0, parse=lambda r: parse_text_values(r, tokens), usage=usage)
+        return b.chat(
+            simulation_json_messages(explanation, tokens),
+            max_tokens=16 + 4 * n,
+            temperature=0.0,
+            top_logprobs=0,
+            parse=lambda r: parse_text_values(r, tokens),
+            usage=usage,
+        )
 
 
 class LLMDetector:
@@ -144,14 +169,20 @@ class LLMDetector:
         text = explanation.text if isinstance(explanation, Explanation) else explanation
         order = list(range(len(records)))
         random.Random(self.seed).shuffle(order)
-        batches = [order[i:i + self.n_per_prompt] for i in range(0, len(order), self.n_per_prompt)]
+        batches = [order[i : i + self.n_per_prompt] for i in range(0, len(order), self.n_per_prompt)]
         k = 20 if self.backend.capabilities().get("chat_logprobs") else 0
         usage: dict = {}
 
         def one(batch: list[int]):
             texts = [record_text(records[i].tokens) for i in batch]
-            got = self.backend.chat(detection_messages(text, texts), max_tokens=8 + 4 * len(batch), temperature=0.0,
-                                    top_logprobs=k, parse=lambda r: parse_detection(r, len(batch)), usage=usage)
+            got = self.backend.chat(
+                detection_messages(text, texts),
+                max_tokens=8 + 4 * len(batch),
+                temperature=0.0,
+                top_logprobs=k,
+                parse=lambda r: parse_detection(r, len(batch)),
+                usage=usage,
+            )
             if got is None:
                 self.backend.count(usage, "fallbacks", len(batch))
                 return [0.0] * len(batch), False
@@ -166,15 +197,30 @@ class LLMDetector:
         return scores.tolist()
 
 
-def make_backend(kind: str, model: str | None = None, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 cache_dir=None, concurrency: int = 4, timeout: float = 60.0, max_retries: int = 4) -> Backend:
+def make_backend(
+    kind: str,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    cache_dir=None,
+    concurrency: int = 4,
+    timeout: float = 60.0,
+    max_retries: int = 4,
+) -> Backend:
     """An LLM backend: ``"openai"`` (any OpenAI-compatible ``base_url``; model None = the server's only
     model) or ``"hf"`` (in-process transformers; model None = the embedded ``smollm2-135m``)."""
     if kind == "openai":
         from saex.interpret.llm.openai_backend import OpenAIBackend
 
-        return OpenAIBackend(model, base_url, api_key_env=api_key_env, cache_dir=cache_dir, concurrency=concurrency,
-                             timeout=timeout, max_retries=max_retries)
+        return OpenAIBackend(
+            model,
+            base_url,
+            api_key_env=api_key_env,
+            cache_dir=cache_dir,
+            concurrency=concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
     if kind == "hf":
         if base_url is not None:
             raise SaexError("the hf backend runs in-process; base_url only applies to kind='openai'")

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -25,9 +26,23 @@ VALUE_STRINGS = tuple(str(v) for v in range(11))
 VALUE_INDEX = {s: i for i, s in enumerate(VALUE_STRINGS)}
 VALUES = np.arange(11, dtype=np.float64)
 
-STAT_KEYS = ("requests", "cache_hits", "prompt_tokens", "completion_tokens", "retries", "failures",
-             "fallbacks", "malformed", "rate_limited", "server_errors", "timeouts", "connection_errors",
-             "rejected", "misaligned_slots", "point_estimates")
+STAT_KEYS = (
+    "requests",
+    "cache_hits",
+    "prompt_tokens",
+    "completion_tokens",
+    "retries",
+    "failures",
+    "fallbacks",
+    "malformed",
+    "rate_limited",
+    "server_errors",
+    "timeouts",
+    "connection_errors",
+    "rejected",
+    "misaligned_slots",
+    "point_estimates",
+)
 """Counters every backend keeps in ``stats``: requests sent (cache hits are not requests), tokens billed,
 retries, requests that finally failed, records that fell back to zeros, and why."""
 
@@ -89,8 +104,16 @@ class Backend(Protocol):
 
     def count(self, usage: dict | None, key: str, n: int = 1) -> None: ...
 
-    def chat(self, messages: list[dict], *, max_tokens: int, temperature: float, top_logprobs: int,
-             parse: Callable[[ChatResult], T], usage: dict | None = None) -> T | None: ...
+    def chat(
+        self,
+        messages: list[dict],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_logprobs: int,
+        parse: Callable[[ChatResult], T],
+        usage: dict | None = None,
+    ) -> T | None: ...
 
     def slot_probs(self, segments: list[str], *, usage: dict | None = None) -> list[np.ndarray | None] | None: ...
 

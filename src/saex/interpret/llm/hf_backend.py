@@ -128,8 +128,11 @@ class HFBackend(Counter):
                 allowed[row, row] = True  # ... and itself, as if it were the token after the tab
                 positions.append(tab + 1)
                 row += 1
-        return self.lm(input_ids=torch.tensor([full]), attention_mask=self._probe_masks(allowed, positions),
-                       position_ids=torch.tensor([positions])).logits[0]
+        return self.lm(
+            input_ids=torch.tensor([full]),
+            attention_mask=self._probe_masks(allowed, positions),
+            position_ids=torch.tensor([positions]),
+        ).logits[0]
 
     def _probe_masks(self, allowed: torch.Tensor, positions: list[int]):
         """Additive 4-D mask(s): a custom mask is used as given, so sliding-window layers need their own."""
@@ -146,7 +149,9 @@ class HFBackend(Counter):
         if kinds - {"full_attention"}:  # per-layer-type models (Gemma 3, Qwen 2) take a dict of masks
             unknown = kinds - {"full_attention", "sliding_attention"}
             if unknown:
-                raise SaexError(f"{self.model}: attention types {sorted(unknown)} are not supported by the hf simulator")
+                raise SaexError(
+                    f"{self.model}: attention types {sorted(unknown)} are not supported by the hf simulator"
+                )
             return {"full_attention": additive(allowed), "sliding_attention": additive(windowed)}
         if window and getattr(config, "use_sliding_window", True) and not kinds:  # Mistral-style: one window for all
             return additive(windowed)
@@ -162,8 +167,17 @@ class HFBackend(Counter):
         return tok(flatten(messages), return_tensors="pt").input_ids
 
     @torch.no_grad()
-    def chat(self, messages: list[dict], *, max_tokens: int, temperature: float = 0.0, top_logprobs: int = 0,
-             parse, usage: dict | None = None, probe: bool = False):
+    def chat(
+        self,
+        messages: list[dict],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_logprobs: int = 0,
+        parse,
+        usage: dict | None = None,
+        probe: bool = False,
+    ):
         """Greedy decoding (temperature is ignored: reproducible and deterministic); parse or None."""
         from transformers import GenerationConfig
 
@@ -173,11 +187,16 @@ class HFBackend(Counter):
             self.count(usage, "failures")
             return None
         eos = tok.eos_token_id
-        config = GenerationConfig(do_sample=False, max_new_tokens=max_tokens, eos_token_id=eos,
-                                  pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos,
-                                  output_logits=True, return_dict_in_generate=True)
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=max_tokens,
+            eos_token_id=eos,
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
         out = self.lm.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
-        new = out.sequences[0, ids.shape[1]:].tolist()
+        new = out.sequences[0, ids.shape[1] :].tolist()
         self.count(usage, "requests")
         self.count(usage, "prompt_tokens", int(ids.shape[1]))
         self.count(usage, "completion_tokens", len(new))

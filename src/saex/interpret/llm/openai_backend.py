@@ -13,6 +13,7 @@ because llama-cpp-python reads 0 as unlimited), generated-token ``top_logprobs``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -24,8 +25,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from saex.errors import SaexError
-from saex.interpret.llm.base import (ChatResult, Counter, MalformedAnswer, RequestRejected, best_mode,
-                                     value_probs)
+from saex.interpret.llm.base import ChatResult, Counter, MalformedAnswer, RequestRejected, best_mode, value_probs
 from saex.interpret.llm.cache import ResponseCache, canonical_request, endpoint_id
 from saex.interpret.llm.parsing import echo_slot_tops
 from saex.interpret.llm.prompts import simulation_segments
@@ -45,11 +45,23 @@ class OpenAIBackend(Counter):
     completion tokens) stops the run with a SaexError once spent.
     """
 
-    def __init__(self, model: str | None = None, base_url: str | None = None, *,
-                 api_key_env: str = "OPENAI_API_KEY", cache_dir=None, concurrency: int = 4,
-                 timeout: float = 60.0, max_retries: int = 4, top_logprobs: int = 20, echo_logprobs: int = 15,
-                 backoff_s: float = 1.0, max_backoff_s: float = 30.0, parse_retries: int = 1,
-                 token_budget: int | None = None):
+    def __init__(
+        self,
+        model: str | None = None,
+        base_url: str | None = None,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        cache_dir=None,
+        concurrency: int = 4,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        top_logprobs: int = 20,
+        echo_logprobs: int = 15,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        parse_retries: int = 1,
+        token_budget: int | None = None,
+    ):
         try:
             import openai
         except ImportError:
@@ -61,8 +73,10 @@ class OpenAIBackend(Counter):
         host = urlsplit(self.base_url).hostname or ""
         key = os.environ.get(api_key_env, "")
         if not key and host not in LOCAL_HOSTS:
-            raise SaexError(f"the environment variable {api_key_env} holding the API key for {host or self.base_url} "
-                            "is not set; export it, name another variable with api_key_env, or use a local server")
+            raise SaexError(
+                f"the environment variable {api_key_env} holding the API key for {host or self.base_url} "
+                "is not set; export it, name another variable with api_key_env, or use a local server"
+            )
         if concurrency < 1 or max_retries < 0:
             raise SaexError(f"concurrency must be >= 1 and max_retries >= 0, got {concurrency} and {max_retries}")
         self._client = openai.OpenAI(api_key=key or _NO_KEY, base_url=self.base_url, timeout=timeout, max_retries=0)
@@ -94,19 +108,21 @@ class OpenAIBackend(Counter):
         try:
             ids = [m.id for m in self._client.models.list().data]
         except self._errors.APIError as e:
-            raise SaexError(f"no model given and {self.base_url}/models failed ({type(e).__name__}); pass a model") from None
+            raise SaexError(
+                f"no model given and {self.base_url}/models failed ({type(e).__name__}); pass a model"
+            ) from None
         if len(ids) != 1:
-            raise SaexError(f"no model given and {self.base_url} serves {len(ids)} models "
-                            f"({', '.join(ids[:5])}{'...' if len(ids) > 5 else ''}); pass one")
+            raise SaexError(
+                f"no model given and {self.base_url} serves {len(ids)} models "
+                f"({', '.join(ids[:5])}{'...' if len(ids) > 5 else ''}); pass one"
+            )
         return ids[0]
 
     def _delay(self, attempt: int, error: Exception | None) -> float:
         delay = self.backoff_s * 2 ** (attempt - 1) * (1 + 0.25 * random.random())
         retry_after = getattr(getattr(error, "response", None), "headers", {}).get("retry-after")
-        try:
+        with contextlib.suppress(ValueError):
             delay = max(delay, float(retry_after)) if retry_after else delay
-        except ValueError:
-            pass
         return min(delay, self.max_backoff_s)
 
     def _send(self, route: str, payload: dict) -> dict:
@@ -130,14 +146,19 @@ class OpenAIBackend(Counter):
             if attempt:
                 self.count(usage, "retries")
                 time.sleep(self._delay(attempt, error))
-            if self.token_budget is not None and self.stats["prompt_tokens"] + self.stats["completion_tokens"] >= self.token_budget:
+            if (
+                self.token_budget is not None
+                and self.stats["prompt_tokens"] + self.stats["completion_tokens"] >= self.token_budget
+            ):
                 raise SaexError(f"the token budget of {self.token_budget} tokens is spent ({self.endpoint})")
             self.count(usage, "requests")
             try:
                 body = self._send(route, payload)
             except (e.AuthenticationError, e.PermissionDeniedError) as err:
-                raise SaexError(f"{self.base_url} refused the credentials (HTTP {err.status_code}); check the key "
-                                "in the configured environment variable") from None
+                raise SaexError(
+                    f"{self.base_url} refused the credentials (HTTP {err.status_code}); check the key "
+                    "in the configured environment variable"
+                ) from None
             except e.RateLimitError as err:
                 error, key = err, "rate_limited"
             except e.APITimeoutError as err:
@@ -181,8 +202,10 @@ class OpenAIBackend(Counter):
                 return None
             if body is None:
                 if probe:  # never record "unsupported" for an endpoint that merely did not answer
-                    raise SaexError(f"{self.base_url} did not answer the capability probe after "
-                                    f"{self.max_retries + 1} attempts (see stats for why)")
+                    raise SaexError(
+                        f"{self.base_url} did not answer the capability probe after "
+                        f"{self.max_retries + 1} attempts (see stats for why)"
+                    )
                 return None
             try:
                 value = parse(body)
@@ -200,8 +223,17 @@ class OpenAIBackend(Counter):
 
     # ---- the two primitives -----------------------------------------------------------------------------
 
-    def chat(self, messages: list[dict], *, max_tokens: int, temperature: float = 0.0, top_logprobs: int = 0,
-             parse, usage: dict | None = None, probe: bool = False):
+    def chat(
+        self,
+        messages: list[dict],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_logprobs: int = 0,
+        parse,
+        usage: dict | None = None,
+        probe: bool = False,
+    ):
         payload = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
         if top_logprobs:
             payload.update(logprobs=True, top_logprobs=min(top_logprobs, self.top_logprobs))
@@ -211,8 +243,14 @@ class OpenAIBackend(Counter):
         """Echo the all-at-once prompt; per slot the renormalised distribution over "0".."10" (or None)."""
         prompt = "".join(segments)
         offsets = np.cumsum([len(s) for s in segments[:-1]]).tolist()
-        payload = {"model": self.model, "prompt": prompt, "echo": True, "logprobs": self.echo_logprobs,
-                   "max_tokens": 1, "temperature": 0.0}
+        payload = {
+            "model": self.model,
+            "prompt": prompt,
+            "echo": True,
+            "logprobs": self.echo_logprobs,
+            "max_tokens": 1,
+            "temperature": 0.0,
+        }
         tops = self._request("completions", payload, lambda body: echo_slot_tops(body, offsets), usage, probe)
         return None if tops is None else [value_probs(t) for t in tops]
 
@@ -257,6 +295,7 @@ class OpenAIBackend(Counter):
             raise SaexError(f"{self.base_url} rejected a plain chat request for model {self.model!r}: {err}") from None
         return False
 
+
 def _chat_result(body: dict) -> ChatResult:
     try:
         choice = body["choices"][0]
@@ -266,6 +305,7 @@ def _chat_result(body: dict) -> ChatResult:
     content = (choice.get("logprobs") or {}).get("content")
     pieces = None
     if content:
-        pieces = [(c.get("token", ""), {t["token"]: t["logprob"] for t in c.get("top_logprobs") or []})
-                  for c in content]
+        pieces = [
+            (c.get("token", ""), {t["token"]: t["logprob"] for t in c.get("top_logprobs") or []}) for c in content
+        ]
     return ChatResult(text=text, pieces=pieces)

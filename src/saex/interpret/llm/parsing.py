@@ -150,4 +150,3 @@ def parse_detection(result: ChatResult, n: int) -> tuple[list[float], bool]:
             scores.append(float(v))
             all_probs = False
     return scores, all_probs
-

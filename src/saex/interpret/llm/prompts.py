@@ -46,24 +46,48 @@ DETECTION_SYSTEM = (
 
 # (explanation, [(tokens, activations 0..10)], index of the first revealed activation in the simulator)
 FEW_SHOT = [
-    ("words related to rain and wet weather",
-     [(["We", " stayed", " inside", " because", " the", " rain", " kept", " pouring", " all", " day", "."],
-       [0, 0, 0, 0, 0, 10, 0, 6, 0, 0, 0]),
-      (["The", " umbrella", " was", " soaked", " after", " the", " storm", "."],
-       [0, 4, 0, 7, 0, 0, 5, 0])], 3),
-    ("years written as four-digit numbers",
-     [(["She", " was", " born", " in", " 1987", " and", " moved", " in", " 2004", "."],
-       [0, 0, 0, 0, 9, 0, 0, 0, 10, 0])], 0),
+    (
+        "words related to rain and wet weather",
+        [
+            (
+                ["We", " stayed", " inside", " because", " the", " rain", " kept", " pouring", " all", " day", "."],
+                [0, 0, 0, 0, 0, 10, 0, 6, 0, 0, 0],
+            ),
+            (["The", " umbrella", " was", " soaked", " after", " the", " storm", "."], [0, 4, 0, 7, 0, 0, 5, 0]),
+        ],
+        3,
+    ),
+    (
+        "years written as four-digit numbers",
+        [
+            (
+                ["She", " was", " born", " in", " 1987", " and", " moved", " in", " 2004", "."],
+                [0, 0, 0, 0, 9, 0, 0, 0, 10, 0],
+            )
+        ],
+        0,
+    ),
 ]
 
 # (explanation, [(text, possesses the latent)]) for the detection few-shot turn
 DETECTION_FEW_SHOT = [
-    ("words related to rain and wet weather",
-     [("we stayed inside because the rain kept pouring", 1), ("the meeting moved to the second floor", 0),
-      ("a drizzle had left the pavement slick", 1), ("she sold the bicycle to her cousin", 0)]),
-    ("years written as four-digit numbers",
-     [("the bridge opened in 1932 after long delays", 1), ("add two cups of flour and stir", 0),
-      ("he scored 3 goals in the final", 0)]),
+    (
+        "words related to rain and wet weather",
+        [
+            ("we stayed inside because the rain kept pouring", 1),
+            ("the meeting moved to the second floor", 0),
+            ("a drizzle had left the pavement slick", 1),
+            ("she sold the bicycle to her cousin", 0),
+        ],
+    ),
+    (
+        "years written as four-digit numbers",
+        [
+            ("the bridge opened in 1932 after long delays", 1),
+            ("add two cups of flour and stir", 0),
+            ("he scored 3 goals in the final", 0),
+        ],
+    ),
 ]
 
 
@@ -86,8 +110,9 @@ def _record_lines(tokens, values, *, omit_zeros: bool = False, start: int = 0) -
     return "\n".join(lines)
 
 
-def format_records(records: list[tuple[list[str], np.ndarray]], *, omit_zeros: bool = False,
-                   start_indices: list[int] | None = None) -> str:
+def format_records(
+    records: list[tuple[list[str], np.ndarray]], *, omit_zeros: bool = False, start_indices: list[int] | None = None
+) -> str:
     """Bills' ``format_activation_records`` over already-discretised (tokens, values) pairs."""
     starts = start_indices or [0] * len(records)
     blocks = [_record_lines(t, v, omit_zeros=omit_zeros, start=s) for (t, v), s in zip(records, starts)]
@@ -100,6 +125,7 @@ def unknown_block(tokens: list[str]) -> str:
 
 
 # ---- explainer (§1.3) -------------------------------------------------------------------------------
+
 
 def _explainer_turn(index: int, records: list[tuple[list[str], np.ndarray]]) -> str:
     user = f"\n\nNeuron {index}\nActivations:{format_records(records)}"
@@ -126,23 +152,32 @@ def clean_explanation(text: str) -> str:
     """First line of a completion, without a repeated prefix or the final period (Cunningham et al.)."""
     line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
     if line.lower().startswith(EXPLANATION_PREFIX):
-        line = line[len(EXPLANATION_PREFIX):].strip()
+        line = line[len(EXPLANATION_PREFIX) :].strip()
     line = line.strip().strip('"').strip()
     return line[:-1].rstrip() if line.endswith(".") else line
 
 
 # ---- simulator (§1.4) -------------------------------------------------------------------------------
 
+
 def _simulation_head(explanation: str) -> list[dict]:
     messages = [{"role": "system", "content": SIMULATOR_SYSTEM}]
     for i, (expl, shots, start) in enumerate(FEW_SHOT, start=1):
-        messages.append({"role": "user", "content":
-                         f"\n\nNeuron {i}\nExplanation of neuron {i} behavior: {EXPLANATION_PREFIX} {expl}"})
+        messages.append(
+            {
+                "role": "user",
+                "content": f"\n\nNeuron {i}\nExplanation of neuron {i} behavior: {EXPLANATION_PREFIX} {expl}",
+            }
+        )
         block = format_records([(t, np.asarray(v)) for t, v in shots], start_indices=[start] * len(shots))
         messages.append({"role": "assistant", "content": f"\nActivations: {block}\n"})
     n = len(FEW_SHOT) + 1
-    messages.append({"role": "user", "content":
-                     f"\n\nNeuron {n}\nExplanation of neuron {n} behavior: {EXPLANATION_PREFIX} {explanation.strip()}"})
+    messages.append(
+        {
+            "role": "user",
+            "content": f"\n\nNeuron {n}\nExplanation of neuron {n} behavior: {EXPLANATION_PREFIX} {explanation.strip()}",
+        }
+    )
     return messages
 
 
@@ -162,30 +197,45 @@ def simulation_segments(explanation: str, tokens: list[str]) -> list[str]:
     return segments
 
 
-_LINES_ASK = ('Replace every "unknown" with the activation, an integer from 0 to 10. Answer with exactly {n} '
-              "lines in the format token<tab>activation, one per token, in the same order, and nothing else.")
-_JSON_ASK = ('Replace every "unknown" with the activation, an integer from 0 to 10. Answer with a JSON list of '
-             "exactly {n} integers, one per token, in the same order, and nothing else.")
+_LINES_ASK = (
+    'Replace every "unknown" with the activation, an integer from 0 to 10. Answer with exactly {n} '
+    "lines in the format token<tab>activation, one per token, in the same order, and nothing else."
+)
+_JSON_ASK = (
+    'Replace every "unknown" with the activation, an integer from 0 to 10. Answer with a JSON list of '
+    "exactly {n} integers, one per token, in the same order, and nothing else."
+)
 
 
 def _chat_simulation(explanation: str, tokens: list[str], ask: str, answer) -> list[dict]:
     messages = [{"role": "system", "content": SIMULATOR_SYSTEM}]
     for i, (expl, shots, _) in enumerate(FEW_SHOT, start=1):
         toks, vals = shots[0]
-        messages.append({"role": "user", "content": f"Neuron {i}\nExplanation of neuron {i} behavior: "
-                         f"{EXPLANATION_PREFIX} {expl}\nActivations:{unknown_block(toks)}\n{ask.format(n=len(toks))}"})
+        messages.append(
+            {
+                "role": "user",
+                "content": f"Neuron {i}\nExplanation of neuron {i} behavior: "
+                f"{EXPLANATION_PREFIX} {expl}\nActivations:{unknown_block(toks)}\n{ask.format(n=len(toks))}",
+            }
+        )
         messages.append({"role": "assistant", "content": answer(toks, vals)})
     n = len(FEW_SHOT) + 1
-    messages.append({"role": "user", "content": f"Neuron {n}\nExplanation of neuron {n} behavior: "
-                     f"{EXPLANATION_PREFIX} {explanation.strip()}\nActivations:{unknown_block(tokens)}\n"
-                     f"{ask.format(n=len(tokens))}"})
+    messages.append(
+        {
+            "role": "user",
+            "content": f"Neuron {n}\nExplanation of neuron {n} behavior: "
+            f"{EXPLANATION_PREFIX} {explanation.strip()}\nActivations:{unknown_block(tokens)}\n"
+            f"{ask.format(n=len(tokens))}",
+        }
+    )
     return messages
 
 
 def simulation_lines_messages(explanation: str, tokens: list[str]) -> list[dict]:
     """Chat variant for generated-token logprobs: the model re-emits ``token<tab>N`` lines."""
-    return _chat_simulation(explanation, tokens, _LINES_ASK,
-                            lambda t, v: "\n".join(f"{escape_token(a)}\t{b}" for a, b in zip(t, v)))
+    return _chat_simulation(
+        explanation, tokens, _LINES_ASK, lambda t, v: "\n".join(f"{escape_token(a)}\t{b}" for a, b in zip(t, v))
+    )
 
 
 def simulation_json_messages(explanation: str, tokens: list[str]) -> list[dict]:
@@ -194,6 +244,7 @@ def simulation_json_messages(explanation: str, tokens: list[str]) -> list[dict]:
 
 
 # ---- detection (Paulo et al. 2024, §2.3) ------------------------------------------------------------
+
 
 def record_text(tokens: list[str]) -> str:
     return "".join(escape_token(t) for t in tokens).strip()

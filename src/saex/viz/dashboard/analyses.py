@@ -48,8 +48,9 @@ def parse_analyses(text: str | None) -> tuple[str, ...]:
     for name in names:
         if name not in COMPUTED:
             extra = " (output_effect and upstream come from --case-study)" if name in PANELS else ""
-            raise SaexError(f"unknown --analyses {name!r}; allowed: {', '.join(COMPUTED)}, comma-separated, "
-                            f"or '' for none{extra}")
+            raise SaexError(
+                f"unknown --analyses {name!r}; allowed: {', '.join(COMPUTED)}, comma-separated, or '' for none{extra}"
+            )
     return names
 
 
@@ -68,11 +69,15 @@ def load_decoder(index: FeatureIndex, n: int) -> torch.Tensor:
     folder = Path(index.meta.get("dictionary", {}).get("path", ""))
     weights = folder / WEIGHTS
     if not weights.is_file():
-        raise SaexError(f"the logit lens needs the dictionary the index {index.path} was built from, but "
-                        f"{weights} does not exist; leave the logit lens out with --analyses histogram")
+        raise SaexError(
+            f"the logit lens needs the dictionary the index {index.path} was built from, but "
+            f"{weights} does not exist; leave the logit lens out with --analyses histogram"
+        )
     if sha256_path(weights) != index.meta["identity"]["weights_sha256"]:
-        raise SaexError(f"the dictionary {folder} has changed since the index {index.path} was built from it; "
-                        "rebuild the index with saex features")
+        raise SaexError(
+            f"the dictionary {folder} has changed since the index {index.path} was built from it; "
+            "rebuild the index with saex features"
+        )
     with safe_open(str(weights), framework="pt") as fh:
         return fh.get_slice("W_dec")[:n].float()
 
@@ -86,14 +91,18 @@ def load_unembedding(index: FeatureIndex, model: str | None):
 
     store = index.meta.get("store")
     if not store or not Path(store).is_dir():
-        raise SaexError(f"the logit lens needs the model of the activation store {store}, which the index "
-                        f"{index.path} records but does not exist; leave the logit lens out with --analyses histogram")
+        raise SaexError(
+            f"the logit lens needs the model of the activation store {store}, which the index "
+            f"{index.path} records but does not exist; leave the logit lens out with --analyses histogram"
+        )
     manifest = ActivationStore(store).manifest["model"]
     try:
         lm = load_store_model(manifest, model)
     except SaexError as e:
-        raise SaexError(f"the logit lens needs the store's model: {str(e).rstrip('.')}; give --model, or leave "
-                        "the logit lens out with --analyses histogram") from e
+        raise SaexError(
+            f"the logit lens needs the store's model: {str(e).rstrip('.')}; give --model, or leave "
+            "the logit lens out with --analyses histogram"
+        ) from e
     return unembedding(lm.model), decoder(lm.tokenizer), lm.name
 
 
@@ -103,23 +112,28 @@ def read_case_study(folder: str | Path, index: FeatureIndex) -> tuple[dict[int, 
     folder = Path(folder)
     result, config = folder / "case_study.json", folder / "config.json"
     if not result.is_file() or not config.is_file():
-        raise SaexError(f"--case-study {folder} is not a saex case-study output folder "
-                        "(needs case_study.json and config.json)")
+        raise SaexError(
+            f"--case-study {folder} is not a saex case-study output folder (needs case_study.json and config.json)"
+        )
     cfg = json.loads(config.read_text())
     ident = index.meta["identity"]
     recorded = (cfg.get("identity") or {}).get("dictionary")
     if recorded != ident["weights_sha256"]:
-        raise SaexError(f"--case-study {folder} was run on the dictionary {(cfg.get('config') or {}).get('dict')} "
-                        f"(weights {str(recorded)[:12]}), not on this index's "
-                        f"{index.meta.get('dictionary', {}).get('path')} (weights {ident['weights_sha256'][:12]})")
+        raise SaexError(
+            f"--case-study {folder} was run on the dictionary {(cfg.get('config') or {}).get('dict')} "
+            f"(weights {str(recorded)[:12]}), not on this index's "
+            f"{index.meta.get('dictionary', {}).get('path')} (weights {ident['weights_sha256'][:12]})"
+        )
     data = json.loads(result.read_text())
     out: dict[int, dict] = {}
     for e in data.get("features") or []:
         if e.get("hook") not in (None, ident["hook"]):
-            raise SaexError(f"--case-study {folder} studied the dictionary at {e['hook']}, but the index is "
-                            f"at {ident['hook']}")
+            raise SaexError(
+                f"--case-study {folder} studied the dictionary at {e['hook']}, but the index is at {ident['hook']}"
+            )
         out.setdefault(int(e["feature"]), {}).update(
-            {k: e[k] for k in ("histogram", "output_effect", "logit_lens") if e.get(k) is not None})
+            {k: e[k] for k in ("histogram", "output_effect", "logit_lens") if e.get(k) is not None}
+        )
     circuit = data.get("circuit")
     if circuit and circuit.get("hook") == ident["hook"]:
         out.setdefault(int(circuit["feature"]), {})["upstream"] = circuit
@@ -129,8 +143,15 @@ def read_case_study(folder: str | Path, index: FeatureIndex) -> tuple[dict[int, 
 class Analyses:
     """Per-feature panels for ``Gatherer.payloads``: ``self(f) -> (panels, not_computed)``."""
 
-    def __init__(self, index: FeatureIndex, features: list[int], names: tuple[str, ...] = COMPUTED,
-                 model: str | None = None, case_study: str | None = None, progress: bool = False):
+    def __init__(
+        self,
+        index: FeatureIndex,
+        features: list[int],
+        names: tuple[str, ...] = COMPUTED,
+        model: str | None = None,
+        case_study: str | None = None,
+        progress: bool = False,
+    ):
         self.index, self.names = index, names
         self.has_text = (index.path / VOCAB_JSON).is_file()
         self.case = read_case_study(case_study, index)[0] if case_study else {}
@@ -139,8 +160,10 @@ class Analyses:
         self.lens = None
         if "logit_lens" in names and features:
             if hook_kind(index.meta.get("hook")) == "mlp.hook_post":
-                self.lens_reason = (f"the dictionary is at MLP neurons ({index.meta.get('hook')}), whose directions "
-                                    "are not in the residual stream that the unembedding reads")
+                self.lens_reason = (
+                    f"the dictionary is at MLP neurons ({index.meta.get('hook')}), whose directions "
+                    "are not in the residual stream that the unembedding reads"
+                )
             else:
                 self._logit_lens(features, model, progress)
 
@@ -154,14 +177,16 @@ class Analyses:
         parts = []
         bar = tqdm(total=len(features), desc="dashboard: logit lens", unit="feature", disable=not progress)
         for lo in range(0, len(features), CHUNK):
-            parts.append(logit_lens_all(W_dec_FD[lo:lo + CHUNK], W_U_VD, LOGIT_TOP, excluded, chunk=256))
+            parts.append(logit_lens_all(W_dec_FD[lo : lo + CHUNK], W_U_VD, LOGIT_TOP, excluded, chunk=256))
             bar.update(min(CHUNK, len(features) - lo))
         bar.close()
         top_v, top_i, bot_v, bot_i = (torch.cat(p) for p in zip(*parts))
         self.row = {f: i for i, f in enumerate(features)}
         self.lens = (top_v, top_i, bot_v, bot_i)
-        self.info["logit_lens"] = (f"decoder rows · unembedding of {name}, top and bottom {LOGIT_TOP}, tokens above "
-                                   f"{UNEMBED_OUTLIERS} the median unembedding norm left out ({self.excluded})")
+        self.info["logit_lens"] = (
+            f"decoder rows · unembedding of {name}, top and bottom {LOGIT_TOP}, tokens above "
+            f"{UNEMBED_OUTLIERS} the median unembedding norm left out ({self.excluded})"
+        )
 
     def __call__(self, f: int) -> tuple[dict, dict]:
         from saex.features.histogram import histogram_from_index
@@ -175,7 +200,10 @@ class Analyses:
             r = self.row[f]
             panels["logit_lens"] = payload(*(t[r] for t in self.lens), self.decode, self.excluded, False)
         panels.update(self.case.get(f, {}))
-        notes = {"histogram": "not requested (--analyses)", "logit_lens": self.lens_reason,
-                 "output_effect": CASE_STUDY_ONLY,
-                 "upstream": "computed by saex case-study --upstream only, for its target feature; give --case-study"}
+        notes = {
+            "histogram": "not requested (--analyses)",
+            "logit_lens": self.lens_reason,
+            "output_effect": CASE_STUDY_ONLY,
+            "upstream": "computed by saex case-study --upstream only, for its target feature; give --case-study",
+        }
         return panels, {k: v for k, v in notes.items() if panels.get(k) is None and v}

@@ -24,8 +24,13 @@ from saex.errors import SaexError
 from saex.features.index import INDEX_JSON, VOCAB_JSON, FeatureIndex
 
 ANALYSES = ("histogram", "logit_lens", "output_effect", "upstream")
-SCORE_NAMES = {"top_random": "top_and_random", "top": "top", "random": "random", "auroc": "auroc",
-               "balanced_accuracy": "balanced_accuracy"}
+SCORE_NAMES = {
+    "top_random": "top_and_random",
+    "top": "top",
+    "random": "random",
+    "auroc": "auroc",
+    "balanced_accuracy": "balanced_accuracy",
+}
 """scores.jsonl keys -> payload keys (the scalar scores only; the delphi recall per decile is left out)."""
 PRESET_ORDER = ("cunningham2023", "bills2023", "delphi")
 
@@ -41,14 +46,17 @@ def find_index(features: str, name: str | None) -> Path:
     if name is None:
         if len(found) == 1:
             return next(iter(found.values()))
-        raise SaexError(f"{features} holds {len(found)} feature indexes; choose one with --dict "
-                        f"(one of: {', '.join(sorted(found))})")
+        raise SaexError(
+            f"{features} holds {len(found)} feature indexes; choose one with --dict "
+            f"(one of: {', '.join(sorted(found))})"
+        )
     for key, folder in found.items():
         recorded = json.loads((folder / INDEX_JSON).read_text()).get("dictionary", {}).get("name")
         if name in (key, folder.name, recorded, recorded and recorded.replace("/", "__")):
             return folder
-    raise SaexError(f"--dict {name!r} is not among the feature indexes in {features}; "
-                    f"allowed: {', '.join(sorted(found))}")
+    raise SaexError(
+        f"--dict {name!r} is not among the feature indexes in {features}; allowed: {', '.join(sorted(found))}"
+    )
 
 
 def _key_order(key: str) -> tuple:
@@ -75,15 +83,20 @@ def load_interpretations(folder: str | Path, identity: dict) -> dict[str, dict[i
                     continue
                 if not isinstance(row, dict) or (row.get("identity") or {}).get("index") != identity:
                     continue
-                key = f"{row.get('backend', path.parent.parent.parent.name)}/{row.get('preset', path.parent.parent.name)}"
+                key = (
+                    f"{row.get('backend', path.parent.parent.parent.name)}/{row.get('preset', path.parent.parent.name)}"
+                )
                 scores = row.get("scores") or {}
                 found.setdefault(key, {})[int(row["feature"])] = {
                     "explanation": (row.get("explanation") or {}).get("text"),
                     "scores": {SCORE_NAMES[k]: _number(v) for k, v in scores.items() if k in SCORE_NAMES},
-                    "skipped": row.get("skipped")}
+                    "skipped": row.get("skipped"),
+                }
     if not found:
-        raise SaexError(f"--interpret folder {folder} holds no saex interpret scores for this feature index "
-                        "(scores.jsonl records of the same index identity)")
+        raise SaexError(
+            f"--interpret folder {folder} holds no saex interpret scores for this feature index "
+            "(scores.jsonl records of the same index identity)"
+        )
     return {k: found[k] for k in sorted(found, key=_key_order)}
 
 
@@ -132,8 +145,14 @@ def check_analyses(analyses: dict[int, dict]) -> None:
 class Gatherer:
     """Rows and payloads of one feature index (and its interpretations, when given)."""
 
-    def __init__(self, index: FeatureIndex, interpretations: dict[str, dict[int, dict]] | None = None,
-                 examples: int = 20, decile_examples: int = 2, limit: int | None = None):
+    def __init__(
+        self,
+        index: FeatureIndex,
+        interpretations: dict[str, dict[int, dict]] | None = None,
+        examples: int = 20,
+        decile_examples: int = 2,
+        limit: int | None = None,
+    ):
         self.index = index
         self.interp = interpretations or {}
         self.examples, self.decile_examples = examples, decile_examples
@@ -147,14 +166,24 @@ class Gatherer:
     def meta(self) -> dict:
         m = self.index.meta
         d = m.get("dictionary", {})
-        out = {"dictionary": d.get("name", self.index.path.name), "hook": m.get("hook"), "model": m.get("model"),
-               "architecture": m.get("architecture"), "d_in": m.get("d_in"), "d_dict": m.get("d_dict"),
-               "alpha": d.get("alpha"), "fragments": m.get("n_fragments"),
-               "fragment_length": m.get("fragment_length"), "features_shown": len(self.features),
-               "index": str(self.index.path),
-               "interpretations": list(self.interp) or None,
-               "score": f"{'top-and-random' if self.primary and not self.primary.endswith('/delphi') else 'AUROC'} "
-                        f"of {self.primary}" if self.primary else None}
+        out = {
+            "dictionary": d.get("name", self.index.path.name),
+            "hook": m.get("hook"),
+            "model": m.get("model"),
+            "architecture": m.get("architecture"),
+            "d_in": m.get("d_in"),
+            "d_dict": m.get("d_dict"),
+            "alpha": d.get("alpha"),
+            "fragments": m.get("n_fragments"),
+            "fragment_length": m.get("fragment_length"),
+            "features_shown": len(self.features),
+            "index": str(self.index.path),
+            "interpretations": list(self.interp) or None,
+            "score": f"{'top-and-random' if self.primary and not self.primary.endswith('/delphi') else 'AUROC'} "
+            f"of {self.primary}"
+            if self.primary
+            else None,
+        }
         if not self.has_text:
             out["note"] = "the index was built with --no-decode: tokens show as [id]"
         return out
@@ -165,12 +194,20 @@ class Gatherer:
         out = []
         for f in self.features:
             r = prim.get(f) or {}
-            out.append({"id": f, "density": _finite(density[f]), "max": _finite(max_F[f]),
-                        "score": _main_score(r.get("scores") or {}), "explanation": r.get("explanation")})
+            out.append(
+                {
+                    "id": f,
+                    "density": _finite(density[f]),
+                    "max": _finite(max_F[f]),
+                    "score": _main_score(r.get("scores") or {}),
+                    "explanation": r.get("explanation"),
+                }
+            )
         return out
 
-    def payloads(self, analyses: dict[int, dict] | None = None,
-                 computed: Callable[[int], tuple[dict, dict]] | None = None) -> Iterator[dict]:
+    def payloads(
+        self, analyses: dict[int, dict] | None = None, computed: Callable[[int], tuple[dict, dict]] | None = None
+    ) -> Iterator[dict]:
         """One payload per feature, made when asked for. ``computed(f) -> (panels, not_computed reasons)``
         supplies analysis panels feature by feature (``analyses.Analyses``); ``analyses`` (given panels)
         take precedence over them."""
@@ -188,14 +225,20 @@ class Gatherer:
         idx = self.index
         interp = {k: v[f] for k, v in self.interp.items() if f in v}
         main = interp.get(self.primary) or {}
-        out = {"id": f, "dictionary": idx.meta.get("dictionary", {}).get("name", idx.path.name),
-               "hook": idx.meta.get("hook"), "density": _finite(self.density_F[f]),
-               "max": _finite(self.max_F[f]), "explanation": main.get("explanation"),
-               "scores": {k: {"top": None, "random": None, "top_and_random": None, **v["scores"]}
-                          for k, v in interp.items()},
-               "explanations": {k: v["explanation"] for k, v in interp.items()},
-               "skipped": {k: v["skipped"] for k, v in interp.items() if v.get("skipped")},
-               "sections": self.sections(f)}
+        out = {
+            "id": f,
+            "dictionary": idx.meta.get("dictionary", {}).get("name", idx.path.name),
+            "hook": idx.meta.get("hook"),
+            "density": _finite(self.density_F[f]),
+            "max": _finite(self.max_F[f]),
+            "explanation": main.get("explanation"),
+            "scores": {
+                k: {"top": None, "random": None, "top_and_random": None, **v["scores"]} for k, v in interp.items()
+            },
+            "explanations": {k: v["explanation"] for k, v in interp.items()},
+            "skipped": {k: v["skipped"] for k, v in interp.items() if v.get("skipped")},
+            "sections": self.sections(f),
+        }
         for k in ANALYSES:
             out[k] = analysis.get(k)
         out["not_computed"] = dict(not_computed or {})
@@ -205,25 +248,37 @@ class Gatherer:
         idx = self.index
         top_ids, _ = idx.examples(f, "top")
         top_acts = idx.activations(f, "top")
-        sections = [{"title": f"Top activations ({min(len(top_ids), self.examples)} of the {len(top_ids)} "
-                              "highest-activating fragments)",
-                     "examples": self._examples(top_ids[:self.examples], top_acts[:self.examples])}]
+        sections = [
+            {
+                "title": f"Top activations ({min(len(top_ids), self.examples)} of the {len(top_ids)} "
+                "highest-activating fragments)",
+                "examples": self._examples(top_ids[: self.examples], top_acts[: self.examples]),
+            }
+        ]
         rand_ids, _ = idx.examples(f, "random")
         rand_acts = idx.activations(f, "random")
         if len(rand_ids):
             maxes = rand_acts.max(1)
             dec = decile_of(maxes)
             for d in range(9, -1, -1):
-                members = np.flatnonzero(dec == d)[:self.decile_examples]  # in the sample's random order
+                members = np.flatnonzero(dec == d)[: self.decile_examples]  # in the sample's random order
                 if not len(members):
                     continue
                 lo, hi = maxes[dec == d].min(), maxes[dec == d].max()
-                sections.append({"title": f"Decile {d + 1} of 10{' (highest)' if d == 9 else ' (lowest)' if d == 0 else ''}"
-                                          f": max activation {lo:.3g} to {hi:.3g}",
-                                 "examples": self._examples(rand_ids[members], rand_acts[members])})
+                sections.append(
+                    {
+                        "title": f"Decile {d + 1} of 10{' (highest)' if d == 9 else ' (lowest)' if d == 0 else ''}"
+                        f": max activation {lo:.3g} to {hi:.3g}",
+                        "examples": self._examples(rand_ids[members], rand_acts[members]),
+                    }
+                )
         k = min(len(rand_ids), self.examples)
-        sections.append({"title": f"Random activating fragments ({k} of a sample of {len(rand_ids)})",
-                         "examples": self._examples(rand_ids[:k], rand_acts[:k])})
+        sections.append(
+            {
+                "title": f"Random activating fragments ({k} of a sample of {len(rand_ids)})",
+                "examples": self._examples(rand_ids[:k], rand_acts[:k]),
+            }
+        )
         return sections
 
     def _examples(self, ids: np.ndarray, acts_NL: np.ndarray) -> list[dict]:
@@ -233,7 +288,7 @@ class Gatherer:
             toks = self.index.token_strings(ids)
         else:
             toks = [[f"[{t}]" for t in row] for row in self.index.tokens(ids).tolist()]
-        return [{"tokens": t, "acts": a} for t, a in zip(toks, _sig6(acts_NL[:len(toks)]))]
+        return [{"tokens": t, "acts": a} for t, a in zip(toks, _sig6(acts_NL[: len(toks)]))]
 
 
 def _finite(x) -> float | None:

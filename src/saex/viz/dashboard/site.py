@@ -96,8 +96,9 @@ def _check_row(row: dict) -> dict:
 
 def _environment() -> jinja2.Environment:
     loader = jinja2.PackageLoader("saex.viz.dashboard", "templates")
-    return jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=True)
+    return jinja2.Environment(
+        loader=loader, autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True
+    )
 
 
 def _meta_items(meta: dict) -> list[tuple[str, str]]:
@@ -127,8 +128,9 @@ def write_site(out, meta: dict, rows: list[dict], payloads: Iterable[dict], prog
         raise SaexError("dashboard rows repeat a feature id")
     meta = clean(dict(meta))
     title = str(meta.get("title") or f"saex dashboard: {meta.get('dictionary', 'features')}")
-    write_json_atomic(out / MARKER, {"format": FORMAT, "saex_version": saex.__version__, "status": "in_progress",
-                                     "meta": meta})
+    write_json_atomic(
+        out / MARKER, {"format": FORMAT, "saex_version": saex.__version__, "status": "in_progress", "meta": meta}
+    )
 
     env = _environment()
     for page in PAGES:
@@ -136,8 +138,7 @@ def write_site(out, meta: dict, rows: list[dict], payloads: Iterable[dict], prog
     static = resources.files("saex.viz.dashboard") / "static"
     for name in STATIC:
         _write_text(out / "static" / name, (static / name).read_text(encoding="utf-8"))
-    _write_text(out / "data" / "index.js",
-                f"saexIndex({js_json({'meta': meta, 'title': title, 'rows': rows})});\n")
+    _write_text(out / "data" / "index.js", f"saexIndex({js_json({'meta': meta, 'title': title, 'rows': rows})});\n")
 
     seen: set[int] = set()
     written = 0
@@ -156,9 +157,20 @@ def write_site(out, meta: dict, rows: list[dict], payloads: Iterable[dict], prog
         bar.update(1)
     bar.close()
     removed = _remove_stale_features(out, seen)
-    write_json_atomic(out / MARKER, {"format": FORMAT, "saex_version": saex.__version__, "status": "complete",
-                                     "meta": meta, "features": len(ids), "feature_files": len(seen),
-                                     "written": written, "unchanged": len(seen) - written, "removed": removed})
+    write_json_atomic(
+        out / MARKER,
+        {
+            "format": FORMAT,
+            "saex_version": saex.__version__,
+            "status": "complete",
+            "meta": meta,
+            "features": len(ids),
+            "feature_files": len(seen),
+            "written": written,
+            "unchanged": len(seen) - written,
+            "removed": removed,
+        },
+    )
     return out
 
 
