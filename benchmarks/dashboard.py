@@ -10,7 +10,7 @@ What is measured (every number that matters is a ratio against a reference timed
                     to its own file (data/f/<id // 1000>/<id>.json) with plain ``open``/``write``: no
                     escaping, no atomic rename, no comparison with what is there;
     ``json_dump``   the same with ``json.dump(payload, fh)`` (which writes many small pieces);
-    ``site``        ``saex.viz.dashboard.site.write_site`` into a fresh folder: the pages, ``data/index.js``,
+    ``site``        ``saex.dashboard.site.write_site`` into a fresh folder: the pages, ``data/index.js``,
                     one escaped JS data file per feature, written atomically (temporary name, rename);
     ``rebuild``     ``write_site`` again into the folder ``site`` wrote: every file compared, none rewritten;
     ``generate``    iterating the payload generator alone (what the other three also pay; about nothing).
@@ -53,8 +53,8 @@ sys.path.insert(0, str(ROOT))  # tests/viz/_dashboard_synth.py
 from tests.viz import _dashboard_synth as synth  # noqa: E402
 
 from _common import load_avg, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from saex.store.files import write_json_atomic  # noqa: E402
-from saex.viz.dashboard.site import SHARD, write_site  # noqa: E402
+from saex.dashboard.site import SHARD, write_site  # noqa: E402
+from saex.files import write_json_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dashboard.json"
 CHROMEDRIVER = "/usr/bin/chromedriver"

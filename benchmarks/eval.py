@@ -37,9 +37,9 @@ from harvest import first_contexts  # noqa: E402
 from saex.dictionaries.sae import SAE
 from saex.evaluate.metrics import ReconstructionMetrics
 from saex.evaluate.spliced import spliced_losses
+from saex.files import write_json_atomic
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
-from saex.store.files import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "eval.json"
 

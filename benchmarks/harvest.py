@@ -10,9 +10,9 @@ of real token contexts, with the same hook points):
                 activations of every hook point, no cast, no copy.
 ``inner``       harvest's loop without its fixed costs: capture run, cast to the storage dtype, finiteness
                 check, copy into shard buffers, ``write_safetensors_atomic`` per shard (fsync included) and a
-                small manifest rewrite per shard, as ``saex.harvest._harvest_split`` does; the same batch is
+                small manifest rewrite per shard, as ``saex.stages.harvest._harvest_split`` does; the same batch is
                 fed repeatedly.
-``harvest``     the real end-to-end path, ``saex.harvest.harvest(HarvestConfig(...), progress=False)`` into a
+``harvest``     the real end-to-end path, ``saex.stages.harvest.harvest(HarvestConfig(...), progress=False)`` into a
                 fresh temporary folder. harvest() loads the model, reads and fingerprints the corpus and
                 hashes the tokenizer itself; to cancel those fixed costs each repeat runs two harvests, of
                 N and of 2N tokens (fresh folders), and the rate is N / (t(2N) - t(N)). What is left is the
@@ -60,10 +60,11 @@ import torch
 from _common import load_avg, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from saex.data.corpora import resolve_corpus
 from saex.data.packing import pack, resolve_packing
-from saex.harvest import DTYPES, HarvestConfig, harvest
+from saex.files import write_json_atomic, write_safetensors_atomic
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
-from saex.store.files import write_json_atomic, write_safetensors_atomic
+from saex.stages.harvest import DTYPES, HarvestConfig
+from saex.stages.harvest import run as harvest
 
 RESULTS = Path(__file__).resolve().parent / "results" / "harvest.json"
 # Order of the hook kinds inside a block, and which module of a Llama-style block each is read from
@@ -191,7 +192,7 @@ def run_capture(hooked, hooks, x, n):
 
 
 def run_inner(hooked, hooks, x, n_batches, shard_batches, dtype_name, folder: Path):
-    """harvest's per-shard loop (saex.harvest._harvest_split) on the same batch, without fixed costs."""
+    """harvest's per-shard loop (saex.stages.harvest._harvest_split) on the same batch, without fixed costs."""
     import hashlib
 
     dtype = DTYPES[dtype_name]

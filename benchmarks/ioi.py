@@ -61,10 +61,11 @@ from saex.causal.ioi import make_prompts, task_performance
 from saex.causal.patching import PatchingSetup
 from saex.dictionaries import load_dictionary
 from saex.dictionaries.folders import find_dictionaries
-from saex.harvest import HarvestConfig, harvest
+from saex.files import write_json_atomic
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
-from saex.store.files import write_json_atomic
+from saex.stages.harvest import HarvestConfig
+from saex.stages.harvest import run as harvest
 from saex.train.config import TrainConfig
 from saex.train.trainer import train
 

@@ -39,7 +39,7 @@ method once per round in an order rotated from round to round (SAELens's worker 
 loop, so it is interleaved too); medians over rounds. Ratios are given as ratio of medians, as median of
 the per-round (paired) ratios and as ratio of best rounds. GFLOP/s count 12·B·d_in·F FLOPs per step and
 member (encoder and decoder matmuls, forward and backward: six B×d_in×F matmuls at 2 FLOPs per
-multiply-add, the convention of /work/shared/reference/peer-throughput.md and of the peak). saex's dense
+multiply-add, the convention of benchmarks/README.md and of the peak). saex's dense
 step does five of the six (no input gradient) and its sparse path far less arithmetic than that, so its
 "dense-equivalent" fraction of peak can exceed 100 %; only the dense-phase fraction is a utilisation.
 
@@ -321,7 +321,8 @@ def ensure_store(a) -> tuple[Path, bool]:
         return Path(a.acts), False
     if (DEFAULT_ACTS / "manifest.json").is_file():
         return DEFAULT_ACTS, False
-    from saex.harvest import HarvestConfig, harvest
+    from saex.stages.harvest import HarvestConfig
+    from saex.stages.harvest import run as harvest
 
     print(f"harvesting real activations into {DEFAULT_ACTS} (once, ~40 s) ...", file=sys.stderr)
     harvest(

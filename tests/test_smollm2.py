@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from saex.harvest import HarvestConfig, harvest
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
+from saex.stages.harvest import HarvestConfig
+from saex.stages.harvest import run as harvest
 from saex.store.reader import ActivationStore
 from tests.conftest import needs_smollm2
 

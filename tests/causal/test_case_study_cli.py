@@ -24,8 +24,9 @@ TRACED = NODE | {"increases", "ablated", "effect_sum_positive", "effect_sum_nega
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_models):
-    from saex.features.build import FeaturesConfig, build_features
-    from saex.harvest import harvest
+    from saex.stages.features import FeaturesConfig
+    from saex.stages.features import run as build_features
+    from saex.stages.harvest import run as harvest
     from tests.conftest import write_corpus
     from tests.store._helpers import cfg
 

@@ -207,8 +207,9 @@ def test_refusals(hooked):
 
 
 def test_contexts_from_index(tmp_path):
-    from saex.features.build import FeaturesConfig, build_features
     from saex.features.index import FeatureIndex
+    from saex.stages.features import FeaturesConfig
+    from saex.stages.features import run as build_features
     from tests.features._helpers import T, heldout_data, heldout_docs, heldout_tokens, standard_sae, write_store
 
     X = heldout_data()

@@ -36,7 +36,7 @@ def setup(request, hooked, prompts):
 
 
 def reference_prune(setup: PatchingSetup, taus, seed: int) -> tuple[list, list]:
-    """The paper's loop (paper-spec §4.2), one candidate at a time, visiting the patched features in the same
+    """The paper's loop (paper §4; docs/causal.md), one candidate at a time, visiting the patched features in the same
     random order as saex (one permutation per τ from default_rng([seed, 19]))."""
     F_ = setup.n_features
     active = set(setup.active.tolist())

@@ -16,7 +16,7 @@ HOOK = "blocks.1.hook_resid_post"
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from saex.harvest import harvest
+    from saex.stages.harvest import run as harvest
     from tests.store._helpers import cfg
 
     root = tmp_path_factory.mktemp("ioi-cli")

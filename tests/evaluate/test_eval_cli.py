@@ -38,7 +38,7 @@ def _identity(d, hook=RESID, **meta):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_llama):
-    from saex.harvest import harvest
+    from saex.stages.harvest import run as harvest
 
     root = tmp_path_factory.mktemp("eval-store")
     corpus = write_corpus(root / "corpus.jsonl")
@@ -445,7 +445,7 @@ def test_tokens_limits_rows_across_shards(tmp_path):
 
 
 def test_a_store_harvested_from_a_relative_model_path_evaluates_from_another_folder(tmp_path, monkeypatch, capsys):
-    from saex.harvest import harvest
+    from saex.stages.harvest import run as harvest
     from tests.conftest import save_tiny_model
 
     a, b = tmp_path / "a", tmp_path / "b"

@@ -341,7 +341,7 @@ def test_decode_needs_the_store_model(store, dicts, tmp_path, capsys):
 # -- token text, on a store harvested from a tiny local model ----------------------------------------------
 @pytest.fixture(scope="module")
 def llama_store(tmp_path_factory):
-    from saex.harvest import harvest
+    from saex.stages.harvest import run as harvest
     from tests.conftest import save_tiny_model, write_corpus
     from tests.store._helpers import RESID, cfg
 

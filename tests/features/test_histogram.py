@@ -91,8 +91,9 @@ def test_store_pass_matches_brute_force(tmp_path):
 
 
 def test_from_index(tmp_path):
-    from saex.features.build import FeaturesConfig, build_features
     from saex.features.index import FeatureIndex
+    from saex.stages.features import FeaturesConfig
+    from saex.stages.features import run as build_features
     from tests.features._helpers import heldout_docs
 
     X = heldout_data()

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from saex.errors import SaexError
-from saex.features.build import FeaturesConfig, build_features
 from saex.features.fragments import make_fragments
 from saex.features.index import FeatureIndex, IndexBuilder, moments_summary
+from saex.stages.features import FeaturesConfig
+from saex.stages.features import run as build_features
 from tests.features._helpers import (
     HOOK,
     C,

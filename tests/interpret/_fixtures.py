@@ -1,4 +1,4 @@
-"""Synthetic feature indexes for the interpret tests, built with ``saex.features.build`` on stores from
+"""Synthetic feature indexes for the interpret tests, built with ``saex.stages.features`` on stores from
 ``tests/features/_helpers.write_store``.
 
 The dictionaries are identities (``codes = relu(x)``), so every feature's activations are exactly the
@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from saex.dictionaries.sae import SAE
-from saex.features.build import FeaturesConfig, build_features
 from saex.features.index import VOCAB_JSON
+from saex.stages.features import FeaturesConfig
+from saex.stages.features import run as build_features
 from tests.features._helpers import HOOK, write_store
 
 # -- the protocol index: 4 features over 256 fragments of 4 tokens --------------------------------------

@@ -20,7 +20,7 @@ from saex.interpret.density import (
     density_comparison,
     matched_difference,
 )
-from saex.interpret.run import summarize_method
+from saex.interpret.summary import summarize_method
 
 
 def row(density, top_random, top=None, random=None, feature=0) -> dict:

@@ -26,10 +26,10 @@ import torch
 from saex.dictionaries.random_directions import random_directions
 from saex.dictionaries.sae import SAE
 from saex.features.index import FeatureIndex
+from saex.features.records import Explanation
 from saex.interpret.density import density_bin
 from saex.interpret.offline import LABEL, TableExplainer, TableSimulator
 from saex.interpret.protocol import sample_feature
-from saex.interpret.records import Explanation
 from saex.interpret.scoring import pooled_pearson
 from tests._cli import run_cli as _main
 from tests.conftest import WORDS, build_tokenizer
@@ -381,12 +381,12 @@ def test_an_index_with_too_few_top_fragments_is_refused(features, tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--preset", "paper"], "unknown preset 'paper'"),
-        (["--backend", "claude"], "unknown backend 'claude'"),
+        (["--preset", "paper"], "unknown --preset 'paper'"),
+        (["--backend", "claude"], "unknown --backend 'claude'"),
         (["--backend", "openai"], "--backend openai needs --model"),
         (["--n-features", "0"], "--n-features must be positive, got 0"),
         (["--seed", "-1"], "--seed must be >= 0, got -1"),
-        (["--selection", "best"], "unknown selection 'best'"),
+        (["--selection", "best"], "unknown --selection 'best'"),
         (["--budget", "0"], "--budget must be positive"),
     ],
 )

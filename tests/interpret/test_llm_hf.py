@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from saex.features.records import ActivationRecord, Explanation
 from saex.interpret.llm import LLMDetector, LLMExplainer, LLMSimulator
 from saex.interpret.llm.hf_backend import HFBackend
 from saex.interpret.llm.prompts import simulation_segments
-from saex.interpret.records import ActivationRecord, Explanation
 
 WORDS = [
     "the",

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from saex.features.records import ActivationRecord, Explanation
 from saex.interpret.llm import LLMExplainer, LLMSimulator, make_backend
 from saex.interpret.llm.prompts import simulation_segments
-from saex.interpret.records import ActivationRecord, Explanation
 from tests.conftest import needs_smollm2
 
 pytestmark = [needs_smollm2, pytest.mark.slow]

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from saex.errors import SaexError
+from saex.features.records import ActivationRecord, Explanation, discretize
 from saex.interpret.llm import LLMDetector, LLMExplainer, LLMSimulator, make_backend
 from saex.interpret.llm.openai_backend import OpenAIBackend
-from saex.interpret.records import ActivationRecord, Explanation, discretize
 from saex.interpret.scoring import auroc, pooled_pearson
 from tests.interpret._stub_server import Oracle, StubReply, StubServer
 

@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
+from saex.features.records import ActivationRecord
 from saex.interpret.llm import prompts
 from saex.interpret.llm.base import ChatResult, MalformedAnswer, expected_values, value_probs
 from saex.interpret.llm.cache import ResponseCache, canonical_request, endpoint_id, request_key
 from saex.interpret.llm.parsing import echo_slot_tops, parse_detection, parse_json_values, parse_lines
-from saex.interpret.records import ActivationRecord
 
 
 def _record(tokens, acts):

@@ -10,8 +10,8 @@ import random
 import numpy as np
 import pytest
 
+from saex.features.records import ActivationRecord, Explanation, discretize, max_activation
 from saex.interpret.offline import LABEL, TableExplainer, TableSimulator, token_entropy
-from saex.interpret.records import ActivationRecord, Explanation, discretize, max_activation
 from saex.interpret.scoring import pooled_pearson
 from tests.conftest import WORDS
 

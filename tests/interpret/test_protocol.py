@@ -1,8 +1,8 @@
 """The protocol presets (``saex.interpret.protocol.sample_feature``) on a feature index built by
-``saex.features.build`` from a synthetic store whose activations are known by construction.
+``saex.stages.features`` from a synthetic store whose activations are known by construction.
 
 Expected fragment ids are recomputed from the store's columns (brute force) and from ``index.examples``;
-the splits are the ones of shared/reference/paper-spec.md §3.2 and autointerp.md §1.1 (Bills'
+the splits are the ones of paper §3.1 and docs/autointerp.md (Bills'
 interleaved splits with ``n_examples_per_split=5``).
 """
 

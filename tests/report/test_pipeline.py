@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from saex.report.pipeline import _abs, _rel, parse_overrides, tree_hash
-from saex.report.presets import plan
+from saex.files import tree_hash
+from saex.reproduce.pipeline import absolute_in_run, parse_overrides, relative_to_run
+from saex.reproduce.plan import plan
 from tests._cli import run_cli as _main
 from tests.causal._helpers import save_ioi_model
 
@@ -138,8 +139,9 @@ def test_configs_name_run_folder_paths_relative_to_it(tmp_path):
         "hooks": "blocks.0.x,blocks.1.x",
         "corpus": "default,kjv",
         "n": 3,
+        "folders": [f"{root}/dicts/h", str(tmp_path / "x")],
     }
-    rel = _rel(cfg, root)
+    rel = relative_to_run(cfg, root)
     assert rel == {
         "dicts": "$OUT/dicts/h,$OUT/baselines/h",
         "acts": "$OUT/acts",
@@ -149,10 +151,11 @@ def test_configs_name_run_folder_paths_relative_to_it(tmp_path):
         "hooks": "blocks.0.x,blocks.1.x",
         "corpus": "default,kjv",
         "n": 3,
+        "folders": ["$OUT/dicts/h", str(tmp_path / "x")],
     }
-    assert _abs(rel, root) == cfg
+    assert absolute_in_run(rel, root) == cfg
     moved = tmp_path / "elsewhere"
-    assert _abs(rel, moved)["dicts"] == f"{moved}/dicts/h,{moved}/baselines/h"
+    assert absolute_in_run(rel, moved)["dicts"] == f"{moved}/dicts/h,{moved}/baselines/h"
 
 
 def test_unchanged_rerun_skips_every_stage(full_run, inputs):
@@ -181,9 +184,9 @@ def test_changed_option_reruns_only_dependants(full_run, inputs):
 
 
 def test_killed_stage_resumes_to_the_same_outputs(full_run, inputs, tmp_path, monkeypatch):
-    import saex.features.build as fb
+    import saex.stages.features as fb
 
-    real = fb.build_features
+    real = fb.run
     calls = []
 
     def killed(cfg, progress=True):
@@ -193,14 +196,14 @@ def test_killed_stage_resumes_to_the_same_outputs(full_run, inputs, tmp_path, mo
             raise KeyboardInterrupt
         return real(cfg, progress)
 
-    monkeypatch.setattr(fb, "build_features", killed)
+    monkeypatch.setattr(fb, "run", killed)
     out = tmp_path / "run"
     rc, _, err = _reproduce(inputs, out)
     assert rc == 130 and "interrupted; run the same command again to resume" in err
     state = _state(out)["stages"]
     assert state["features:blocks.1.hook_resid_post"]["status"] == "running"
     assert "interpret:blocks.0.hook_resid_post" not in state
-    monkeypatch.setattr(fb, "build_features", real)
+    monkeypatch.setattr(fb, "run", real)
     rc, _, err = _reproduce(inputs, out)
     assert rc == 0, err
     assert "features:blocks.1.hook_resid_post: resuming an interrupted run" in err
@@ -215,7 +218,7 @@ def test_killed_stage_resumes_to_the_same_outputs(full_run, inputs, tmp_path, mo
 
 
 def test_outputs_edited_on_disk_are_recomputed(tmp_path):
-    from saex.report.pipeline import Pipeline, Stage
+    from saex.reproduce.pipeline import Pipeline, Stage
 
     runs = []
 
@@ -235,7 +238,7 @@ def test_outputs_edited_on_disk_are_recomputed(tmp_path):
 
 def test_downstream_of_a_failed_stage_is_not_run(tmp_path):
     from saex.errors import SaexError
-    from saex.report.pipeline import Pipeline, Stage
+    from saex.reproduce.pipeline import Pipeline, Stage
 
     def fail(cfg):
         raise SaexError("no single-token names")
@@ -263,28 +266,32 @@ def test_downstream_of_a_failed_stage_is_not_run(tmp_path):
 
 def test_plan_and_overrides():
     p = plan("quick", 30)
-    assert p["main_layer"] == 6 and p["resid_layers"] == [5, 6] and p["mlp_layers"] == []  # MLPs: standard preset
+    assert p.main_layer == 6 and p.resid_layers == [5, 6] and p.mlp_layers == []  # MLPs: standard preset
     paper = plan("paper", 6)  # Pythia-70M: every layer, as the paper
-    assert paper["resid_layers"] == [0, 1, 2, 3, 4, 5] and 0.0 in paper["extra_alphas_resid"]
+    assert paper.resid_layers == [0, 1, 2, 3, 4, 5] and 0.0 in paper.extra_alphas_resid
     # the standard preset: what issue 13 asks of it, on SmolLM2's 30 layers
     std = plan("standard", 30)
-    assert len(std["resid_layers"]) >= 4 and std["ioi_layer"] in std["resid_layers"] and 10 <= std["ioi_layer"] <= 19
-    assert std["extra_alphas_resid"] == [0.0] and len(std["target_l0_resid"]) >= 5 and min(std["ratios_resid"]) < 1
-    assert std["heldout_tokens"] >= 1_000_000 and std["ioi_prompts"] >= 20 and std["interpret_features"] == 150
+    assert len(std.resid_layers) >= 4 and std.ioi_layer in std.resid_layers and 10 <= std.ioi_layer <= 19
+    assert std.extra_alphas_resid == [0.0] and len(std.target_l0_resid) >= 5 and min(std.ratios_resid) < 1
+    assert std.heldout_tokens >= 1_000_000 and std.ioi_prompts >= 20 and std.interpret_features == 150
     # the Wikipedia leads hold 1.07M tokens in all: the standard preset adds the KJV and holds out 55% of the
     # documents; the quick one keeps the embedded corpus and a tenth
-    assert (std["corpus"], std["heldout_fraction"]) == ("default,kjv", 0.55)
-    assert (p["corpus"], p["heldout_fraction"]) == ("default", 0.1)
-    assert std["eval_tokens"] < std["heldout_tokens"]  # FVU / L0 on a part; alive over every held-out row
+    assert (std.corpus, std.heldout_fraction) == ("default,kjv", 0.55)
+    assert (p.corpus, p.heldout_fraction) == ("default", 0.1)
+    assert std.eval_tokens < std.heldout_tokens  # FVU / L0 on a part; alive over every held-out row
     got = parse_overrides("tokens=5,resid_layers=[1,2],main_target_l0_resid=20,ioi_mode=greedy", p)
-    assert got == {"tokens": 5, "resid_layers": [1, 2], "main_target_l0_resid": 20.0, "ioi_mode": "greedy"}
+    assert (got.tokens, got.resid_layers, got.main_target_l0_resid, got.ioi_mode) == (5, [1, 2], 20.0, "greedy")
+    assert isinstance(got.main_target_l0_resid, float) and got.context_length == p.context_length
 
 
 @pytest.mark.parametrize(
     "bad, message",
     [
         ("tokenz=5", "--set key 'tokenz' is not in the plan"),
-        ("tokens=many", "--set tokens='many': expected a int"),
+        ("tokens=many", "--set tokens=many: tokens must be an integer, got 'many'"),
+        # checked as the plan declares, before anything runs (a negative count used to start the harvest)
+        ("tokens=-5", "--set tokens=-5: tokens must be positive, got -5"),
+        ("ioi_mode=fast", "--set ioi_mode=fast: unknown ioi_mode 'fast'; allowed: quick, greedy, both"),
         ("tokens", "--set item 'tokens' is not key=value"),
     ],
 )
@@ -357,7 +364,7 @@ def test_sigkill_inside_a_stage_resumes(full_run, inputs, tmp_path):
 
 
 def test_stages_dropped_from_the_plan_lose_their_outputs(tmp_path):
-    from saex.report.pipeline import Pipeline, Stage
+    from saex.reproduce.pipeline import Pipeline, Stage
 
     def make(name):
         return Stage(name, name, (), lambda: {}, lambda cfg: (tmp_path / name).mkdir(exist_ok=True))

@@ -27,7 +27,7 @@ HOOKS = f"{RESID},{MLP}"
 
 
 def cfg(out, model, corpus, **kw):
-    from saex.harvest import HarvestConfig
+    from saex.stages.harvest import HarvestConfig
 
     base = dict(
         out=str(out),
@@ -45,16 +45,9 @@ def cfg(out, model, corpus, **kw):
 
 def cli_args(c) -> list[str]:
     """A HarvestConfig as `saex harvest` options."""
-    import dataclasses
+    from saex.config import to_arguments
 
-    from saex.harvest import HarvestConfig
-
-    return [
-        arg
-        for f in dataclasses.fields(HarvestConfig)
-        if getattr(c, f.name) is not None
-        for arg in (f"--{f.name.replace('_', '-')}", str(getattr(c, f.name)))
-    ]
+    return to_arguments(c)
 
 
 def sha256_file(path: Path) -> str:

@@ -18,7 +18,7 @@ def shared_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def make_store(tmp_path_factory, tiny_llama, shared_corpus):
     """``make_store(**config overrides)`` -> path of a complete store on the tiny llama (cached, read-only)."""
-    from saex.harvest import harvest
+    from saex.stages.harvest import run as harvest
 
     cache = {}
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from saex.harvest import harvest
-from saex.store.files import remove_stale_temporaries
+from saex.files import remove_stale_temporaries
+from saex.stages.harvest import run as harvest
 from tests.conftest import free_port, write_corpus
 from tests.store._helpers import assert_same_content, cfg, cli_args, manifest
 

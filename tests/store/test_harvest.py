@@ -1,4 +1,4 @@
-"""``saex.harvest``: manifest, stored activations against an independent forward, document-disjoint splits,
+"""``saex.stages.harvest``: manifest, stored activations against an independent forward, document-disjoint splits,
 every model family, crash-safe resume (in-process crash and a real SIGKILL), bad input, corruption,
 dtypes and corpus exhaustion."""
 
@@ -20,12 +20,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import saex.harvest as H
+import saex.stages.harvest as H
 from saex.data.corpora import resolve_corpus
 from saex.data.packing import split_of
 from saex.errors import SaexError
-from saex.harvest import harvest
 from saex.lm.loading import load_model
+from saex.stages.harvest import run as harvest
 from saex.store.reader import ActivationStore
 from tests.conftest import FAMILIES, write_corpus
 from tests.store._helpers import (

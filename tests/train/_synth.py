@@ -2,7 +2,7 @@
 
 The store follows ``docs/activation-store.md`` (format version 1): a manifest with the keys the reader and
 trainer use, and shards holding one activation tensor per hook plus ``tokens`` / ``doc_ids``, each shard's
-sha256 taken from :func:`saex.store.files.write_safetensors_atomic`. Rows are ``C*T`` with a small context
+sha256 taken from :func:`saex.files.write_safetensors_atomic`. Rows are ``C*T`` with a small context
 length ``T`` so that any matrix whose row count is a multiple of ``T`` can be stored.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from saex.store.files import write_json_atomic, write_safetensors_atomic
+from saex.files import write_json_atomic, write_safetensors_atomic
 
 HOOK = "blocks.0.hook_resid_post"
 T = 8

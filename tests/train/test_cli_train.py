@@ -69,7 +69,7 @@ def test_train_prints_the_dictionaries(small_store, tmp_path, capsys):
         assert line.startswith(f"warning: {name} is NOT converged: ")
         assert ("--steps" in line) == v["still_changing"] and (("larger α" in line) == (not v["still_changing"]))
     assert captured.err == ""  # --quiet: no progress bar
-    assert run["status"] == "complete" and run["steps"] == 50 and run["config"]["alpha"] == "0.01,0.02"
+    assert run["status"] == "complete" and run["steps"] == 50 and run["config"]["alpha"] == [0.01, 0.02]
     # again: a no-op that prints the same
     before = snapshot(out)
     assert main(args(small_store, out)) == 0
@@ -80,7 +80,7 @@ def test_train_prints_the_dictionaries(small_store, tmp_path, capsys):
     "extra, fragment",
     [
         (["--alpha=-1"], "α must be >= 0, got -1"),
-        (["--ratio", "0"], "ratio R must be > 0, got 0"),
+        (["--ratio", "0"], "dictionary ratio R must be positive, got 0.0"),
         (["--arch", "gated"], "unknown --arch 'gated'"),
         (["--arch", "topk", "--k", "100"], "--k 100 must be an integer in 1..32"),
         (["--steps", "0"], "--steps must be positive, got 0"),
@@ -134,7 +134,7 @@ def test_config_files_toml_and_json(small_store, tmp_path, capsys):
         assert capsys.readouterr().out.strip().splitlines()[2].split()[0] == "tied_l1_r2_a0.03"
         cfg = json.loads((tmp_path / f.suffix[1:] / "run.json").read_text())["config"]
         assert (cfg["alpha"], cfg["steps"], cfg["decay_fraction"], cfg["out"]) == (
-            "0.03",
+            [0.03],
             20,
             0.5,
             str(tmp_path / f.suffix[1:]),

@@ -10,7 +10,7 @@ import pytest
 
 from saex.errors import SaexError
 from saex.train import convergence
-from saex.train.calibrate import interpolate
+from saex.train.calibration import interpolate
 from tests.train._synth import ground_truth, train_cfg, write_store
 
 

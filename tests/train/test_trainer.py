@@ -17,6 +17,7 @@ import torch
 
 import saex.train.trainer as trainer
 from saex.cli import main
+from saex.config import to_arguments
 from saex.dictionaries import SAE
 from saex.errors import SaexError
 from saex.train import checkpoint
@@ -117,11 +118,7 @@ def _env():
 
 
 def _cli_args(cfg: TrainConfig) -> list[str]:
-    args = []
-    for k, v in vars(cfg).items():
-        flag = "--" + k.replace("_", "-")
-        args += [flag if v else "--no-" + k.replace("_", "-")] if isinstance(v, bool) else [f"{flag}={v}"]
-    return args + ["--quiet"]
+    return [*to_arguments(cfg), "--quiet"]
 
 
 @pytest.mark.timeout(120)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from saex.dashboard.site import feature_path
 from saex.dictionaries.sae import SAE
 from saex.features.histogram import histogram_from_index
 from saex.features.index import FeatureIndex
-from saex.viz.dashboard.site import feature_path
 from tests._cli import run_cli as _main
 from tests.causal._helpers import random_sae
 
@@ -36,8 +36,9 @@ def built(tmp_path_factory, tiny_models):
     """(root, [the case study's features; the first is its circuit's target])."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from saex.features.build import FeaturesConfig, build_features
-    from saex.harvest import harvest
+    from saex.stages.features import FeaturesConfig
+    from saex.stages.features import run as build_features
+    from saex.stages.harvest import run as harvest
     from tests.conftest import write_corpus
     from tests.store._helpers import cfg
 

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from saex.viz.dashboard.site import write_site
+from saex.dashboard.site import write_site
 from tests.viz import _dashboard_synth as synth
 
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from saex.dashboard.gather import load_interpretations
+from saex.dashboard.site import feature_path
 from saex.errors import SaexError
 from saex.features.index import FeatureIndex
-from saex.viz.dashboard.gather import load_interpretations
-from saex.viz.dashboard.run import DashboardConfig, build_dashboard
-from saex.viz.dashboard.site import feature_path
+from saex.stages.dashboard import DashboardConfig
+from saex.stages.dashboard import run as build_dashboard
 from tests._cli import run_cli as _main
 from tests.interpret._fixtures import build_protocol_index
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from saex.dashboard.gather import _sig6, decile_of
+from saex.dashboard.site import STATIC, clean, feature_path, js_json, write_site
 from saex.errors import SaexError
-from saex.viz.dashboard.gather import _sig6, decile_of
-from saex.viz.dashboard.site import STATIC, clean, feature_path, js_json, write_site
 from tests.viz import _dashboard_synth as synth
 
 
@@ -86,7 +86,7 @@ def test_pages_escape_meta_and_allow_no_inline_script(site):
 
 
 def test_javascript_never_parses_data_as_html():
-    static = resources.files("saex.viz.dashboard") / "static"
+    static = resources.files("saex.dashboard") / "static"
     for name in STATIC:
         # code only: full-line comments may name what the code avoids
         text = "\n".join(

@@ -12,6 +12,8 @@ is approximate. ``validate`` compares the estimate with exact single-feature un-
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -62,7 +64,7 @@ def validate(setup: PatchingSetup, scores: torch.Tensor, n: int = 32, seed: int 
     active = setup.active
     top = active[torch.argsort(scores[active], descending=True)[:n]]
     rest = np.setdiff1d(active.numpy(), top.numpy())
-    rand = np.random.default_rng([seed, 23]).choice(rest, min(n, len(rest)), replace=False) if len(rest) else []
+    rand: Any = np.random.default_rng([seed, 23]).choice(rest, min(n, len(rest)), replace=False) if len(rest) else []
     feats = torch.tensor(sorted(set(top.tolist()) | {int(j) for j in rand}), dtype=torch.long)
     mask = torch.zeros(setup.n_features)
     mask[active] = 1.0

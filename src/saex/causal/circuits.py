@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from saex.causal.ablation import Segment, pad_contexts
+from saex.dictionaries.sae import SAE
 from saex.errors import SaexError
 from saex.lm.hooks import HookedLM
 
@@ -44,7 +45,7 @@ class Level:
     """One dictionary at one hook point."""
 
     hook: str
-    dictionary: object
+    dictionary: SAE
 
 
 def feature_code(d, x_ND: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
@@ -152,6 +153,7 @@ class _Circuit:
         x = seg.x_start.clone().requires_grad_(True)
         with torch.enable_grad():
             metric(seg(x[None])[0]).sum().backward()
+        assert x.grad is not None  # backward() above filled it
         g_NTD = x.grad * self.valid_NT[..., None]
         return ((g_NTD @ W_dec.T) * c_NTF).sum((0, 1)) / x.shape[0]
 

@@ -1,6 +1,6 @@
 """Greedy minimal feature sets, ACDC-style (Conmy et al. 2023), as Cunningham et al. 2023 §4 ran them.
 
-``ioi_feature_ident.py`` (paper-spec.md §4.2): start with every feature patched; for each threshold τ in
+``ioi_feature_ident.py`` (paper §4; docs/causal.md): start with every feature patched; for each threshold τ in
 ``logspace(−5, 0, 50)``, ascending, visit the patched features in a random order and tentatively un-patch
 each; keep it un-patched when KL rises by less than τ (KL_new − KL_prev < τ), then continue from the new
 set. After each τ, record (set, KL, edit magnitude). The sets are nested, so each feature has the τ at

@@ -1,6 +1,6 @@
 """Indirect object identification prompts (Wang et al. 2022), as the paper's IOI experiment used them.
 
-Cunningham et al. 2023 §4 (paper-spec.md §4.2, ``test_datasets/ioi_counterfact.py``): the 15 BABA
+Cunningham et al. 2023 §4 (docs/causal.md, ``test_datasets/ioi_counterfact.py``): the 15 BABA
 templates of Wang et al. and their ABBA versions (the first clause's two names swapped), 30 in all;
 single-token names, places and objects; three distinct names per prompt. The base prompt has A = the
 indirect object (IO) and B = the subject (S); its counterfactual keeps the template, place, object and S
@@ -137,7 +137,9 @@ def make_prompts(tokenizer, n: int = 50, seed: int = 0, pad_id: int | None = Non
             f"{len(places)} places and {len(objects)} objects (need 1 each)"
         )
     rng = np.random.default_rng([seed, 17])
-    rows, texts, templates = [], [], []
+    rows: list[tuple] = []  # (base ids, counterfactual ids, IO, S, counterfactual name token)
+    texts: list[tuple[str, str]] = []
+    templates: list[int] = []
     tries = 0
     while len(rows) < n:
         tries += 1

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from saex.data import debian
 from saex.data.documents import Document
 from saex.errors import SaexError
 
@@ -55,6 +56,7 @@ class Corpus:
             for i in order:
                 yield self.finite_docs[i]
             return
+        assert self.hub is not None, "a source is finite documents or a hub dataset"
         yield from _hub_documents(**self.hub, seed=seed)
 
 
@@ -149,7 +151,6 @@ def resolve_corpus(
     spec: str, text_field: str = "text", hub_split: str = "train", hub_config: str | None = None
 ) -> Corpus:
     """Turn a corpus spec into documents and a fingerprint, failing early with a clear message."""
-    from saex.data import debian
 
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     if not parts:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 from saex.data.documents import Document
 from saex.errors import SaexError
@@ -130,7 +131,7 @@ _VERSE = re.compile(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$")  # "1Cor13:4 Charity su
 
 def parse_kjv(lines: Iterable[str]) -> Iterator[Document]:
     """``bible -f`` output (one "Ge1:1 text" verse per line) to one document per chapter."""
-    chapter, verses = "", []
+    chapter, verses = "", cast(list[str], [])
     for line in lines:
         match = _VERSE.match(line.strip())
         if match is None:  # a wrapped verse, should ``bible`` ever wrap: belongs to the last verse
@@ -326,7 +327,7 @@ def parse_jargon(lines: Iterable[str]) -> Iterator[Document]:
     title line. Tables of contents (a title, "Table of Contents" or a letter, then one-line items)
     are skipped. Prose is unwrapped; indented paragraphs (code, art, quotes) keep their lines."""
     keys = _Keys("jargon")
-    name, parts, toc = "", [], False
+    name, parts, toc = "", cast(list[str], []), False
     for para in _paragraphs(lines):
         entry = _ENTRY.match(para[0])
         if entry is not None or _is_heading(para):

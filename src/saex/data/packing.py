@@ -1,6 +1,6 @@
 """Tokenise documents, split them document-disjointly, and pack them into fixed-length contexts.
 
-Follows the paper's data pipeline (paper-spec.md §1.6; tuned-lens ``chunk_and_tokenize``): documents are
+Follows the paper's data pipeline (paper §2; docs/activation-store.md; tuned-lens ``chunk_and_tokenize``): documents are
 joined with the model's document separator, which also opens the first document, and the token stream is
 cut into fixed contexts with the last partial one dropped. The BOS policy is explicit and recorded:
 
@@ -59,9 +59,10 @@ def resolve_packing(
         # <|endoftext|> is the document separator of GPT-2-style BPE vocabularies (SmolLM2, Pythia, GPT-2);
         # otherwise fall back to the model's own end- or start-of-sequence token.
         candidates = ["<|endoftext|>", tokenizer.eos_token, tokenizer.bos_token]
-        separator = next((c for c in candidates if c is not None and c in vocab), None)
-        if separator is None:
+        found = next((c for c in candidates if c is not None and c in vocab), None)
+        if found is None:
             raise SaexError("the tokenizer has no <|endoftext|>, EOS or BOS token; name a separator token explicitly")
+        separator = found
     elif separator not in vocab:
         raise SaexError(f"separator token {separator!r} is not in the tokenizer's vocabulary")
     bos_id = tokenizer.bos_token_id
@@ -131,7 +132,7 @@ def pack(
             tok = np.asarray(buf_tok[i * body : (i + 1) * body], dtype=np.int32)
             doc = np.asarray(buf_doc[i * body : (i + 1) * body], dtype=np.int32)
             if packing.bos_policy == "bos":
-                tok = np.concatenate([np.int32([packing.bos_id]), tok])
-                doc = np.concatenate([np.int32([-1]), doc])
+                tok = np.concatenate([np.array([packing.bos_id], dtype=np.int32), tok])
+                doc = np.concatenate([np.array([-1], dtype=np.int32), doc])
             yield Context(tok, doc)
         del buf_tok[: n_full * body], buf_doc[: n_full * body]

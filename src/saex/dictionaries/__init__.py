@@ -1,6 +1,6 @@
 """Dictionaries: the protocol every method implements, the trainable SAEs, and their files.
 
-The Dictionary protocol (``shared/DESIGN.md`` §3): ``encode(x_BD) -> c_BF``, ``decode(c_BF) -> xhat_BD``,
+The Dictionary protocol (docs/architecture.md): ``encode(x_BD) -> c_BF``, ``decode(c_BF) -> xhat_BD``,
 ``W_dec_FD`` (unit-norm feature directions where the method has them), ``d_in``, ``d_dict``. SAEs and
 baselines both implement it, so evaluation, interpretation and patching take any of them.
 """
@@ -11,13 +11,14 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from saex.dictionaries.ensemble import Ensemble
+from saex.dictionaries.ensemble import Ensemble, architecture_names, architectures, register
 from saex.dictionaries.sae import SAE
 from saex.dictionaries.tied_l1 import TiedL1
 from saex.dictionaries.topk import TopK
 from saex.dictionaries.untied_l1 import UntiedL1
 
-ARCHS: dict[str, type[Ensemble]] = {"tied_l1": TiedL1, "untied_l1": UntiedL1, "topk": TopK}
+#: The baselines of the paper (Fig. 2, 10, 18), built by ``saex baselines`` through the same interface.
+BASELINE_KINDS = ("neurons", "random", "pca", "pca_split", "pca_topk", "ica", "ica_topk")
 
 
 @runtime_checkable
@@ -36,4 +37,16 @@ def load_dictionary(folder) -> SAE:
     return SAE.load(folder)
 
 
-__all__ = ["ARCHS", "Dictionary", "SAE", "TiedL1", "UntiedL1", "TopK", "load_dictionary"]
+__all__ = [
+    "BASELINE_KINDS",
+    "SAE",
+    "Dictionary",
+    "Ensemble",
+    "TiedL1",
+    "TopK",
+    "UntiedL1",
+    "architecture_names",
+    "architectures",
+    "load_dictionary",
+    "register",
+]

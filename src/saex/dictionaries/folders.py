@@ -8,11 +8,13 @@ from saex.dictionaries.sae import CFG, SAE
 from saex.errors import SaexError
 
 
-def find_folders(spec: str, marker: str, what: str, option: str) -> dict[str, Path]:
-    """Name -> folder for every folder named by ``spec`` (comma-separated) that holds ``marker``, or whose
-    sub-folders do. Names are folder names, made unique with their parent (``parent/name``) on a clash."""
+def find_folders(spec: list[str] | str, marker: str, what: str, option: str) -> dict[str, Path]:
+    """Name -> folder for every folder named by ``spec`` (a list, or comma-separated text) that holds
+    ``marker``, or whose sub-folders do. Names are folder names, made unique with their parent
+    (``parent/name``) on a clash."""
     folders: list[Path] = []
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+    parts = spec.split(",") if isinstance(spec, str) else spec
+    for part in [str(p).strip() for p in parts if str(p).strip()]:
         path = Path(part)
         if (path / marker).is_file():
             folders.append(path)
@@ -29,11 +31,11 @@ def find_folders(spec: str, marker: str, what: str, option: str) -> dict[str, Pa
     return {(f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name): f for f in folders}
 
 
-def find_dictionaries(spec: str) -> dict[str, Path]:
+def find_dictionaries(spec: list[str] | str) -> dict[str, Path]:
     return find_folders(spec, CFG, "dictionary folders", "--dicts")
 
 
-def open_for_store(spec: str, store, hook: str | None) -> dict[str, tuple[Path, SAE, str]]:
+def open_for_store(spec: list[str] | str, store, hook: str | None) -> dict[str, tuple[Path, SAE, str]]:
     """Name -> (folder, dictionary, hook point) for the dictionaries named by ``spec``, each checked against
     the activation store: its hook (``hook``, else its own metadata's) must be there, with its width."""
     out = {}

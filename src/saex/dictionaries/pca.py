@@ -39,14 +39,15 @@ class PCAFit:
 
 def fit_pca(batches: Iterable[torch.Tensor]) -> PCAFit:
     """Streaming covariance over ``batches`` of ``x_ND``, then its eigendecomposition."""
-    n, shift_D, sum_D, sum_DD = 0, None, None, None
+    n = 0
+    shift_D = sum_D = sum_DD = torch.zeros(0, dtype=torch.float64)  # set from the first batch
     for x_ND in batches:
         x_ND = x_ND.double()
         if not torch.isfinite(x_ND).all():
             raise SaexError(
                 "the activations hold NaN or Inf values; PCA needs finite inputs (re-harvest with --dtype float32)"
             )
-        if shift_D is None:
+        if n == 0:
             shift_D = x_ND.mean(0)
             sum_D = torch.zeros_like(shift_D)
             sum_DD = torch.zeros(x_ND.shape[1], x_ND.shape[1], dtype=torch.float64)

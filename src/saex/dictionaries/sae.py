@@ -9,7 +9,7 @@ and computes ``c = act((x - b_dec·[apply_b_dec_to_input]) @ W_enc + b_enc)``, `
 with ``act`` ReLU (SAELens ``standard``), ReLU of the K largest pre-activations (SAELens ``topk``), or the
 identity (``linear``, saex's own: the signed PCA and ICA baselines of paper §3.2, whose codes keep their
 sign). SAELens's ``SAE.load_from_disk`` opens ``standard`` and ``topk`` folders (see
-``shared/reference/saelens-format.md``); it has no identity-activation SAE, so it cannot open ``linear``
+docs/training.md, "Output"); it has no identity-activation SAE, so it cannot open ``linear``
 ones. The paper's tied SAE is the special case ``W_enc = W_decᵀ``, ``b_dec = 0``.
 """
 
@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from saex.errors import SaexError
-from saex.store.files import write_json_atomic, write_safetensors_atomic
+from saex.files import write_json_atomic, write_safetensors_atomic
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
@@ -55,7 +55,7 @@ class SAE(torch.nn.Module):
         if architecture == "topk" and not k:
             raise SaexError("a topk SAE needs k")
         D, F = W_enc_DF.shape
-        if architecture == "topk" and not 0 < k <= F:
+        if architecture == "topk" and not 0 < (k or 0) <= F:
             raise SaexError(f"a topk SAE needs 0 < k <= d_sae = {F}, got k = {k}")
         if W_dec_FD.shape != (F, D) or b_enc_F.shape != (F,) or b_dec_D.shape != (D,):
             raise SaexError(
@@ -91,6 +91,7 @@ class SAE(torch.nn.Module):
         if self.architecture == "standard":
             return pre.relu()
         if self.architecture == "topk":
+            assert self.k is not None  # checked in __init__
             return topk_relu(pre, self.k)
         return pre
 

@@ -5,7 +5,7 @@ Cunningham et al. 2023, §2 (eqs. 1, 2, 4): c = ReLU(M̂x + b), x̂ = M̂ᵀc, w
 
     L = mean over elements of (x - x̂)²  +  α · mean over the batch of ‖c‖₁
 
-which is the reference code's normalisation (paper-spec.md §1.3): the reconstruction term is ‖x - x̂‖²
+which is the reference code's normalisation (docs/training.md): the reconstruction term is ‖x - x̂‖²
 divided by d_in, so the paper's α values (8.6e-4 for the residual stream of Pythia-70M) mean what they
 say only under this loss. Initialisation as the reference code: xavier-uniform M, zero b.
 """
@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from saex.dictionaries.ensemble import Ensemble, StepOutput, live_row_norm, unit_rows, xavier_uniform
+from saex.dictionaries.ensemble import Ensemble, StepOutput, live_row_norm, register, unit_rows, xavier_uniform
 from saex.dictionaries.relu_l1 import ReluL1Step, Workspace
 from saex.dictionaries.sae import SAE
 
 
+@register
 class TiedL1(Ensemble):
     arch = "tied_l1"
     feature_params = ("M_KFD", "b_KF")

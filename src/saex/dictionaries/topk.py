@@ -11,15 +11,42 @@ Gao et al.). The encoder starts as the decoder's transpose (their §A.1).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from saex.dictionaries.ensemble import Ensemble, StepOutput, unit_rows, xavier_uniform
+from saex.dictionaries.ensemble import Ensemble, Member, StepOutput, register, unit_rows, xavier_uniform
 from saex.dictionaries.sae import SAE, topk_relu
+from saex.errors import SaexError
 
 
+@register
 class TopK(Ensemble):
     arch = "topk"
     feature_params = ("W_enc_KFD", "W_dec_KFD", "b_enc_KF")
+    needs_dead_mask = True  # the aux-k loss reads the dead latents
+
+    @classmethod
+    def sweep(cls, cfg: Any, ratio: float, d_dict: int) -> list[dict[str, Any]]:
+        """One member per k of the config (sparsity is set by k; α is unused)."""
+        for k in cfg.k:
+            if not 1 <= k <= d_dict:
+                raise SaexError(f"--k {k} must be an integer in 1..{d_dict} (the dictionary size for R={ratio:g})")
+        return [{"name": f"topk_r{ratio:g}_k{k}", "alpha": 0.0, "k": k} for k in cfg.k]
+
+    @classmethod
+    def build(cls, cfg: Any, d_in: int, d_dict: int, members: list[Member]) -> Ensemble:
+        k = members[0].k
+        assert k is not None and all(m.k == k for m in members), "a TopK group shares one k"
+        return cls(d_in, d_dict, [m.seed for m in members], k=k, aux_k=cfg.aux_k, aux_coef=cfg.aux_coef)
+
+    @staticmethod
+    def group_key(member: Member) -> tuple:
+        return (member.d_dict, member.k)
+
+    @staticmethod
+    def sparse(member: Member) -> bool:
+        return True
 
     def __init__(self, d_in: int, d_dict: int, seeds: list[int], k: int, aux_k: int = 512, aux_coef: float = 1 / 32):
         super().__init__(d_in, d_dict, seeds)

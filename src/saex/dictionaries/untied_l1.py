@@ -11,16 +11,23 @@ input, c = ReLU(M_e (x - b_d) + b), which is SAELens's ``standard`` architecture
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from saex.dictionaries.ensemble import Ensemble, StepOutput, unit_rows, xavier_uniform
+from saex.dictionaries.ensemble import Ensemble, Member, StepOutput, register, unit_rows, xavier_uniform
 from saex.dictionaries.relu_l1 import ReluL1Step, Workspace
 from saex.dictionaries.sae import SAE
 
 
+@register
 class UntiedL1(Ensemble):
     arch = "untied_l1"
     feature_params = ("W_enc_KFD", "W_dec_KFD", "b_enc_KF")
+
+    @classmethod
+    def build(cls, cfg: Any, d_in: int, d_dict: int, members: list[Member]) -> Ensemble:
+        return cls(d_in, d_dict, [m.seed for m in members], decoder_bias=cfg.decoder_bias)
 
     def __init__(self, d_in: int, d_dict: int, seeds: list[int], decoder_bias: bool = False):
         super().__init__(d_in, d_dict, seeds)

@@ -1,4 +1,4 @@
-"""Reconstruction and sparsity metrics, each defined once here (paper App. B, App. E; paper-spec.md §6).
+"""Reconstruction and sparsity metrics, each defined once here (paper App. B, App. E; docs/evaluation.md).
 
 Over an evaluation set of N activations x (width D) with codes c (F features) and reconstructions x̂:
 

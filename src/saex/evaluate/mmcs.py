@@ -1,4 +1,4 @@
-"""Mean max cosine similarity between two dictionaries (Sharkey et al. 2023; paper-spec.md §6).
+"""Mean max cosine similarity between two dictionaries (Sharkey et al. 2023; paper §3.3; docs/evaluation.md).
 
 Not in the paper's text, but central in its code for comparing dictionaries and for synthetic-data ground
 truth. For each atom of ``other`` (a row of its ``W_dec``), its highest cosine with any atom of

@@ -1,4 +1,4 @@
-"""The model's loss with a dictionary's reconstruction spliced in (paper §6.2; paper-spec.md §6).
+"""The model's loss with a dictionary's reconstruction spliced in (paper §6.2; docs/evaluation.md).
 
 "Substituting the layer-2 residual of Pythia-70M with its reconstruction raises Pile perplexity from 25 to
 40" (§6.2; ``perplexity_under_reconstruction`` in the paper's code). On held-out contexts, per predicted

@@ -231,5 +231,5 @@ def dimension_values(dims: Sequence[int], signs: Sequence[int] | None = None) ->
     idx = torch.as_tensor(list(dims), dtype=torch.long)
     s = torch.as_tensor(list(signs) if signs is not None else [1] * len(idx), dtype=torch.float32)
     if not set(s.tolist()) <= {1.0, -1.0}:
-        raise SaexError(f"signs must be +1 or -1, got {list(signs)}")
+        raise SaexError(f"signs must be +1 or -1, got {s.tolist()}")
     return lambda x_ND: x_ND[:, idx] * s

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from saex.errors import SaexError
+from saex.features.records import ActivationRecord
 
 INDEX_TENSORS = "index.safetensors"
 INDEX_JSON = "index.json"
@@ -171,7 +172,6 @@ class FeatureIndex:
 
     def records(self, f: int, kind: str) -> list:
         """The examples of one kind as ActivationRecords (token text, per-token activations, fragment id)."""
-        from saex.interpret.records import ActivationRecord
 
         ids, _ = self.examples(f, kind)
         acts = self.activations(f, kind)

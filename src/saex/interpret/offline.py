@@ -2,7 +2,7 @@
 
 No LLM is involved, so the score is **lexical predictability**: how well a short table of tokens (and
 token pairs) read off a feature's five explanation fragments predicts its activations on held-out
-fragments. It is not an LLM's judgement of interpretability (shared/reference/autointerp.md §3: no
+fragments. It is not an LLM's judgement of interpretability (docs/autointerp.md: no
 LLM-free score is known to track LLM-judged scores), and every output labels it so. It follows the idea of
 Bills et al.'s token-space explainer (``TokenSpaceRepresentationExplainer``) and of N-gram explanations
 (Foote et al. 2023), with a fixed budget so that all methods get the same description length.
@@ -22,10 +22,11 @@ values are.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 
-from saex.interpret.records import ActivationRecord, Explanation, discretize, max_activation
+from saex.features.records import ActivationRecord, Explanation, discretize, max_activation
 
 BACKEND = "offline"
 LABEL = "offline lexical predictability (token/bigram table; not an LLM judgement)"
@@ -41,7 +42,8 @@ class TableExplainer:
 
     def explain(self, records: list[ActivationRecord]) -> Explanation:
         top = max_activation(records)
-        uni, bi = defaultdict(lambda: [0.0, 0]), defaultdict(lambda: [0.0, 0])
+        uni: defaultdict[Any, list] = defaultdict(lambda: [0.0, 0])
+        bi: defaultdict[Any, list] = defaultdict(lambda: [0.0, 0])
         for r in records:
             acts = discretize(r.activations, top)
             for i, (tok, a) in enumerate(zip(r.tokens, acts)):
@@ -78,8 +80,9 @@ class TableSimulator:
     name = "offline-table"
 
     def simulate(self, explanation: Explanation, records: list[ActivationRecord]) -> list[np.ndarray]:
-        uni = {k: v for k, v in explanation.rule["unigrams"]}
-        bi = {tuple(k): v for k, v in explanation.rule["bigrams"]}
+        rule = explanation.rule or {}
+        uni = {k: v for k, v in rule["unigrams"]}
+        bi: dict[Any, float] = {tuple(k): v for k, v in rule["bigrams"]}
         out = []
         for r in records:
             pred = np.zeros(len(r.tokens))

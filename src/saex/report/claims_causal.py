@@ -1,4 +1,4 @@
-"""The paper's causal claims (paper-spec §4.1 Fig. 3, §5.1-5.3 Figs. 4 and 5) as functions of this run's
+"""The paper's causal claims (paper §4 Fig. 3, §5.1-5.3 Figs. 4 and 5) as functions of this run's
 IOI curves and case study; verdicts and ``Claim`` as in ``claims.py``."""
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def ioi_claims(curves: dict[str, dict]) -> list[Claim]:
         kls = [min((p["kl"] for p in c.get("points") or [] if _ok(p.get("kl"))), default=None) for c in grp]
         if len(grp) >= 2 and None not in kls:
             floors[f"R={r:g}" if r is not None else "R=?"] = {f"{c['alpha']:g}": k for c, k in zip(grp, kls)}
-            ok.append(kls[-1] > kls[0])
+            ok.append(float(kls[-1]) > float(kls[0]))  # type: ignore[arg-type]  # None ruled out above
     out.append(
         Claim(
             "fig3_floor",
@@ -129,7 +129,7 @@ def _top_token(hist: dict) -> tuple[str, float] | None:
         counts = {s["label"]: sum(s["counts"][lo:]) for s in series}
         total = sum(sum(s["counts"][lo:]) for s in hist["series"])
         if total:
-            best = max(counts, key=counts.get)
+            best = max(counts, key=lambda label: counts[label])
             return best, counts[best] / total
     return None
 

@@ -15,9 +15,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from saex.store.files import read_jsonl
+from saex.dictionaries import BASELINE_KINDS
+from saex.files import read_jsonl
+from saex.naming import file_name, hook_family, hook_layer
+from saex.store.reader import ActivationStore, store_hash
 
-BASELINE_KINDS = ("neurons", "random", "pca", "pca_split", "pca_topk", "ica", "ica_topk")
 PAPER_MAIN = {"resid": {"alpha": 8.6e-4, "ratio": 2.0}, "mlp": {"alpha": 3.2e-4, "ratio": 1.0}}
 
 
@@ -73,19 +75,8 @@ class Run:
         return sorted(found, key=hook_sort_key)
 
 
-def hook_layer(hook: str) -> int | None:
-    m = re.match(r"blocks\.(\d+)\.", hook)
-    return int(m.group(1)) if m else None
-
-
-def hook_kind(hook: str) -> str:
-    if ".mlp." in hook:
-        return "mlp"
-    return "resid" if "hook_resid" in hook else "other"
-
-
 def hook_sort_key(hook: str) -> tuple:
-    return ({"resid": 0, "mlp": 1}.get(hook_kind(hook), 2), hook_layer(hook) or 0, hook)
+    return ({"resid": 0, "mlp": 1}.get(hook_family(hook), 2), hook_layer(hook) or 0, hook)
 
 
 def _json(run: Run, path: Path):
@@ -127,7 +118,7 @@ def collect(run_dir: Path) -> Run:
                     continue
                 scores, hashes = {}, {}
                 for m in comp.get("methods") or []:
-                    scores[m["method"]] = read_jsonl(preset / m["method"].replace("/", "__") / "scores.jsonl")
+                    scores[m["method"]] = read_jsonl(preset / file_name(m["method"]) / "scores.jsonl")
                     rows = [r for r in scores[m["method"]] if (r.get("identity") or {}).get("index")]
                     if rows:
                         hashes[m["method"]] = rows[0]["identity"]["index"].get("weights_sha256")
@@ -163,8 +154,6 @@ def _collect_store(run: Run) -> None:
         return
     hashes = {}
     try:
-        from saex.store.reader import ActivationStore, store_hash
-
         store = ActivationStore(run.root / "acts", verify=False)
         hashes = {h: store_hash(store, h) for h in store.hooks}
     except Exception as e:  # the report still shows what it can without the hashes
@@ -196,7 +185,7 @@ def _collect_ioi(run: Run) -> None:
 def main_target(run: Run, hook: str) -> dict:
     """The (α, R) of the main SAE at a hook: the α its calibration chose for the plan's main target L0, else
     reproduce.json's main α (runs before calibration), else the paper's."""
-    kind = "mlp" if hook_kind(hook) == "mlp" else "resid"
+    kind = "mlp" if hook_family(hook) == "mlp" else "resid"
     cfg = run.config
     alpha = cfg.get(f"main_alpha_{kind}")
     target = cfg.get(f"main_target_l0_{kind}")
@@ -249,7 +238,7 @@ def main_method(methods: list[dict], target: dict) -> dict | None:
     return _closest(at_alpha, target) if at_alpha else _closest([m for m in methods if is_sae(m)], target)
 
 
-def stage_keys(run: Run, kinds: tuple[str, ...], hook: str | None = None) -> dict[str, str]:
+def stage_keys(run: Run, kinds: tuple[str, ...], hook: str | None = None) -> dict[str, str | None]:
     """reproduce.json's keys of the stages of these kinds (those for this hook, or for every hook)."""
     out = {}
     for name, s in run.stages.items():
@@ -269,7 +258,7 @@ SPLICED = ("ce_clean", "ce_spliced", "ce_zero", "ce_recovered", "kl", "ppl_clean
 def store_rows(store: dict | None, split: str) -> int | None:
     """Rows of a store split, from its manifest (None where the manifest lacks them)."""
     try:
-        return sum(int(s["rows"]) for s in store["splits"][split]["shards"])
+        return sum(int(s["rows"]) for s in (store or {})["splits"][split]["shards"])
     except (KeyError, TypeError, ValueError):
         return None
 

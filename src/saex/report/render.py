@@ -1,4 +1,4 @@
-"""The reproduction report (issue 8; paper-spec §9.H): ``report/report.html`` (one self-contained page: the
+"""The reproduction report (docs/report.md): ``report/report.html`` (one self-contained page: the
 figures inlined as base64 ``data:`` URIs, no external CSS or JavaScript), ``report/report.md`` (the same
 content, its figures copied to ``report/figures/`` and linked) and ``report/results.json``.
 
@@ -14,66 +14,37 @@ from __future__ import annotations
 import base64
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import jinja2
 
+from saex.files import write_json_atomic, write_text_atomic
 from saex.report import sec_autointerp, sec_causal, sec_eval, sec_train
 from saex.report.claims import HELD, NOT_HELD, NOT_MEASURED
 from saex.report.collect import collect, short_splits
 from saex.report.results import build_results
 from saex.report.sections import Section
-from saex.store.files import write_json_atomic, write_text_atomic
 
-# (section ids, builder) in paper order; fig2_9_18 and fig4_5 build several sections at once.
-BUILDERS = [
-    (("run",), sec_eval.overview),
-    (("train",), sec_train.training),
-    (("table1",), sec_autointerp.table1),
-    (("fig2", "fig9", "fig18"), sec_autointerp.fig2_9_18),
-    (("fig3",), sec_causal.fig3),
-    (("fig4", "fig5"), sec_causal.fig4_5),
-    (("fig6",), sec_eval.fig6_7),
-    (("fig8",), sec_autointerp.fig8),
-    (("fig10",), sec_autointerp.fig10),
-    (("fig16",), sec_eval.fig16),
-    (("table2",), sec_autointerp.table2),
-    (("ppl",), sec_eval.perplexity),
+# The sections in paper order: (id, title when it cannot be built, builder). A builder that makes several
+# sections (Figs. 2/9/18, Figs. 4/5) is named at each and called once, at the first.
+SECTIONS: list[tuple[str, str, Callable[..., Section | list[Section]]]] = [
+    ("run", "This reproduction", sec_eval.overview),
+    ("train", "Training", sec_train.training),
+    ("table1", "Table 1", sec_autointerp.table1),
+    ("fig2", "Figure 2", sec_autointerp.fig2_9_18),
+    ("fig3", "Figure 3", sec_causal.fig3),
+    ("fig4", "Figure 4", sec_causal.fig4_5),
+    ("fig5", "Figure 5", sec_causal.fig4_5),
+    ("fig6", "Figures 6/7", sec_eval.fig6_7),
+    ("fig8", "Figure 8", sec_autointerp.fig8),
+    ("fig9", "Figure 9", sec_autointerp.fig2_9_18),
+    ("fig10", "Figure 10", sec_autointerp.fig10),
+    ("fig16", "Figure 16", sec_eval.fig16),
+    ("fig18", "Figure 18", sec_autointerp.fig2_9_18),
+    ("table2", "Table 2", sec_autointerp.table2),
+    ("ppl", "Spliced perplexity (§6.2)", sec_eval.perplexity),
 ]
-ORDER = [
-    "run",
-    "train",
-    "table1",
-    "fig2",
-    "fig3",
-    "fig4",
-    "fig5",
-    "fig6",
-    "fig8",
-    "fig9",
-    "fig10",
-    "fig16",
-    "fig18",
-    "table2",
-    "ppl",
-]
-FALLBACK_TITLES = {
-    "run": "This reproduction",
-    "train": "Training",
-    "table1": "Table 1",
-    "fig2": "Figure 2",
-    "fig3": "Figure 3",
-    "fig4": "Figure 4",
-    "fig5": "Figure 5",
-    "fig6": "Figures 6/7",
-    "fig8": "Figure 8",
-    "fig9": "Figure 9",
-    "fig10": "Figure 10",
-    "fig16": "Figure 16",
-    "fig18": "Figure 18",
-    "table2": "Table 2",
-    "ppl": "Spliced perplexity (§6.2)",
-}
 
 
 def _md_cell(value) -> str:
@@ -108,24 +79,25 @@ def build_sections(run) -> tuple[list[Section], dict]:
     extra: dict = {}
     built: dict[str, Section] = {}
     fig_dir = run.root / "report" / "figures"
-    for ids, builder in BUILDERS:
+    done: set[Callable] = set()
+    for _, _, builder in SECTIONS:
+        if builder in done:
+            continue
+        done.add(builder)
+        ids = [sid for sid, _, b in SECTIONS if b is builder]
         try:
             out = builder(run, fig_dir, extra)
         except Exception as e:  # a malformed stage output costs its sections, not the report
             why = f"{e.__class__.__name__}: {e}"
             run.problems += [f"section {sid}: could not be built ({why})" for sid in ids]
             out = [
-                Section(
-                    sid,
-                    FALLBACK_TITLES[sid],
-                    "",
-                    notes=[f"This section could not be built from the stage outputs ({why})."],
-                )
-                for sid in ids
+                Section(sid, title, "", notes=[f"This section could not be built from the stage outputs ({why})."])
+                for sid, title, b in SECTIONS
+                if b is builder
             ]
         for s in out if isinstance(out, list) else [out]:
             built[s.id] = s
-    return [built[i] for i in ORDER if i in built], extra
+    return [built[sid] for sid, _, _ in SECTIONS if sid in built], extra
 
 
 def _place_figures(sections: list[Section], fig_dir: Path) -> dict[Path, str]:

@@ -8,9 +8,11 @@ Numbers are copied from the stage outputs, never recomputed, so they equal what 
 
 from __future__ import annotations
 
+from typing import Any
+
 import saex
+from saex.files import json_ready
 from saex.report.collect import SPLICED, Run, main_result, short_splits, stage_keys, store_rows
-from saex.store.files import json_ready
 
 FORMAT = "saex.report.results"
 MAIN_METRICS = ("fvu", "mse", "l0", "alive", "dead", "alive_fraction", "cosine")
@@ -68,7 +70,7 @@ def build_results(run: Run, extra: dict, claims: list[dict]) -> dict:
     """The results.json object; ``extra`` holds what the sections gathered (table1, table2, ioi, case_study)."""
     store = run.store or {}
     model = store.get("model") or run.reproduce.get("model") or {}
-    out = {
+    out: dict[str, Any] = {
         "format": FORMAT,
         "format_version": 1,
         "saex_version": saex.__version__,

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from saex.dictionaries import BASELINE_KINDS
 from saex.interpret.report import matched_cell, rule, score_cell
+from saex.interpret.summary import moment_correlations
+from saex.naming import hook_family, hook_layer
 from saex.report import claims as C
-from saex.report.collect import BASELINE_KINDS, Run, hook_kind, hook_layer, is_sae, main_method, main_target, same_alpha
+from saex.report.collect import Run, is_sae, main_method, main_target, same_alpha
 from saex.report.figures import grouped_bars, score_vs_ratio
 from saex.report.k_source import k_source_convergence
 from saex.report.sections import Figure, Section, Table, autointerp_scale, differences, fmt, layer_label, not_run
@@ -47,7 +50,7 @@ def per_layer(run: Run, scorer: str, kind: str, score: str, baselines=BASELINE_K
     out = {}
     for hook in run.hooks:
         ms = methods(run, scorer, hook)
-        if hook_kind(hook) != kind or not ms:
+        if hook_family(hook) != kind or not ms:
             continue
         main = main_method(ms, main_target(run, hook))
         base = {}
@@ -107,7 +110,7 @@ def density_table(run: Run, scorer: str, hook: str) -> Table | None:
             ]
             + [matched_cell(pairs.get(b)) for b in bases]
         )
-    score = SCORE_NAMES.get(bd.get("score"), bd.get("score"))
+    score = SCORE_NAMES.get(bd.get("score") or "", bd.get("score"))
     return Table(
         f"{score} by activation density at {hook} ({scorer}): mean ± 95% CI (n features, undefined ones "
         "counted as no information). A scorer that rewards activations the current token determines favours "
@@ -121,7 +124,7 @@ def density_table(run: Run, scorer: str, hook: str) -> Table | None:
 
 def _density_tables(run: Run, section: Section, scorer: str, kind: str) -> None:
     for hook in run.hooks:
-        t = density_table(run, scorer, hook) if hook_kind(hook) == kind else None
+        t = density_table(run, scorer, hook) if hook_family(hook) == kind else None
         if t is not None:
             section.tables.append(t)
 
@@ -187,13 +190,13 @@ def table1(run: Run, fig_dir: Path, results: dict) -> Section:
         "Explanations and top-and-random scores of the first five features of the layer-1 residual "
         "dictionary (the paper's recalled scores: 0.33, −0.11, 0.55, 0.57, 0.19).",
     )
-    resid = [h for h in run.hooks if hook_kind(h) == "resid"]
+    resid = [h for h in run.hooks if hook_family(h) == "resid"]
     hook = next((h for h in resid if hook_layer(h) == 1), None) or next(
         (h for h in resid if hook_layer(h) == run.config.get("main_layer")), resid[0] if resid else None
     )
     for scorer in scorers(run):
         main = main_method(methods(run, scorer, hook), main_target(run, hook)) if hook else None
-        if not main:
+        if not main or hook is None:
             continue
         first = main.get("first_features") or []
         if not first:
@@ -236,11 +239,11 @@ def fig2_9_18(run: Run, fig_dir: Path, results: dict) -> list[Section]:
         "Sparse coding against PCA, top-k PCA, ICA, top-k ICA and identity ReLU: top-k sparsity explains "
         "only a small fraction of the improvement.",
     )
-    resid = [h for h in run.hooks if hook_kind(h) == "resid"]
+    resid = [h for h in run.hooks if hook_family(h) == "resid"]
     for scorer in scorers(run):
         score = primary_score(scorer)
         layers = _bars(run, fig_dir, s2, scorer, "resid", score, FIG2_BASELINES, "fig2")
-        ints = {hook_layer(v["hook"]): v for v in layers.values() if hook_layer(v["hook"]) is not None}
+        ints = {L: v for v in layers.values() if (L := hook_layer(v["hook"])) is not None}
         if any(_scored(v) for v in layers.values()):
             c = C.advantage_declines(ints)
             c.scope = scorer
@@ -275,7 +278,7 @@ def fig8(run: Run, fig_dir: Path, results: dict) -> Section:
         "Figure 8: autointerp against dictionary size R",
         "At α = 8.6e-4, interpretability gains hold even for R < 1; larger dictionaries explain more of the variance.",
     )
-    resid = [h for h in run.hooks if hook_kind(h) == "resid"]
+    resid = [h for h in run.hooks if hook_family(h) == "resid"]
     for scorer in scorers(run):
         score = primary_score(scorer)
         series, best, layers = {}, {}, {}
@@ -323,7 +326,7 @@ def fig8(run: Run, fig_dir: Path, results: dict) -> Section:
     if not s.figures:
         s.claims.append(C.small_dictionaries({}))
         _absent(run, s, "autointerp of residual SAEs at several R")
-    fvu = {}
+    fvu: dict[str, dict[float, float]] = {}
     for hook in resid:
         t = main_target(run, hook)
         pts = {
@@ -334,12 +337,12 @@ def fig8(run: Run, fig_dir: Path, results: dict) -> Section:
         if pts:
             fvu[layer_label(hook)] = pts
     if fvu:
-        rs = sorted({r for v in fvu.values() for r in v})
+        ratios = sorted({r for v in fvu.values() for r in v})
         s.tables.append(
             Table(
                 "FVU of the SAEs at the main α (saex eval)",
-                ["layer"] + [f"R={r:g}" for r in rs],
-                [[k] + [fmt(v.get(r), "{:.4f}") for r in rs] for k, v in fvu.items()],
+                ["layer"] + [f"R={r:g}" for r in ratios],
+                [[k] + [fmt(v.get(r), "{:.4f}") for r in ratios] for k, v in fvu.items()],
             )
         )
         s.claims.append(C.fvu_falls_with_ratio(fvu))
@@ -356,7 +359,7 @@ def fig10(run: Run, fig_dir: Path, results: dict) -> Section:
         "Top-and-random and random-only scores per MLP layer (untied, α = 3.2e-4, R = 1): many features are "
         "more interpretable than the neurons, but many are dead.",
     )
-    mlp = [h for h in run.hooks if hook_kind(h) == "mlp"]
+    mlp = [h for h in run.hooks if hook_family(h) == "mlp"]
     for scorer in scorers(run):
         for score in (primary_score(scorer), "random") if primary_score(scorer) == "top_random" else ("auroc",):
             _bars(run, fig_dir, s, scorer, "mlp", score, BASELINE_KINDS, f"fig10_{score}", ("neurons",))
@@ -369,7 +372,6 @@ def fig10(run: Run, fig_dir: Path, results: dict) -> Section:
 
 
 def table2(run: Run, fig_dir: Path, results: dict) -> Section:
-    from saex.interpret.run import moment_correlations
 
     s = Section(
         "table2",
@@ -377,7 +379,7 @@ def table2(run: Run, fig_dir: Path, results: dict) -> Section:
         "The top-and-random score correlates with the positive skew (r = 0.19) and kurtosis (r = 0.24) of "
         "feature activations (pooled over tied SAEs R ∈ {0.5, 1, 2, 4}, α = 8.6e-4, layers 0-5).",
     )
-    resid = [h for h in run.hooks if hook_kind(h) == "resid"]
+    resid = [h for h in run.hooks if hook_family(h) == "resid"]
     for scorer in scorers(run):
         preset = preset_of(scorer)
         pooled, per_hook = [], {}

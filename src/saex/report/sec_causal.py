@@ -29,7 +29,7 @@ def curve(result: dict) -> list[dict]:
 
 def ioi_curves(run: Run, layer: int) -> dict[str, dict]:
     out = {}
-    for name, r in run.ioi["layers"][layer].items():
+    for name, r in (run.ioi or {})["layers"][layer].items():
         hook = (r.get("identity") or {}).get("hook")
         w = width(run, hook)
         out[name] = {
@@ -62,7 +62,7 @@ def fig3(run: Run, fig_dir: Path, results: dict) -> Section:
             s.figures.append(Figure(f"KL(patched ‖ target) against features patched and edit magnitude ({stem})", path))
     layers = list(run.ioi["layers"])
     main = run.config.get("ioi_layer") if run.config.get("ioi_layer") in layers else layers[0]
-    summary = {}
+    summary: dict = {}
     for layer in layers:
         curves = ioi_curves(run, layer)
         rows = []
@@ -113,8 +113,8 @@ def fig3(run: Run, fig_dir: Path, results: dict) -> Section:
         )
         if layer == main:
             found = C.ioi_claims(curves)
-            for c in found:
-                c.scope = f"layer {layer}"
+            for claim in found:
+                claim.scope = f"layer {layer}"
             s.claims += found
     task = run.ioi.get("task") or {}
     if task:
@@ -291,7 +291,7 @@ def fig4_5(run: Run, fig_dir: Path, results: dict) -> list[Section]:
         )
     else:
         s5.notes.append("The circuit (upstream tree): not run in this reproduction.")
-    diff = differences(run, hooks=[search.get("hook")] if search.get("hook") else [])
+    diff = differences(run, hooks=[search["hook"]] if search.get("hook") else [])
     s4.differences = diff + [
         "The paper's search: Pythia-70M's residual SAEs on \" I don't know about that. It is "
         "now up to Dave'\"; its apostrophe feature (layer 4, feature 556) came third, after "

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from saex.naming import hook_family
 from saex.report import claims as C
-from saex.report.collect import SPLICED, Run, hook_kind, is_sae, main_result
+from saex.report.collect import SPLICED, Run, is_sae, main_result
 from saex.report.sections import Figure, Section, Table, differences, fmt, not_run
 
 
@@ -172,8 +173,8 @@ def fig16(run: Run, fig_dir: Path, results: dict) -> Section:
         for p in pts:
             by_hook.setdefault(p["hook"], []).append(p)
     s.claims += C.alive_claims(
-        {h: v for h, v in by_hook.items() if hook_kind(h) == "resid"},
-        {h: v for h, v in by_hook.items() if hook_kind(h) == "mlp"},
+        {h: v for h, v in by_hook.items() if hook_family(h) == "resid"},
+        {h: v for h, v in by_hook.items() if hook_family(h) == "mlp"},
     )
     threshold = next((r["metrics"].get("alive_threshold") for ev in run.eval.values() for r in ev["results"]), None)
     n = next((counted(r["metrics"]) for ev in run.eval.values() for r in ev["results"]), None)
@@ -204,7 +205,7 @@ def perplexity(run: Run, fig_dir: Path, results: dict) -> Section:
         if r is None or not sp:
             continue
         rows.append([hook, r["name"]] + [fmt(sp.get(k), "{:.3f}") for k in SPLICED])
-        if hook_kind(hook) == "resid":
+        if hook_family(hook) == "resid":
             spliced[hook] = sp
     if not rows:
         s.claims.append(C.perplexity_claim({}))

@@ -1,7 +1,7 @@
 """The report's training section: how α was chosen (``saex calibrate``), whether every dictionary converged
 (``saex train``'s convergence check), and which activation rows training and the metrics used.
 
-The paper trains on 5-50M activations for 1-3 epochs (paper-spec §1.4) and chose α = 8.6e-4 on Pythia-70M;
+The paper trains on 5-50M activations for 1-3 epochs (paper §2, App. B) and chose α = 8.6e-4 on Pythia-70M;
 an α carried to another model buys another L0, and a dictionary stopped early looks like a finding and is
 not one. This section comes before the figures so that a reader sees both before any result.
 """

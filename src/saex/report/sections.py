@@ -1,5 +1,5 @@
 """The report's building blocks: a ``Section`` per paper figure or table, number formatting, and the
-"How this run differs from the paper" lines (paper-spec §1.5-1.6, §3.3, §4.2: Pythia-70M-deduped on the
+"How this run differs from the paper" lines (paper §2, §3.3, §4, App. C: Pythia-70M-deduped on the
 Pile, ≈ 20M activations per layer, 150 features scored by GPT-4 + text-davinci-003; IOI on Pythia-410M).
 
 Sections hold text and numbers only (never markup): the templates escape everything they print.
@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from saex.naming import hook_family, hook_layer
 from saex.report.claims import Claim
-from saex.report.collect import Run, hook_kind, main_target, store_rows
+from saex.report.collect import Run, main_target, store_rows
 
 NOT_RUN = "not run in this reproduction"
 
@@ -53,7 +54,6 @@ def fmt(x, spec: str = "{:.3f}") -> str:
 
 
 def layer_label(hook: str) -> str:
-    from saex.report.collect import hook_layer
 
     L = hook_layer(hook)
     return f"layer {L}" if L is not None else hook
@@ -109,7 +109,7 @@ def differences(
         )
     hooks = hooks if hooks is not None else run.hooks
     for kind, paper in (("resid", "α = 8.6e-4, R = 2"), ("mlp", "α = 3.2e-4, R = 1")):
-        hs = [h for h in hooks if hook_kind(h) == kind]
+        hs = [h for h in hooks if hook_family(h) == kind]
         if hs:
             t = main_target(run, hs[0])
             out.append(

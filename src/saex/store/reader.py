@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from saex.config import Config, opt
 from saex.errors import SaexError
-from saex.store.files import sha256_path
+from saex.files import sha256_path
 
 MANIFEST = "manifest.json"
 FORMAT = "saex.activation_store"
@@ -47,17 +48,17 @@ def read_manifest(path: Path) -> dict:
 
 
 @dataclass
-class RowOptions:
+class RowOptions(Config):
     """The options of every stage that reads activation rows: which rows count (see ``RowFilter``). Stage
     configs inherit these fields, so they are documented and checked in one place."""
 
-    exclude_first: int = 1
+    exclude_first: int = opt(1, ge=0)
     """Leave out positions 0 .. exclude_first-1 of every context (attention sinks) from training, the input
     scale, the reconstruction / sparsity metrics and feature indexes; 0 keeps them. Spliced CE / KL always
     replace every position."""
     exclude_special_tokens: bool = True
     """Leave out the separator / BOS tokens wherever they occur, likewise."""
-    max_norm_ratio: float = 20.0
+    max_norm_ratio: float = opt(20.0, ge=0)
     """Leave out rows whose norm exceeds this multiple of the hook's median row norm (massive activations,
     Sun et al. 2024: attention sinks away from position 0), likewise; 0 keeps them."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from saex.store.files import write_json_atomic, write_safetensors_atomic
+from saex.files import write_json_atomic, write_safetensors_atomic
 
 FOLDER = "checkpoint"
 

@@ -1,6 +1,6 @@
 """``saex train``: a whole sweep of sparse autoencoders from one shuffled pass over an activation store.
 
-Implements the paper's training (Cunningham et al. 2023, §2 and App. B; paper-spec.md §1.4) the way its
+Implements the paper's training (Cunningham et al. 2023, §2 and App. B; docs/training.md) the way its
 reference code did it — many α values trained at once in one vmapped ensemble — generalised: members of
 equal width are stacked into one model with [K, ...] parameters, stepped by one fused forward and
 backward (see ``saex.dictionaries.relu_l1``), each batch is read once and fed to every group, and one
@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,19 +25,18 @@ from tqdm import tqdm
 
 import saex
 from saex import distributed
-from saex.dictionaries import ARCHS, Ensemble
+from saex.dictionaries.ensemble import Ensemble, Member, architectures
 from saex.errors import SaexError
 from saex.evaluate.metrics import ReconstructionMetrics
-from saex.store.files import (
-    check_output_folder,
-    check_same_identity,
+from saex.files import (
+    open_output_folder,
     read_jsonl,
     remove_stale_temporaries,
     write_json_atomic,
 )
 from saex.store.reader import ActivationStore, RowFilter, store_hash
 from saex.train import checkpoint, convergence
-from saex.train.config import Member, TrainConfig, dead_window, eval_every, validate
+from saex.train.config import TrainConfig, dead_window, eval_every, validate
 
 RUN = "run.json"
 METRICS = "metrics.jsonl"
@@ -55,19 +55,14 @@ class Group:
 
 
 def _build_groups(cfg: TrainConfig, members: list[Member], d_in: int) -> list[Group]:
-    keys = sorted({(m.d_dict, m.k or 0) for m in members})
+    arch = architectures()[cfg.arch]
+    keys = sorted({arch.group_key(m) for m in members}, key=lambda key: tuple(v or 0 for v in key))
     groups = []
-    for d_dict, k in keys:
-        ms = [m for m in members if (m.d_dict, m.k or 0) == (d_dict, k)]
-        seeds = [m.seed for m in ms]
-        if cfg.arch == "tied_l1":
-            model = ARCHS["tied_l1"](d_in, d_dict, seeds)
-        elif cfg.arch == "untied_l1":
-            model = ARCHS["untied_l1"](d_in, d_dict, seeds, decoder_bias=cfg.decoder_bias)
-        else:
-            model = ARCHS["topk"](d_in, d_dict, seeds, k=k, aux_k=cfg.aux_k, aux_coef=cfg.aux_coef)
+    for key in keys:
+        ms = [m for m in members if arch.group_key(m) == key]
+        model = arch.build(cfg, d_in, ms[0].d_dict, ms)
         groups.append(
-            Group(ms, model, torch.tensor([m.alpha for m in ms]), torch.zeros(len(ms), d_dict, dtype=torch.long))
+            Group(ms, model, torch.tensor([m.alpha for m in ms]), torch.zeros(len(ms), ms[0].d_dict, dtype=torch.long))
         )
     return groups
 
@@ -89,14 +84,6 @@ def input_scale(store: ActivationStore, hook: str, normalize: str, rows: RowFilt
         return 1.0
     x = store.load_kept("train", 0, hook, rows)
     return math.sqrt(x.shape[1]) / x.norm(dim=1).mean().item()
-
-
-def _check_out(out: Path, identity: dict) -> dict | None:
-    if not check_output_folder(out, RUN, "saex training run"):
-        return None
-    saved = json.loads((out / RUN).read_text())
-    check_same_identity(out, saved["identity"], identity, "training run", "folder")
-    return saved
 
 
 def _heldout_sample(store: ActivationStore, hook: str, n: int, seed: int, rows: RowFilter) -> torch.Tensor:
@@ -146,7 +133,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     s_hash = store_hash(store, cfg.hook)
     identity = {k: v for k, v in asdict(cfg).items() if k not in {"out", "acts", "checkpoint_every"}}
     identity |= {"store_hash": s_hash, "d_in": d_in}
-    saved = _check_out(out, identity)
+    saved = open_output_folder(out, RUN, "saex training run", identity, differs="training run")
     if saved is not None and saved.get("status") == "complete":
         return out
     groups = _build_groups(cfg, members, d_in)
@@ -179,7 +166,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             _truncate_metrics(out / METRICS, step)
     for grp in groups:  # after loading weights: DDP broadcasts rank 0's parameters when it wraps
         grp.step_fn = distributed.wrap(grp.model, ranks)
-    run = {
+    run: dict[str, Any] = {
         "saex_version": saex.__version__,
         "config": asdict(cfg),
         "identity": identity,
@@ -296,13 +283,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
 def _convergence(out: Path, cfg: TrainConfig, members: list[Member], total: int) -> dict[str, dict]:
     """Each member's convergence verdict from the held-out evaluations in metrics.jsonl."""
+    arch = architectures()[cfg.arch]
     by_member: dict[str, list[dict]] = {m.name: [] for m in members}
     for row in read_jsonl(out / METRICS):
         if row.get("dictionary") in by_member:
             by_member[row["dictionary"]].append(row)
-    return {
-        m.name: convergence.assess(by_member[m.name], total, sparse=cfg.arch == "topk" or m.alpha > 0) for m in members
-    }
+    return {m.name: convergence.assess(by_member[m.name], total, sparse=arch.sparse(m)) for m in members}
 
 
 def _train_step(cfg, groups, opt, x_BD, step, total, ranks) -> None:
@@ -312,7 +298,7 @@ def _train_step(cfg, groups, opt, x_BD, step, total, ranks) -> None:
     opt.zero_grad(set_to_none=True)
     x_local = ranks.local_slice(x_BD)
     for grp in groups:
-        dead = grp.since_fired_KF >= dead_window(cfg) if cfg.arch == "topk" else None
+        dead = grp.since_fired_KF >= dead_window(cfg) if grp.model.needs_dead_mask else None
         o = grp.step_fn(x_local, grp.coef_K, dead)
         o.loss.backward()
         grp.since_fired_KF += x_BD.shape[0]

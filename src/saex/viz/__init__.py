@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from saex.files import write_json_atomic
+
 
 def save_figure(fig, path: Path, data, dpi: int = 110, tight: bool = True) -> Path:
     """Write ``fig`` as ``path`` (PNG) and ``data``, exactly the plotted numbers, as the JSON beside it; close it."""
     import matplotlib.pyplot as plt
-
-    from saex.store.files import write_json_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

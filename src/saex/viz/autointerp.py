@@ -44,8 +44,8 @@ def plot_scores(methods: list[dict], keys, folder: Path, label: str) -> list[Pat
         ]
         fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(data) + 2), 4))
         xs = range(len(data))
-        means = [d.get("mean") if d.get("mean") is not None else 0.0 for d in data]
-        errs = [d.get("ci95") if d.get("ci95") is not None else 0.0 for d in data]
+        means = [float(d.get("mean") or 0.0) for d in data]
+        errs = [float(d.get("ci95") or 0.0) for d in data]
         ax.bar(xs, means, yerr=errs, capsize=3, color="#4c72b0")
         nulls = [(x, d["null"]) for x, d in zip(xs, data) if d["null"] is not None]
         if nulls:

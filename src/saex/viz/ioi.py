@@ -30,7 +30,7 @@ def plot_ioi(results: dict[int, dict[str, dict]], out: Path, mode: str) -> list[
     paths = []
     for m in modes:
         fig, axes = plt.subplots(len(layers), 2, figsize=(11, 4 * len(layers)), squeeze=False)
-        data = {}
+        data: dict = {}
         for row, layer in enumerate(layers):
             left, right = axes[row]
             data[layer] = {}

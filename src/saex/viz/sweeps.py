@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on CI machines
 import matplotlib.pyplot as plt  # noqa: E402
 
+from saex.naming import file_name
 from saex.viz import save_figure  # noqa: E402
 
 
@@ -100,7 +101,7 @@ def plot_all(results: list[dict], folder: Path) -> list[Path]:
     plot_fvu_vs_l0(results, paths[0])
     plot_alive_vs_alpha(results, paths[1])
     for r in results:
-        p = folder / "density" / (r["name"].replace("/", "__") + ".png")
+        p = folder / "density" / (file_name(r["name"]) + ".png")
         plot_density(r, p)
         paths.append(p)
     return paths

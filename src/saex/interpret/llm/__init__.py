@@ -18,6 +18,7 @@ import random
 import numpy as np
 
 from saex.errors import SaexError
+from saex.features.records import ActivationRecord, Explanation
 from saex.interpret.llm.base import MODES, Backend, ChatResult, MalformedAnswer, expected_values
 from saex.interpret.llm.parsing import parse_detection, parse_lines, parse_text_values
 from saex.interpret.llm.prompts import (
@@ -29,7 +30,6 @@ from saex.interpret.llm.prompts import (
     simulation_lines_messages,
     simulation_segments,
 )
-from saex.interpret.records import ActivationRecord, Explanation
 
 __all__ = ["LLMExplainer", "LLMSimulator", "LLMDetector", "make_backend", "MODES"]
 
@@ -210,6 +210,7 @@ def make_backend(
     """An LLM backend: ``"openai"`` (any OpenAI-compatible ``base_url``; model None = the server's only
     model) or ``"hf"`` (in-process transformers; model None = the embedded ``smollm2-135m``)."""
     if kind == "openai":
+        # lazy: the openai SDK is imported only when this backend is asked for
         from saex.interpret.llm.openai_backend import OpenAIBackend
 
         return OpenAIBackend(
@@ -224,6 +225,7 @@ def make_backend(
     if kind == "hf":
         if base_url is not None:
             raise SaexError("the hf backend runs in-process; base_url only applies to kind='openai'")
+        # lazy: transformers' generation stack is loaded only when this backend is asked for
         from saex.interpret.llm.hf_backend import HFBackend
 
         return HFBackend(model or "smollm2-135m")

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from saex.store.files import write_json_atomic
+from saex.files import write_json_atomic
 
 CACHE_VERSION = 1
 _SECRET_FIELDS = {"api_key", "authorization", "headers", "extra_headers"}

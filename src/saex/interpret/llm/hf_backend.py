@@ -24,6 +24,7 @@ import torch
 from saex.errors import SaexError
 from saex.interpret.llm.base import ChatResult, Counter, MalformedAnswer
 from saex.interpret.llm.prompts import flatten
+from saex.lm.loading import load_model
 
 
 def value_token_plan(tokenizer) -> list[list[int]]:
@@ -50,7 +51,6 @@ class HFBackend(Counter):
     concurrency = 1  # one model, one forward at a time: torch already uses the cores
 
     def __init__(self, model: str = "smollm2-135m", *, loaded=None):
-        from saex.lm.loading import load_model
 
         super().__init__()
         lm = loaded if loaded is not None else load_model(model)
@@ -204,7 +204,7 @@ class HFBackend(Counter):
         for step, token_id in enumerate(new):
             if token_id == eos:
                 break
-            top = {}
+            top: dict[str, float] = {}
             if top_logprobs:
                 logp = torch.log_softmax(out.logits[step][0].double(), dim=-1)
                 values, idx = logp.topk(top_logprobs)

@@ -41,8 +41,8 @@ def echo_slot_tops(body: dict, slot_offsets: list[int]) -> list[dict | None]:
             first_at.setdefault(int(off), i)
     out = []
     for off in slot_offsets:
-        i = first_at.get(off)
-        top = tops[i] if i is not None else None
+        at = first_at.get(off)
+        top = tops[at] if at is not None else None
         out.append(top if isinstance(top, dict) and top else None)
     if all(t is None for t in out):
         raise MalformedAnswer("echo answer has no logprobs at any 'unknown' slot (echo ignored?)")
@@ -50,7 +50,8 @@ def echo_slot_tops(body: dict, slot_offsets: list[int]) -> list[dict | None]:
 
 
 def _piece_starts(pieces: list[tuple[str, dict]]) -> dict[int, int]:
-    starts, pos = {}, 0
+    starts: dict[int, int] = {}
+    pos = 0
     for i, (tok, _) in enumerate(pieces):
         if tok:
             starts.setdefault(pos, i)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from saex.interpret.records import ActivationRecord, discretize, max_activation
+from saex.features.records import ActivationRecord, discretize, max_activation
 
 EXPLANATION_PREFIX = "the main thing this neuron does is find"
 

@@ -10,22 +10,113 @@ sample sizes. Layers are chosen relative to the model's depth, so a preset works
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
+from saex.config import Config, opt
 from saex.errors import SaexError
 
 PRESETS = ("quick", "standard", "paper")
 
-# The paper's choices (paper-spec §1.4, §3.3, App. E): α = 8.6e-4 residual, 3.2e-4 MLP, chosen on Pythia-70M.
+# The paper's choices (§3.3, App. E; saex.report.collect.PAPER_MAIN): α = 8.6e-4 residual, 3.2e-4 MLP, chosen on
+# Pythia-70M.
 # They are not reused as numbers: the L0 an α buys differs by model and hook (8.6e-4 gives L0 ≈ 146 on
 # SmolLM2-135M layer 6), so every preset calibrates α per hook for target L0s (``saex calibrate``).
-PAPER_ALPHA_RESID = 8.6e-4
-PAPER_ALPHA_MLP = 3.2e-4
 # Geometric α grids for the calibration sweeps, bracketing L0 ≈ 10-100 under mean_norm scaling on the models
 # tried (SmolLM2-135M layer 6, R = 1, 3000 steps: α 2e-3 → L0 42, 3.32e-3 → 20, 4.51e-3 → 13; the layer-6 MLP
 # neurons, untied, 1000 steps: 4e-4 → 620, 1.6e-3 → 48); targets outside are extrapolated (at most 10× beyond
 # the grid, and flagged).
 GRID_RESID = [1.5e-3, 3e-3, 6e-3]
 GRID_MLP = [8e-4, 1.6e-3, 3.2e-3]
+
+
+@dataclass
+class Plan(Config):
+    """The concrete study for one model: every number a stage of ``saex reproduce`` needs (printed by
+    ``--dry-run``, saved in reproduce.json; ``--set key=value`` overrides a field, checked as declared)."""
+
+    preset: str
+    """The preset the plan was made from."""
+    main_layer: int = opt(ge=0)
+    """Where Fig. 4's prompt search, the R sweep (Fig. 8), the case studies and the dashboard run."""
+    resid_layers: list[int] = opt(ge=0)
+    """Residual-stream layers harvested and trained (tied SAEs)."""
+    mlp_layers: list[int] = opt(ge=0)
+    """MLP layers harvested and trained (untied SAEs on the post-nonlinearity neurons)."""
+    ioi_layer: int = opt(ge=0)
+    """Layer of the IOI feature patching (Fig. 3)."""
+    main_target_l0_resid: float = opt(gt=0)
+    """Target L0 of the main residual SAE."""
+    main_target_l0_mlp: float = opt(gt=0)
+    """Target L0 of the main MLP SAE."""
+    target_l0_resid: list[float] = opt(gt=0)
+    """Target L0s of the α sweep at the main and IOI layers (each calibrated to an α)."""
+    target_l0_resid_other: list[float] = opt(gt=0)
+    """Target L0s at the other residual layers."""
+    target_l0_mlp: list[float] = opt(gt=0)
+    """Target L0s at the MLP layers."""
+    extra_alphas_resid: list[float] = opt(ge=0)
+    """α trained as they are at every residual layer (0: the dense control)."""
+    extra_alphas_mlp: list[float] = opt(ge=0)
+    """α trained as they are at every MLP layer."""
+    calibration_grid_resid: list[float] = opt(gt=0)
+    """α grid of the residual calibration sweeps."""
+    calibration_grid_mlp: list[float] = opt(gt=0)
+    """α grid of the MLP calibration sweeps."""
+    calibration_ratio: float = opt(gt=0)
+    """Dictionary ratio R of the calibration sweeps."""
+    calibration_batch: int = opt(gt=0)
+    """Batch size of the calibration sweeps."""
+    calibration_layers_resid: list[int] = opt(ge=0)
+    """Residual layers calibrated ([]: every one); the others take the nearest one's α."""
+    ratios_resid: list[float] = opt(gt=0)
+    """Dictionary ratios R trained at the main layer (the others train the main R)."""
+    ratios_mlp: list[float] = opt(gt=0)
+    """Dictionary ratios R trained at the MLP layers."""
+    main_ratio: float = opt(gt=0)
+    """R of the main residual SAEs."""
+    main_ratio_mlp: float = opt(gt=0)
+    """R of the main MLP SAEs."""
+    train_steps: int = opt(gt=0)
+    """Optimiser steps of every training run and calibration sweep."""
+    train_batch: int = opt(gt=0)
+    """Batch size of the training runs."""
+    corpus: str = opt()
+    """The corpus (saex harvest's --corpus; --corpus of saex reproduce overrides it)."""
+    heldout_fraction: float = opt(gt=0, lt=1)
+    """Share of the corpus's documents held out."""
+    tokens: int = opt(gt=0)
+    """Train tokens harvested."""
+    heldout_tokens: int = opt(gt=0)
+    """Held-out tokens harvested."""
+    context_length: int = opt(gt=0)
+    """Tokens per context."""
+    eval_tokens: int = opt(ge=0)
+    """Held-out rows of the reconstruction metrics (0: every one)."""
+    eval_contexts: int = opt(ge=0)
+    """Held-out contexts of the spliced CE / KL."""
+    ica_rows: int = opt(gt=0)
+    """Rows of the ICA fit."""
+    ica_max_iter: int = opt(gt=0)
+    """FastICA iterations."""
+    fragments: int = opt(gt=0)
+    """Fragments indexed per hook."""
+    fragment_length: int = opt(gt=0)
+    """Tokens per fragment."""
+    interpret_features: int = opt(gt=0)
+    """Features scored per method."""
+    ioi_prompts: int = opt(gt=0)
+    """IOI prompt pairs."""
+    ioi_mode: Literal["quick", "greedy", "both"] = opt()
+    """IOI search (saex ioi --mode)."""
+    circuit_depth: int = opt(gt=0)
+    """Levels of the case study's upstream circuit."""
+    case_top: int = opt(gt=0)
+    """Features given case studies."""
+    case_max_density: float = opt(gt=0, le=1)
+    """Case studies skip features denser than this."""
+    dashboard_features: int = opt(ge=0)
+    """Features on the dashboard (0: all)."""
 
 
 def _layers(n_layers: int, count: int) -> list[int]:
@@ -35,7 +126,11 @@ def _layers(n_layers: int, count: int) -> list[int]:
     return sorted({round(i * (n_layers - 1) / (count - 1)) for i in range(count)})
 
 
-def plan(preset: str, n_layers: int) -> dict:
+def plan(preset: str, n_layers: int) -> Plan:
+    return Plan(**_plan_values(preset, n_layers))
+
+
+def _plan_values(preset: str, n_layers: int) -> dict:
     """The concrete study for a model with ``n_layers`` blocks: every number a stage needs.
 
     ``main_layer`` is where Fig. 4's prompt search, the R sweep (Fig. 8) and the dashboard run; the layer
@@ -164,7 +259,7 @@ def plan(preset: str, n_layers: int) -> dict:
         "resid_layers": resid,
         "mlp_layers": _layers(n_layers, 6),
         "ioi_layer": ioi,
-        # The code's sweep spans two decades of α (paper-spec §8.3): here six sparsity levels over the L0 range
+        # The code's sweep spans two decades of α (its code's logspace(-4, -2, 16); docs/training.md): here six sparsity levels over the L0 range
         # that spans, and its R series (Fig. 8).
         "target_l0_resid": [5.0, 10.0, 20.0, 40.0, 80.0, 160.0],
         "target_l0_resid_other": [10.0, 30.0, 100.0],
@@ -193,15 +288,15 @@ def plan(preset: str, n_layers: int) -> dict:
     }
 
 
-def sweep_targets(p: dict, hook_kind: str, layer: int) -> list[float]:
+def sweep_targets(p: Plan, hook_kind: str, layer: int) -> list[float]:
     """The target L0s trained at one hook: the α sweep at the main and IOI layers, fewer elsewhere."""
     if hook_kind == "mlp":
-        return p["target_l0_mlp"]
-    return p["target_l0_resid"] if layer in (p["main_layer"], p["ioi_layer"]) else p["target_l0_resid_other"]
+        return p.target_l0_mlp
+    return p.target_l0_resid if layer in (p.main_layer, p.ioi_layer) else p.target_l0_resid_other
 
 
 def estimate_seconds(
-    p: dict, n_params_per_layer: float, d_model: int, d_mlp: int, vocab: int, gflops: float
+    p: Plan, n_params_per_layer: float, d_model: int, d_mlp: int, vocab: int, gflops: float
 ) -> dict[str, float]:
     """Rough time of each stage from FLOP counts and a measured fp32 matmul rate (``gflops``).
 
@@ -210,9 +305,9 @@ def estimate_seconds(
     machines will differ.
     """
     rate = gflops * 1e9
-    depth = max(p["resid_layers"] + p["mlp_layers"]) + 1
-    tokens = p["tokens"] + p["heldout_tokens"]
-    hooks = len(p["resid_layers"]) + len(p["mlp_layers"])
+    depth = max(p.resid_layers + p.mlp_layers) + 1
+    tokens = p.tokens + p.heldout_tokens
+    hooks = len(p.resid_layers) + len(p.mlp_layers)
     out = {"harvest": 2 * n_params_per_layer * depth * tokens / (0.7 * rate)}
 
     def sae_flops(d: int, ratios, members: int, steps: int, batch: int) -> float:
@@ -220,43 +315,39 @@ def estimate_seconds(
         # dense, cost 5): forward, and the sparse products and Adam that scale like one or two more.
         return sum(3 * 2 * batch * d * r * d for r in ratios) * members * steps
 
-    steps, batch = p["train_steps"], p["train_batch"]
+    steps, batch = p.train_steps, p.train_batch
     train = calib = 0.0
-    for L in p["resid_layers"]:
-        members = len(set(sweep_targets(p, "resid", L)) | {p["main_target_l0_resid"]}) + len(p["extra_alphas_resid"])
+    for L in p.resid_layers:
+        members = len(set(sweep_targets(p, "resid", L)) | {p.main_target_l0_resid}) + len(p.extra_alphas_resid)
         # every α × every R at the main layer (Figs. 6/7, 8, 16), the main R elsewhere
-        ratios = p["ratios_resid"] if p["main_layer"] == L else [p["main_ratio"]]
+        ratios = p.ratios_resid if p.main_layer == L else [p.main_ratio]
         train += sae_flops(d_model, ratios, members, steps, batch)
-        if L in (p["calibration_layers_resid"] or p["resid_layers"]):
+        if L in (p.calibration_layers_resid or p.resid_layers):
             calib += sae_flops(
-                d_model, [p["calibration_ratio"]], len(p["calibration_grid_resid"]), steps, p["calibration_batch"]
+                d_model, [p.calibration_ratio], len(p.calibration_grid_resid), steps, p.calibration_batch
             )
-    for _ in p["mlp_layers"]:
-        members = len(set(p["target_l0_mlp"]) | {p["main_target_l0_mlp"]}) + len(p["extra_alphas_mlp"])
+    for _ in p.mlp_layers:
+        members = len(set(p.target_l0_mlp) | {p.main_target_l0_mlp}) + len(p.extra_alphas_mlp)
         # untied: a second matrix in every product
-        train += 2 * sae_flops(d_mlp, p["ratios_mlp"], members, steps, batch)
-        calib += 2 * sae_flops(
-            d_mlp, [p["calibration_ratio"]], len(p["calibration_grid_mlp"]), steps, p["calibration_batch"]
-        )
+        train += 2 * sae_flops(d_mlp, p.ratios_mlp, members, steps, batch)
+        calib += 2 * sae_flops(d_mlp, [p.calibration_ratio], len(p.calibration_grid_mlp), steps, p.calibration_batch)
     # small batches run well below the matmul peak (per-step overheads, Adam over every parameter)
     out["calibrate"] = calib / (0.25 * rate)
     out["train"] = train / (0.4 * rate)
     # FastICA: iterations × rows × d² multiply-adds a few times over, per residual layer (PCA is cheap).
-    out["baselines"] = len(p["resid_layers"]) * 24 * p["ica_max_iter"] * p["ica_rows"] * d_model**2 / rate
+    out["baselines"] = len(p.resid_layers) * 24 * p.ica_max_iter * p.ica_rows * d_model**2 / rate
     n_model = n_params_per_layer * depth + 2 * vocab * d_model
-    n_alpha = len(p["target_l0_resid"]) + len(p["extra_alphas_resid"])
+    n_alpha = len(p.target_l0_resid) + len(p.extra_alphas_resid)
     n_dicts = (
-        n_alpha * len(p["ratios_resid"])
-        + (len(p["resid_layers"]) - 1) * (len(p["target_l0_resid_other"]) + 1 + len(p["extra_alphas_resid"]))
+        n_alpha * len(p.ratios_resid)
+        + (len(p.resid_layers) - 1) * (len(p.target_l0_resid_other) + 1 + len(p.extra_alphas_resid))
         + 6 * hooks
     )
-    eval_tokens = p["eval_contexts"] * p["context_length"]
+    eval_tokens = p.eval_contexts * p.context_length
     out["eval"] = (n_dicts + 2 * hooks) * 2 * n_model * eval_tokens / (0.25 * rate)
-    out["features"] = (
-        hooks * 8 * 2 * d_model * 4 * d_model * min(p["heldout_tokens"], 64 * p["fragments"]) / (0.5 * rate)
-    )
+    out["features"] = hooks * 8 * 2 * d_model * 4 * d_model * min(p.heldout_tokens, 64 * p.fragments) / (0.5 * rate)
     # Quick mode: ~160 exact evaluations of ~20-token prompts per dictionary (the α sweep and 2 PCA variants).
-    n_ioi = len(p["target_l0_resid"]) + len(p["extra_alphas_resid"]) + 2
-    out["ioi"] = n_ioi * 160 * 2 * n_model * p["ioi_prompts"] * 20 / (0.75 * rate)
+    n_ioi = len(p.target_l0_resid) + len(p.extra_alphas_resid) + 2
+    out["ioi"] = n_ioi * 160 * 2 * n_model * p.ioi_prompts * 20 / (0.75 * rate)
     out["other"] = 0.1 * sum(out.values())  # autointerp (offline), case studies, dashboard, report
     return {k: math.ceil(v) for k, v in out.items()}

@@ -14,16 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from saex.config import Config, opt
+from saex.dashboard.analyses import Analyses, parse_analyses
+from saex.dashboard.gather import Gatherer, check_analyses, find_index, load_interpretations
+from saex.dashboard.site import MARKER, write_site
 from saex.errors import SaexError
 from saex.features.index import FeatureIndex
-from saex.store.files import check_output_folder
-from saex.viz.dashboard.analyses import Analyses, parse_analyses
-from saex.viz.dashboard.gather import Gatherer, check_analyses, find_index, load_interpretations
-from saex.viz.dashboard.site import MARKER, write_site
+from saex.files import check_output_folder
+
+NAME = "dashboard"
+HELP = "write a static feature dashboard (opens from disk): examples, explanations, scores, analyses"
 
 
 @dataclass
-class DashboardConfig:
+class DashboardConfig(Config):
     """What ``saex dashboard`` shows; the site opens from disk (OUT/index.html) with no server."""
 
     features: str = "runs/features"
@@ -36,14 +40,14 @@ class DashboardConfig:
     (default: the dashboard shows none)."""
     out: str = "runs/dashboard"
     """Output folder of the site (index.html, feature.html, static/, data/)."""
-    examples: int = 20
+    examples: int = opt(20, ge=0)
     """Examples shown in the top-activations section and in the random section."""
-    decile_examples: int = 2
+    decile_examples: int = opt(2, ge=0)
     """Examples shown for each of the 10 activation deciles of the random activating sample."""
-    limit: int | None = None
+    limit: int | None = opt(None, gt=0)
     """Only the first this many features (default: all)."""
-    analyses: str = "histogram,logit_lens"
-    """Analyses computed for every feature shown, comma-separated: histogram (token histogram of the index's
+    analyses: list[str] = opt(["histogram", "logit_lens"])
+    """Analyses computed for every feature shown: histogram (token histogram of the index's
     random activating sample), logit_lens (decoder direction · unembedding; needs the store's model; none at
     MLP-neuron hooks); "" for none. Output effects and circuits come only from --case-study."""
     case_study: str | None = None
@@ -53,15 +57,17 @@ class DashboardConfig:
     """Model whose unembedding the logit lens uses (default: the store's; its weights must be the store's)."""
 
 
-def build_dashboard(cfg: DashboardConfig, progress: bool = True, analyses: dict[int, dict] | None = None) -> Path:
+CONFIG = DashboardConfig
+
+
+def summary(out: Path) -> str:
+    return f"dashboard in {out}: open {out / 'index.html'} in a browser"
+
+
+def run(cfg: DashboardConfig, progress: bool = True, analyses: dict[int, dict] | None = None) -> Path:
     """Write the site. Every feature shown gets the panels of ``cfg.analyses`` (computed) and of
     ``cfg.case_study``; ``analyses`` maps a feature id to histogram / logit_lens / output_effect / upstream
     payloads (docs/dashboard.md) that replace those. An empty panel says "not computed" and why."""
-    for name in ("examples", "decile_examples"):
-        if getattr(cfg, name) < 0:
-            raise SaexError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
-    if cfg.limit is not None and cfg.limit <= 0:
-        raise SaexError(f"--limit must be positive, got {cfg.limit}")
     check_analyses(analyses or {})
     names = parse_analyses(cfg.analyses)
     if cfg.case_study is not None and not Path(cfg.case_study).is_dir():

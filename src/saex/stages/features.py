@@ -17,14 +17,19 @@ import torch
 from tqdm import tqdm
 
 import saex
+from saex.config import opt
 from saex.dictionaries.folders import open_for_store
 from saex.dictionaries.sae import WEIGHTS
 from saex.errors import SaexError
 from saex.features.fragments import Fragments, make_fragments
 from saex.features.index import INDEX_JSON, INDEX_TENSORS, KINDS, VOCAB_JSON, IndexBuilder, sparse_token_values
-from saex.store.files import check_output_folder, sha256_path, write_json_atomic, write_safetensors_atomic
+from saex.files import check_output_folder, sha256_path, write_json_atomic, write_safetensors_atomic
+from saex.lm.loading import load_store_model
+from saex.naming import file_name
 from saex.store.reader import ActivationStore, RowFilter, RowOptions, store_hash, within_norm
 
+NAME = "features"
+HELP = "index each feature's top, random and non-activating fragments over held-out text"
 MARKER = "features.json"
 
 
@@ -34,27 +39,27 @@ class FeaturesConfig(RowOptions):
 
     acts: str = "runs/acts"
     """Activation store whose held-out split supplies the fragments."""
-    dicts: str = "runs/dicts"
-    """Comma-separated dictionary folders, or folders of them (SAEs and baselines alike)."""
+    dicts: list[str] = opt(["runs/dicts"], nonempty=True)
+    """Dictionary folders, or folders of them (SAEs and baselines alike)."""
     out: str = "runs/features"
     """Output folder: one index folder per dictionary."""
     hook: str | None = None
     """Hook point; by default each dictionary's own (its metadata hook_name)."""
-    fragment_length: int = 64
+    fragment_length: int = opt(64, gt=0)
     """Tokens per fragment (the paper: 64)."""
     one_per_document: bool = True
     """Keep one fragment per document, as the paper did (--no-one-per-document keeps every window)."""
-    fragments: int | None = None
+    fragments: int | None = opt(None, gt=0)
     """At most this many fragments (default: all the held-out split gives; the paper used 50,000)."""
-    top: int = 50
+    top: int = opt(50, gt=0)
     """Top fragments kept per feature (the protocol uses 20)."""
-    random: int = 100
+    random: int = opt(100, ge=0)
     """Random activating fragments kept per feature (20 for the protocol; ranked, they give the deciles)."""
-    zero: int = 50
+    zero: int = opt(50, ge=0)
     """Random non-activating fragments kept per feature (for detection scoring)."""
-    chunk: int = 128
+    chunk: int = opt(128, gt=0)
     """Fragments per step of the streaming passes (memory ~ chunk · fragment_length · features · 8 bytes)."""
-    seed: int = 0
+    seed: int = opt(0, ge=0)
     """Seed of the fragment choice and of the random samples."""
     decode: bool = True
     """Store the text of every token (loads the store's model for its tokenizer); --no-decode for a store
@@ -63,17 +68,14 @@ class FeaturesConfig(RowOptions):
     """Model whose tokenizer decodes the tokens (default: the store's; its weights must match)."""
 
 
-def build_features(cfg: FeaturesConfig, progress: bool = True) -> Path:
-    for name in ("fragment_length", "chunk", "top"):
-        if getattr(cfg, name) <= 0:
-            raise SaexError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    for name in ("random", "zero"):
-        if getattr(cfg, name) < 0:
-            raise SaexError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
-    if cfg.fragments is not None and cfg.fragments <= 0:
-        raise SaexError(f"--fragments must be positive, got {cfg.fragments}")
-    if cfg.seed < 0:
-        raise SaexError(f"--seed must be >= 0, got {cfg.seed}")
+CONFIG = FeaturesConfig
+
+
+def summary(out: Path) -> str:
+    return f"feature indexes in {out}"
+
+
+def run(cfg: FeaturesConfig, progress: bool = True) -> Path:
     store = ActivationStore(cfg.acts)
     if store.n_rows("heldout") == 0:
         raise SaexError(f"the store {store.path} has no held-out rows to index")
@@ -94,7 +96,7 @@ def build_features(cfg: FeaturesConfig, progress: bool = True) -> Path:
     # --chunk stays in the identity: the random samples' keys are drawn per chunk
     options = {k: v for k, v in asdict(cfg).items() if k not in ("acts", "dicts", "out", "model")}
     for name, (folder, d, hook) in dicts.items():
-        target = out / name.replace("/", "__")
+        target = out / file_name(name)
         identity = {
             "weights_sha256": sha256_path(folder / WEIGHTS),
             "store_hash": store_hash(store, hook),
@@ -140,7 +142,6 @@ def build_features(cfg: FeaturesConfig, progress: bool = True) -> Path:
 
 def _vocab(store: ActivationStore, frags: Fragments, model: str | None) -> dict[str, str]:
     """Text of every token id that occurs in the fragments, decoded one token at a time (as Bills et al.)."""
-    from saex.lm.loading import load_store_model
 
     tok = load_store_model(store.manifest["model"], model).tokenizer
     return {str(i): tok.decode([i]) for i in torch.unique(frags.tokens_NL).tolist()}

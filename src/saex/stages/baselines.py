@@ -26,11 +26,14 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 import saex
+from saex.config import opt
+from saex.dictionaries import BASELINE_KINDS
 from saex.dictionaries.ica import fit_ica, ica_topk
 from saex.dictionaries.neurons import neurons
 from saex.dictionaries.pca import fit_pca, pca_dictionary, pca_split, pca_topk
@@ -38,10 +41,11 @@ from saex.dictionaries.random_directions import random_directions
 from saex.dictionaries.sae import CFG, SAE
 from saex.errors import SaexError
 from saex.evaluate.metrics import evaluate_batch
-from saex.store.files import check_output_folder, check_same_identity, write_json_atomic
+from saex.files import check_same_identity, open_output_folder, write_json_atomic
 from saex.store.reader import ActivationStore, RowFilter, RowOptions, store_hash
 
-KINDS = ("neurons", "random", "pca", "pca_split", "pca_topk", "ica", "ica_topk")
+NAME = "baselines"
+HELP = "build baseline dictionaries (neurons, random, PCA, ICA, top-k) from a store"
 MARKER = "baselines.json"
 
 
@@ -53,41 +57,40 @@ class BaselinesConfig(RowOptions):
     """Activation store to fit on (written by saex harvest)."""
     hook: str = ""
     """Hook point in the store, e.g. blocks.6.hook_resid_post (mlp.hook_post gives the MLP's own neurons)."""
-    kinds: str = "neurons,random,pca,ica"
-    """Comma-separated baselines to build: neurons, random, pca, pca_split, pca_topk, ica, ica_topk."""
+    kinds: list[str] = opt(["neurons", "random", "pca", "ica"], choices=BASELINE_KINDS, nonempty=True)
+    """Baselines to build: neurons, random, pca, pca_split, pca_topk, ica, ica_topk."""
     out: str = "runs/baselines"
     """Output folder: one sub-folder per kind (SAELens layout) and baselines.json."""
-    k: int | None = None
+    k: int | None = opt(None, gt=0)
     """Active directions per token for pca_topk and ica_topk."""
     k_from: str | None = None
     """A dictionary folder whose mean L0 on the held-out rows sets K (the paper: the R=1, α=8.6e-4 SAE)."""
-    k_tokens: int = 65536
+    k_tokens: int = opt(65536, gt=0)
     """Held-out rows on which --k-from's mean L0 is measured."""
     center: bool = True
     """PCA: project x minus its mean (--no-center projects raw x, as the paper's code did)."""
-    random_ratio: float = 1.0
+    random_ratio: float = opt(1.0, gt=0)
     """random: number of directions as a multiple of the width (the paper: 1)."""
-    ica_rows: int = 65536
+    ica_rows: int = opt(65536, gt=0)
     """ICA: train rows sampled for the fit (FastICA is slow; the paper used ~2 GB, 1-4M rows)."""
-    ica_max_iter: int = 200
+    ica_max_iter: int = opt(200, gt=0)
     """ICA: FastICA iterations (scikit-learn's default, as the paper)."""
-    ica_tol: float = 1e-4
+    ica_tol: float = opt(1e-4, gt=0)
     """ICA: FastICA tolerance (scikit-learn's default, as the paper)."""
-    seed: int = 0
+    seed: int = opt(0, ge=0)
     """Seed of the random directions, of the ICA row sample and of FastICA."""
 
 
-def parse_kinds(text: str) -> list[str]:
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in KINDS]
-    if bad or not kinds:
-        raise SaexError(f"unknown baseline kind {bad[0] if bad else text!r}; allowed: {', '.join(KINDS)}")
-    return list(dict.fromkeys(kinds))
+CONFIG = BaselinesConfig
+
+
+def summary(out: Path) -> str:
+    return f"baselines in {out}"
 
 
 def _params(cfg: BaselinesConfig, kind: str, k: int | None) -> dict:
     """The options a kind depends on: a folder built with other values is not reused."""
-    p = {"baseline": kind}
+    p: dict[str, Any] = {"baseline": kind}
     if kind in ("pca", "pca_split", "pca_topk", "ica", "ica_topk"):
         p["row_filter"] = asdict(RowFilter.of(cfg))
     if kind in ("pca", "pca_split", "pca_topk"):
@@ -113,35 +116,29 @@ def measured_k(folder: str, store: ActivationStore, hook: str, n: int, rows: Row
     return max(1, round(l0))
 
 
-def build_baselines(cfg: BaselinesConfig, progress: bool = True) -> Path:
+def run(cfg: BaselinesConfig, progress: bool = True) -> Path:
     store = ActivationStore(cfg.acts)
     if not cfg.hook:
         raise SaexError(f"name the hook point with --hook; the store has {store.hooks}")
     d_in = store.width(cfg.hook)
-    kinds = parse_kinds(cfg.kinds)
-    if cfg.random_ratio <= 0:
-        raise SaexError(f"--random-ratio must be positive, got {cfg.random_ratio}")
-    if cfg.seed < 0:
-        raise SaexError(f"--seed must be >= 0, got {cfg.seed}")
-    for name in ("ica_rows", "ica_max_iter", "k_tokens"):
-        if getattr(cfg, name) <= 0:
-            raise SaexError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    k = None
+    kinds = list(dict.fromkeys(cfg.kinds))
+    k = 0  # K of the top-k kinds, set below when one is asked for
     if any(kd.endswith("_topk") for kd in kinds):
         if (cfg.k is None) == (cfg.k_from is None):
             raise SaexError("pca_topk and ica_topk need exactly one of --k N or --k-from DICTIONARY_FOLDER")
         RowFilter.of(cfg).check(store.context_length)
-        k = cfg.k if cfg.k is not None else measured_k(cfg.k_from, store, cfg.hook, cfg.k_tokens, RowFilter.of(cfg))
+        if cfg.k_from is not None:
+            k = measured_k(cfg.k_from, store, cfg.hook, cfg.k_tokens, RowFilter.of(cfg))
+        else:
+            assert cfg.k is not None  # exactly one of the two, checked above
+            k = cfg.k
         if not 1 <= k <= d_in:
             source = "--k" if cfg.k is not None else f"--k-from {cfg.k_from} (its mean L0)"
             raise SaexError(f"{source} gives K = {k}; K must be between 1 and the width {d_in}")
     out = Path(cfg.out)
     s_hash = store_hash(store, cfg.hook)
     identity = {"store_hash": s_hash, "hook": cfg.hook}
-    if check_output_folder(out, MARKER, "set of saex baselines"):
-        check_same_identity(
-            out, json.loads((out / MARKER).read_text())["identity"], identity, "set of baselines", "folder"
-        )
+    open_output_folder(out, MARKER, "set of saex baselines", identity, differs="set of baselines")
     # Every existing folder is checked before anything is written, so a refused run changes nothing.
     todo = []
     for kind in kinds:

@@ -132,6 +132,21 @@ def check_output_folder(out: Path, marker: str, what: str) -> bool:
     return False
 
 
+def open_output_folder(
+    out: Path, marker: str, what: str, identity: dict | None = None, differs: str | None = None
+) -> dict | None:
+    """A stage's output folder: None when it is new (or empty), else its ``marker`` JSON, after checking
+    (``check_output_folder``) that it holds a ``what`` and, given an ``identity``, that the one recorded in
+    the marker is the same (``check_same_identity``; ``differs`` names it there, default ``what``), so that
+    a rerun continues only its own work."""
+    if not check_output_folder(out, marker, what):
+        return None
+    saved = json.loads((out / marker).read_text())
+    if identity is not None:
+        check_same_identity(out, saved.get("identity") or {}, identity, differs or what, "folder")
+    return saved
+
+
 def check_same_identity(out: Path, saved: dict, asked: dict, what: str, holder: str) -> None:
     """Refuse to continue a ``what`` in ``out`` whose recorded identity differs, naming every difference."""
     differ = sorted(k for k in asked.keys() | saved.keys() if asked.get(k) != saved.get(k))
@@ -141,3 +156,25 @@ def check_same_identity(out: Path, saved: dict, asked: dict, what: str, holder: 
             f"output folder {out} holds a different {what} ({details}). "
             "Choose another --out, or delete that folder to start over."
         )
+
+
+def tree_hash(folder: Path) -> str:
+    """Content hash of what a stage wrote: every file's path and sha256, except resume state and temporaries.
+
+    An activation store is hashed through its manifest, which holds every shard's checksum (verified on read).
+    """
+    h = hashlib.sha256()
+    if (folder / "manifest.json").exists() and (folder / "train").is_dir():
+        files = [folder / "manifest.json"]
+    else:
+        files = sorted(
+            p
+            for p in folder.rglob("*")
+            if p.is_file()
+            and "checkpoint" not in p.relative_to(folder).parts
+            and not p.name.endswith(".tmp")
+            and ".tmp-" not in p.name
+        )
+    for p in files:
+        h.update(str(p.relative_to(folder)).encode() + b"\0" + sha256_path(p).encode() + b"\n")
+    return h.hexdigest()

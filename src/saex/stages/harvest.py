@@ -1,7 +1,7 @@
 """``saex harvest``: run a causal LM over a corpus and store activations at several hook points.
 
 Implements the paper's activation harvesting (Cunningham et al. 2023, §2 "we run the model ... while
-caching and saving the activations"; details in paper-spec.md §1.6): one forward pass captures every
+caching and saving the activations"; details in docs/activation-store.md): one forward pass captures every
 requested hook point and stops after the deepest one; all positions are kept. The store is crash-safe:
 shards are written atomically and the manifest is rewritten after each one, so a harvest killed at any
 moment and started again with the same arguments recomputes only the shard it was writing. Contexts are
@@ -17,6 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,13 +25,11 @@ from tqdm import tqdm
 
 import saex
 from saex import distributed
-from saex.config import config_dict
+from saex.config import Config, config_dict, opt
 from saex.data.corpora import resolve_corpus
 from saex.data.packing import SPLITS, pack, resolve_packing
 from saex.errors import SaexError
-from saex.lm.hooks import HookedLM
-from saex.lm.loading import load_model
-from saex.store.files import (
+from saex.files import (
     check_output_folder,
     check_same_identity,
     remove_stale_temporaries,
@@ -38,13 +37,19 @@ from saex.store.files import (
     write_json_atomic,
     write_safetensors_atomic,
 )
+from saex.lm.hooks import HookedLM
+from saex.lm.loading import load_model
 from saex.store.reader import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, shard_name
+from saex.store.summary import summarize
+
+NAME = "harvest"
+HELP = "run a model over a corpus and store activations at hook points"
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
-class HarvestConfig:
+class HarvestConfig(Config):
     """What ``saex harvest`` does; saved in the store's manifest."""
 
     out: str = "runs/acts"
@@ -54,28 +59,28 @@ class HarvestConfig:
     corpus: str = "default"
     """Comma-separated sources: default (Wikipedia leads), debian or a Debian source name, a .txt/.jsonl file
     or folder, or a Hugging Face dataset id (streamed)."""
-    hooks: str = "blocks.6.hook_resid_post"
-    """Comma-separated hook points, e.g. blocks.6.hook_resid_post,blocks.6.mlp.hook_post."""
-    tokens: int = 1_000_000
+    hooks: list[str] = opt(["blocks.6.hook_resid_post"], nonempty=True)
+    """Hook points (comma-separated on the command line), e.g. blocks.6.hook_resid_post,blocks.6.mlp.hook_post."""
+    tokens: int = opt(1_000_000, gt=0)
     """Tokens (activation rows per hook) to harvest for the train split."""
-    heldout_tokens: int | None = None
+    heldout_tokens: int | None = opt(None, ge=0)
     """Tokens for the held-out split (default: a tenth of --tokens, at least one context)."""
-    heldout_fraction: float = 0.1
+    heldout_fraction: float = opt(0.1, gt=0, lt=1)
     """Fraction of documents assigned to the held-out split (by a seeded hash of each document's key)."""
-    context_length: int = 128
+    context_length: int = opt(128, gt=0)
     """Tokens per context."""
-    bos_policy: str = "auto"
+    bos_policy: Literal["auto", "separator", "bos"] = "auto"
     """auto, separator (the paper's: contexts cut from the separator-joined stream) or bos (BOS opens every
     context; auto picks it when the tokenizer adds BOS by default)."""
     separator: str = "auto"
     """Token joining documents (auto: <|endoftext|>, else EOS, else BOS)."""
-    dtype: str = "float16"
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     """Storage dtype of activations: float16, bfloat16 or float32."""
-    batch_size: int = 16
+    batch_size: int = opt(16, gt=0)
     """Contexts per forward pass."""
-    shard_tokens: int = 65_536
+    shard_tokens: int = opt(65_536, gt=0)
     """Rows per shard file (rounded down to whole contexts): the unit of atomic writes and of resume."""
-    seed: int = 0
+    seed: int = opt(0, ge=0)
     """Seed of document order and of the train / held-out split."""
     text_field: str = "text"
     """Field holding the text in .jsonl files and hub datasets."""
@@ -85,24 +90,15 @@ class HarvestConfig:
     """Configuration name of a hub dataset, if it has several."""
 
 
+CONFIG = HarvestConfig
+
+
+def summary(out: Path) -> str:
+    return summarize(out)
+
+
 # Fields that may differ between the run that started a store and one that continues it.
 _MUTABLE = {"out", "tokens", "heldout_tokens"}
-
-
-def validate(cfg: HarvestConfig) -> list[str]:
-    hooks = [h.strip() for h in cfg.hooks.split(",") if h.strip()]
-    if not hooks:
-        raise SaexError(f"no hook points given in {cfg.hooks!r}")
-    if cfg.dtype not in DTYPES:
-        raise SaexError(f"unsupported dtype {cfg.dtype!r}; allowed: {list(DTYPES)}")
-    for name in ("tokens", "batch_size", "shard_tokens", "context_length"):
-        if getattr(cfg, name) <= 0:
-            raise SaexError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    if cfg.heldout_tokens is not None and cfg.heldout_tokens < 0:
-        raise SaexError(f"--heldout-tokens must be >= 0, got {cfg.heldout_tokens}")
-    if not 0.0 < cfg.heldout_fraction < 1.0:
-        raise SaexError(f"--heldout-fraction must be in (0, 1), got {cfg.heldout_fraction}")
-    return hooks
 
 
 def _tokenizer_sha256(tokenizer) -> str:
@@ -124,7 +120,7 @@ def _check_existing(out: Path, identity: dict) -> dict | None:
 def _usable_shards(out: Path, split: str, shards: list[dict], shard_contexts: int, target_contexts: int) -> list[dict]:
     """Shards to keep on resume: intact ones, up to the first that is not. A short last shard is kept only
     when nothing more is asked of the split; otherwise it is recomputed so that shards stay full-size."""
-    keep = []
+    keep: list[dict] = []
     for s in shards:
         path = out / split / s["file"]
         short = s["contexts"] != shard_contexts and sum(k["contexts"] for k in keep) + s["contexts"] < target_contexts
@@ -137,9 +133,9 @@ def _usable_shards(out: Path, split: str, shards: list[dict], shard_contexts: in
     return keep
 
 
-def harvest(cfg: HarvestConfig, progress: bool = True) -> Path:
+def run(cfg: HarvestConfig, progress: bool = True) -> Path:
     """Harvest activations into ``cfg.out``; resumes when the folder holds the same store unfinished."""
-    hooks = validate(cfg)
+    hooks = cfg.hooks
     ranks = distributed.setup()
     out = Path(cfg.out)
     check_output_folder(out, MANIFEST, "activation store")  # refuse a wrong --out before the slow model load

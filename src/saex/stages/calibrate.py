@@ -4,7 +4,7 @@ The L0 an α buys depends on the model, the hook, the input scale, the dictionar
 budget: the paper's α = 8.6e-4 (Cunningham et al. 2023, App. B; chosen on Pythia-70M) gives L0 ≈ 146 on
 SmolLM2-135M layer 6 under ``mean_norm`` scaling, where ≈ 2e-3 gives ≈ 45. A sweep written as α values
 therefore spans a different L0 range on every model. This command trains one short ensemble over a
-geometric α grid (the paper's own sweep is ``logspace(-4, -2, 16)``, paper-spec §1.4), reads each member's
+geometric α grid (the paper's own sweep is ``logspace(-4, -2, 16)``, docs/training.md), reads each member's
 held-out L0 at the end, and interpolates log α against log L0 piecewise-linearly (L0 falls monotonically
 with α) to the α of every target L0; a target outside the grid's L0 range is extrapolated along the
 nearest segment and flagged.
@@ -20,18 +20,21 @@ narrow calibration (``--ratio 1``) is a cheap stand-in for a wide run, about 10%
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import Literal
 
 import saex
+from saex.config import opt
 from saex.errors import SaexError
-from saex.store.files import read_jsonl, write_json_atomic
+from saex.files import read_jsonl, write_json_atomic
 from saex.store.reader import RowOptions, row_options
-from saex.train.config import TrainConfig, parse_floats
+from saex.train.calibration import interpolate
+from saex.train.config import TrainConfig
+from saex.train.trainer import METRICS, train
 
+NAME = "calibrate"
+HELP = "choose the L1 coefficients α that give target L0s on a store's hook (a short sweep)"
 RESULT = "calibration.json"
 
 
@@ -45,72 +48,46 @@ class CalibrateConfig(RowOptions):
     """Hook point in the store, e.g. blocks.6.hook_resid_post."""
     out: str = "runs/calibrate"
     """Output folder: calibration.json and sweep/ (the calibration's training run)."""
-    target_l0: str = "30"
-    """Target L0s (mean active features per input on held-out rows), comma-separated."""
-    grid: str = "1e-4,2.2e-4,4.6e-4,1e-3,2.2e-3,4.6e-3,1e-2"
-    """α grid trained in the calibration sweep, comma-separated (geometric, spanning the targets)."""
-    arch: str = "tied_l1"
+    target_l0: list[float] = opt([30.0], gt=0, nonempty=True)
+    """Target L0s (mean active features per input on held-out rows)."""
+    grid: list[float] = opt([1e-4, 2.2e-4, 4.6e-4, 1e-3, 2.2e-3, 4.6e-3, 1e-2], gt=0)
+    """α grid trained in the calibration sweep (geometric, spanning the targets; at least two values)."""
+    arch: Literal["tied_l1", "untied_l1"] = "tied_l1"
     """tied_l1 or untied_l1, as the run being calibrated."""
-    ratio: float = 1.0
+    ratio: float = opt(1.0, gt=0)
     """Dictionary ratio R of the calibration members: the run's own, or 1 (cheaper; L0 depends little on R)."""
-    steps: int = 3000
+    steps: int = opt(3000, gt=0)
     """Optimiser steps of the calibration sweep: those of the run being calibrated (L0 falls with steps)."""
-    batch_size: int = 128
+    batch_size: int = opt(128, gt=0)
     """Inputs per step (that of the run being calibrated)."""
-    lr: float = 1e-3
+    lr: float = opt(1e-3, gt=0)
     """Adam learning rate (that of the run being calibrated)."""
-    decay_fraction: float = 0.2
+    decay_fraction: float = opt(0.2, ge=0, le=1)
     """Learning-rate decay over the end of the run (that of the run being calibrated)."""
-    normalize: str = "mean_norm"
+    normalize: Literal["none", "mean_norm"] = "mean_norm"
     """Input scaling, as saex train's --normalize."""
     decoder_bias: bool = False
     """untied_l1: learn a decoder bias, as saex train's --decoder-bias."""
-    eval_tokens: int = 8192
+    eval_tokens: int = opt(8192, gt=0)
     """Held-out inputs the final L0 is measured on."""
-    seed: int = 0
+    seed: int = opt(0, ge=0)
     """Seed of the calibration sweep."""
 
 
-def interpolate(grid: list[tuple[float, float]], target: float) -> tuple[float, bool]:
-    """α with L0 = ``target`` from measured ``(α, L0)`` pairs: piecewise-linear in (log L0, log α) over the
-    pairs sorted by L0, extrapolated along the end segment outside their range. Returns (α, extrapolated)."""
-    pts = sorted((math.log(l0), math.log(a)) for a, l0 in grid if a > 0 and l0 > 0)
-    if len(pts) < 2:
-        raise SaexError(f"the calibration needs two α with L0 > 0 to interpolate; it measured {grid}")
-    logs = [p[0] for p in pts]
-    if len(set(logs)) < 2:
-        raise SaexError(f"every α of the calibration grid gave the same L0 ({grid}); widen --grid")
-    t = math.log(target)
-    i = int(np.clip(np.searchsorted(logs, t), 1, len(pts) - 1))
-    (x0, y0), (x1, y1) = pts[i - 1], pts[i]
-    y = y0 if x1 == x0 else y0 + (y1 - y0) * (t - x0) / (x1 - x0)
-    # an extrapolation stays within a factor of 10 of the grid: a nearly flat end segment would otherwise
-    # send α anywhere (the flag and the trained dictionary's own L0 then tell the reader)
-    ys = [p[1] for p in pts]
-    y = min(max(y, min(ys) - math.log(10)), max(ys) + math.log(10))
-    return math.exp(y), not logs[0] <= t <= logs[-1]
-
-
-def calibrate(cfg: CalibrateConfig, progress: bool = True) -> Path:
+def run(cfg: CalibrateConfig, progress: bool = True) -> Path:
     """Train the grid, measure held-out L0s, write calibration.json with the α of every target."""
-    from saex.train.trainer import METRICS, train
-
-    targets = parse_floats(cfg.target_l0, "target-l0")
-    if any(t <= 0 for t in targets):
-        raise SaexError(f"--target-l0 values must be positive, got {cfg.target_l0!r}")
-    grid = sorted(set(parse_floats(cfg.grid, "grid")))
-    if len(grid) < 2 or grid[0] <= 0:
-        raise SaexError(f"--grid needs at least two positive α values, got {cfg.grid!r}")
-    if cfg.arch not in ("tied_l1", "untied_l1"):
-        raise SaexError(f"--arch {cfg.arch!r} has no α to calibrate; allowed: tied_l1, untied_l1")
+    targets = cfg.target_l0
+    grid = sorted(set(cfg.grid))
+    if len(grid) < 2:
+        raise SaexError(f"--grid needs at least two positive α values, got {cfg.grid}")
     out = Path(cfg.out)
     sweep = TrainConfig(
         acts=cfg.acts,
         hook=cfg.hook,
         out=str(out / "sweep"),
         arch=cfg.arch,
-        ratio=f"{cfg.ratio:g}",
-        alpha=",".join(f"{a:g}" for a in grid),
+        ratio=[float(f"{cfg.ratio:g}")],
+        alpha=[float(f"{a:g}") for a in grid],
         steps=cfg.steps,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
@@ -144,6 +121,9 @@ def calibrate(cfg: CalibrateConfig, progress: bool = True) -> Path:
     }
     write_json_atomic(out / RESULT, result)
     return out
+
+
+CONFIG = CalibrateConfig
 
 
 def summary(out: str | Path) -> str:

@@ -1,4 +1,5 @@
-"""The stages of ``saex reproduce`` (see pipeline.py), each a saex command run in-process on the run folder.
+"""The stage graph of ``saex reproduce`` (run by pipeline.py): each stage a saex command (``saex.stages``) run
+in-process on the run folder, with the config the plan gives it.
 
 The folder layout they write is the report's input (``docs/report.md``):
 ``acts/``, ``calibrate/<hook>/``, ``dicts/<hook>/``, ``baselines/<hook>/``, ``eval/<hook>/``, ``features/<hook>/``,
@@ -11,19 +12,34 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from saex.errors import SaexError
-from saex.report.pipeline import ReproduceConfig, Stage, _abs, _rel, stage_config
-from saex.report.presets import sweep_targets
+from saex.lm.hooks import HookedLM
+from saex.lm.loading import load_model
+from saex.naming import hook_layer, mlp_hook, resid_hook
+from saex.reproduce.pipeline import Stage, absolute_in_run, relative_to_run, stage_config
+from saex.reproduce.plan import Plan, sweep_targets
+from saex.stages import (
+    baselines,
+    calibrate,
+    case_study,
+    dashboard,
+    eval,
+    features,
+    harvest,
+    interpret,
+    ioi,
+    report,
+    train,
+)
+from saex.stages.calibrate import RESULT as CALIBRATION
 
 
 def describe_model(name: str) -> dict:
     """Depth and widths of the model (for the plan), and this machine's fp32 matmul rate (for the estimate)."""
-    from saex.lm.hooks import HookedLM
-    from saex.lm.loading import load_model
-
     model = load_model(name).model
     hooked = HookedLM(model)
     a = torch.randn(1024, 1024)
@@ -41,15 +57,6 @@ def describe_model(name: str) -> dict:
         "params_per_layer": sum(p.numel() for p in hooked.blocks[0].parameters()),
         "gflops": round(gflops, 1),
     }
-
-
-def resid_hook(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_post"
-
-
-def mlp_hook(layer: int) -> str:
-    # The paper's MLP dictionaries read the post-nonlinearity hidden neurons (paper-spec §1.5).
-    return f"blocks.{layer}.mlp.hook_post"
 
 
 def member(folder: Path, ratio: float, alpha: float) -> Path:
@@ -70,43 +77,37 @@ def member(folder: Path, ratio: float, alpha: float) -> Path:
 
 def calibrated_alphas(folder: Path) -> dict[float, float]:
     """target L0 -> α, from a calibration stage's output."""
-    from saex.train.calibrate import RESULT
-
-    path = folder / RESULT
+    path = folder / CALIBRATION
     if not path.is_file():
-        raise SaexError(f"{folder} holds no {RESULT}; the calibration stage has not run")
+        raise SaexError(f"{folder} holds no {CALIBRATION}; the calibration stage has not run")
     return {float(c["target_l0"]): float(c["alpha"]) for c in json.loads(path.read_text())["chosen"]}
 
 
-def hook_layer(hook: str) -> int:
-    return int(hook.split(".")[1])
+def _layer(hook: str) -> int:
+    """The block of one of the plan's hooks (all are ``blocks.{L}.…``)."""
+    layer = hook_layer(hook)
+    assert layer is not None, hook
+    return layer
 
 
-def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -> list[Stage]:
-    from saex.baselines import BaselinesConfig, build_baselines
-    from saex.causal.run import IOIConfig, run_ioi
-    from saex.evaluate.run import EvalConfig, evaluate_dictionaries
-    from saex.features.build import FeaturesConfig, build_features
-    from saex.harvest import HarvestConfig, harvest
-    from saex.interpret.run import InterpretConfig, interpret
-    from saex.train.calibrate import CalibrateConfig, calibrate
-    from saex.train.config import TrainConfig
-    from saex.train.trainer import train
+def build_stages(cfg: Any, plan: Plan, root: Path, progress: bool) -> list[Stage]:
+    """The stages of the study, in order; ``cfg`` is the ``saex.stages.reproduce.ReproduceConfig``."""
 
     acts = root / "acts"
-    hooks = [resid_hook(L) for L in plan["resid_layers"]] + [mlp_hook(L) for L in plan["mlp_layers"]]
-    main = resid_hook(plan["main_layer"])
+    hooks = [resid_hook(L) for L in plan.resid_layers] + [mlp_hook(L) for L in plan.mlp_layers]
+    main = resid_hook(plan.main_layer)
     stages: list[Stage] = []
 
-    def add(name, folder, inputs, make, run, optional=False, soft=()):
-        """``make()`` builds the saex config dataclass; the key sees it with run-folder paths made relative."""
+    def add(name, folder, inputs, make, stage, optional=False, soft=()):
+        """``make()`` builds the stage's config dataclass; the key sees it with run-folder paths made relative;
+        the stage module's ``run`` runs it."""
         stages.append(
             Stage(
                 name,
                 folder,
                 tuple(inputs),
-                lambda: _rel(stage_config(make()), root),
-                lambda c: run(_abs(c, root)),
+                lambda: relative_to_run(stage_config(make()), root),
+                lambda c: stage.run(stage.CONFIG(**absolute_in_run(c, root)), progress=progress),
                 optional,
                 tuple(soft),
             )
@@ -115,29 +116,27 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
     def sweep(hook: str) -> dict:
         """What trains at a hook; its α come from the hook's calibration (read when the stage is reached)."""
         kind = "mlp" if hook.endswith("mlp.hook_post") else "resid"
-        ratios = (
-            plan["ratios_mlp"] if kind == "mlp" else (plan["ratios_resid"] if hook == main else [plan["main_ratio"]])
-        )
-        main_target = plan[f"main_target_l0_{kind}"]
-        targets = sorted(set(sweep_targets(plan, kind, hook_layer(hook))) | {main_target})
+        ratios = plan.ratios_mlp if kind == "mlp" else (plan.ratios_resid if hook == main else [plan.main_ratio])
+        main_target = getattr(plan, f"main_target_l0_{kind}")
+        targets = sorted(set(sweep_targets(plan, kind, _layer(hook))) | {main_target})
         return {
             "arch": "untied_l1" if kind == "mlp" else "tied_l1",
             "ratios": ratios,
             "targets": targets,
             "main_target": main_target,
-            "extra_alphas": plan[f"extra_alphas_{kind}"],
-            "grid": plan[f"calibration_grid_{kind}"],
+            "extra_alphas": getattr(plan, f"extra_alphas_{kind}"),
+            "grid": getattr(plan, f"calibration_grid_{kind}"),
             "calibrated_at": calibrated_at(hook),
-            "main_ratio": plan["main_ratio_mlp"] if kind == "mlp" else plan["main_ratio"],
+            "main_ratio": plan.main_ratio_mlp if kind == "mlp" else plan.main_ratio,
         }
 
     def calibrated_at(hook: str) -> str:
         """The hook whose calibration gives this hook its α: itself, or for a residual hook when the plan
         calibrates only some residual layers, the nearest of those."""
-        layers = plan["calibration_layers_resid"]
+        layers = plan.calibration_layers_resid
         if hook.endswith("mlp.hook_post") or not layers:
             return hook
-        return resid_hook(min(layers, key=lambda L: (abs(L - hook_layer(hook)), L)))
+        return resid_hook(min(layers, key=lambda L: (abs(L - _layer(hook)), L)))
 
     def alphas(hook: str) -> tuple[list[float], float]:
         """(every α trained at the hook, the main α): the calibrated α of each target, plus the extra ones."""
@@ -153,17 +152,17 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
         "harvest",
         "acts",
         (),
-        lambda: HarvestConfig(
+        lambda: harvest.HarvestConfig(
             out=str(acts),
             model=cfg.model,
-            corpus=plan["corpus"],
-            hooks=",".join(hooks),
-            tokens=plan["tokens"],
-            heldout_tokens=plan["heldout_tokens"],
-            heldout_fraction=plan["heldout_fraction"],
-            context_length=plan["context_length"],
+            corpus=plan.corpus,
+            hooks=hooks,
+            tokens=plan.tokens,
+            heldout_tokens=plan.heldout_tokens,
+            heldout_fraction=plan.heldout_fraction,
+            context_length=plan.context_length,
         ),
-        lambda c: harvest(HarvestConfig(**c), progress=progress),
+        harvest,
     )
     for hook in [h for h in hooks if sweep(h)["calibrated_at"] == h]:
         # α for the target L0s of every hook calibrated here (saex calibrate: the training's steps, R = 1)
@@ -173,19 +172,19 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
             f"calibrate:{hook}",
             f"calibrate/{hook}",
             ("harvest",),
-            lambda hook=hook, s=s, targets=targets: CalibrateConfig(
+            lambda hook=hook, s=s, targets=targets: calibrate.CalibrateConfig(
                 acts=str(acts),
                 hook=hook,
                 out=str(root / "calibrate" / hook),
-                target_l0=",".join(f"{t:g}" for t in targets),
-                grid=",".join(f"{a:g}" for a in s["grid"]),
+                target_l0=[float(f"{t:g}") for t in targets],
+                grid=[float(f"{a:g}") for a in s["grid"]],
                 arch=s["arch"],
-                ratio=plan["calibration_ratio"],
-                steps=plan["train_steps"],
-                batch_size=plan["calibration_batch"],
+                ratio=plan.calibration_ratio,
+                steps=plan.train_steps,
+                batch_size=plan.calibration_batch,
                 eval_tokens=4096,
             ),
-            lambda c: calibrate(CalibrateConfig(**c), progress=progress),
+            calibrate,
         )
     for hook in hooks:
         s = sweep(hook)
@@ -193,55 +192,55 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
             f"train:{hook}",
             f"dicts/{hook}",
             ("harvest", f"calibrate:{s['calibrated_at']}"),
-            lambda hook=hook, s=s: TrainConfig(
+            lambda hook=hook, s=s: train.TrainConfig(
                 acts=str(acts),
                 hook=hook,
                 out=str(root / "dicts" / hook),
                 arch=s["arch"],
-                ratio=",".join(f"{r:g}" for r in s["ratios"]),
-                alpha=",".join(f"{a:g}" for a in alphas(hook)[0]),
-                steps=plan["train_steps"],
-                batch_size=plan["train_batch"],
+                ratio=[float(f"{r:g}") for r in s["ratios"]],
+                alpha=[float(f"{a:g}") for a in alphas(hook)[0]],
+                steps=plan.train_steps,
+                batch_size=plan.train_batch,
                 normalize="mean_norm",
                 eval_tokens=4096,
             ),
-            lambda c: train(TrainConfig(**c), progress=progress),
+            train,
         )
     for hook in hooks:
         mlp = hook.endswith("mlp.hook_post")
         # Fig. 10 compares MLP dictionaries with the MLP's own neurons; the residual stream gets every
         # baseline of Fig. 2 / Fig. 18.
-        kinds = "neurons,random" if mlp else "neurons,random,pca,pca_topk,ica,ica_topk"
+        kinds = ["neurons", "random"] if mlp else ["neurons", "random", "pca", "pca_topk", "ica", "ica_topk"]
         add(
             f"baselines:{hook}",
             f"baselines/{hook}",
             ("harvest", f"train:{hook}"),
-            lambda hook=hook, kinds=kinds: BaselinesConfig(
+            lambda hook=hook, kinds=kinds: baselines.BaselinesConfig(
                 acts=str(acts),
                 hook=hook,
                 kinds=kinds,
                 out=str(root / "baselines" / hook),
-                k_from=None if "topk" not in kinds else str(main_dict(hook)),
-                ica_rows=plan["ica_rows"],
-                ica_max_iter=plan["ica_max_iter"],
+                k_from=str(main_dict(hook)) if any(k.endswith("_topk") for k in kinds) else None,
+                ica_rows=plan.ica_rows,
+                ica_max_iter=plan.ica_max_iter,
             ),
-            lambda c: build_baselines(BaselinesConfig(**c), progress=progress),
+            baselines,
         )
     for hook in hooks:
         add(
             f"eval:{hook}",
             f"eval/{hook}",
             ("harvest", f"train:{hook}", f"baselines:{hook}"),
-            lambda hook=hook: EvalConfig(
+            lambda hook=hook: eval.EvalConfig(
                 acts=str(acts),
-                dicts=f"{root / 'dicts' / hook},{root / 'baselines' / hook}",
+                dicts=[str(root / "dicts" / hook), str(root / "baselines" / hook)],
                 out=str(root / "eval" / hook),
-                tokens=plan["eval_tokens"] or None,
-                contexts=plan["eval_contexts"],
+                tokens=plan.eval_tokens or None,
+                contexts=plan.eval_contexts,
                 reference=str(main_dict(hook)),
                 model=cfg.model,
             ),
-            lambda c: evaluate_dictionaries(EvalConfig(**c), progress=progress),
+            eval,
         )
     for hook in hooks:
 
@@ -250,12 +249,12 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
             # The main dictionary, and at the main layer every R at the main α (the Fig. 8 series).
             chosen = [member(root / "dicts" / hook, r, alphas(hook)[1]) for r in s["ratios"]]
             chosen = [main_dict(hook)] + [p for p in chosen if p != main_dict(hook)]
-            return FeaturesConfig(
+            return features.FeaturesConfig(
                 acts=str(acts),
-                dicts=",".join(map(str, chosen + [root / "baselines" / hook])),
+                dicts=[str(p) for p in [*chosen, root / "baselines" / hook]],
                 out=str(root / "features" / hook),
-                fragments=plan["fragments"],
-                fragment_length=plan["fragment_length"],
+                fragments=plan.fragments,
+                fragment_length=plan.fragment_length,
                 model=cfg.model,
             )
 
@@ -264,39 +263,39 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
             f"features/{hook}",
             ("harvest", f"train:{hook}", f"baselines:{hook}"),
             features_cfg,
-            lambda c: build_features(FeaturesConfig(**c), progress=progress),
+            features,
         )
     for hook in hooks:
         add(
             f"interpret:{hook}",
             f"interpret/{hook}",
             (f"features:{hook}",),
-            lambda hook=hook: InterpretConfig(
-                features=str(root / "features" / hook),
+            lambda hook=hook: interpret.InterpretConfig(
+                features=[str(root / "features" / hook)],
                 out=str(root / "interpret" / hook),
                 backend=cfg.backend,
-                n_features=plan["interpret_features"],
+                n_features=plan.interpret_features,
                 model=cfg.llm_model,
                 base_url=cfg.base_url,
                 api_key_env=cfg.api_key_env,
             ),
-            lambda c: interpret(InterpretConfig(**c), progress=progress),
+            interpret,
         )
 
-    ioi_hook = resid_hook(plan["ioi_layer"])
+    ioi_hook = resid_hook(plan.ioi_layer)
 
     def ioi_cfg():
         # Fig. 3: the α sweep at the main R, against PCA.
         s = sweep(ioi_hook)
         dicts = [member(root / "dicts" / ioi_hook, s["main_ratio"], a) for a in alphas(ioi_hook)[0]]
-        return IOIConfig(
+        return ioi.IOIConfig(
             model=cfg.model,
-            dicts=",".join(map(str, dicts)),
-            layers=str(plan["ioi_layer"]),
-            baselines="pca",
+            dicts=[str(d) for d in dicts],
+            layers=[plan.ioi_layer],
+            baselines=["pca"],
             acts=str(acts),
-            prompts=plan["ioi_prompts"],
-            mode=plan["ioi_mode"],
+            prompts=plan.ioi_prompts,
+            mode=plan.ioi_mode,
             out=str(root / "ioi"),
         )
 
@@ -305,7 +304,7 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
         "ioi",
         ("harvest", f"train:{ioi_hook}"),
         ioi_cfg,
-        lambda c: run_ioi(IOIConfig(**c), progress=progress),
+        ioi,
         optional=True,
     )
     _late_stages(cfg, plan, root, progress, main, main_dict, add, stages)
@@ -314,28 +313,24 @@ def build_stages(cfg: ReproduceConfig, plan: dict, root: Path, progress: bool) -
 
 def _late_stages(cfg, plan, root, progress, main, main_dict, add, stages) -> None:
     """Case studies, dashboard and report: they read what the stages above wrote."""
-    from saex.causal.case_study import CaseStudyConfig, run_case_study
-    from saex.report.render import build_report
-    from saex.viz.dashboard.run import DashboardConfig, build_dashboard
-
     # one upstream dictionary per level of the circuit, nearest first
-    upstream = [resid_hook(plan["main_layer"] - i) for i in range(1, plan["circuit_depth"] + 1)]
+    upstream = [resid_hook(plan.main_layer - i) for i in range(1, plan.circuit_depth + 1)]
     add(
         "case_study",
         "case_studies",
         ("harvest", f"train:{main}", *(f"train:{h}" for h in upstream), f"features:{main}"),
-        lambda: CaseStudyConfig(
+        lambda: case_study.CaseStudyConfig(
             acts=str(root / "acts"),
             dict=str(main_dict(main)),
             features_index=str(root / "features" / main),
-            upstream=",".join(str(main_dict(h)) for h in upstream),
-            depth=plan["circuit_depth"],
-            top=plan["case_top"],
-            max_density=plan["case_max_density"],
+            upstream=[str(main_dict(h)) for h in upstream],
+            depth=plan.circuit_depth,
+            top=plan.case_top,
+            max_density=plan.case_max_density,
             model=cfg.model,
             out=str(root / "case_studies"),
         ),
-        lambda c: run_case_study(CaseStudyConfig(**c), progress=progress),
+        case_study,
         optional=True,
     )
     case = root / "case_studies"
@@ -343,18 +338,18 @@ def _late_stages(cfg, plan, root, progress, main, main_dict, add, stages) -> Non
         "dashboard",
         "dashboard",
         (f"features:{main}", f"interpret:{main}"),
-        lambda: DashboardConfig(
+        lambda: dashboard.DashboardConfig(
             features=str(root / "features" / main),
             dict=main_dict(main).name,
             interpret=str(root / "interpret" / main),
             out=str(root / "dashboard"),
-            limit=plan["dashboard_features"] or None,
+            limit=plan.dashboard_features or None,
             model=cfg.model,
             case_study=str(case) if (case / "case_study.json").exists() else None,
         ),
-        lambda c: build_dashboard(DashboardConfig(**c), progress=progress),
+        dashboard,
         optional=True,
         soft=("case_study",),
     )
     soft = tuple(s.name for s in stages) + ("case_study", "dashboard")
-    add("report", "report", (), lambda: {"run": "$OUT"}, lambda c: build_report(root), soft=soft)
+    add("report", "report", (), lambda: report.ReportConfig(run=str(root)), report, soft=soft)

@@ -22,6 +22,7 @@ import numpy as np
 from saex.dictionaries.folders import find_folders
 from saex.errors import SaexError
 from saex.features.index import INDEX_JSON, VOCAB_JSON, FeatureIndex
+from saex.naming import file_name
 
 ANALYSES = ("histogram", "logit_lens", "output_effect", "upstream")
 SCORE_NAMES = {
@@ -52,7 +53,7 @@ def find_index(features: str, name: str | None) -> Path:
         )
     for key, folder in found.items():
         recorded = json.loads((folder / INDEX_JSON).read_text()).get("dictionary", {}).get("name")
-        if name in (key, folder.name, recorded, recorded and recorded.replace("/", "__")):
+        if name in (key, folder.name, recorded, recorded and file_name(recorded)):
             return folder
     raise SaexError(
         f"--dict {name!r} is not among the feature indexes in {features}; allowed: {', '.join(sorted(found))}"
@@ -224,7 +225,7 @@ class Gatherer:
         check_analyses({f: analysis})
         idx = self.index
         interp = {k: v[f] for k, v in self.interp.items() if f in v}
-        main = interp.get(self.primary) or {}
+        main = interp.get(self.primary or "") or {}
         out = {
             "id": f,
             "dictionary": idx.meta.get("dictionary", {}).get("name", idx.path.name),

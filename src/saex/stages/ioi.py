@@ -15,6 +15,7 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -24,73 +25,66 @@ from saex.causal.attribution import attribution_scores, quick_curve, validate
 from saex.causal.greedy import greedy_prune
 from saex.causal.ioi import make_prompts, task_performance
 from saex.causal.patching import PatchingSetup
+from saex.config import Config, opt
 from saex.dictionaries.folders import find_dictionaries
 from saex.dictionaries.pca import fit_pca, pca_dictionary, pca_split
 from saex.dictionaries.sae import SAE, WEIGHTS
 from saex.errors import SaexError
-from saex.store.files import check_output_folder, sha256_path, write_json_atomic
+from saex.files import check_output_folder, sha256_path, write_json_atomic
+from saex.lm.hooks import HookedLM
+from saex.lm.loading import load_model
+from saex.store.reader import ActivationStore
+from saex.viz.ioi import plot_ioi
 
+NAME = "ioi"
+HELP = "patch feature subsets on indirect object identification: KL against features patched and edit size"
 MARKER = "ioi.json"
-MODES = ("quick", "greedy", "both")
 
 
 @dataclass
-class IOIConfig:
+class IOIConfig(Config):
     """What ``saex ioi`` does; saved in ioi.json and in every result."""
 
     model: str = "smollm2-135m"
     """Model to patch (embedded, local folder or hub id); the dictionaries must have been trained on it."""
-    dicts: str = ""
-    """Comma-separated dictionary folders, or folders of them; each is patched at its own hook point."""
-    layers: str | None = None
-    """Only these layers (comma-separated); default: every layer a dictionary or --pca-layers names."""
-    baselines: str = ""
+    dicts: list[str] = opt([])
+    """Dictionary folders, or folders of them; each is patched at its own hook point."""
+    layers: list[int] | None = opt(None, ge=0)
+    """Only these layers; default: every layer a dictionary or --pca-layers names."""
+    baselines: list[str] = opt([], choices=["pca"])
     """pca: also patch PCA at each layer, as the paper (pca_rot: the signed rotation, uncentred; pca_split:
     centred sign-split ±PCA with ReLU); needs --acts."""
     acts: str | None = None
     """Activation store to fit the PCA baselines on (its train split at each layer's hook point)."""
-    pca_layers: str | None = None
-    """Layers for the PCA baselines when no dictionary names them (comma-separated)."""
+    pca_layers: list[int] | None = opt(None, ge=0)
+    """Layers for the PCA baselines when no dictionary names them."""
     hook_kind: str = "hook_resid_post"
     """Hook kind for the PCA baselines (dictionaries use their own hook point)."""
-    prompts: int = 50
+    prompts: int = opt(50, gt=0)
     """IOI prompt pairs (the paper: 50)."""
-    seed: int = 0
+    seed: int = opt(0, ge=0)
     """Seed of the prompts and of the greedy search's visiting order."""
-    mode: str = "quick"
+    mode: Literal["quick", "greedy", "both"] = "quick"
     """quick: attribution order, exact KL of nested prefixes (minutes on CPU); greedy: the paper's exact
     ACDC-style search (one evaluation per active feature per threshold pass; long on CPU); both."""
-    thresholds: int = 50
+    thresholds: int = opt(50, gt=0)
     """Thresholds τ of the greedy search: logspace(−5, 0, this many) (the paper: 50)."""
-    batch: int = 0
+    batch: int = opt(0, ge=0, hint="(0: automatic)")
     """Candidate patches evaluated per forward pass; 0: about 1200 token rows per forward (8 candidates
     for a few prompts, 1 for 50), which measured fastest on 2 cores."""
     out: str = "runs/ioi"
     """Output folder: task.json, layer{L}/<dictionary>.json, plots."""
 
 
-def _layers(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError as e:
-        raise SaexError(f"layers must be comma-separated integers, got {text!r}") from e
+CONFIG = IOIConfig
+
+
+def summary(out: Path) -> str:
+    return f"IOI curves and plots in {out}"
 
 
 def _validate(cfg: IOIConfig) -> None:
-    if cfg.mode not in MODES:
-        raise SaexError(f"unknown --mode {cfg.mode!r}; allowed: {', '.join(MODES)}")
-    for name in ("prompts", "thresholds"):
-        if getattr(cfg, name) <= 0:
-            raise SaexError(f"--{name} must be positive, got {getattr(cfg, name)}")
-    if cfg.batch < 0:
-        raise SaexError(f"--batch must be >= 0 (0: automatic), got {cfg.batch}")
-    if cfg.seed < 0:
-        raise SaexError(f"--seed must be >= 0, got {cfg.seed}")
-    kinds = [b for b in cfg.baselines.split(",") if b.strip()]
-    if any(b.strip() != "pca" for b in kinds):
-        raise SaexError(f"unknown --baselines {cfg.baselines!r}; allowed: pca")
+    kinds = cfg.baselines
     if kinds and not cfg.acts:
         raise SaexError("--baselines pca needs --acts (an activation store to fit PCA on)")
     if not cfg.dicts and not kinds:
@@ -99,7 +93,7 @@ def _validate(cfg: IOIConfig) -> None:
 
 def _plan(cfg: IOIConfig, hooked) -> dict[int, list[tuple[str, object, dict]]]:
     """Layer -> [(name, dictionary, identity)], dictionaries first, then the PCA baselines."""
-    wanted = _layers(cfg.layers)
+    wanted = sorted(set(cfg.layers)) if cfg.layers is not None else None
     plan: dict[int, list] = {}
     if cfg.dicts:
         for name, folder in find_dictionaries(cfg.dicts).items():
@@ -127,11 +121,10 @@ def _plan(cfg: IOIConfig, hooked) -> dict[int, list[tuple[str, object, dict]]]:
                         },
                     )
                 )
-    if cfg.baselines.strip():
-        from saex.store.reader import ActivationStore
-
+    if cfg.baselines:
+        assert cfg.acts is not None  # checked in _validate
         store = ActivationStore(cfg.acts)
-        layers = sorted(set(plan) | set(_layers(cfg.pca_layers) or [])) if wanted is None else wanted
+        layers = sorted(set(plan) | set(cfg.pca_layers or [])) if wanted is None else wanted
         if not layers:
             raise SaexError("no layer for the PCA baselines: name one with --layers or --pca-layers")
         for layer in layers:
@@ -153,10 +146,8 @@ def _plan(cfg: IOIConfig, hooked) -> dict[int, list[tuple[str, object, dict]]]:
     return dict(sorted(plan.items()))
 
 
-def run_ioi(cfg: IOIConfig, progress: bool = True) -> Path:
+def run(cfg: IOIConfig, progress: bool = True) -> Path:
     _validate(cfg)
-    from saex.lm.hooks import HookedLM
-    from saex.lm.loading import load_model
 
     lm = load_model(cfg.model)
     lm.model.eval()
@@ -217,7 +208,6 @@ def run_ioi(cfg: IOIConfig, progress: bool = True) -> Path:
                     f"layer {layer} {name}: {r['n_active']}/{r['n_features']} features differ between the "
                     f"runs, KL none {r['kl_base']:.3f}, {r['seconds']:.0f}s"
                 )
-    from saex.viz.ioi import plot_ioi
 
     plot_ioi(results, out, cfg.mode)
     return out

@@ -24,15 +24,22 @@ import torch
 from tqdm import tqdm
 
 import saex
+from saex.config import opt
 from saex.dictionaries.folders import open_for_store
 from saex.dictionaries.sae import SAE, WEIGHTS
 from saex.errors import SaexError
 from saex.evaluate.metrics import ReconstructionMetrics
 from saex.evaluate.mmcs import mmcs
 from saex.evaluate.spliced import spliced_losses
-from saex.store.files import check_output_folder, sha256_path, write_json_atomic
+from saex.files import check_output_folder, sha256_path, write_json_atomic
+from saex.lm.hooks import HookedLM
+from saex.lm.loading import load_store_model
+from saex.naming import file_name
 from saex.store.reader import ActivationStore, RowFilter, RowOptions, store_hash
+from saex.viz.sweeps import plot_all
 
+NAME = "eval"
+HELP = "FVU, L0, dead features, spliced CE/KL and MMCS of dictionaries, with plots"
 MARKER = "eval.json"
 
 
@@ -42,23 +49,23 @@ class EvalConfig(RowOptions):
 
     acts: str = "runs/acts"
     """Activation store whose held-out split is evaluated on (the one the dictionaries were fitted on)."""
-    dicts: str = "runs/dicts"
-    """Comma-separated dictionary folders, or folders of them (a training run, a set of baselines)."""
+    dicts: list[str] = opt(["runs/dicts"], nonempty=True)
+    """Dictionary folders, or folders of them (a training run, a set of baselines)."""
     out: str = "runs/eval"
     """Output folder: results/, comparison.json, comparison.md, plots/."""
     hook: str | None = None
     """Hook point to evaluate at; by default each dictionary's own (its metadata hook_name)."""
-    tokens: int | None = None
+    tokens: int | None = opt(None, gt=0)
     """Held-out activations for the reconstruction metrics: FVU, MSE, L0, cosine (default: every held-out row).
     Alive, never fired and the density histogram count firings over every kept held-out row regardless (the
     encoder alone, so a 1M-token split costs little more than a 100k one)."""
-    batch_size: int = 4096
+    batch_size: int = opt(4096, gt=0)
     """Activations per batch for the reconstruction metrics."""
-    contexts: int = 32
+    contexts: int = opt(32, ge=0)
     """Held-out contexts run through the model for spliced CE / KL; 0 skips the model."""
-    context_batch: int = 8
+    context_batch: int = opt(8, gt=0)
     """Contexts per forward pass for spliced CE / KL."""
-    alive_threshold: int = 10
+    alive_threshold: int = opt(10, ge=0)
     """A feature is alive when non-zero on more than this many held-out activations (paper App. E: 10 in 10M);
     the result records it with the number of activations counted (``n_counted``: every kept held-out row),
     and the features that never fired."""
@@ -67,6 +74,13 @@ class EvalConfig(RowOptions):
     model: str | None = None
     """Model for spliced CE / KL (default: the store's; its weights must be the ones the store was harvested
     from)."""
+
+
+CONFIG = EvalConfig
+
+
+def summary(out: Path) -> str:
+    return (out / "comparison.md").read_text() + f"results, comparison and plots in {out}"
 
 
 def _describe(name: str, folder: Path, d: SAE) -> dict:
@@ -85,13 +99,7 @@ def _describe(name: str, folder: Path, d: SAE) -> dict:
     }
 
 
-def evaluate_dictionaries(cfg: EvalConfig, progress: bool = True) -> Path:
-    for name in ("batch_size", "context_batch", "tokens"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
-            raise SaexError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    for name in ("contexts", "alive_threshold", "exclude_first"):
-        if getattr(cfg, name) < 0:
-            raise SaexError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+def run(cfg: EvalConfig, progress: bool = True) -> Path:
     store = ActivationStore(cfg.acts)
     n_held = store.n_rows("heldout")
     if n_held == 0:
@@ -143,17 +151,16 @@ def evaluate_dictionaries(cfg: EvalConfig, progress: bool = True) -> Path:
                 r["mmcs_to_reference"] = mmcs(reference.W_dec_FD, d.W_dec_FD) | {"reference": cfg.reference}
             write_json_atomic(_result_path(out, name), r)
             results[name] = r
-    rows = [comparison_row(results[name]) for name in found]
-    write_json_atomic(out / "comparison.json", rows)
-    (out / "comparison.md").write_text(comparison_table(rows) + "\n")
-    from saex.viz.sweeps import plot_all
+    table = [comparison_row(results[name]) for name in found]
+    write_json_atomic(out / "comparison.json", table)
+    (out / "comparison.md").write_text(comparison_table(table) + "\n")
 
     plot_all([results[name] for name in found], out / "plots")
     return out
 
 
 def _result_path(out: Path, name: str) -> Path:
-    return out / "results" / (name.replace("/", "__") + ".json")
+    return out / "results" / (file_name(name) + ".json")
 
 
 def _reconstruction(store, hook, group, n_rows: int | None, rows: RowFilter, cfg, progress) -> dict[str, dict]:
@@ -188,8 +195,6 @@ def _reconstruction(store, hook, group, n_rows: int | None, rows: RowFilter, cfg
 
 
 def _load_model(store: ActivationStore, name: str | None):
-    from saex.lm.hooks import HookedLM
-    from saex.lm.loading import load_store_model
 
     loaded = load_store_model(store.manifest["model"], name)
     loaded.model.eval()

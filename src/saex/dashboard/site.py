@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 import saex
 from saex.errors import SaexError
-from saex.store.files import TMP_PREFIX, check_output_folder, remove_stale_temporaries, write_json_atomic
-from saex.store.files import json_ready as clean
+from saex.files import TMP_PREFIX, check_output_folder, remove_stale_temporaries, write_json_atomic
+from saex.files import json_ready as clean
 
 MARKER = "dashboard.json"
 FORMAT = "saex.dashboard"
@@ -95,7 +95,7 @@ def _check_row(row: dict) -> dict:
 
 
 def _environment() -> jinja2.Environment:
-    loader = jinja2.PackageLoader("saex.viz.dashboard", "templates")
+    loader = jinja2.PackageLoader("saex.dashboard", "templates")
     return jinja2.Environment(
         loader=loader, autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True
     )
@@ -135,7 +135,7 @@ def write_site(out, meta: dict, rows: list[dict], payloads: Iterable[dict], prog
     env = _environment()
     for page in PAGES:
         _write_text(out / page, env.get_template(page).render(title=title, meta_items=_meta_items(meta)))
-    static = resources.files("saex.viz.dashboard") / "static"
+    static = resources.files("saex.dashboard") / "static"
     for name in STATIC:
         _write_text(out / "static" / name, (static / name).read_text(encoding="utf-8"))
     _write_text(out / "data" / "index.js", f"saexIndex({js_json({'meta': meta, 'title': title, 'rows': rows})});\n")

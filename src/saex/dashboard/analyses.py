@@ -20,16 +20,22 @@ Every panel left empty says why in the payload's ``not_computed`` (panel -> reas
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from saex.causal.case_study import decoder
+from saex.dashboard.gather import ANALYSES as PANELS
 from saex.dictionaries.sae import WEIGHTS
 from saex.errors import SaexError
+from saex.features.histogram import histogram_from_index
 from saex.features.index import VOCAB_JSON, FeatureIndex
-from saex.viz.dashboard.gather import ANALYSES as PANELS
+from saex.features.logit_lens import excluded_tokens, logit_lens_all, payload, unembedding
+from saex.files import sha256_path
+from saex.lm.loading import load_store_model
+from saex.naming import hook_suffix
+from saex.store.reader import ActivationStore
 
 COMPUTED = ("histogram", "logit_lens")
 """What ``--analyses`` may name: the analyses ``saex dashboard`` computes itself."""
@@ -42,9 +48,10 @@ CHUNK = 1024
 CASE_STUDY_ONLY = "computed by saex case-study only (forward passes per feature); give --case-study"
 
 
-def parse_analyses(text: str | None) -> tuple[str, ...]:
-    """``--analyses``: a comma list of ``COMPUTED`` names ("" for none)."""
-    names = tuple(dict.fromkeys(p.strip() for p in (text or "").split(",") if p.strip()))
+def parse_analyses(names_or_text: list[str] | str | None) -> tuple[str, ...]:
+    """``--analyses``: ``COMPUTED`` names (a list, or comma-separated text; empty for none)."""
+    given = names_or_text.split(",") if isinstance(names_or_text, str) else names_or_text or []
+    names = tuple(dict.fromkeys(p.strip() for p in given if p.strip()))
     for name in names:
         if name not in COMPUTED:
             extra = " (output_effect and upstream come from --case-study)" if name in PANELS else ""
@@ -54,17 +61,10 @@ def parse_analyses(text: str | None) -> tuple[str, ...]:
     return names
 
 
-def hook_kind(hook: str | None) -> str | None:
-    m = re.fullmatch(r"blocks\.\d+\.(.+)", hook or "")
-    return m.group(1) if m else None
-
-
 def load_decoder(index: FeatureIndex, n: int) -> torch.Tensor:
     """The first ``n`` decoder rows ``[n, D]`` of the index's dictionary, refused unless its weights are the
     ones the index was built from (only ``W_dec`` is read)."""
     from safetensors import safe_open
-
-    from saex.store.files import sha256_path
 
     folder = Path(index.meta.get("dictionary", {}).get("path", ""))
     weights = folder / WEIGHTS
@@ -84,10 +84,6 @@ def load_decoder(index: FeatureIndex, n: int) -> torch.Tensor:
 
 def load_unembedding(index: FeatureIndex, model: str | None):
     """(W_U [V, D], token decoder, model name) of the index's store's model, or of ``model`` (same weights)."""
-    from saex.causal.case_study import decoder
-    from saex.features.logit_lens import unembedding
-    from saex.lm.loading import load_store_model
-    from saex.store.reader import ActivationStore
 
     store = index.meta.get("store")
     if not store or not Path(store).is_dir():
@@ -157,9 +153,9 @@ class Analyses:
         self.case = read_case_study(case_study, index)[0] if case_study else {}
         self.info: dict = {"analyses": list(names) or None, "case_study": case_study}
         self.lens_reason = None if "logit_lens" in names else "not requested (--analyses)"
-        self.lens = None
+        self.lens: tuple[torch.Tensor, ...] | None = None
         if "logit_lens" in names and features:
-            if hook_kind(index.meta.get("hook")) == "mlp.hook_post":
+            if hook_suffix(index.meta.get("hook")) == "mlp.hook_post":
                 self.lens_reason = (
                     f"the dictionary is at MLP neurons ({index.meta.get('hook')}), whose directions "
                     "are not in the residual stream that the unembedding reads"
@@ -168,7 +164,6 @@ class Analyses:
                 self._logit_lens(features, model, progress)
 
     def _logit_lens(self, features: list[int], model: str | None, progress: bool) -> None:
-        from saex.features.logit_lens import excluded_tokens, logit_lens_all
 
         W_dec_FD = load_decoder(self.index, max(features) + 1)[torch.as_tensor(features)]
         W_U_VD, self.decode, name = load_unembedding(self.index, model)
@@ -189,8 +184,6 @@ class Analyses:
         )
 
     def __call__(self, f: int) -> tuple[dict, dict]:
-        from saex.features.histogram import histogram_from_index
-        from saex.features.logit_lens import payload
 
         panels: dict = {}
         if "histogram" in self.names:
@@ -198,7 +191,8 @@ class Analyses:
             panels["histogram"] = histogram_from_index(self.index, f, decode)
         if self.lens is not None:
             r = self.row[f]
-            panels["logit_lens"] = payload(*(t[r] for t in self.lens), self.decode, self.excluded, False)
+            top_v, top_i, bot_v, bot_i = (t[r] for t in self.lens)
+            panels["logit_lens"] = payload(top_v, top_i, bot_v, bot_i, self.decode, self.excluded, False)
         panels.update(self.case.get(f, {}))
         notes = {
             "histogram": "not requested (--analyses)",

@@ -1,0 +1,210 @@
+"""The resumable pipeline of ``saex reproduce``: the paper's whole study (Cunningham et al. 2023, §3-5, App. B-G).
+
+harvest (residual + MLP hooks, one pass) → SAE sweeps over α and R (tied on the residual stream, untied on
+the MLP, as the paper) → baselines → evaluation → feature index → autointerp → IOI → case studies →
+dashboard → report. Every stage writes under one run folder (layout in ``docs/report.md``) and is recorded in
+``reproduce.json`` with a key: the hash of its configuration and of the content hashes of what its inputs
+wrote. A stage whose key and outputs are unchanged is skipped; one killed half-way is run again with the
+same key, and the stage itself resumes (each saex command does); a stage whose key changed has its old
+outputs removed first, so that nothing stale is mixed in.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import datetime
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from saex.config import config_dict, flag
+from saex.errors import SaexError
+from saex.files import tree_hash, write_json_atomic
+from saex.reproduce.plan import Plan
+
+STATE = "reproduce.json"
+
+
+@dataclass
+class Stage:
+    name: str
+    folder: str
+    """Sub-folder of the run folder this stage owns (removed when its key changes)."""
+    inputs: tuple[str, ...]
+    config: Callable[[], dict]
+    """The stage's configuration, built when it is reached (it may name folders its inputs wrote)."""
+    run: Callable[[dict], None]
+    optional: bool = False
+    """A SaexError here (e.g. IOI on a tokenizer without single-token names) is recorded, not fatal."""
+    soft: tuple[str, ...] = ()
+    """Stages read when they ran (their hashes enter the key) but not required (the report)."""
+
+
+def stage_key(name: str, config: dict, input_hashes: dict[str, str]) -> str:
+    blob = json.dumps({"stage": name, "config": config, "inputs": input_hashes}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def parse_overrides(text: str, plan: Plan) -> Plan:
+    """The plan with ``key=value,key=[1,2]`` applied: keys are plan fields; values are Python literals (or
+    text), converted and checked as the plan's fields declare."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    names = [f.name for f in dataclasses.fields(plan)]
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        if "=" not in part:
+            raise SaexError(f"--set item {part!r} is not key=value")
+        key, value = (s.strip() for s in part.split("=", 1))
+        if key not in names:
+            raise SaexError(f"--set key {key!r} is not in the plan; allowed: {', '.join(sorted(names))}")
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        old = getattr(plan, key)
+        if isinstance(old, list) and isinstance(parsed, str):
+            parsed = [parsed]  # one item: a list of text is written without brackets
+        try:
+            plan = dataclasses.replace(plan, **{key: parsed})
+        except SaexError as e:  # the message names the plan key, not an option
+            message = str(e).replace(flag(key), key)
+            raise SaexError(f"--set {key}={value}: {message} (the plan has {old!r})") from None
+    return plan
+
+
+class Pipeline:
+    """Runs stages in order against the state file; skip, resume and invalidate as the module docstring says."""
+
+    def __init__(self, root: Path, header: dict, stages: list[Stage], log=print):
+        self.root, self.stages, self.log = root, stages, log
+        self.path = root / STATE
+        self.state = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.state.update(header)
+        self.state.setdefault("stages", {})
+
+    def save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, self.state)
+
+    def _drop(self, folder: str | None) -> None:
+        """Remove a stage's folder (always one inside the run folder) so the report cannot read stale outputs."""
+        if folder and (self.root / folder).resolve().is_relative_to(self.root.resolve()):
+            shutil.rmtree(self.root / folder, ignore_errors=True)
+
+    def run(self) -> dict:
+        records = self.state["stages"]
+        names = {st.name for st in self.stages}
+        for name in [n for n in records if n not in names]:  # stages of an earlier plan (e.g. other layers)
+            self.log(f"{name}: not in this plan any more; removing its outputs")
+            self._drop(records.pop(name).get("folder"))
+        for i, st in enumerate(self.stages, 1):
+            tag = f"[{i}/{len(self.stages)}] {st.name}"
+            missing = [n for n in st.inputs if records.get(n, {}).get("status") != "done"]
+            if missing:
+                self._drop(st.folder)
+                records[st.name] = {"status": "not run", "reason": f"needs {', '.join(missing)}", "folder": st.folder}
+                self.log(f"{tag}: not run (needs {', '.join(missing)})")
+                self.save()
+                continue
+            try:
+                cfg = st.config()
+            except SaexError as e:
+                if not st.optional:
+                    raise
+                self._drop(st.folder)
+                records[st.name] = {"status": "failed", "reason": str(e), "folder": st.folder}
+                self.log(f"{tag}: failed, continuing without it: {e}")
+                self.save()
+                continue
+            done = [n for n in st.inputs + st.soft if records.get(n, {}).get("status") == "done"]
+            key = stage_key(st.name, cfg, {n: records[n]["outputs"] for n in done})
+            rec = records.get(st.name, {})
+            folder = self.root / st.folder
+            if rec.get("status") == "done" and rec.get("key") == key:
+                if folder.exists() and tree_hash(folder) == rec.get("outputs"):
+                    self.log(f"{tag}: unchanged, skipped")
+                    continue
+                self.log(f"{tag}: its outputs changed on disk since it ran; running it again")
+                shutil.rmtree(folder, ignore_errors=True)
+            elif rec.get("key") not in (None, key) and folder.exists():
+                self.log(f"{tag}: configuration or inputs changed; removing its old outputs")
+                shutil.rmtree(folder)
+            elif rec.get("status") == "running":
+                self.log(f"{tag}: resuming an interrupted run")
+            records[st.name] = {"key": key, "status": "running", "config": cfg, "folder": st.folder}
+            self.save()
+            self.log(f"{tag}: running")
+            t0 = time.perf_counter()
+            try:
+                st.run(cfg)
+            except SaexError as e:
+                if not st.optional:
+                    raise
+                self._drop(st.folder)
+                records[st.name] = {
+                    "key": key,
+                    "status": "failed",
+                    "reason": str(e),
+                    "config": cfg,
+                    "folder": st.folder,
+                }
+                self.log(f"{tag}: failed, continuing without it: {e}")
+                self.save()
+                continue
+            records[st.name] = {
+                "key": key,
+                "status": "done",
+                "config": cfg,
+                "folder": st.folder,
+                "outputs": tree_hash(folder),
+                "seconds": round(time.perf_counter() - t0, 1),
+                "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            }
+            self.save()
+            self.log(f"{tag}: done in {records[st.name]['seconds']:.0f} s")
+        return self.state
+
+
+def relative_to_run(obj, root: Path):
+    """Configs name folders inside the run folder relative to it, so a moved run folder keeps its keys (each
+    item of a list, and of a comma-separated text, too: eval's --dicts names the trained and the baseline
+    folders)."""
+    if isinstance(obj, dict):
+        return {k: relative_to_run(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [relative_to_run(v, root) for v in obj]
+    if isinstance(obj, str):
+        r = str(root)
+        return ",".join("$OUT" + s[len(r) :] if s == r or s.startswith(r + "/") else s for s in obj.split(","))
+    return obj
+
+
+def absolute_in_run(obj, root: Path):
+    """The inverse of ``relative_to_run``: ``$OUT`` back to the run folder."""
+    if isinstance(obj, dict):
+        return {k: absolute_in_run(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [absolute_in_run(v, root) for v in obj]
+    if isinstance(obj, str) and "$OUT" in obj:
+        return ",".join(str(root) + s[4:] if s.startswith("$OUT") else s for s in obj.split(","))
+    return obj
+
+
+def stage_config(obj) -> dict:
+    """A stage's dataclass config as the JSON dict its key is computed from."""
+    return config_dict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
