@@ -3,7 +3,7 @@
 What is measured (every number that matters is a ratio against a reference timed in the same run):
 
 (a) **site build** (s per feature) for ``--features`` synthetic payloads (default 20,000; the shapes of
-    ``tests/viz/_dashboard_synth.py``, hostile token strings included, with ``--examples`` examples of
+    ``tests/dashboard/_synth.py``, hostile token strings included, with ``--examples`` examples of
     ``--tokens`` tokens and every analysis panel filled):
 
     ``json``        the reference: each payload as JSON (``json.dumps``, compact, ``ensure_ascii=False``) written
@@ -48,9 +48,9 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests/viz/_dashboard_synth.py
+sys.path.insert(0, str(ROOT))  # tests/dashboard/_synth.py
 
-from tests.viz import _dashboard_synth as synth  # noqa: E402
+from tests.dashboard import _synth as synth  # noqa: E402
 
 from _common import load_avg, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from saex.dashboard.site import SHARD, write_site  # noqa: E402

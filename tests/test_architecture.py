@@ -126,3 +126,21 @@ def test_ruff_is_clean(tool):
 def test_stage_modules_import_without_the_cli():
     for name in COMMANDS:
         importlib.import_module(f"saex.stages.{name}")
+
+
+def test_tests_mirror_the_layout_and_share_fixtures_through_fixture_modules():
+    """Every subcommand has tests/stages/test_<command>.py; a test imports shared helpers from fixture modules
+    (``_name.py``) or gets them from conftest.py, never from another test module or from a conftest."""
+    tests = ROOT / "tests"
+    for name in COMMANDS:
+        if name in ("mmcs", "store", "hooks", "report", "calibrate", "reproduce"):
+            continue  # tested in tests/test_cli.py, tests/reproduce/ and tests/train/
+        assert (tests / "stages" / f"test_{name}.py").is_file(), name
+    bad = []
+    for p in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests"):
+                last = node.module.split(".")[-1]
+                if last.startswith("test_") or last == "conftest":
+                    bad.append(f"{p.relative_to(ROOT)}: from {node.module}")
+    assert not bad, bad

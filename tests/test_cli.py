@@ -17,7 +17,7 @@ import torch
 
 from saex.cli import main
 from saex.lm.hooks import HOOK_KINDS
-from tests.conftest import write_corpus
+from tests._support import write_corpus
 from tests.store._helpers import HOOKS, MLP, RESID, manifest, read_shard, snapshot
 
 HARVEST = [

@@ -8,7 +8,7 @@ from saex.lm.loading import load_model
 from saex.stages.harvest import HarvestConfig
 from saex.stages.harvest import run as harvest
 from saex.store.reader import ActivationStore
-from tests.conftest import needs_smollm2
+from tests._support import needs_smollm2
 
 pytestmark = [needs_smollm2, pytest.mark.slow]
 

@@ -40,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="a .json or .toml file of option values, or a saved manifest (run.json; its 'config' is "
             "used): the command line overrides it",
         )
-        if name == "train":
-            p.add_argument("--from", dest="_config", metavar="RUN_JSON", help="replay a saved run (as --config)")
+        p.add_argument("--from", dest="_config", metavar="RUN_JSON", help="replay a saved run's manifest (as --config)")
         p.add_argument("--quiet", dest="_quiet", action="store_true", help="no progress output")
         p.set_defaults(_stage=stage)
     return parser

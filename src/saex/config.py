@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -314,6 +315,18 @@ def load_config_file(cls: type, path: str | Path) -> dict:
     if unknown:
         raise SaexError(f"config file {path} has unknown option {unknown[0]!r}; valid options: {sorted(names)}")
     return data
+
+
+def typed_values(cls: type, values: dict) -> dict:
+    """``values`` with each field of ``cls`` converted to its declared type, as far as it converts: a manifest
+    written before a field became a list (``"0.01,0.02"``) then compares equal to one written after."""
+    hints = _hints(cls)
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        if f.name in out:  # a value that does not convert is left as it was: the comparison names it
+            with contextlib.suppress(SaexError):
+                out[f.name] = convert(hints[f.name], out[f.name], f.name)
+    return out
 
 
 def config_dict(cfg: Any) -> dict:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -133,17 +134,24 @@ def check_output_folder(out: Path, marker: str, what: str) -> bool:
 
 
 def open_output_folder(
-    out: Path, marker: str, what: str, identity: dict | None = None, differs: str | None = None
+    out: Path,
+    marker: str,
+    what: str,
+    identity: dict | None = None,
+    differs: str | None = None,
+    typed: Callable[[dict], dict] | None = None,
 ) -> dict | None:
     """A stage's output folder: None when it is new (or empty), else its ``marker`` JSON, after checking
     (``check_output_folder``) that it holds a ``what`` and, given an ``identity``, that the one recorded in
-    the marker is the same (``check_same_identity``; ``differs`` names it there, default ``what``), so that
-    a rerun continues only its own work."""
+    the marker is the same (``check_same_identity``; ``differs`` names it there, default ``what``; ``typed``
+    converts the recorded one to the current field types first), so that a rerun continues only its own
+    work."""
     if not check_output_folder(out, marker, what):
         return None
     saved = json.loads((out / marker).read_text())
     if identity is not None:
-        check_same_identity(out, saved.get("identity") or {}, identity, differs or what, "folder")
+        recorded = saved.get("identity") or {}
+        check_same_identity(out, typed(recorded) if typed else recorded, identity, differs or what, "folder")
     return saved
 
 

@@ -12,7 +12,7 @@ from saex.causal import ioi
 from saex.causal.ioi import IOIPrompts
 from saex.dictionaries.sae import SAE
 
-SPECIALS = ["<|endoftext|>", "<|bos|>", "<|eos|>", "<unk>", "<pad>"]  # ids match tests.conftest.tiny_config
+SPECIALS = ["<|endoftext|>", "<|bos|>", "<|eos|>", "<unk>", "<pad>"]  # ids match tests._support.tiny_config
 PAD = 4
 WORD_RE = re.compile(r"\w+|[^\w\s]+")  # what the Whitespace pre-tokenizer does
 SOME_NAMES = ("Mary", "John", "Alice", "Bob", "James", "Sarah", "Emma", "Paul")
@@ -245,7 +245,7 @@ def save_ioi_model(root, docs: int = 60, extra_words: tuple[str, ...] = ()):
 
     from transformers import AutoModelForCausalLM
 
-    from tests.conftest import tiny_config
+    from tests._support import tiny_config
 
     tok = ioi_tokenizer()
     torch.manual_seed(0)

@@ -12,8 +12,8 @@ import torch
 from saex.causal import ioi
 from saex.causal.ioi import ABBA_TEMPLATES, BABA_TEMPLATES, TEMPLATES, make_prompts, single_tokens, task_performance
 from saex.errors import SaexError
+from tests._support import tiny_config
 from tests.causal._helpers import PAD, SOME_NAMES, SOME_OBJECTS, SOME_PLACES, WORD_RE, ContextTokenizer, ioi_tokenizer
-from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from saex.dictionaries.pca import fit_pca, pca_dictionary
 from saex.errors import SaexError
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
+from tests._support import FAMILIES
 from tests.causal._helpers import (
     hand_prompts,
     identity_dictionary,
@@ -25,7 +26,6 @@ from tests.causal._helpers import (
     spliced_last_logits,
     valid_mask,
 )
-from tests.conftest import FAMILIES
 
 D = 32
 MAIN_HOOKS = ("blocks.1.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.1.hook_mlp_out")

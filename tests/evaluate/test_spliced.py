@@ -12,7 +12,7 @@ from saex.errors import SaexError
 from saex.evaluate.spliced import spliced_losses
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
-from tests.conftest import FAMILIES
+from tests._support import FAMILIES
 
 # Written out here, not taken from saex: (block list, attention output, MLP output, MLP down-projection).
 MODULES = {

@@ -12,7 +12,7 @@ import torch
 from saex.features.records import ActivationRecord, Explanation
 from saex.interpret.llm import LLMExplainer, LLMSimulator, make_backend
 from saex.interpret.llm.prompts import simulation_segments
-from tests.conftest import needs_smollm2
+from tests._support import needs_smollm2
 
 pytestmark = [needs_smollm2, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ import pytest
 from saex.features.records import ActivationRecord, Explanation, discretize, max_activation
 from saex.interpret.offline import LABEL, TableExplainer, TableSimulator, token_entropy
 from saex.interpret.scoring import pooled_pearson
-from tests.conftest import WORDS
+from tests._support import WORDS
 
 
 def rec(tokens, acts) -> ActivationRecord:

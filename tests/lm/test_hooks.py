@@ -6,7 +6,7 @@ import torch
 from saex.errors import SaexError
 from saex.lm.hooks import HOOK_KINDS, HookedLM
 from saex.lm.loading import load_model
-from tests.conftest import FAMILIES
+from tests._support import FAMILIES
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

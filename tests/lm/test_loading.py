@@ -12,7 +12,7 @@ import torch
 
 from saex.errors import SaexError
 from saex.lm.loading import EMBEDDED, cache_root, load_model
-from tests.conftest import has_package, needs_smollm2
+from tests._support import has_package, needs_smollm2
 
 
 def test_local_folder_loads_in_float32_eval(tiny_llama):

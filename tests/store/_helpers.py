@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from tests.conftest import SPECIALS, WORDS
+from tests._support import SPECIALS, WORDS
 
 VOCAB = {t: i for i, t in enumerate(SPECIALS + WORDS)}
 SEP_ID = VOCAB["<|endoftext|>"]

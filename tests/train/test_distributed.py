@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file
 
 from saex.train.trainer import train
-from tests.conftest import free_port
+from tests._support import free_port
 from tests.train._synth import HOOK, metrics, train_cfg, weights
 
 

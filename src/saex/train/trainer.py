@@ -16,6 +16,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 import saex
 from saex import distributed
+from saex.config import typed_values
 from saex.dictionaries.ensemble import Ensemble, Member, architectures
 from saex.errors import SaexError
 from saex.evaluate.metrics import ReconstructionMetrics
@@ -133,7 +135,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     s_hash = store_hash(store, cfg.hook)
     identity = {k: v for k, v in asdict(cfg).items() if k not in {"out", "acts", "checkpoint_every"}}
     identity |= {"store_hash": s_hash, "d_in": d_in}
-    saved = open_output_folder(out, RUN, "saex training run", identity, differs="training run")
+    saved = open_output_folder(
+        out, RUN, "saex training run", identity, differs="training run", typed=partial(typed_values, TrainConfig)
+    )
     if saved is not None and saved.get("status") == "complete":
         return out
     groups = _build_groups(cfg, members, d_in)

@@ -15,7 +15,7 @@ import pytest
 from saex.dashboard.gather import _sig6, decile_of
 from saex.dashboard.site import STATIC, clean, feature_path, js_json, write_site
 from saex.errors import SaexError
-from tests.viz import _dashboard_synth as synth
+from tests.dashboard import _synth as synth
 
 
 def _call_args(path: Path, callback: str) -> list:

@@ -1,7 +1,7 @@
 """``saex interpret`` end to end with the offline backend: outputs, resume, the delphi preset, one-line errors.
 
 The store is synthetic (``tests/features/_helpers.write_store``) but its tokens are ids of the tiny
-word-level tokenizer of ``tests/conftest.py``, and each index gets that tokenizer's text of every token
+word-level tokenizer of ``tests/_support.py``, and each index gets that tokenizer's text of every token
 (``vocab.json`` written after a ``--no-decode`` build, in ``FeatureIndex.token_strings``'s format). Two
 dictionaries are indexed:
 
@@ -21,10 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from saex.dictionaries.random_directions import random_directions
-from saex.dictionaries.sae import SAE
 from saex.features.index import FeatureIndex
 from saex.features.records import Explanation
 from saex.interpret.density import density_bin
@@ -32,12 +29,11 @@ from saex.interpret.offline import LABEL, TableExplainer, TableSimulator
 from saex.interpret.protocol import sample_feature
 from saex.interpret.scoring import pooled_pearson
 from tests._cli import run_cli as _main
-from tests.conftest import WORDS, build_tokenizer
-from tests.features._helpers import HOOK, write_store
+from tests.features._helpers import HOOK
 from tests.interpret._fixtures import write_vocab
+from tests.stages._interpret import C, D, L, T, interpret_cli, results_folder
 
 PNG = b"\x89PNG\r\n\x1a\n"
-T, C, L, D = 16, 100, 8, 16
 TAG = "offline-table-8"
 
 
@@ -48,91 +44,13 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
-def _tokens_and_columns(seed: int = 0):
-    tok = build_tokenizer()
-    ids = {w: tok.convert_tokens_to_ids(w) for w in WORDS}
-    rng = np.random.default_rng(seed)
-    others = [w for w in WORDS if w not in ("river", "city", "water")]
-    u = rng.random(C * T)
-    words = np.where(
-        u < 0.12,
-        "river",
-        np.where(u < 0.17, "city", np.where(u < 0.22, "water", np.array(others)[rng.integers(0, len(others), C * T)])),
-    )
-    token_ids = np.array([ids[w] for w in words], dtype=np.int32)
-    X = rng.normal(size=(C * T, D))
-    X[:, 0] = words == "river"
-    X[:, 1] = np.isin(words, ["city", "water"])
-    X[:, 2] = 0.5
-    return torch.from_numpy(token_ids.reshape(C, T)), X.astype(np.float32), tok
-
-
-def _onehot_dict() -> SAE:
-    W = torch.zeros(D, 4)
-    W[0, 0] = W[1, 1] = W[2, 2] = 1.0
-    b = torch.tensor([0.0, 0.0, 0.0, -1.0])
-    return SAE(W, torch.eye(D)[:4], b, torch.zeros(D), "standard", metadata={"hook_name": HOOK})
-
-
-@pytest.fixture(scope="module")
-def features(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("interpret-cli")
-    tokens, X, tok = _tokens_and_columns()
-    train = torch.from_numpy(np.random.default_rng(5).normal(size=(2 * T, D)).astype(np.float32))
-    acts = write_store(root / "acts", train, torch.from_numpy(X), T=T, shard_rows=32 * T, tokens_CT=tokens)
-    dicts = root / "dicts"
-    _onehot_dict().save(dicts / "onehot")
-    random_directions(D, 12, seed=0, metadata={"hook_name": HOOK, "baseline": "random"}).save(dicts / "random")
-    out = root / "features"
-    rc, _, err = _main(
-        "features",
-        "--acts",
-        str(acts),
-        "--dicts",
-        str(dicts),
-        "--out",
-        str(out),
-        "--fragment-length",
-        str(L),
-        "--no-one-per-document",
-        "--top",
-        "25",
-        "--random",
-        "40",
-        "--zero",
-        "30",
-        "--no-decode",
-        "--exclude-first",
-        "0",
-        "--no-exclude-special-tokens",
-        "--quiet",
-    )
-    assert rc == 0, err
-    vocab = {i: tok.decode([i]) for i in torch.unique(tokens).tolist()}
-    assert vocab[tok.convert_tokens_to_ids("river")] == "river"
-    for name in ("onehot", "random"):
-        write_vocab(out / name, vocab)
-    return out
-
-
-def _interpret(features, out, *extra) -> tuple[int, str, str]:
-    return _main("interpret", "--features", str(features), "--out", str(out), "--quiet", *extra)
-
-
-def _results(stdout: str) -> Path:
-    """The folder the command says it wrote to (its last line)."""
-    last = stdout.strip().splitlines()[-1]
-    assert last.startswith("scores, tables and plots in "), stdout
-    return Path(last.removeprefix("scores, tables and plots in "))
-
-
 @pytest.fixture(scope="module")
 def run(features, tmp_path_factory) -> tuple[Path, Path]:
     """(--out, the results folder) of one offline cunningham2023 run over both indexes."""
     out = tmp_path_factory.mktemp("interpret-run") / "out"
-    rc, stdout, err = _interpret(features, out)
+    rc, stdout, err = interpret_cli(features, out)
     assert rc == 0, err
-    return out, _results(stdout)
+    return out, results_folder(stdout)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -292,8 +210,8 @@ def test_rerun_appends_nothing(features, run):
     files = {p: p.read_text() for p in sorted(res.glob("*/*.jsonl"))}
     assert len(files) == 4
     comparison = (res / "comparison.json").read_text()
-    rc, stdout, _ = _interpret(features, out)
-    assert rc == 0 and _results(stdout) == res
+    rc, stdout, _ = interpret_cli(features, out)
+    assert rc == 0 and results_folder(stdout) == res
     for p, text in files.items():
         assert p.read_text() == text, p
     assert (res / "comparison.json").read_text() == comparison
@@ -302,9 +220,9 @@ def test_rerun_appends_nothing(features, run):
 
 def test_resume_scores_only_the_missing_features(features, tmp_path):
     out = tmp_path / "out"
-    rc, stdout, _ = _interpret(features, out, "--n-features", "2", "--no-null")
+    rc, stdout, _ = interpret_cli(features, out, "--n-features", "2", "--no-null")
     assert rc == 0
-    res = _results(stdout)
+    res = results_folder(stdout)
     path = res / "onehot" / "scores.jsonl"
     first = path.read_text().splitlines()
     assert [json.loads(x)["feature"] for x in first] == [0, 1]
@@ -312,20 +230,20 @@ def test_resume_scores_only_the_missing_features(features, tmp_path):
     # a kill in the middle of writing a line leaves it cut, without its newline
     with open(path, "a") as fh:
         fh.write('{"feature": 2, "identity": {"ind')
-    assert _interpret(features, out, "--n-features", "4", "--no-null")[0] == 0
+    assert interpret_cli(features, out, "--n-features", "4", "--no-null")[0] == 0
     lines = path.read_text().splitlines()
     assert lines[:2] == first and [json.loads(x)["feature"] for x in lines] == [0, 1, 2, 3]
     # another seed is another identity: its rows are added beside, not mixed with, the first ones
-    rc, stdout, _ = _interpret(features, out, "--n-features", "4", "--no-null", "--seed", "1")
-    assert rc == 0 and _results(stdout) == res
+    rc, stdout, _ = interpret_cli(features, out, "--n-features", "4", "--no-null", "--seed", "1")
+    assert rc == 0 and results_folder(stdout) == res
     assert [r["identity"]["seed"] for r in _rows(path)] == [0] * 4 + [1] * 4
 
 
 def test_delphi_preset(features, tmp_path):
     out = tmp_path / "out"
-    rc, stdout, err = _interpret(features, out, "--preset", "delphi")
+    rc, stdout, err = interpret_cli(features, out, "--preset", "delphi")
     assert rc == 0, err
-    res = _results(stdout)
+    res = results_folder(stdout)
     assert res.is_relative_to(out / TAG)
     rows = _rows(res / "onehot" / "scores.jsonl")
     for r in rows[:3]:
@@ -349,7 +267,7 @@ def test_an_index_without_token_text_is_refused(features, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(features / "onehot", bare / "onehot")
     (bare / "onehot" / "vocab.json").unlink()
-    rc, _, err = _interpret(bare, tmp_path / "out")
+    rc, _, err = interpret_cli(bare, tmp_path / "out")
     assert rc == 2 and "--no-decode" in _one_error_line(err)
 
 
@@ -374,7 +292,7 @@ def test_an_index_with_too_few_top_fragments_is_refused(features, tmp_path):
     )
     assert rc == 0, err
     write_vocab(small / "onehot", json.loads((features / "onehot" / "vocab.json").read_text()))
-    rc, _, err = _interpret(small, tmp_path / "out")
+    rc, _, err = interpret_cli(small, tmp_path / "out")
     assert rc == 2 and "--top >= 20" in _one_error_line(err)
 
 
@@ -392,18 +310,18 @@ def test_an_index_with_too_few_top_fragments_is_refused(features, tmp_path):
 )
 def test_errors_are_one_line(features, tmp_path, args, message):
     out = tmp_path / "out"
-    rc, _, err = _interpret(features, out, *args)
+    rc, _, err = interpret_cli(features, out, *args)
     assert rc == 2 and message in _one_error_line(err)
     assert not out.exists()
 
 
 def test_missing_features_path_is_one_line(tmp_path):
     out = tmp_path / "out"
-    rc, _, err = _interpret(tmp_path / "nowhere", out)
+    rc, _, err = interpret_cli(tmp_path / "nowhere", out)
     assert rc == 2 and "does not exist" in _one_error_line(err)
     assert not out.exists()
     (tmp_path / "empty").mkdir()
-    rc, _, err = _interpret(tmp_path / "empty", out)
+    rc, _, err = interpret_cli(tmp_path / "empty", out)
     assert rc == 2 and "holds no feature indexes" in _one_error_line(err)
 
 

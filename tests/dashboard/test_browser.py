@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from saex.dashboard.site import write_site
-from tests.viz import _dashboard_synth as synth
+from tests.dashboard import _synth as synth
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
 BIG = 20_000

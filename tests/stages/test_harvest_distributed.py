@@ -9,7 +9,7 @@ import pytest
 
 from saex.files import remove_stale_temporaries
 from saex.stages.harvest import run as harvest
-from tests.conftest import free_port, write_corpus
+from tests._support import free_port, write_corpus
 from tests.store._helpers import assert_same_content, cfg, cli_args, manifest
 
 

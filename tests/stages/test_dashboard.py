@@ -107,7 +107,7 @@ def test_payload_scores_from_every_preset(inputs, site):
     assert d["auroc"] == pytest.approx(delphi[0]["scores"]["auroc"]) and d["top_and_random"] is None
     assert p["explanations"][f"{TAG}/delphi"] == delphi[0]["explanation"]["text"]
     assert p["explanation"] == cunn[0]["explanation"]["text"]
-    # the synthetic store has no model: --analyses histogram only (tests/viz/test_dashboard_analyses.py
+    # the synthetic store has no model: --analyses histogram only (tests/dashboard/test_analyses.py
     # checks the panels' numbers)
     assert p["histogram"]["source"].startswith("index random sample")
     for k in ("logit_lens", "output_effect", "upstream"):

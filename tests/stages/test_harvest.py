@@ -27,7 +27,7 @@ from saex.errors import SaexError
 from saex.lm.loading import load_model
 from saex.stages.harvest import run as harvest
 from saex.store.reader import ActivationStore
-from tests.conftest import FAMILIES, write_corpus
+from tests._support import FAMILIES, write_corpus
 from tests.store._helpers import (
     BOS_ID,
     MLP,

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from saex.cli import main
 from saex.dictionaries.random_directions import random_directions
 from saex.dictionaries.sae import SAE
-from tests.conftest import write_corpus
+from tests._support import write_corpus
 from tests.store._helpers import MLP, RESID, all_tokens, cfg, read_shard, shard_lists
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -446,7 +446,7 @@ def test_tokens_limits_rows_across_shards(tmp_path):
 
 def test_a_store_harvested_from_a_relative_model_path_evaluates_from_another_folder(tmp_path, monkeypatch, capsys):
     from saex.stages.harvest import run as harvest
-    from tests.conftest import save_tiny_model
+    from tests._support import save_tiny_model
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()

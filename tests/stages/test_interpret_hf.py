@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from tests.interpret.test_interpret_cli import _interpret, _results, features  # noqa: F401  (fixture)
-from tests.interpret.test_llm_hf import tiny_lm
+from tests.interpret._hf_lm import tiny_lm
+from tests.stages._interpret import interpret_cli, results_folder
 
 
 def test_hf_backend_through_the_whole_pipeline(features, tmp_path):  # noqa: F811
@@ -14,7 +14,7 @@ def test_hf_backend_through_the_whole_pipeline(features, tmp_path):  # noqa: F81
     folder = tmp_path / "tiny-chat"
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
-    rc, stdout, err = _interpret(
+    rc, stdout, err = interpret_cli(
         features / "onehot",
         tmp_path / "out",
         "--backend",
@@ -26,7 +26,7 @@ def test_hf_backend_through_the_whole_pipeline(features, tmp_path):  # noqa: F81
         "--no-null",
     )
     assert rc == 0, err
-    res = _results(stdout)
+    res = results_folder(stdout)
     assert res.parent.name.startswith("hf-") and res.name == "cunningham2023"
     row = json.loads((res / "onehot" / "scores.jsonl").read_text().splitlines()[0])
     assert row["feature"] == 0 and row["explanation"]["backend"] == f"hf:{folder}"

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from tests.interpret._stub_server import Oracle, StubServer
-from tests.interpret.test_interpret_cli import _interpret, _results, features  # noqa: F401  (fixture)
+from tests.stages._interpret import interpret_cli, results_folder
 
 KEY = "sk-test-secret-never-stored"
 
@@ -26,7 +26,7 @@ def _river(token: str) -> int:
 def test_oracle_through_the_whole_pipeline(features, tmp_path, monkeypatch, invert, caps):  # noqa: F811
     monkeypatch.setenv("SAEX_TEST_KEY", KEY)
     with StubServer(handler=Oracle(_river, invert=invert, explanation="the word river", **caps)) as stub:
-        rc, stdout, err = _interpret(
+        rc, stdout, err = interpret_cli(
             features / "onehot",
             tmp_path / "out",
             "--backend",
@@ -45,7 +45,7 @@ def test_oracle_through_the_whole_pipeline(features, tmp_path, monkeypatch, inve
         )
         n_requests = len(stub.requests)
     assert rc == 0, err
-    res = _results(stdout)
+    res = results_folder(stdout)
     assert res.parent.name == "openai-stub-model" and res.name == "cunningham2023"
     row = json.loads((res / "onehot" / "scores.jsonl").read_text().splitlines()[0])
     assert row["feature"] == 0 and row["backend"] == "openai-stub-model"
@@ -60,7 +60,7 @@ def test_oracle_through_the_whole_pipeline(features, tmp_path, monkeypatch, inve
             assert KEY not in path.read_text(errors="replace"), path
     # a rerun is answered from the scores file: the server is not asked again
     with StubServer(handler=Oracle(_river, invert=invert, **caps)) as stub:
-        rc, _, err = _interpret(
+        rc, _, err = interpret_cli(
             features / "onehot",
             tmp_path / "out",
             "--backend",
@@ -83,7 +83,7 @@ def test_oracle_through_the_whole_pipeline(features, tmp_path, monkeypatch, inve
 
 def test_a_missing_key_is_one_line(features, tmp_path, monkeypatch, capsys):  # noqa: F811
     monkeypatch.delenv("SAEX_ABSENT_KEY", raising=False)
-    rc, _, err = _interpret(
+    rc, _, err = interpret_cli(
         features / "onehot",
         tmp_path / "out",
         "--backend",

@@ -39,7 +39,7 @@ def built(tmp_path_factory, tiny_models):
     from saex.stages.features import FeaturesConfig
     from saex.stages.features import run as build_features
     from saex.stages.harvest import run as harvest
-    from tests.conftest import write_corpus
+    from tests._support import write_corpus
     from tests.store._helpers import cfg
 
     root = tmp_path_factory.mktemp("dashboard-analyses")

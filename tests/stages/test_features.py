@@ -342,7 +342,7 @@ def test_decode_needs_the_store_model(store, dicts, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def llama_store(tmp_path_factory):
     from saex.stages.harvest import run as harvest
-    from tests.conftest import save_tiny_model, write_corpus
+    from tests._support import save_tiny_model, write_corpus
     from tests.store._helpers import RESID, cfg
 
     root = tmp_path_factory.mktemp("features-llama")
