@@ -561,3 +561,23 @@ def test_corpus_exhaustion(tmp_path, tiny_llama):
             want_tok, _, _ = expected_contexts(docs, split, T, entry["contexts"])
             assert torch.equal(all_tokens(out, split), want_tok)
     assert m["splits"]["train"]["rows"] > 0
+
+
+def test_a_store_written_before_hooks_were_a_list_is_still_the_same_store(
+    tiny_llama, shared_corpus, make_store, copy_store, monkeypatch
+):
+    """A complete store whose manifest records ``hooks`` as comma-joined text (as saex wrote it before config
+    lists were lists) is recognised as the same store: the rerun writes nothing; a real difference is refused."""
+    out = copy_store(make_store(**BASE))
+    m = manifest(out)
+    assert isinstance(m["identity"]["hooks"], list)
+    m["identity"]["hooks"] = ",".join(m["identity"]["hooks"])
+    (out / "manifest.json").write_text(json.dumps(m))
+    writes = []
+    monkeypatch.setattr(H, "write_safetensors_atomic", lambda path, *a: writes.append(path))
+    harvest(cfg(out, tiny_llama, shared_corpus, **BASE), progress=False)
+    assert writes == []
+    m["identity"]["hooks"] = "blocks.0.hook_resid_post"
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(SaexError, match=r"holds a different activation store \(hooks: store has \['blocks\.0"):
+        harvest(cfg(out, tiny_llama, shared_corpus, **BASE), progress=False)
