@@ -63,7 +63,7 @@ class Workspace:
     forward while the previous step's backward has not run allocates fresh buffers instead.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.buffers: dict[str, torch.Tensor] = {}
         self.busy = False
 
