@@ -106,7 +106,9 @@ def test_inconsistent_shapes_are_refused(shapes):
 
 def test_bad_architecture_and_topk_without_k():
     args = (torch.zeros(8, 16), torch.zeros(16, 8), torch.zeros(16), torch.zeros(8))
-    with pytest.raises(SaexError, match="'jumprelu'"):
+    with pytest.raises(SaexError, match="unknown SAE architecture 'gated'; allowed: .*jumprelu"):
+        SAE(*args, architecture="gated")
+    with pytest.raises(SaexError, match="a jumprelu SAE needs a threshold per feature"):
         SAE(*args, architecture="jumprelu")
     with pytest.raises(SaexError, match="needs k"):
         SAE(*args, architecture="topk")

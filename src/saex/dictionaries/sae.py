@@ -6,7 +6,8 @@ Whatever trained it (tied or untied L1, TopK), a dictionary is stored as one fol
     sae_weights.safetensors    W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in]
 
 and computes ``c = act((x - b_dec·[apply_b_dec_to_input]) @ W_enc + b_enc)``, ``x̂ = c @ W_dec + b_dec``,
-with ``act`` ReLU (SAELens ``standard``), ReLU of the K largest pre-activations (SAELens ``topk``), or the
+with ``act`` ReLU (SAELens ``standard``), ReLU of the K largest pre-activations (SAELens ``topk``), ReLU where
+the pre-activation exceeds a per-feature threshold θ (SAELens ``jumprelu``, weights key ``threshold``), or the
 identity (``linear``, saex's own: the signed PCA and ICA baselines of paper §3.2, whose codes keep their
 sign). SAELens's ``SAE.load_from_disk`` opens ``standard`` and ``topk`` folders (see
 docs/training.md, "Output"); it has no identity-activation SAE, so it cannot open ``linear``
@@ -26,7 +27,7 @@ from saex.files import write_json_atomic, write_safetensors_atomic
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
-ARCHITECTURES = {"standard": "relu", "topk": "topk", "linear": "identity"}
+ARCHITECTURES = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "linear": "identity"}
 
 
 def topk_relu(pre_BF: torch.Tensor, k: int) -> torch.Tensor:
@@ -48,6 +49,7 @@ class SAE(torch.nn.Module):
         k: int | None = None,
         apply_b_dec_to_input: bool = False,
         metadata: dict | None = None,
+        threshold_F: torch.Tensor | None = None,
     ):
         super().__init__()
         if architecture not in ARCHITECTURES:
@@ -57,6 +59,9 @@ class SAE(torch.nn.Module):
         D, F = W_enc_DF.shape
         if architecture == "topk" and not 0 < (k or 0) <= F:
             raise SaexError(f"a topk SAE needs 0 < k <= d_sae = {F}, got k = {k}")
+        if architecture == "jumprelu" and (threshold_F is None or threshold_F.shape != (F,)):
+            got = None if threshold_F is None else tuple(threshold_F.shape)
+            raise SaexError(f"a jumprelu SAE needs a threshold per feature, shape ({F},); got {got}")
         if W_dec_FD.shape != (F, D) or b_enc_F.shape != (F,) or b_dec_D.shape != (D,):
             raise SaexError(
                 f"inconsistent SAE shapes: W_enc {tuple(W_enc_DF.shape)}, W_dec {tuple(W_dec_FD.shape)}, "
@@ -66,6 +71,11 @@ class SAE(torch.nn.Module):
         self.W_dec_FD = torch.nn.Parameter(W_dec_FD.float().contiguous(), requires_grad=False)
         self.b_enc_F = torch.nn.Parameter(b_enc_F.float().contiguous(), requires_grad=False)
         self.b_dec_D = torch.nn.Parameter(b_dec_D.float().contiguous(), requires_grad=False)
+        self.threshold_F = (
+            torch.nn.Parameter(threshold_F.float().contiguous(), requires_grad=False)
+            if architecture == "jumprelu" and threshold_F is not None
+            else None
+        )
         self.architecture = architecture
         self.k = k
         self.apply_b_dec_to_input = apply_b_dec_to_input
@@ -93,6 +103,10 @@ class SAE(torch.nn.Module):
         if self.architecture == "topk":
             assert self.k is not None  # checked in __init__
             return topk_relu(pre, self.k)
+        if self.architecture == "jumprelu":
+            # JumpReLU (Rajamanoharan et al. 2024; SAELens ``jumprelu``): ReLU(pre) where pre > θ, else 0
+            assert self.threshold_F is not None  # checked in __init__
+            return pre.relu() * (pre > self.threshold_F)
         return pre
 
     def decode(self, c_BF: torch.Tensor) -> torch.Tensor:
@@ -130,6 +144,7 @@ class SAE(torch.nn.Module):
                 "W_dec": self.W_dec_FD.detach(),
                 "b_enc": self.b_enc_F.detach(),
                 "b_dec": self.b_dec_D.detach(),
+                **({"threshold": self.threshold_F.detach()} if self.threshold_F is not None else {}),
             },
             {"format": "pt"},
         )
@@ -152,4 +167,5 @@ class SAE(torch.nn.Module):
             k=cfg.get("k"),
             apply_b_dec_to_input=cfg.get("apply_b_dec_to_input", True),
             metadata=cfg.get("metadata", {}),
+            threshold_F=w.get("threshold"),
         )

@@ -61,7 +61,7 @@ class TopK(Ensemble):
         K, (B, D) = self.K, x_BD.shape
         x_KBD = x_BD.expand(K, B, D) - self.b_dec_KD.unsqueeze(1)
         pre_KBF = torch.baddbmm(self.b_enc_KF.unsqueeze(1), x_KBD, self.W_enc_KFD.transpose(1, 2))
-        c_KBF = topk_relu(pre_KBF, self.k)
+        c_KBF = self.select(pre_KBF)
         W_dec = unit_rows(self.W_dec_KFD)
         xhat_KBD = torch.bmm(c_KBF, W_dec) + self.b_dec_KD.unsqueeze(1)
         mse_K = (xhat_KBD - x_BD).pow(2).mean(dim=(1, 2))
@@ -84,6 +84,10 @@ class TopK(Ensemble):
                 active.any(1),
                 None if aux_K is None else aux_K.detach(),
             )
+
+    def select(self, pre_KBF: torch.Tensor) -> torch.Tensor:
+        """The codes kept from the pre-activations: ReLU of the k largest of each input."""
+        return topk_relu(pre_KBF, self.k)
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None) -> SAE:

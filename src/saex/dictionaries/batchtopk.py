@@ -1,0 +1,77 @@
+"""BatchTopK sparse autoencoder: the top B·k activations of a whole batch, saved as JumpReLU.
+
+Bussmann, Leask and Nanda 2024, "BatchTopK Sparse Autoencoders": TopK (Gao et al. 2024; see
+:mod:`saex.dictionaries.topk`) keeps the k largest pre-activations of every input; BatchTopK keeps the B·k
+largest ReLU'd pre-activations of the batch of B inputs, so the sparsity is k per input on average and an
+input may use more latents or fewer. Loss and aux-k term are TopK's (reconstruction MSE, plus the dead
+latents' prediction of the residual). Selection across a batch cannot be applied to one input at
+inference, so a threshold θ is estimated during training (their §3.2): each step's smallest kept positive
+activation, averaged (an exponential moving average with weight ``THRESHOLD_DECAY`` per step). The saved
+dictionary is a JumpReLU SAE (SAELens ``jumprelu``): c = ReLU(pre) where pre > θ, else 0, which gives about
+k active latents per input on held-out data when the threshold has settled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from saex.dictionaries.ensemble import Ensemble, Member, register, unit_rows
+from saex.dictionaries.sae import SAE
+from saex.dictionaries.topk import TopK
+
+THRESHOLD_DECAY = 0.99
+"""Weight of the running threshold at each step (time constant about 100 steps)."""
+
+
+@register
+class BatchTopK(TopK):
+    arch = "batchtopk"
+
+    def __init__(self, d_in: int, d_dict: int, seeds: list[int], k: int, aux_k: int = 512, aux_coef: float = 1 / 32):
+        super().__init__(d_in, d_dict, seeds, k, aux_k, aux_coef)
+        # A parameter without gradient: saved in checkpoints with the weights, never touched by Adam.
+        # Negative until the first step sets it.
+        self.threshold_K = torch.nn.Parameter(torch.full((self.K,), -1.0), requires_grad=False)
+
+    @classmethod
+    def sweep(cls, cfg: Any, ratio: float, d_dict: int) -> list[dict[str, Any]]:
+        return [dict(m, name=m["name"].replace("topk_", "batchtopk_", 1)) for m in super().sweep(cfg, ratio, d_dict)]
+
+    @classmethod
+    def build(cls, cfg: Any, d_in: int, d_dict: int, members: list[Member]) -> Ensemble:
+        k = members[0].k
+        assert k is not None and all(m.k == k for m in members), "a BatchTopK group shares one k"
+        return cls(d_in, d_dict, [m.seed for m in members], k=k, aux_k=cfg.aux_k, aux_coef=cfg.aux_coef)
+
+    def select(self, pre_KBF: torch.Tensor) -> torch.Tensor:
+        """ReLU of the B·k largest pre-activations of each member's batch; updates the threshold estimate."""
+        K, B, F = pre_KBF.shape
+        flat_KN = pre_KBF.reshape(K, B * F)
+        vals_KN, idx_KN = flat_KN.topk(min(B * self.k, B * F), dim=-1, sorted=False)
+        c_KBF = torch.zeros_like(flat_KN).scatter_(-1, idx_KN, vals_KN.relu()).reshape(K, B, F)
+        if self.training:
+            with torch.no_grad():
+                kept = vals_KN.detach()
+                low_K = torch.where(kept > 0, kept, torch.full_like(kept, float("inf"))).amin(-1)
+                found = torch.isfinite(low_K)
+                first = self.threshold_K < 0
+                new = torch.where(first, low_K, THRESHOLD_DECAY * self.threshold_K + (1 - THRESHOLD_DECAY) * low_K)
+                self.threshold_K.copy_(torch.where(found, new, self.threshold_K))
+        return c_KBF
+
+    @torch.no_grad()
+    def export(self, k, scale=1.0, metadata=None) -> SAE:
+        # Pre-activations of unscaled inputs are those of scaled ones divided by the scale: so is θ.
+        theta = max(float(self.threshold_K[k]), 0.0) / scale
+        return SAE(
+            self.W_enc_KFD[k].T.clone(),
+            unit_rows(self.W_dec_KFD[k]).clone(),
+            self.b_enc_KF[k] / scale,
+            self.b_dec_KD[k] / scale,
+            architecture="jumprelu",
+            apply_b_dec_to_input=True,
+            metadata=metadata,
+            threshold_F=torch.full((self.d_dict,), theta),
+        )
