@@ -90,6 +90,7 @@ def reference(small_store, tmp_path_factory):
         ("untied_l1", dict(alpha="0.005,0.01,0.02"), [dict(alpha=a) for a in ("0.005", "0.01", "0.02")]),
         ("tied_l1", dict(ratio="2,4", alpha="0.01"), [dict(ratio=r, alpha="0.01") for r in ("2", "4")]),
         ("topk", dict(k="2,4,6"), [dict(k=k) for k in ("2", "4", "6")]),
+        ("batchtopk", dict(k="2,4"), [dict(k=k) for k in ("2", "4")]),
     ],
 )
 def test_ensemble_equals_separate_runs(tmp_path, small_store, arch, sweep, one):
@@ -173,6 +174,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, small_store,
         ("tied_l1", 130, 32),  # checkpoint at 128: exactly at the end of an epoch
         ("untied_l1", 261, 50),  # with a decoder bias and input scaling (the scale is restored from the checkpoint)
         ("topk", 215, 40),  # aux-k with dead latents: the dead counters must resume too; log row 210 dropped
+        ("batchtopk", 215, 40),  # and the running threshold, saved with the weights
     ],
 )
 def test_resume_in_process_equals_an_uninterrupted_run(
@@ -180,6 +182,7 @@ def test_resume_in_process_equals_an_uninterrupted_run(
 ):
     extra = dict(arch=arch, **RESUME) | {
         "topk": {"k": "3"},
+        "batchtopk": {"k": "3"},
         "untied_l1": {"decoder_bias": True, "normalize": "mean_norm"},
     }.get(arch, {})
     ref = reference(**extra)

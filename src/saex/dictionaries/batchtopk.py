@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from saex.dictionaries.ensemble import Ensemble, Member, register, unit_rows
+from saex.dictionaries.ensemble import register, unit_rows
 from saex.dictionaries.sae import SAE
 from saex.dictionaries.topk import TopK
 
@@ -38,12 +38,6 @@ class BatchTopK(TopK):
     @classmethod
     def sweep(cls, cfg: Any, ratio: float, d_dict: int) -> list[dict[str, Any]]:
         return [dict(m, name=m["name"].replace("topk_", "batchtopk_", 1)) for m in super().sweep(cfg, ratio, d_dict)]
-
-    @classmethod
-    def build(cls, cfg: Any, d_in: int, d_dict: int, members: list[Member]) -> Ensemble:
-        k = members[0].k
-        assert k is not None and all(m.k == k for m in members), "a BatchTopK group shares one k"
-        return cls(d_in, d_dict, [m.seed for m in members], k=k, aux_k=cfg.aux_k, aux_coef=cfg.aux_coef)
 
     def select(self, pre_KBF: torch.Tensor) -> torch.Tensor:
         """ReLU of the B·k largest pre-activations of each member's batch; updates the threshold estimate."""

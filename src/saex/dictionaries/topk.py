@@ -37,7 +37,7 @@ class TopK(Ensemble):
     @classmethod
     def build(cls, cfg: Any, d_in: int, d_dict: int, members: list[Member]) -> Ensemble:
         k = members[0].k
-        assert k is not None and all(m.k == k for m in members), "a TopK group shares one k"
+        assert k is not None and all(m.k == k for m in members), "a group shares one k"
         return cls(d_in, d_dict, [m.seed for m in members], k=k, aux_k=cfg.aux_k, aux_coef=cfg.aux_coef)
 
     @staticmethod
