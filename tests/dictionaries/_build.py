@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from saex.dictionaries import TiedL1, TopK, UntiedL1
+from saex.dictionaries.batchtopk import BatchTopK
 
 
 def perturb(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
@@ -27,6 +28,13 @@ def untied(D=8, F=16, K=2, decoder_bias=False, seed=0):
 
 def topk(D=8, F=16, K=2, k=3, aux_k=4, seed=0):
     return perturb(TopK(D, F, [31 + i for i in range(K)], k=k, aux_k=aux_k), seed)
+
+
+def batchtopk(D=8, F=16, K=2, k=3, seed=0):
+    """A BatchTopK ensemble after one training step (which sets its inference threshold)."""
+    m = perturb(BatchTopK(D, F, [41 + i for i in range(K)], k=k, aux_k=4), seed)
+    m.step(inputs(D=D, seed=seed + 7), torch.zeros(K))
+    return m
 
 
 def inputs(B=32, D=8, seed=1, scale=1.0):

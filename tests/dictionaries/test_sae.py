@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from saex.dictionaries import SAE, load_dictionary
 from saex.errors import SaexError
-from tests.dictionaries._build import inputs, tied, topk, untied
+from tests.dictionaries._build import batchtopk, inputs, tied, topk, untied
 
 META = {"model_name": "tiny-model", "hook_name": "blocks.1.hook_resid_post", "alpha": 0.01, "ratio": 2.0}
 
@@ -26,10 +26,11 @@ def exported() -> dict[str, SAE]:
         "untied_l1": untied().export(1, scale=0.5, metadata=META),
         "untied_l1_bdec": untied(decoder_bias=True).export(0, scale=3.0, metadata=META),
         "topk": topk(k=3).export(1, scale=2.0, metadata=META),
+        "batchtopk": batchtopk(k=3).export(1, scale=2.0, metadata=META),
     }
 
 
-@pytest.mark.parametrize("name", ["tied_l1", "untied_l1", "untied_l1_bdec", "topk"])
+@pytest.mark.parametrize("name", ["tied_l1", "untied_l1", "untied_l1_bdec", "topk", "batchtopk"])
 def test_save_load_round_trip_is_bitwise(tmp_path, name):
     sae = exported()[name]
     folder = sae.save(tmp_path / name)
@@ -37,6 +38,9 @@ def test_save_load_round_trip_is_bitwise(tmp_path, name):
     back = load_dictionary(folder)
     for a in ("W_enc_DF", "W_dec_FD", "b_enc_F", "b_dec_D"):
         assert torch.equal(getattr(back, a), getattr(sae, a)), a
+    assert (back.threshold_F is None) == (sae.threshold_F is None) == (name != "batchtopk")
+    if sae.threshold_F is not None:  # JumpReLU: the threshold is saved with the weights
+        assert torch.equal(back.threshold_F, sae.threshold_F) and float(sae.threshold_F.min()) > 0
     assert (back.architecture, back.k, back.apply_b_dec_to_input, back.metadata) == (
         sae.architecture,
         sae.k,
@@ -45,14 +49,15 @@ def test_save_load_round_trip_is_bitwise(tmp_path, name):
     )
     x = inputs(D=sae.d_in)
     assert torch.equal(back.encode(x), sae.encode(x)) and torch.equal(back(x), sae(x))
-    # the weights file holds exactly SAELens's four tensors, float32, in SAELens's orientation
+    # the weights file holds exactly SAELens's tensors (four, and a JumpReLU's threshold), float32, in
+    # SAELens's orientation
     w = load_file(str(folder / "sae_weights.safetensors"))
     assert {k: tuple(v.shape) for k, v in w.items()} == {
         "W_enc": (sae.d_in, sae.d_dict),
         "W_dec": (sae.d_dict, sae.d_in),
         "b_enc": (sae.d_dict,),
         "b_dec": (sae.d_in,),
-    }
+    } | ({"threshold": (sae.d_dict,)} if sae.architecture == "jumprelu" else {})
     assert all(v.dtype == torch.float32 for v in w.values())
     # saving again writes the same bytes
     again = back.save(tmp_path / "again")
@@ -82,6 +87,8 @@ def test_forward_is_the_documented_formula():
         pre = (x - sae.b_dec_D * sae.apply_b_dec_to_input) @ sae.W_enc_DF + sae.b_enc_F
         if sae.architecture == "standard":
             c = pre.relu()
+        elif sae.architecture == "jumprelu":
+            c = torch.where(pre > sae.threshold_F, pre, 0).relu()
         else:
             thr = pre.topk(sae.k, dim=1).values[:, -1:]
             c = torch.where(pre >= thr, pre, 0).relu()
@@ -169,6 +176,7 @@ def _write_check_folders(root: Path, trained: bool = False) -> set[str]:
             ("untied_l1", {}),
             ("untied_l1", {"decoder_bias": True}),
             ("topk", {"k": "3"}),
+            ("batchtopk", {"k": "3"}),
         ):
             out = train(
                 train_cfg(
