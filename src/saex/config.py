@@ -52,8 +52,6 @@ class Check:
     """How the message names the value (default: its option, ``--name``)."""
     hint: str = ""
     """Appended to the message: what the value is for, or what is allowed beyond the range."""
-    none_ok: bool = True
-    """``None`` passes (for ``X | None`` fields, where None means a default)."""
 
 
 def opt(
@@ -136,26 +134,22 @@ def _scalar(kind: Any, value: Any, name: str) -> Any:
             raise SaexError(f"{flag(name)} must be an integer, got {value!r}")
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        try:
-            return int(value) if isinstance(value, (int, str)) else _bad()
-        except ValueError:
-            raise SaexError(f"{flag(name)} must be an integer, got {value!r}") from None
+        if isinstance(value, (int, str)):
+            with contextlib.suppress(ValueError):
+                return int(value)
+        raise SaexError(f"{flag(name)} must be an integer, got {value!r}")
     if kind is float:
         if isinstance(value, bool):
             raise SaexError(f"{flag(name)} must be a number, got {value!r}")
-        try:
-            return float(value) if isinstance(value, (int, float, str)) else _bad()
-        except ValueError:
-            raise SaexError(f"{flag(name)} must be a number, got {value!r}") from None
+        if isinstance(value, (int, float, str)):
+            with contextlib.suppress(ValueError):
+                return float(value)
+        raise SaexError(f"{flag(name)} must be a number, got {value!r}")
     if kind is str:
         if isinstance(value, (str, os.PathLike)) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
             return str(value)  # a path given from Python, or a number where the option is text
         raise SaexError(f"{flag(name)} must be text, got {value!r}")
     return value
-
-
-def _bad() -> Any:
-    raise ValueError
 
 
 def convert(tp: Any, value: Any, name: str) -> Any:

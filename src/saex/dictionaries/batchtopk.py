@@ -13,8 +13,6 @@ k active latents per input on held-out data when the threshold has settled.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from saex.dictionaries.ensemble import register, unit_rows
@@ -34,10 +32,6 @@ class BatchTopK(TopK):
         # A parameter without gradient: saved in checkpoints with the weights, never touched by Adam.
         # Negative until the first step sets it.
         self.threshold_K = torch.nn.Parameter(torch.full((self.K,), -1.0), requires_grad=False)
-
-    @classmethod
-    def sweep(cls, cfg: Any, ratio: float, d_dict: int) -> list[dict[str, Any]]:
-        return [dict(m, name=m["name"].replace("topk_", "batchtopk_", 1)) for m in super().sweep(cfg, ratio, d_dict)]
 
     def select(self, pre_KBF: torch.Tensor) -> torch.Tensor:
         """ReLU of the B·k largest pre-activations of each member's batch; updates the threshold estimate."""

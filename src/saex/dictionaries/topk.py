@@ -32,7 +32,7 @@ class TopK(Ensemble):
         for k in cfg.k:
             if not 1 <= k <= d_dict:
                 raise SaexError(f"--k {k} must be an integer in 1..{d_dict} (the dictionary size for R={ratio:g})")
-        return [{"name": f"topk_r{ratio:g}_k{k}", "alpha": 0.0, "k": k} for k in cfg.k]
+        return [{"name": f"{cls.arch}_r{ratio:g}_k{k}", "alpha": 0.0, "k": k} for k in cfg.k]
 
     @classmethod
     def build(cls, cfg: Any, d_in: int, d_dict: int, members: list[Member]) -> Ensemble:

@@ -84,16 +84,15 @@ def build_sections(run) -> tuple[list[Section], dict]:
         if builder in done:
             continue
         done.add(builder)
-        ids = [sid for sid, _, b in SECTIONS if b is builder]
+        built_here = [(sid, title) for sid, title, b in SECTIONS if b is builder]
         try:
             out = builder(run, fig_dir, extra)
         except Exception as e:  # a malformed stage output costs its sections, not the report
             why = f"{e.__class__.__name__}: {e}"
-            run.problems += [f"section {sid}: could not be built ({why})" for sid in ids]
+            run.problems += [f"section {sid}: could not be built ({why})" for sid, _ in built_here]
             out = [
                 Section(sid, title, "", notes=[f"This section could not be built from the stage outputs ({why})."])
-                for sid, title, b in SECTIONS
-                if b is builder
+                for sid, title in built_here
             ]
         for s in out if isinstance(out, list) else [out]:
             built[s.id] = s

@@ -206,5 +206,5 @@ def absolute_in_run(obj, root: Path):
 
 
 def stage_config(obj) -> dict:
-    """A stage's dataclass config as the JSON dict its key is computed from."""
-    return config_dict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+    """A stage's config dataclass as the JSON dict its key is computed from."""
+    return config_dict(obj)
