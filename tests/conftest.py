@@ -110,3 +110,21 @@ def small_store(tmp_path_factory, small_data):
 
     _, X, H = small_data
     return write_store(tmp_path_factory.mktemp("small") / "acts", X, H, shard_rows=1024)
+
+
+@pytest.fixture(scope="session")
+def transcoder_data():
+    """(G_in, G_out, (x, y) train, (x, y) held-out): 32 sparse latents, x in 16 dims, y in 12."""
+    from tests.train._synth import transcoder_data
+
+    return transcoder_data(d=16, d_out=12, n=8192, n_heldout=1024, seed=3)
+
+
+@pytest.fixture(scope="session")
+def transcoder_store(tmp_path_factory, transcoder_data):
+    """The transcoder data as a store with two hook points per row (input and target). Read-only."""
+    from tests.train._synth import TRANSCODER_IN, TRANSCODER_OUT, write_store
+
+    _, _, (x, y), (hx, hy) = transcoder_data
+    path = tmp_path_factory.mktemp("transcoder") / "acts"
+    return write_store(path, x, hx, hook=TRANSCODER_IN, shard_rows=1024, more={TRANSCODER_OUT: (y, hy)})

@@ -148,12 +148,13 @@ def test_store_without_verify_on_a_truncated_first_shard(harvested, tmp_path, ca
 def test_hooks_lists_every_hook_point(tiny_llama, capsys):
     assert main(["hooks", "--model", str(tiny_llama)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 * 5
+    assert len(lines) == 4 * len(HOOK_KINDS) == 4 * 6
     names = [f"blocks.{L}.{k}" for L in range(4) for k in HOOK_KINDS]
     for line, name in zip(lines, names):
         assert line.split()[0] == name
         assert line.endswith(f"width {48 if name.endswith('mlp.hook_post') else 32}")
-    assert "input of model.layers.2.mlp.down_proj" in " ".join(lines[2 * 5 + 2].split())
+    assert "input of model.layers.2.mlp.down_proj" in " ".join(lines[2 * 6 + 3].split())
+    assert "input of model.layers.2.mlp " in " ".join(lines[2 * 6 + 2].split()) + " "  # ln2.hook_normalized
 
     assert main(["hooks", "--model", str(tiny_llama), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)

@@ -78,8 +78,11 @@ def test_declared_checks_name_the_value_and_what_is_allowed(kwargs, message):
 def test_checks_run_on_replace_too():
     with pytest.raises(SaexError, match=r"--lr must be positive, got -1\.0"):
         replace(TrainConfig(), lr=-1)
-    with pytest.raises(SaexError, match="unknown --arch 'gated'; allowed: tied_l1, topk, untied_l1"):
-        TrainConfig(arch="gated")
+    with pytest.raises(
+        SaexError,
+        match="unknown --arch 'crosscoder'; allowed: batchtopk, gated, jumprelu, matryoshka, tied_l1, topk, untied_l1",
+    ):
+        TrainConfig(arch="crosscoder")
 
 
 def test_none_stays_none_and_conversions_are_exact():

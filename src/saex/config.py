@@ -312,15 +312,27 @@ def load_config_file(cls: type, path: str | Path) -> dict:
 
 
 def typed_values(cls: type, values: dict) -> dict:
-    """``values`` with each field of ``cls`` converted to its declared type, as far as it converts: a manifest
-    written before a field became a list (``"0.01,0.02"``) then compares equal to one written after."""
+    """``values`` with each field of ``cls`` converted to its declared type, as far as it converts (a manifest
+    written before a field became a list, ``"0.01,0.02"``, then compares equal to one written after), and each
+    field it lacks set to its default (a manifest written before the field existed)."""
     hints = _hints(cls)
     out = dict(values)
     for f in dataclasses.fields(cls):
         if f.name in out:  # a value that does not convert is left as it was: the comparison names it
             with contextlib.suppress(SaexError):
                 out[f.name] = convert(hints[f.name], out[f.name], f.name)
+        elif f.default is not dataclasses.MISSING:
+            # A field added after the manifest was written: its default is what that version did.
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
     return out
+
+
+def recorded_identity(cls: type, recorded: dict, asked: dict) -> dict:
+    """A manifest's recorded identity made comparable with the ``asked`` one: ``typed_values``, keeping the
+    defaults it fills in only for keys the asked identity has (it leaves some fields out, e.g. ``out``)."""
+    return {k: v for k, v in typed_values(cls, recorded).items() if k in recorded or k in asked}
 
 
 def config_dict(cfg: Any) -> dict:

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import re
 
-HOOK_KINDS = ("hook_resid_pre", "hook_attn_out", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
+HOOK_KINDS = (
+    "hook_resid_pre",
+    "hook_attn_out",
+    "ln2.hook_normalized",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
+)
 """Hook kinds within a block, in the order the forward pass reaches them."""
 HOOK_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in HOOK_KINDS) + r")$")
 

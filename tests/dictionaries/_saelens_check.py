@@ -1,7 +1,8 @@
 """Run with a Python that has sae_lens: ``python _saelens_check.py ROOT``.
 
 ROOT holds dictionary folders written by saex plus ``expected.safetensors`` (``x`` and, per folder NAME,
-``NAME.c`` and ``NAME.xhat`` as saex computed them). Each folder is opened with
+``NAME.c``, ``NAME.xhat`` (decode) and ``NAME.out`` (forward, a skip transcoder's skip term included) as saex
+computed them). Each folder is opened with
 ``sae_lens.SAE.load_from_disk``; the script prints one JSON object: per folder, the SAELens class, the
 max abs differences of encode / decode against saex, or the error raised while loading.
 """
@@ -28,10 +29,12 @@ def main(root: str) -> None:
             with torch.no_grad():
                 c = sae.encode(x)
                 xhat = sae.decode(c)
+                out = sae(x)
             report[folder.name] = {
                 "class": type(sae).__name__,
                 "encode_max_abs_diff": (c - exp[f"{folder.name}.c"]).abs().max().item(),
                 "decode_max_abs_diff": (xhat - exp[f"{folder.name}.xhat"]).abs().max().item(),
+                "forward_max_abs_diff": (out - exp[f"{folder.name}.out"]).abs().max().item(),
                 "l0": (c > 0).sum(-1).float().mean().item(),
             }
         except Exception as e:  # report, don't stop: every folder is checked

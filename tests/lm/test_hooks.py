@@ -63,6 +63,35 @@ def test_mlp_hook_post_is_the_hidden_layer(hooked):
     torch.testing.assert_close(out, a[f"blocks.{L}.hook_mlp_out"], rtol=1e-5, atol=1e-6)
 
 
+def test_ln2_normalized_is_the_mlp_input_and_maps_to_mlp_out(hooked):
+    """What a transcoder of the MLP reads: the pre-MLP norm's output, which the MLP maps to hook_mlp_out."""
+    ids = _ids(hooked, seed=3)
+    L = 1
+    names = [f"blocks.{L}.hook_resid_pre", f"blocks.{L}.ln2.hook_normalized", f"blocks.{L}.hook_mlp_out"]
+    names.insert(1, f"blocks.{L}.hook_attn_out")
+    with hooked.capture(names) as run:
+        a = run(ids)
+    block = hooked.blocks[L]
+    x = a[f"blocks.{L}.ln2.hook_normalized"]
+    assert x.shape[-1] == hooked.d_model
+    norm = {
+        "llama": "post_attention_layernorm",
+        "gemma": "pre_feedforward_layernorm",
+        "gpt2": "ln_2",
+        "gpt_neox": "post_attention_layernorm",
+    }[hooked.family.name]
+    # GPT-NeoX's parallel block norms the block input; the others the stream after attention
+    stream = a[f"blocks.{L}.hook_resid_pre"]
+    if hooked.family.name != "gpt_neox" or not hooked.model.config.use_parallel_residual:
+        stream = stream + a[f"blocks.{L}.hook_attn_out"]
+    with torch.no_grad():
+        torch.testing.assert_close(x, block.get_submodule(norm)(stream), rtol=1e-5, atol=1e-5)
+        out = block.mlp(x)
+        if hooked.family.name == "gemma":
+            out = block.post_feedforward_layernorm(out)
+    torch.testing.assert_close(out, a[f"blocks.{L}.hook_mlp_out"], rtol=1e-5, atol=1e-6)
+
+
 def test_truncated_forward_equals_full_and_skips_later_layers(hooked):
     ids = _ids(hooked, seed=3)
     names = ["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out", "blocks.1.mlp.hook_post"]

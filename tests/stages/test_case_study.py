@@ -277,7 +277,12 @@ def test_bad_inputs_are_one_line_errors(setup, tmp_path):
         "standard",
         metadata={"hook_name": HOOKS[0], "model_name": "another-model"},
     ).save(tmp_path / "other")
+    tc_meta = {"hook_name": HOOKS[0], "target_hook": HOOKS[1]}
+    SAE(other.W_enc_DF, other.W_dec_FD, other.b_enc_F, other.b_dec_D, metadata=tc_meta, transcoder=True).save(
+        tmp_path / "tc"
+    )
     cases = [
+        (["--upstream", str(tmp_path / "tc")], "is a transcoder (it reads blocks."),
         (["--features", "3,24"], "feature 24 is out of range"),
         (["--features", "x"], "--features must be comma-separated integers"),
         (["--position", "9"], "--position 9 is out of range"),

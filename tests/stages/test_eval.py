@@ -479,3 +479,70 @@ def test_a_store_harvested_from_a_relative_model_path_evaluates_from_another_fol
     )
     line = _one_error_line(capsys.readouterr().err, "eval")
     assert code == 2 and "other" in line and "same weights" in line
+
+
+TC_IN, TC_OUT = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
+
+
+def test_transcoders_are_scored_on_their_target_and_spliced_as_replacements(tmp_path, tiny_llama):
+    """A transcoder from the MLP's input to its output: FVU of its prediction of hook_mlp_out (numpy), and CE
+    with the MLP's output replaced by that prediction in the same forward (a plain HF forward hook)."""
+    from transformers import AutoModelForCausalLM
+
+    from saex.stages.harvest import run as harvest
+
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    store = harvest(
+        cfg(tmp_path / "acts", tiny_llama, corpus, hooks=f"{TC_IN},{TC_OUT}", tokens=256, heldout_tokens=160),
+        progress=False,
+    )
+    g = torch.Generator().manual_seed(3)
+    W_enc, W_dec = torch.randn(32, 48, generator=g) / 6, torch.randn(48, 32, generator=g) / 6
+    W_skip = torch.randn(32, 32, generator=g) / 10
+    meta = {"hook_name": TC_IN, "target_hook": TC_OUT}
+    tc = SAE(W_enc, W_dec, torch.full((48,), -0.1), torch.randn(32, generator=g) / 10, metadata=meta, W_skip_OD=W_skip)
+    tc.save(tmp_path / "dicts" / "tc")
+    out = tmp_path / "eval"
+    assert main(["eval", "--acts", str(store), "--dicts", str(tmp_path / "dicts"), "--contexts", str(CONTEXTS),
+                 "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    r = _result(out, "tc")
+    assert r["target"] == TC_OUT and r["hook"] == TC_IN
+    # FVU on the rows kept at both hook points, against numpy
+    keep = _kept(store)
+    shards = [read_shard(store / "heldout" / s["file"]) for s in shard_lists(store)["heldout"]]
+    X = torch.cat([s[TC_IN].float() for s in shards]).double().numpy()[keep]
+    Y = torch.cat([s[TC_OUT].float() for s in shards]).double().numpy()[keep]
+    Wd, We, Ws = W_dec.double().numpy(), W_enc.double().numpy(), W_skip.double().numpy()
+    c = np.maximum(X @ We - 0.1, 0)
+    pred = c @ Wd + tc.b_dec_D.double().numpy() + X @ Ws.T
+    assert r["metrics"]["fvu"] == pytest.approx(((Y - pred) ** 2).sum() / ((Y - Y.mean(0)) ** 2).sum(), rel=1e-5)
+    # CE with the MLP replaced by the transcoder, and with its output zeroed, from a plain HF forward
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama)).eval()
+    ids = all_tokens(store, "heldout")[:CONTEXTS].long()
+    mlp = model.model.layers[1].mlp
+
+    def ce(replace):
+        handle = mlp.register_forward_hook(lambda m, args, o: replace(args[0], o))
+        try:
+            with torch.no_grad():
+                logits = model(input_ids=ids, use_cache=False).logits
+        finally:
+            handle.remove()
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).double(), ids[:, 1:].reshape(-1)).item()
+
+    s = r["spliced"]
+    assert s["ce_spliced"] == pytest.approx(ce(lambda x, o: tc(x)), abs=1e-5)
+    assert s["ce_zero"] == pytest.approx(ce(lambda x, o: torch.zeros_like(o)), abs=1e-5)
+    assert s["ce_spliced"] != pytest.approx(s["ce_clean"], abs=1e-3)
+
+
+def test_a_transcoder_whose_target_is_missing_exits_2(tmp_path, store, capsys):
+    meta = {"hook_name": RESID, "target_hook": TC_OUT}
+    SAE(torch.eye(32), torch.eye(32), torch.zeros(32), torch.zeros(32), metadata=meta, transcoder=True).save(
+        tmp_path / "tc"
+    )
+    _assert_exit_2(
+        ["eval", "--acts", str(store), "--dicts", str(tmp_path / "tc"), "--out", str(tmp_path / "o")],
+        capsys,
+        f"transcoder tc reconstructs '{TC_OUT}', which the store",
+    )

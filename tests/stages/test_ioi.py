@@ -99,6 +99,17 @@ def test_errors_are_one_line(setup, tmp_path, extra, message):
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("saex ioi: error: ") and message in lines[0], err
 
 
+def test_a_transcoder_is_refused(setup, tmp_path):
+    root, _, dicts = setup
+    d = SAE.load(dicts / "identity")
+    tc = SAE(d.W_enc_DF, d.W_dec_FD, d.b_enc_F, d.b_dec_D, "linear", metadata=d.metadata, transcoder=True)
+    tc.save(tmp_path / "tc")
+    rc, _, err = _main("ioi", "--model", str(root / "model"), "--dicts", str(tmp_path / "tc"), "--out",
+                       str(tmp_path / "out"), "--quiet")  # fmt: skip
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "is a transcoder" in lines[0] and "takes autoencoders only" in lines[0]
+
+
 def test_a_dictionary_for_another_model_is_refused(setup, tmp_path):
     root, _, dicts = setup
     d = SAE.load(dicts / "identity")

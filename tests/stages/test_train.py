@@ -81,7 +81,7 @@ def test_train_prints_the_dictionaries(small_store, tmp_path, capsys):
     [
         (["--alpha=-1"], "α must be >= 0, got -1"),
         (["--ratio", "0"], "dictionary ratio R must be positive, got 0.0"),
-        (["--arch", "gated"], "unknown --arch 'gated'"),
+        (["--arch", "crosscoder"], "unknown --arch 'crosscoder'"),
         (["--arch", "topk", "--k", "100"], "--k 100 must be an integer in 1..32"),
         (["--steps", "0"], "--steps must be positive, got 0"),
         (["--hook", "blocks.3.hook_mlp_out"], "hook 'blocks.3.hook_mlp_out' is not in the store"),

@@ -32,16 +32,19 @@ def write_store(
     tokens_CT: torch.Tensor | None = None,
     docs_CT: torch.Tensor | None = None,
     vocab_size: int = 50,
+    more: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> Path:
     """Write ``train_ND`` / ``heldout_ND`` as a complete store at ``path``; returns the path. ``T`` is the
     context length; ``tokens_CT`` / ``docs_CT`` (``[contexts, T]``), if given, are the held-out split's token
-    and document ids (default: counting tokens, one document per context)."""
+    and document ids (default: counting tokens, one document per context). ``more`` adds other hook points
+    (name -> (train, held-out) rows, the same rows as the first hook's)."""
+    more = more or {}
     path = Path(path)
     width = train_ND.shape[1]
     assert heldout_ND.shape[1] == width
     assert shard_rows % T == 0
     splits = {}
-    for split, X in (("train", train_ND), ("heldout", heldout_ND)):
+    for s_i, (split, X) in enumerate((("train", train_ND), ("heldout", heldout_ND))):
         assert len(X) % T == 0, f"rows must be a multiple of {T}"
         given_tok = tokens_CT if split == "heldout" else None
         given_doc = docs_CT if split == "heldout" else None
@@ -61,9 +64,10 @@ def write_store(
                 docs = given_doc[doc : doc + C].to(torch.int32).contiguous()
             doc += C
             file = path / split / f"shard-{i:05d}.safetensors"
+            extra = {h: rows[s_i][lo : lo + shard_rows].to(dtype).contiguous() for h, rows in more.items()}
             digest = write_safetensors_atomic(
                 file,
-                {hook: x, "tokens": tok, "doc_ids": docs},
+                {hook: x, **extra, "tokens": tok, "doc_ids": docs},
                 {"split": split, "index": str(i), "format": "saex.activation_store"},
             )
             shards.append(
@@ -108,7 +112,10 @@ def write_store(
         },
         "packing": {"context_length": T, "bos_policy": "separator"},
         "dtype": {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype],
-        "hooks": {hook: {"module": "synthetic", "capture": "output", "width": width, "layer": 0}},
+        "hooks": {
+            h: {"module": "synthetic", "capture": "output", "width": w, "layer": 0}
+            for h, w in [(hook, width)] + [(h, rows[0].shape[1]) for h, rows in more.items()]
+        },
         "versions": {"torch": torch.__version__},
         "splits": splits,
     }
@@ -202,3 +209,63 @@ def assert_same_weights(a, b, exact: bool = True) -> None:
                 assert torch.equal(wa[name][key], wb[name][key]), f"{name}/{key} differs"
             else:
                 torch.testing.assert_close(wa[name][key], wb[name][key], rtol=1e-6, atol=1e-6)
+
+
+def transcoder_data(
+    d: int = 16,
+    d_out: int = 12,
+    n_gt: int = 32,
+    n: int = 8192,
+    n_heldout: int = 1024,
+    seed: int = 0,
+    active: float = 5.0,
+):
+    """A sparse map from one space to another: latent codes s (``ground_truth``'s law) give the input
+    x = s G_in and the target y = s G_out; returns (G_in, G_out, (x_train, y_train), (x_heldout, y_heldout))."""
+    g = torch.Generator().manual_seed(seed)
+    G_in = torch.nn.functional.normalize(torch.randn(n_gt, d, generator=g), dim=1)
+    G_out = torch.nn.functional.normalize(torch.randn(n_gt, d_out, generator=g), dim=1)
+
+    def sample(rows):
+        on = torch.rand(rows, n_gt, generator=g) < active / n_gt
+        s = on * (1.0 - torch.rand(rows, n_gt, generator=g))
+        return s @ G_in, s @ G_out
+
+    return G_in, G_out, sample(n), sample(n_heldout)
+
+
+#: The synthetic transcoder store's input and target hook points (an MLP's normalised input and its output).
+TRANSCODER_IN, TRANSCODER_OUT = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_at(monkeypatch, n: int):
+    """Make the (n+1)-th training step of this process raise, as a crash would."""
+    import saex.train.trainer as trainer
+
+    real, calls = trainer._train_step, [0]
+
+    def step(*args):
+        if calls[0] == n:
+            raise Interrupted(n)
+        calls[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(trainer, "_train_step", step)
+
+
+# Each architecture at a sparsity near the data's (~5 active). Matryoshka gets one prefix of half the
+# dictionary: with 64 equally frequent true features there is no hierarchy, and a prefix smaller than 64 must
+# learn mixtures of them (measured MMCS 0.846 with the default prefixes 1/16…1/2, 0.927 with 1/2).
+RECOVERY = {
+    "tied_l1": {"alpha": "0.01"},
+    "untied_l1": {"alpha": "0.01"},
+    "topk": {"k": "5"},
+    "batchtopk": {"k": "5"},
+    "matryoshka": {"k": "5", "matryoshka_prefixes": "0.5"},
+    "jumprelu": {"target_l0": "5"},
+    "gated": {"alpha": "0.03"},
+}

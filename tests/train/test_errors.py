@@ -45,7 +45,7 @@ def out_done(completed, tmp_path):
         (dict(arch="topk", ratio="2", k="33"), r"--k 33 must be an integer in 1\.\.32"),
         (dict(arch="topk", k="0"), r"--k must be positive, got 0"),
         (dict(arch="topk", k="2.5"), r"--k must be comma-separated integers, got '2\.5'"),
-        (dict(arch="gated"), r"unknown --arch 'gated'"),
+        (dict(arch="crosscoder"), r"unknown --arch 'crosscoder'"),
         (dict(steps=0), r"--steps must be positive, got 0"),
         (
             dict(steps=10, dead_window=640),

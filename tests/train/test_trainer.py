@@ -23,7 +23,7 @@ from saex.errors import SaexError
 from saex.train import checkpoint
 from saex.train.config import TrainConfig
 from saex.train.trainer import lr_at, train
-from tests.train._synth import assert_same_weights, metrics, snapshot, train_cfg, weights
+from tests.train._synth import Interrupted, assert_same_weights, interrupt_at, metrics, snapshot, train_cfg, weights
 
 # 8192 train rows / 64 = 128 steps per epoch: resumable runs cross several epochs.
 RESUME = dict(
@@ -39,21 +39,15 @@ RESUME = dict(
 )
 
 
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_at(monkeypatch, n: int):
-    """Make the (n+1)-th training step of this process raise, as a crash would."""
-    real, calls = trainer._train_step, [0]
-
-    def step(cfg, groups, opt, x, step, *rest):
-        if calls[0] == n:
-            raise Interrupted(step)
-        calls[0] += 1
-        return real(cfg, groups, opt, x, step, *rest)
-
-    monkeypatch.setattr(trainer, "_train_step", step)
+# What each architecture needs on top of RESUME (its own sparsity setting).
+ARCH_EXTRA = {
+    "topk": {"k": "3"},
+    "batchtopk": {"k": "3"},
+    "matryoshka": {"k": "3"},
+    "jumprelu": {"alpha": "0.001,0.01", "normalize": "mean_norm"},
+    "gated": {"alpha": "0.005,0.02"},
+    "untied_l1": {"decoder_bias": True, "normalize": "mean_norm"},
+}
 
 
 def no_duplicate_steps(out) -> list[dict]:
@@ -91,10 +85,16 @@ def reference(small_store, tmp_path_factory):
         ("tied_l1", dict(ratio="2,4", alpha="0.01"), [dict(ratio=r, alpha="0.01") for r in ("2", "4")]),
         ("topk", dict(k="2,4,6"), [dict(k=k) for k in ("2", "4", "6")]),
         ("batchtopk", dict(k="2,4"), [dict(k=k) for k in ("2", "4")]),
+        ("matryoshka", dict(k="2,4"), [dict(k=k) for k in ("2", "4")]),
+        ("jumprelu", dict(alpha="0.001,0.01"), [dict(alpha=a) for a in ("0.001", "0.01")]),
+        ("jumprelu", dict(target_l0="3,6"), [dict(target_l0=t) for t in ("3", "6")]),
+        ("gated", dict(alpha="0.005,0.02"), [dict(alpha=a) for a in ("0.005", "0.02")]),
     ],
 )
 def test_ensemble_equals_separate_runs(tmp_path, small_store, arch, sweep, one):
-    common = dict(arch=arch, steps=150, eval_every=50, checkpoint_every=0, lr=3e-3, dead_window=64 * 4)
+    common = dict(
+        arch=arch, steps=150, eval_every=50, checkpoint_every=0, lr=3e-3, dead_window=64 * 4, resample_every=40
+    )
     out = train(train_cfg(small_store, tmp_path / "sweep", **common, **sweep), progress=False)
     together = weights(out)
     assert len(together) == len(one)
@@ -123,10 +123,12 @@ def _cli_args(cfg: TrainConfig) -> list[str]:
 
 
 @pytest.mark.timeout(120)
-def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, small_store, reference):
-    ref = reference(**RESUME)
+@pytest.mark.parametrize("arch", ["tied_l1", "untied_l1", "topk", "batchtopk", "matryoshka", "jumprelu", "gated"])
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, small_store, reference, arch):
+    extra = dict(arch=arch, **RESUME) | ARCH_EXTRA.get(arch, {})
+    ref = reference(**extra)
     out = tmp_path / "out"
-    cfg = train_cfg(small_store, out, checkpoint_every=25, **RESUME)
+    cfg = train_cfg(small_store, out, checkpoint_every=25, **extra)
     log = open(tmp_path / "stderr.txt", "wb")  # noqa: SIM115 (the child process writes it)
     proc = subprocess.Popen(
         [sys.executable, "-m", "saex.cli", "train", *_cli_args(cfg)], env=_env(), stdout=subprocess.DEVNULL, stderr=log
@@ -175,16 +177,15 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, small_store,
         ("untied_l1", 261, 50),  # with a decoder bias and input scaling (the scale is restored from the checkpoint)
         ("topk", 215, 40),  # aux-k with dead latents: the dead counters must resume too; log row 210 dropped
         ("batchtopk", 215, 40),  # and the running threshold, saved with the weights
+        ("matryoshka", 215, 40),
+        ("jumprelu", 215, 40),  # learned thresholds and their Adam moments
+        ("gated", 215, 40),  # the gate's parameters
     ],
 )
 def test_resume_in_process_equals_an_uninterrupted_run(
     tmp_path, monkeypatch, small_store, reference, arch, stop, every
 ):
-    extra = dict(arch=arch, **RESUME) | {
-        "topk": {"k": "3"},
-        "batchtopk": {"k": "3"},
-        "untied_l1": {"decoder_bias": True, "normalize": "mean_norm"},
-    }.get(arch, {})
+    extra = dict(arch=arch, **RESUME) | ARCH_EXTRA.get(arch, {})
     ref = reference(**extra)
     out = tmp_path / "out"
     cfg = train_cfg(small_store, out, checkpoint_every=every, **extra)

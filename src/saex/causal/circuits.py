@@ -49,20 +49,9 @@ class Level:
 
 
 def feature_code(d, x_ND: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
-    """Code of feature k at every row of ``x [..., D]`` without forming all F codes where the architecture
-    allows it (standard, jumprelu and linear: one encoder column; topk needs every pre-activation, in chunks)."""
-    shape = x_ND.shape[:-1]
-    x = x_ND.reshape(-1, x_ND.shape[-1])
-    if d.architecture == "topk":
-        return torch.cat([d.encode(x[i : i + chunk])[:, k] for i in range(0, len(x), chunk)]).reshape(shape)
-    if d.apply_b_dec_to_input:
-        x = x - d.b_dec_D
-    pre = x @ d.W_enc_DF[:, k] + d.b_enc_F[k]
-    if d.architecture == "jumprelu":
-        pre = pre.relu() * (pre > d.threshold_F[k])
-    elif d.architecture == "standard":
-        pre = pre.relu()
-    return pre.reshape(shape)
+    """Code of feature k at every row of ``x [..., D]`` (one encoder column where the architecture allows it:
+    ``SAE.code_of``)."""
+    return d.code_of(x_ND, k, chunk)
 
 
 def check_levels(hooked: HookedLM, target: Level, upstream: Sequence[Level]) -> None:

@@ -27,8 +27,8 @@ THRESHOLD_DECAY = 0.99
 class BatchTopK(TopK):
     arch = "batchtopk"
 
-    def __init__(self, d_in: int, d_dict: int, seeds: list[int], k: int, aux_k: int = 512, aux_coef: float = 1 / 32):
-        super().__init__(d_in, d_dict, seeds, k, aux_k, aux_coef)
+    def __init__(self, d_in: int, d_dict: int, seeds: list[int], *args, **kwargs):
+        super().__init__(d_in, d_dict, seeds, *args, **kwargs)
         # A parameter without gradient: saved in checkpoints with the weights, never touched by Adam.
         # Negative until the first step sets it.
         self.threshold_K = torch.nn.Parameter(torch.full((self.K,), -1.0), requires_grad=False)
@@ -50,16 +50,10 @@ class BatchTopK(TopK):
         return c_KBF
 
     @torch.no_grad()
-    def export(self, k, scale=1.0, metadata=None) -> SAE:
-        # Pre-activations of unscaled inputs are those of scaled ones divided by the scale: so is θ.
-        theta = max(float(self.threshold_K[k]), 0.0) / scale
-        return SAE(
-            self.W_enc_KFD[k].T.clone(),
-            unit_rows(self.W_dec_KFD[k]).clone(),
-            self.b_enc_KF[k] / scale,
-            self.b_dec_KD[k] / scale,
-            architecture="jumprelu",
-            apply_b_dec_to_input=True,
-            metadata=metadata,
-            threshold_F=torch.full((self.d_dict,), theta),
-        )
+    def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:
+        # θ is in pre-activation units: ``inference`` rescales it with the biases.
+        theta_F = torch.full((self.d_dict,), max(float(self.threshold_K[k]), 0.0))
+        return self.inference(
+            k, scale, out_scale, metadata, self.W_enc_KFD[k], self.b_enc_KF[k], unit_rows(self.W_dec_KFD[k]),
+            self.b_dec_KD[k], "jumprelu", threshold_F=theta_F,
+        )  # fmt: skip

@@ -52,3 +52,14 @@ def open_for_store(spec: list[str] | str, store, hook: str | None) -> dict[str, 
             raise SaexError(f"dictionary {folder} has d_in {d.d_in}, but {h} in the store has width {store.width(h)}")
         out[name] = (folder, d, h)
     return out
+
+
+def refuse_transcoder(d: SAE, folder: Path, command: str) -> None:
+    """Stages whose method edits the activation a dictionary reads (feature patching and ablation) cannot
+    take a transcoder, whose features write to another hook point."""
+    if d.transcoder:
+        raise SaexError(
+            f"{folder} is a transcoder (it reads {d.metadata.get('hook_name')} and writes "
+            f"{d.metadata.get('target_hook')}); saex {command} patches and ablates features at the hook point a "
+            "dictionary reconstructs, so it takes autoencoders only"
+        )

@@ -95,7 +95,9 @@ class ReluL1Step(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x_BD, W_enc_KFD, M_KFD, b_enc_KF, b_dec_KD, alpha_K, workspace=None):
+    def forward(ctx, x_BD, W_enc_KFD, M_KFD, b_enc_KF, b_dec_KD, alpha_K, workspace=None, target=None, centre=True):
+        # ``target`` ([B, D] or per member [K, B, D]; x when None) is what is reconstructed: a transcoder's
+        # other hook point. ``centre``: the encoder reads x - b_dec (an autoencoder's; a transcoder's reads x).
         K, F, D = M_KFD.shape
         B = x_BD.shape[0]
         ws = workspace if workspace is not None and not workspace.busy else None
@@ -106,7 +108,9 @@ class ReluL1Step(torch.autograd.Function):
         W_dec_KFD = M_KFD / norm_KF.unsqueeze(-1)
         W_in_KFD = W_dec_KFD if W_enc_KFD is None else W_enc_KFD
         shift_KF = b_enc_KF
-        if b_dec_KD is not None:
+        centre = centre and b_dec_KD is not None
+        ctx.centre, ctx.target_shape = centre, None if target is None else target.shape
+        if centre:
             # Each member subtracts its own decoder bias: W(x - b_dec) = Wx - W b_dec, a per-member shift.
             shift_KF = b_enc_KF - torch.bmm(W_in_KFD, b_dec_KD.unsqueeze(-1)).squeeze(-1)
         c_KBF = _buffer(ws, "c", (K, B, F))
@@ -129,7 +133,7 @@ class ReluL1Step(torch.autograd.Function):
                 err_KBD[k] = sp.csr(sp.vals) @ W_dec_KFD[k]
         if b_dec_KD is not None:
             err_KBD += b_dec_KD.unsqueeze(1)
-        err_KBD -= x_BD
+        err_KBD -= x_BD if target is None else target
         mse_K = err_KBD.pow(2).mean(dim=(1, 2))
         l1_K = c_KBF.view(K, -1).sum(1) / B  # c >= 0: the sum is the L1 norm
         loss = (mse_K + alpha_K * l1_K).sum()
@@ -152,7 +156,7 @@ class ReluL1Step(torch.autograd.Function):
         g_b_dec = None if b_dec_KD is None else torch.empty(K, D)
         for k in range(K):
             g_xhat_BD = g_xhat_KBD[k]
-            x_in = x_BD if b_dec_KD is None else x_BD - b_dec_KD[k]
+            x_in = x_BD - b_dec_KD[k] if ctx.centre else x_BD
             l1_grad = alpha_K[k] * g_loss / B
             sp = ctx.sparse[k]
             # g_enc_FD: gradient w.r.t. the encoder matrix; g_dec_FD: w.r.t. the normalised decoder.
@@ -173,8 +177,8 @@ class ReluL1Step(torch.autograd.Function):
                 g_enc_FD = sp.csr_T(g_vals) @ x_in
                 g_b_enc[k] = torch.zeros(F).index_add_(0, sp.cols, g_vals)
             if b_dec_KD is not None:
-                # x enters the encoder as (x - b_dec) and b_dec is added to x̂.
-                g_b_dec[k] = g_xhat_BD.sum(0) - g_b_enc[k] @ W_in_KFD[k]
+                # b_dec is added to x̂ and, when centred, x enters the encoder as (x - b_dec).
+                g_b_dec[k] = g_xhat_BD.sum(0) - g_b_enc[k] @ W_in_KFD[k] if ctx.centre else g_xhat_BD.sum(0)
             if tied:
                 g_dec_FD += g_enc_FD  # the same normalised matrix encodes and decodes
             else:
@@ -183,6 +187,10 @@ class ReluL1Step(torch.autograd.Function):
             W_FD = W_dec_KFD[k]
             g_dec_FD -= W_FD * (W_FD * g_dec_FD).sum(1, keepdim=True)
             torch.div(g_dec_FD, norm_KF[k].unsqueeze(-1), out=g_M[k])
+        # The target enters the loss as -target: its gradient (through a skip connection, say) is -g_x̂.
+        g_target = None
+        if ctx.target_shape is not None and ctx.needs_input_grad[7]:
+            g_target = -(g_xhat_KBD if len(ctx.target_shape) == 3 else g_xhat_KBD.sum(0))
         if ctx.ws is not None:
             ctx.ws.busy = False
-        return None, g_W_enc, g_M, g_b_enc, g_b_dec, None, None
+        return None, g_W_enc, g_M, g_b_enc, g_b_dec, None, None, g_target, None

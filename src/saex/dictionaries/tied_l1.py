@@ -23,32 +23,28 @@ from saex.dictionaries.sae import SAE
 class TiedL1(Ensemble):
     arch = "tied_l1"
     feature_params = ("M_KFD", "b_KF")
+    can_transcode = False  # one matrix encodes and decodes: input and output are the same space
 
-    def __init__(self, d_in: int, d_dict: int, seeds: list[int]):
-        super().__init__(d_in, d_dict, seeds)
+    def __init__(self, d_in: int, d_dict: int, seeds: list[int], d_out: int | None = None, skip: bool = False):
+        super().__init__(d_in, d_dict, seeds, d_out, skip)
         self.workspace = Workspace()
         self.M_KFD = torch.nn.Parameter(xavier_uniform(self.K, d_dict, d_in, seeds))
         self.b_KF = torch.nn.Parameter(torch.zeros(self.K, d_dict))
 
-    def step(self, x_BD, coef_K, dead_KF=None) -> StepOutput:
+    def step(self, x_BD, coef_K, dead_KF=None, target=None) -> StepOutput:
         # No separate encoder: the fused step encodes with the normalised M as well.
         return StepOutput(*ReluL1Step.apply(x_BD, None, self.M_KFD, self.b_KF, None, coef_K, self.workspace))
 
     @torch.no_grad()
-    def export(self, k, scale=1.0, metadata=None) -> SAE:
+    def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:
         M_hat = unit_rows(self.M_KFD[k])
-        return SAE(
-            M_hat.T.clone(),
-            M_hat.clone(),
-            self.b_KF[k] / scale,
-            torch.zeros(self.d_in),
-            architecture="standard",
+        return self.inference(
+            k, scale, out_scale, metadata, M_hat, self.b_KF[k], M_hat, torch.zeros(self.d_in), "standard",
             apply_b_dec_to_input=False,
-            metadata=metadata,
-        )
+        )  # fmt: skip
 
     @torch.no_grad()
-    def resample(self, k, features, directions_ND) -> None:
+    def resample(self, k, features, directions_ND, out_directions_NO=None) -> None:
         # Rows are normalised in the forward pass, so only the direction matters for the function; the
         # raw norm is set to that of the live rows so that Adam's step is as large relative to them.
         self.M_KFD[k, features] = directions_ND * live_row_norm(self.M_KFD[k], features)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from saex.dictionaries.ensemble import Ensemble, Member, StepOutput, register, unit_rows, xavier_uniform
+from saex.dictionaries.ensemble import Ensemble, Member, StepOutput, register, unit_rows
 from saex.dictionaries.sae import SAE, topk_relu
 from saex.errors import SaexError
 
@@ -35,10 +35,10 @@ class TopK(Ensemble):
         return [{"name": f"{cls.arch}_r{ratio:g}_k{k}", "alpha": 0.0, "k": k} for k in cfg.k]
 
     @classmethod
-    def build(cls, cfg: Any, d_in: int, d_dict: int, members: list[Member]) -> Ensemble:
+    def options(cls, cfg: Any, members: list[Member]) -> dict[str, Any]:
         k = members[0].k
         assert k is not None and all(m.k == k for m in members), "a group shares one k"
-        return cls(d_in, d_dict, [m.seed for m in members], k=k, aux_k=cfg.aux_k, aux_coef=cfg.aux_coef)
+        return {"k": k, "aux_k": cfg.aux_k, "aux_coef": cfg.aux_coef}
 
     @staticmethod
     def group_key(member: Member) -> tuple:
@@ -48,30 +48,37 @@ class TopK(Ensemble):
     def sparse(member: Member) -> bool:
         return True
 
-    def __init__(self, d_in: int, d_dict: int, seeds: list[int], k: int, aux_k: int = 512, aux_coef: float = 1 / 32):
-        super().__init__(d_in, d_dict, seeds)
+    def __init__(
+        self,
+        d_in: int,
+        d_dict: int,
+        seeds: list[int],
+        d_out: int | None = None,
+        skip: bool = False,
+        k: int = 32,
+        aux_k: int = 512,
+        aux_coef: float = 1 / 32,
+    ):
+        super().__init__(d_in, d_dict, seeds, d_out, skip)
+        if not 1 <= k <= d_dict:
+            raise SaexError(f"--k {k} must be an integer in 1..{d_dict} (the dictionary size)")
         self.k, self.aux_k, self.aux_coef = k, min(aux_k, d_dict), aux_coef
-        W = unit_rows(xavier_uniform(self.K, d_dict, d_in, seeds))
-        self.W_dec_KFD = torch.nn.Parameter(W.clone())
-        self.W_enc_KFD = torch.nn.Parameter(W.clone())
-        self.b_enc_KF = torch.nn.Parameter(torch.zeros(self.K, d_dict))
-        self.b_dec_KD = torch.nn.Parameter(torch.zeros(self.K, d_in))
+        self.init_weights()
 
-    def step(self, x_BD, coef_K, dead_KF=None) -> StepOutput:
-        K, (B, D) = self.K, x_BD.shape
-        x_KBD = x_BD.expand(K, B, D) - self.b_dec_KD.unsqueeze(1)
-        pre_KBF = torch.baddbmm(self.b_enc_KF.unsqueeze(1), x_KBD, self.W_enc_KFD.transpose(1, 2))
+    def step(self, x_BD, coef_K, dead_KF=None, target=None) -> StepOutput:
+        y = x_BD if target is None else target
+        pre_KBF = torch.baddbmm(
+            self.b_enc_KF.unsqueeze(1), self.centred(x_BD, self.b_dec_KD), self.W_enc_KFD.transpose(1, 2)
+        )
         c_KBF = self.select(pre_KBF)
         W_dec = unit_rows(self.W_dec_KFD)
-        xhat_KBD = torch.bmm(c_KBF, W_dec) + self.b_dec_KD.unsqueeze(1)
-        mse_K = (xhat_KBD - x_BD).pow(2).mean(dim=(1, 2))
-        loss_K = mse_K
+        loss_K, mse_K, xhat_KBD = self.reconstruction_loss(c_KBF, W_dec, y)
         aux_K = None
         if dead_KF is not None and self.aux_coef > 0 and bool(dead_KF.any()):
             # Only dead latents compete; the residual is a fixed target (no gradient through x̂ here).
             masked = pre_KBF.masked_fill(~dead_KF.unsqueeze(1), float("-inf"))
             c_aux = topk_relu(masked, self.aux_k)
-            e_KBD = (x_BD - xhat_KBD).detach()
+            e_KBD = (y - xhat_KBD).detach()
             aux_K = (torch.bmm(c_aux, W_dec) - e_KBD).pow(2).mean(dim=(1, 2))
             loss_K = loss_K + self.aux_coef * aux_K
         loss = loss_K.sum()
@@ -89,15 +96,18 @@ class TopK(Ensemble):
         """The codes kept from the pre-activations: ReLU of the k largest of each input."""
         return topk_relu(pre_KBF, self.k)
 
+    def reconstruction_loss(
+        self, c_KBF: torch.Tensor, W_dec_KFD: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss per member, MSE per member, x̂) of the codes against the target: the plain MSE here (Matryoshka
+        adds its prefixes' terms)."""
+        xhat_KBD = torch.bmm(c_KBF, W_dec_KFD) + self.b_dec_KD.unsqueeze(1)
+        mse_K = (xhat_KBD - y).pow(2).mean(dim=(1, 2))
+        return mse_K, mse_K, xhat_KBD
+
     @torch.no_grad()
-    def export(self, k, scale=1.0, metadata=None) -> SAE:
-        return SAE(
-            self.W_enc_KFD[k].T.clone(),
-            unit_rows(self.W_dec_KFD[k]).clone(),
-            self.b_enc_KF[k] / scale,
-            self.b_dec_KD[k] / scale,
-            architecture="topk",
-            k=self.k,
-            apply_b_dec_to_input=True,
-            metadata=metadata,
-        )
+    def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:
+        return self.inference(
+            k, scale, out_scale, metadata, self.W_enc_KFD[k], self.b_enc_KF[k], unit_rows(self.W_dec_KFD[k]),
+            self.b_dec_KD[k], "topk", k=self.k,
+        )  # fmt: skip

@@ -26,33 +26,40 @@ class UntiedL1(Ensemble):
     feature_params = ("W_enc_KFD", "W_dec_KFD", "b_enc_KF")
 
     @classmethod
-    def build(cls, cfg: Any, d_in: int, d_dict: int, members: list[Member]) -> Ensemble:
-        return cls(d_in, d_dict, [m.seed for m in members], decoder_bias=cfg.decoder_bias)
+    def options(cls, cfg: Any, members: list[Member]) -> dict[str, Any]:
+        return {"decoder_bias": cfg.decoder_bias}
 
-    def __init__(self, d_in: int, d_dict: int, seeds: list[int], decoder_bias: bool = False):
-        super().__init__(d_in, d_dict, seeds)
+    def __init__(
+        self,
+        d_in: int,
+        d_dict: int,
+        seeds: list[int],
+        d_out: int | None = None,
+        skip: bool = False,
+        decoder_bias: bool = False,
+    ):
+        super().__init__(d_in, d_dict, seeds, d_out, skip)
         self.workspace = Workspace()
         self.W_enc_KFD = torch.nn.Parameter(xavier_uniform(self.K, d_dict, d_in, seeds))
         # A second, independent draw per member for the decoder (seed offset keeps members independent).
-        self.W_dec_KFD = torch.nn.Parameter(xavier_uniform(self.K, d_dict, d_in, [s + 7_919 for s in seeds]))
+        self.W_dec_KFD = torch.nn.Parameter(xavier_uniform(self.K, d_dict, self.d_out, [s + 7_919 for s in seeds]))
         self.b_enc_KF = torch.nn.Parameter(torch.zeros(self.K, d_dict))
-        self.decoder_bias = decoder_bias
-        self.b_dec_KD = torch.nn.Parameter(torch.zeros(self.K, d_in), requires_grad=decoder_bias)
+        # A transcoder always learns its output bias: the target's mean is not the input's.
+        self.decoder_bias = decoder_bias or self.transcoder
+        self.b_dec_KD = torch.nn.Parameter(torch.zeros(self.K, self.d_out), requires_grad=self.decoder_bias)
 
-    def step(self, x_BD, coef_K, dead_KF=None) -> StepOutput:
+    def step(self, x_BD, coef_K, dead_KF=None, target=None) -> StepOutput:
         b_dec = self.b_dec_KD if self.decoder_bias else None
         return StepOutput(
-            *ReluL1Step.apply(x_BD, self.W_enc_KFD, self.W_dec_KFD, self.b_enc_KF, b_dec, coef_K, self.workspace)
-        )
+            *ReluL1Step.apply(
+                x_BD, self.W_enc_KFD, self.W_dec_KFD, self.b_enc_KF, b_dec, coef_K, self.workspace, target,
+                not self.transcoder,
+            )
+        )  # fmt: skip
 
     @torch.no_grad()
-    def export(self, k, scale=1.0, metadata=None) -> SAE:
-        return SAE(
-            self.W_enc_KFD[k].T.clone(),
-            unit_rows(self.W_dec_KFD[k]).clone(),
-            self.b_enc_KF[k] / scale,
-            self.b_dec_KD[k] / scale,
-            architecture="standard",
-            apply_b_dec_to_input=self.decoder_bias,
-            metadata=metadata,
-        )
+    def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:
+        return self.inference(
+            k, scale, out_scale, metadata, self.W_enc_KFD[k], self.b_enc_KF[k], unit_rows(self.W_dec_KFD[k]),
+            self.b_dec_KD[k], "standard", apply_b_dec_to_input=self.decoder_bias,
+        )  # fmt: skip

@@ -11,13 +11,18 @@ token (every position but the last):
   is as bad as deleting the activation
 * KL = mean over tokens of KL(p_clean ‖ p_spliced), in nats
 
-The clean and zero-ablated forwards are shared by every dictionary evaluated at the same hook point.
+The clean and zero-ablated forwards are shared by every dictionary evaluated at the same hook point. A
+transcoder (Dunefsky et al. 2024) is spliced as a replacement: in one forward, its input hook point's
+activation x is read and its target's activation replaced by its prediction ŷ(x) (skip term included), so
+CE recovered says how much of the model's loss the replaced component (an MLP, say) keeps; zero-ablation is
+then of the target.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 
 import torch
 
@@ -41,6 +46,22 @@ def _token_terms(logits_BTV: torch.Tensor, p_clean_BTV: torch.Tensor, targets_BT
     return ce_BT, cross_BT
 
 
+@contextmanager
+def _replacement(hooked: HookedLM, hook: str, target: str, d):
+    """Within the context, the activation at ``target`` is replaced by transcoder ``d``'s prediction from the
+    activation at ``hook`` of the same forward (``hook`` comes first in the forward pass)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(a):
+        seen["x"] = a
+
+    with ExitStack() as stack:
+        handle = hooked.hook(hook, keep)
+        stack.callback(handle.remove)
+        stack.enter_context(hooked.splice(target, lambda y: d(seen["x"])))
+        yield
+
+
 @torch.inference_mode()
 def spliced_losses(
     hooked: HookedLM,
@@ -49,11 +70,20 @@ def spliced_losses(
     tokens_CT: torch.Tensor,
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
+    target: str | None = None,
 ) -> dict[str, dict]:
-    """CE, perplexity, CE recovered and KL for each named dictionary spliced in at ``hook``."""
-    splices = {
-        "<zero>": torch.zeros_like,
-        **{name: (lambda a, d=d: d.decode(d.encode(a))) for name, d in dictionaries.items()},
+    """CE, perplexity, CE recovered and KL for each named dictionary spliced in at ``hook``, or for transcoders
+    reading ``hook``, their prediction spliced in at ``target``."""
+    at = target or hook
+
+    def splice_of(d) -> Callable[[], AbstractContextManager]:
+        if target:
+            return lambda: _replacement(hooked, hook, target, d)
+        return lambda: hooked.splice(hook, lambda a: d.decode(d.encode(a)))
+
+    splices: dict[str, Callable[[], AbstractContextManager]] = {
+        "<zero>": lambda: hooked.splice(at, torch.zeros_like),
+        **{name: splice_of(d) for name, d in dictionaries.items()},
     }
     ce = dict.fromkeys(["<clean>", *splices], 0.0)
     kl = dict.fromkeys(splices, 0.0)
@@ -65,8 +95,8 @@ def spliced_losses(
         p_clean = torch.softmax(logits, dim=-1)
         ce_BT, cross_clean_BT = _token_terms(logits, p_clean, targets)
         ce["<clean>"] += ce_BT.double().sum().item()
-        for name, fn in splices.items():
-            with hooked.splice(hook, fn):
+        for name, splice in splices.items():
+            with splice():
                 logits = _logits(hooked, ids_BT)
             ce_BT, cross_BT = _token_terms(logits, p_clean, targets)
             ce[name] += ce_BT.double().sum().item()

@@ -4,13 +4,15 @@ The paper harvests ``blocks.{L}.hook_resid_post`` (residual stream after block L
 ``blocks.{L}.mlp.hook_post`` (MLP hidden neurons) with TransformerLens (paper §2, App. C). saex keeps
 those names but hooks the Hugging Face modules directly, with no TransformerLens weight processing, so the
 activations are exactly what the HF model computes. Each family maps the five kinds of hook point onto
-its modules:
+its modules (``ln2.hook_normalized``, TransformerLens's name for the MLP's normalised input, is what a
+transcoder of the MLP reads; Dunefsky et al. 2024):
 
 =====================  =======================================  ============================
 hook point             module                                   captured
 =====================  =======================================  ============================
 ``hook_resid_pre``     decoder layer L                          its input
 ``hook_attn_out``      attention (Gemma: post-attention norm)   its output (first element)
+``ln2.hook_normalized`` MLP                                     its input: the normed stream
 ``mlp.hook_post``      MLP down-projection                      its input (width d_mlp)
 ``hook_mlp_out``       MLP (Gemma: post-feedforward norm)       its output
 ``hook_resid_post``    decoder layer L                          its output (first element)
@@ -166,6 +168,8 @@ class HookedLM:
         module, capture, width = {
             "hook_resid_pre": (block, "input", self.d_model),
             "hook_attn_out": (f"{block}.{self.family.attn_out}", "output", self.d_model),
+            # the MLP module is the parent of its down-projection in every family
+            "ln2.hook_normalized": (f"{block}.{self.family.mlp_down.rsplit('.', 1)[0]}", "input", self.d_model),
             "mlp.hook_post": (f"{block}.{self.family.mlp_down}", "input", self.d_mlp),
             "hook_mlp_out": (f"{block}.{self.family.mlp_out}", "output", self.d_model),
             "hook_resid_post": (block, "output", self.d_model),

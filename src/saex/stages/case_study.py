@@ -31,7 +31,7 @@ from saex.causal.ablation import output_effect
 from saex.causal.case_study import decoder, store_contexts
 from saex.causal.circuits import Level, contexts_from_index, upstream_circuit
 from saex.config import opt
-from saex.dictionaries.folders import find_dictionaries, open_for_store
+from saex.dictionaries.folders import find_dictionaries, open_for_store, refuse_transcoder
 from saex.dictionaries.sae import SAE, WEIGHTS
 from saex.errors import SaexError
 from saex.features import histogram as H
@@ -196,11 +196,13 @@ def run(cfg: CaseStudyConfig, progress: bool = True) -> Path:
     store = ActivationStore(cfg.acts)
     folder = _one(cfg.dict, "--dict")
     ((_, d, hook),) = open_for_store(str(folder), store, cfg.hook).values()
+    refuse_transcoder(d, folder, "case-study")
     _same_store(folder, d, store, hook, "--dict")
     levels = []
     for part in cfg.upstream or []:
         up_folder = _one(part, "--upstream")
         up = SAE.load(up_folder)
+        refuse_transcoder(up, up_folder, "case-study")
         up_hook = up.metadata.get("hook_name")
         if not up_hook:
             raise SaexError(f"--upstream dictionary {up_folder} records no hook point (metadata hook_name)")

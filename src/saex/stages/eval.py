@@ -94,7 +94,7 @@ def _describe(name: str, folder: Path, d: SAE) -> dict:
         "d_dict": d.d_dict,
         "ratio": d.d_dict / d.d_in,
         "alpha": meta.get("alpha"),
-        "k": meta.get("k") if d.architecture == "topk" else None,
+        "k": meta.get("k"),
         "weights_sha256": sha256_path(folder / WEIGHTS),
     }
 
@@ -106,22 +106,25 @@ def run(cfg: EvalConfig, progress: bool = True) -> Path:
         raise SaexError(f"the store {store.path} has no held-out rows to evaluate on")
     found = open_for_store(cfg.dicts, store, cfg.hook)
     dicts = {name: d for name, (_, d, _) in found.items()}
-    info = {name: _describe(name, folder, d) | {"hook": hook} for name, (folder, d, hook) in found.items()}
+    info = {
+        name: _describe(name, folder, d) | {"hook": hook, "target": target_of(name, d, store)}
+        for name, (folder, d, hook) in found.items()
+    }
     reference = SAE.load(cfg.reference) if cfg.reference else None
 
     out = Path(cfg.out)
     check_output_folder(out, MARKER, "saex evaluation")
     (out / "results").mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / MARKER, {"saex_version": saex.__version__, "config": asdict(cfg)})
-    hashes = {h: store_hash(store, h) for h in {i["hook"] for i in info.values()}}
+    hashes = {h: store_hash(store, h) for h in {i[k] for i in info.values() for k in ("hook", "target") if i[k]}}
     options = {k: v for k, v in asdict(cfg).items() if k not in ("out", "dicts", "acts", "batch_size", "context_batch")}
     results: dict[str, dict] = {}
-    todo: dict[str, dict[str, SAE]] = {}
+    todo: dict[tuple[str, str | None], dict[str, SAE]] = {}
     reference_sha = sha256_path(Path(cfg.reference) / WEIGHTS) if cfg.reference else None
     for name, i in info.items():
         ident = {
             "weights_sha256": i["weights_sha256"],
-            "store_hash": hashes[i["hook"]],
+            "store_hash": hashes[i["hook"]] + (f"+{hashes[i['target']]}" if i["target"] else ""),
             "options": options,
             "reference_sha256": reference_sha,
         }
@@ -132,18 +135,19 @@ def run(cfg: EvalConfig, progress: bool = True) -> Path:
             if saved.get("identity") == ident:
                 results[name] = saved
                 continue
-        todo.setdefault(i["hook"], {})[name] = dicts[name]
+        todo.setdefault((i["hook"], i["target"]), {})[name] = dicts[name]
 
     rows = RowFilter.of(cfg)
     rows.check(store.context_length)
     hooked = _load_model(store, cfg.model) if cfg.contexts and todo else None  # fails before any long work
-    for hook, group in todo.items():
-        metrics = _reconstruction(store, hook, group, cfg.tokens, rows, cfg, progress)
+    for (hook, target), group in todo.items():
+        metrics = _reconstruction(store, hook, group, cfg.tokens, rows, cfg, progress, target)
         spliced = {}
         if hooked is not None:
             tokens = store.tokens("heldout")[: cfg.contexts]
-            bar = tqdm(total=len(tokens), desc=f"spliced CE at {hook}", unit="ctx", disable=not progress)
-            spliced = spliced_losses(hooked, hook, group, tokens, cfg.context_batch, bar.update)
+            at = target or hook
+            bar = tqdm(total=len(tokens), desc=f"spliced CE at {at}", unit="ctx", disable=not progress)
+            spliced = spliced_losses(hooked, hook, group, tokens, cfg.context_batch, bar.update, target)
             bar.close()
         for name, d in group.items():
             r = {**info[name], "saex_version": saex.__version__, "metrics": metrics[name], "spliced": spliced.get(name)}
@@ -159,33 +163,61 @@ def run(cfg: EvalConfig, progress: bool = True) -> Path:
     return out
 
 
+def target_of(name: str, d: SAE, store: ActivationStore) -> str | None:
+    """A transcoder's target hook point (its metadata's ``target_hook``), checked against the store; None for
+    an autoencoder."""
+    if not d.transcoder:
+        return None
+    target = d.metadata.get("target_hook")
+    if not target:
+        raise SaexError(f"transcoder {name} records no target hook (metadata target_hook): saex cannot evaluate it")
+    if target not in store.hooks:
+        raise SaexError(
+            f"transcoder {name} reconstructs {target!r}, which the store {store.path} lacks; it has {store.hooks}"
+        )
+    if store.width(target) != d.d_out:
+        raise SaexError(
+            f"transcoder {name} has d_out {d.d_out}, but {target} in the store has width {store.width(target)}"
+        )
+    return target
+
+
 def _result_path(out: Path, name: str) -> Path:
     return out / "results" / (file_name(name) + ".json")
 
 
-def _reconstruction(store, hook, group, n_rows: int | None, rows: RowFilter, cfg, progress) -> dict[str, dict]:
+def _reconstruction(
+    store, hook, group, n_rows: int | None, rows: RowFilter, cfg, progress, target: str | None = None
+) -> dict[str, dict]:
     """Streaming metrics over the first ``n_rows`` (None: all) held-out rows that ``rows`` keeps; the firing
     counts (alive, never fired, density) go on over every kept row, with the encoder only. One read of each
-    shard: the kept rows are not counted beforehand (at a hook with a norm limit that would read them all)."""
-    accs = {name: ReconstructionMetrics(d.d_in, d.d_dict) for name, d in group.items()}
+    shard: the kept rows are not counted beforehand (at a hook with a norm limit that would read them all).
+    Transcoders are scored on their prediction of ``target`` at the rows kept at both hook points."""
+    accs = {name: ReconstructionMetrics(d.d_out, d.d_dict) for name, d in group.items()}
     budget = math.inf if n_rows is None else n_rows
     bar = tqdm(total=store.n_rows("heldout"), desc=f"metrics at {hook}", unit="row", disable=not progress)
     seen = 0
     for s in range(len(store.shards("heldout"))):
-        x_ND = store.load_kept("heldout", s, hook, rows)
-        if not torch.isfinite(x_ND).all():
-            raise SaexError(
-                f"the store {store.path} holds NaN or Inf activations at {hook} in its held-out split; "
-                "re-harvest with --dtype float32"
-            )
+        if target is None:
+            x_ND = y_ND = store.load_kept("heldout", s, hook, rows)
+        else:
+            keep = store.keep_mask("heldout", s, rows, hook) & store.keep_mask("heldout", s, rows, target)
+            x_ND = store.load_shard("heldout", s, hook)[keep]
+            y_ND = store.load_shard("heldout", s, target)[keep]
+        for h, t in ((hook, x_ND), (target, y_ND)):
+            if not torch.isfinite(t).all():
+                raise SaexError(
+                    f"the store {store.path} holds NaN or Inf activations at {h} in its held-out split; "
+                    "re-harvest with --dtype float32"
+                )
         for b in range(0, len(x_ND), cfg.batch_size):
-            x_BD = x_ND[b : b + cfg.batch_size]
+            x_BD, y_BD = x_ND[b : b + cfg.batch_size], y_ND[b : b + cfg.batch_size]
             k = int(max(0, min(len(x_BD), budget - seen)))  # rows of this batch within the metrics' budget
             with torch.inference_mode():
                 for name, d in group.items():
                     c_BF = d.encode(x_BD)
                     if k:
-                        accs[name].update(x_BD[:k], d.decode(c_BF[:k]), c_BF[:k])
+                        accs[name].update(y_BD[:k], d.decode(c_BF[:k]) + d.skip(x_BD[:k]), c_BF[:k])
                     if k < len(x_BD):
                         accs[name].count(c_BF[k:])
             seen += len(x_BD)
@@ -223,6 +255,7 @@ COLUMNS = [
 def comparison_row(r: dict) -> dict:
     m, s, c = r["metrics"], r.get("spliced") or {}, r.get("mmcs_to_reference") or {}
     row = {k: r[k] for k in ("name", "path", "kind", "architecture", "hook", "d_in", "d_dict", "ratio", "alpha", "k")}
+    row["target"] = r.get("target")
     row |= {k: m[k] for k in ("fvu", "mse", "l0", "alive", "dead", "alive_fraction", "cosine", "norm_ratio")}
     row |= {
         k: s.get(k) for k in ("ce_clean", "ce_spliced", "ce_zero", "ppl_clean", "ppl_spliced", "ce_recovered", "kl")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import saex
 from saex import distributed
-from saex.config import Config, config_dict, opt, typed_values
+from saex.config import Config, config_dict, opt, recorded_identity
 from saex.data.corpora import resolve_corpus
 from saex.data.packing import SPLITS, pack, resolve_packing
 from saex.errors import SaexError
@@ -113,7 +113,8 @@ def _check_existing(out: Path, identity: dict) -> dict | None:
     manifest = read_manifest(out / MANIFEST)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise SaexError(f"output folder {out} holds something other than a saex v{FORMAT_VERSION} activation store")
-    check_same_identity(out, typed_values(HarvestConfig, manifest["identity"]), identity, "activation store", "store")
+    recorded = recorded_identity(HarvestConfig, manifest["identity"], identity)
+    check_same_identity(out, recorded, identity, "activation store", "store")
     return manifest
 
 

@@ -26,7 +26,7 @@ from saex.causal.greedy import greedy_prune
 from saex.causal.ioi import make_prompts, task_performance
 from saex.causal.patching import PatchingSetup
 from saex.config import Config, opt
-from saex.dictionaries.folders import find_dictionaries
+from saex.dictionaries.folders import find_dictionaries, refuse_transcoder
 from saex.dictionaries.pca import fit_pca, pca_dictionary, pca_split
 from saex.dictionaries.sae import SAE, WEIGHTS
 from saex.errors import SaexError
@@ -98,6 +98,7 @@ def _plan(cfg: IOIConfig, hooked) -> dict[int, list[tuple[str, object, dict]]]:
     if cfg.dicts:
         for name, folder in find_dictionaries(cfg.dicts).items():
             d = SAE.load(folder)
+            refuse_transcoder(d, folder, "ioi")
             hook = d.metadata.get("hook_name")
             if not hook:
                 raise SaexError(f"dictionary {folder} records no hook point (metadata hook_name)")

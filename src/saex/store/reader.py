@@ -322,7 +322,7 @@ class ActivationStore:
     def batches(
         self,
         split: str,
-        hook: str,
+        hook: str | list[str],
         batch_size: int,
         seed: int = 0,
         epoch: int = 0,
@@ -336,9 +336,13 @@ class ActivationStore:
 
         Shards are visited in a seeded order, ``shards_in_buffer`` at a time; the rows of a buffer (those
         ``rows`` keeps) are permuted together, so memory stays bounded while batches mix several shards.
-        ``skip_batches`` resumes a pass without reading the skipped buffers' activations.
+        ``skip_batches`` resumes a pass without reading the skipped buffers' activations. Given several hook
+        points, a batch holds each row's activations at all of them side by side (``[B, Σ widths]``, in the
+        order given; a transcoder's input and target), and a row is kept when ``rows`` keeps it at every one.
         """
-        self._check_hook(hook)
+        hooks = [hook] if isinstance(hook, str) else list(hook)
+        for h in hooks:
+            self._check_hook(h)
         if batch_size <= 0:
             raise SaexError(f"batch size must be positive, got {batch_size}")
         if shards_in_buffer < 1:
@@ -357,13 +361,15 @@ class ActivationStore:
         if rows.active:
             rows.check(self.context_length)
         for g, group in enumerate(groups):
-            keep = [self.keep_mask(split, int(i), rows, hook) for i in group] if rows.active else None
+            keep = (
+                [_all([self.keep_mask(split, int(i), rows, h) for h in hooks]) for i in group] if rows.active else None
+            )
             n = sum(int(k.sum()) for k in keep) if keep else sum(shards[i]["rows"] for i in group)
             n_batches = n // batch_size + (0 if drop_last or n % batch_size == 0 else 1)
             if skip_batches >= n_batches:
                 skip_batches -= n_batches
                 continue
-            buf = torch.cat([self.load_shard(split, int(i), hook, dtype) for i in group])
+            buf = torch.cat([_side_by_side([self.load_shard(split, int(i), h, dtype) for h in hooks]) for i in group])
             if keep:
                 buf = buf[torch.cat(keep)]
             gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, g]).integers(2**62)))
@@ -371,3 +377,14 @@ class ActivationStore:
             for b in range(skip_batches, n_batches):
                 yield buf[b * batch_size : (b + 1) * batch_size]
             skip_batches = 0
+
+
+def _all(masks: list[torch.Tensor]) -> torch.Tensor:
+    out = masks[0]
+    for m in masks[1:]:
+        out = out & m
+    return out
+
+
+def _side_by_side(xs: list[torch.Tensor]) -> torch.Tensor:
+    return xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)

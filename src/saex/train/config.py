@@ -23,15 +23,28 @@ class TrainConfig(RowOptions):
     out: str = "runs/dicts"
     """Output folder: one sub-folder per dictionary (SAELens layout), run.json, metrics.jsonl, checkpoint/."""
     arch: str = opt("tied_l1", choices=architecture_names)
-    """A registered architecture (``saex.dictionaries``): tied_l1 (the paper's SAE), untied_l1 (paper App. C.3, for
-    MLPs) or topk (Gao et al. 2024)."""
+    """A registered architecture (``saex.dictionaries``; docs/training.md): tied_l1 (the paper's SAE), untied_l1
+    (paper App. C.3, for MLPs), topk (Gao et al. 2024), batchtopk (Bussmann et al. 2024), jumprelu (Rajamanoharan
+    et al. 2024), gated (Rajamanoharan et al. 2024a) or matryoshka (Matryoshka BatchTopK, Bussmann et al. 2025)."""
+    target: str = ""
+    """Train transcoders (Dunefsky et al. 2024): read --hook, reconstruct this other hook point of the store
+    (e.g. --hook blocks.6.ln2.hook_normalized --target blocks.6.hook_mlp_out). Empty: autoencoders."""
+    skip: bool = False
+    """Transcoders: add a linear skip connection y ≈ W_dec c + b_dec + W_skip x (W_skip starts at 0)."""
     ratio: list[float] = opt([4.0], gt=0, nonempty=True, label="dictionary ratio R")
     """Dictionary ratios R = d_dict / d_in (comma-separated on the command line); each is one member group of
     the sweep."""
     alpha: list[float] = opt([8.6e-4], ge=0, nonempty=True, label="the sparsity coefficient α")
-    """L1 coefficients α (tied_l1, untied_l1); every (R, α) pair is one dictionary."""
+    """Sparsity coefficients: α of the L1 penalty (tied_l1, untied_l1, gated) or λ of the L0 penalty (jumprelu);
+    every (R, α) pair is one dictionary."""
     k: list[int] = opt([32], gt=0, nonempty=True)
-    """Active latents per input (topk); every (R, k) pair is one dictionary."""
+    """Active latents per input (topk, batchtopk, matryoshka); every (R, k) pair is one dictionary."""
+    target_l0: list[float] = opt([], gt=0)
+    """jumprelu: train towards these L0s with the quadratic penalty (L0/target − 1)² instead of λ·L0; every
+    (R, target) pair is one dictionary (--alpha is then unused)."""
+    matryoshka_prefixes: list[float] = opt([0.0625, 0.125, 0.25, 0.5], gt=0, lt=1)
+    """matryoshka: the nested prefixes that must reconstruct on their own, as fractions of the dictionary
+    (the whole dictionary is always the last)."""
     steps: int = opt(10_000, gt=0)
     """Optimiser steps: the training budget. Every dictionary of the sweep sees steps × batch-size inputs;
     when the store holds fewer, it is read again in a new shuffle (several passes are normal: the paper
@@ -50,9 +63,9 @@ class TrainConfig(RowOptions):
     decoder_bias: bool = False
     """untied_l1: learn a decoder bias (also subtracted before encoding). The paper has none."""
     aux_k: int = opt(512, ge=1)
-    """topk: dead latents used by the aux-k loss."""
+    """topk, batchtopk, matryoshka: dead latents used by the aux-k loss."""
     aux_coef: float = opt(0.03125, ge=0, hint="(0 turns the aux-k loss off)")
-    """topk: weight of the aux-k loss (Gao et al.: 1/32)."""
+    """topk, batchtopk, matryoshka: weight of the aux-k loss (Gao et al.: 1/32)."""
     dead_window: int | None = opt(None, gt=0)
     """A feature is dead (for aux-k, resampling and the logged dead fraction) when it has not fired on any
     of the last this-many training inputs; default: a fifth of the run's inputs, at most 10M. It must be
@@ -84,11 +97,11 @@ def eval_every(cfg: TrainConfig) -> int:
     return max(1, cfg.steps // 20) if cfg.eval_every is None else cfg.eval_every
 
 
-def _member_seed(seed: int, arch: str, ratio: float, alpha: float, k: int | None) -> int:
+def _member_seed(seed: int, arch: str, ratio: float, alpha: float, k: int | None, target_l0: float | None) -> int:
     # A member's initialisation depends on its own settings only, not on what else is in the sweep:
     # a dictionary trained alone equals the same dictionary trained inside any ensemble.
-    key = f"{seed}|{arch}|{ratio!r}|{alpha!r}|{k}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:6], "big")
+    key = f"{seed}|{arch}|{ratio!r}|{alpha!r}|{k}" + ("" if target_l0 is None else f"|{target_l0!r}")
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:6], "big")
 
 
 def validate(cfg: TrainConfig, d_in: int) -> list[Member]:
@@ -106,8 +119,9 @@ def validate(cfg: TrainConfig, d_in: int) -> list[Member]:
         if d_dict < 1:
             raise SaexError(f"ratio {r:g} gives no features for d_in {d_in}")
         for m in arch.sweep(cfg, r, d_dict):
-            seed = _member_seed(cfg.seed, cfg.arch, r, m["alpha"], m["k"])
-            members.append(Member(m["name"], r, d_dict, m["alpha"], m["k"], seed))
+            t = m.get("target_l0")
+            seed = _member_seed(cfg.seed, cfg.arch, r, m["alpha"], m["k"], t)
+            members.append(Member(m["name"], r, d_dict, m["alpha"], m["k"], seed, t))
     names = [m.name for m in members]
     if len(set(names)) != len(names):
         raise SaexError(f"the sweep names a dictionary twice: {sorted(n for n in names if names.count(n) > 1)[0]}")

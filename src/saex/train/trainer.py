@@ -6,8 +6,10 @@ equal width are stacked into one model with [K, ...] parameters, stepped by one 
 backward (see ``saex.dictionaries.relu_l1``), each batch is read once and fed to every group, and one
 Adam (lr 1e-3 by default) updates all of them. Optional extras beyond the paper: learning-rate
 warm-up and decay, input scaling to a fixed mean norm (folded back into the saved weights), dead-feature
-resampling (Bricken et al. 2023), TopK with aux-k (Gao et al. 2024). Held-out MSE, FVU, L0 and dead
-fraction are logged to ``metrics.jsonl``; atomic checkpoints make a killed run resume to the same weights.
+resampling (Bricken et al. 2023) for every architecture, the registered modern architectures (TopK with
+aux-k, BatchTopK, Matryoshka, JumpReLU, Gated: ``saex.dictionaries``), and transcoders (``--target``: read one
+hook point, reconstruct another). Held-out MSE, FVU, L0 and dead fraction are logged to ``metrics.jsonl``;
+atomic checkpoints make a killed run resume to the same weights.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -26,7 +29,7 @@ from tqdm import tqdm
 
 import saex
 from saex import distributed
-from saex.config import typed_values
+from saex.config import recorded_identity
 from saex.dictionaries.ensemble import Ensemble, Member, architectures
 from saex.errors import SaexError
 from saex.evaluate.metrics import ReconstructionMetrics
@@ -56,13 +59,13 @@ class Group:
     """What a training step calls: the model, or its DistributedDataParallel wrapper."""
 
 
-def _build_groups(cfg: TrainConfig, members: list[Member], d_in: int) -> list[Group]:
+def _build_groups(cfg: TrainConfig, members: list[Member], d_in: int, d_out: int | None) -> list[Group]:
     arch = architectures()[cfg.arch]
     keys = sorted({arch.group_key(m) for m in members}, key=lambda key: tuple(v or 0 for v in key))
     groups = []
     for key in keys:
         ms = [m for m in members if arch.group_key(m) == key]
-        model = arch.build(cfg, d_in, ms[0].d_dict, ms)
+        model = arch.build(cfg, d_in, ms[0].d_dict, ms, d_out)
         groups.append(
             Group(ms, model, torch.tensor([m.alpha for m in ms]), torch.zeros(len(ms), ms[0].d_dict, dtype=torch.long))
         )
@@ -88,29 +91,45 @@ def input_scale(store: ActivationStore, hook: str, normalize: str, rows: RowFilt
     return math.sqrt(x.shape[1]) / x.norm(dim=1).mean().item()
 
 
-def _heldout_sample(store: ActivationStore, hook: str, n: int, seed: int, rows: RowFilter) -> torch.Tensor:
-    kept = store.kept_rows("heldout", rows, hook)
+def _heldout_sample(store: ActivationStore, hooks: list[str], n: int, seed: int, rows: RowFilter) -> list[torch.Tensor]:
+    """The same held-out rows at each hook point (kept at all of them): a seeded sample of at most n."""
+    kept = store.kept_rows("heldout", rows, hooks[0])
+    for h in hooks[1:]:
+        kept = np.intersect1d(kept, store.kept_rows("heldout", rows, h))
     if len(kept) == 0:
         raise SaexError(f"the store {store.path} has no held-out rows to evaluate on")
     idx = np.sort(kept[np.random.default_rng([seed, 1]).permutation(len(kept))[: min(n, len(kept))]])
-    x = store.rows("heldout", hook, idx)
-    if not torch.isfinite(x).all():
-        raise SaexError(
-            f"the store {store.path} holds NaN or Inf activations at {hook} in its held-out split; "
-            "re-harvest with --dtype float32"
-        )
-    return x
+    out = []
+    for h in hooks:
+        x = store.rows("heldout", h, idx)
+        if not torch.isfinite(x).all():
+            raise SaexError(
+                f"the store {store.path} holds NaN or Inf activations at {h} in its held-out split; "
+                "re-harvest with --dtype float32"
+            )
+        out.append(x)
+    return out
 
 
 @torch.no_grad()
-def evaluate(sae, x_ND: torch.Tensor, scale: float = 1.0, alpha: float = 0.0) -> dict:
+def evaluate(
+    sae,
+    x_ND: torch.Tensor,
+    scale: float = 1.0,
+    alpha: float = 0.0,
+    y_NO: torch.Tensor | None = None,
+    penalty: Callable[[Any, torch.Tensor, torch.Tensor, float], float] | None = None,
+) -> dict:
     """Held-out numbers of one exported dictionary on unscaled inputs: MSE, FVU (about the mean) and L0
-    (``saex.evaluate.metrics``); the training objective MSE + α·L1 in the scaled units it was trained in
-    (an exported SAE gives codes c/s and x̂/s for x: see ``Ensemble.export``); the fraction of features
-    firing on more than ``convergence.DENSE_DENSITY`` of the inputs."""
+    (``saex.evaluate.metrics``) of its reconstruction of x, or of a transcoder's target ``y_NO``; the training
+    objective, MSE + α·L1 or MSE + ``penalty(sae, x, c, s)`` (``Ensemble.held_out_penalty``), in the scaled units
+    it was trained in (an exported SAE gives codes c/s and x̂/s for x, s the target's scale: see
+    ``Ensemble.inference``); the fraction of features firing on more than ``convergence.DENSE_DENSITY`` of the
+    inputs."""
+    y_NO = x_ND if y_NO is None else y_NO
     c_NF = sae.encode(x_ND)
-    acc = ReconstructionMetrics(x_ND.shape[1], c_NF.shape[1])
-    acc.update(x_ND, sae.decode(c_NF), c_NF)
+    acc = ReconstructionMetrics(y_NO.shape[1], c_NF.shape[1])
+    acc.update(y_NO, sae.decode(c_NF) + sae.skip(x_ND), c_NF)
     r = acc.result()
     l1 = c_NF.abs().sum(1).mean().item()
     density_F = (c_NF != 0).float().mean(0)
@@ -118,9 +137,24 @@ def evaluate(sae, x_ND: torch.Tensor, scale: float = 1.0, alpha: float = 0.0) ->
         "mse": r["mse"],
         "fvu": r["fvu"],
         "l0": r["l0"],
-        "loss": scale**2 * r["mse"] + alpha * scale * l1,
+        "loss": scale**2 * r["mse"] + (alpha * scale * l1 if penalty is None else penalty(sae, x_ND, c_NF, scale)),
         "dense_fraction": (density_F > convergence.DENSE_DENSITY).float().mean().item(),
     }
+
+
+def check_target(cfg: TrainConfig, store: ActivationStore) -> int | None:
+    """A transcoder's target width (None for autoencoders), after checking that the store has it."""
+    if not cfg.target:
+        if cfg.skip:
+            raise SaexError("--skip adds a linear skip connection to a transcoder: name its --target hook")
+        return None
+    if cfg.target not in store.hooks:
+        raise SaexError(f"transcoder target hook {cfg.target!r} is not in the store {store.path}; it has {store.hooks}")
+    if cfg.target == cfg.hook:
+        raise SaexError(f"--target {cfg.target} is the --hook itself: leave --target out to train autoencoders")
+    if not architectures()[cfg.arch].can_transcode:
+        raise SaexError(f"--arch {cfg.arch} cannot be a transcoder (its encoder is its decoder); choose another")
+    return store.width(cfg.target)
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
@@ -129,18 +163,26 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if not cfg.hook:
         raise SaexError(f"name the hook point to train on with --hook; the store has {store.hooks}")
     d_in = store.width(cfg.hook)
+    d_out = check_target(cfg, store)
+    hooks = [cfg.hook] + ([cfg.target] if cfg.target else [])
     members = validate(cfg, d_in)
     ranks = distributed.setup(cfg.batch_size)
     out = Path(cfg.out)
-    s_hash = store_hash(store, cfg.hook)
+    # What the run reads: the input hook's activations, and a transcoder's target's.
+    s_hash = store_hash(store, cfg.hook) if not cfg.target else "+".join(store_hash(store, h) for h in hooks)
     identity = {k: v for k, v in asdict(cfg).items() if k not in {"out", "acts", "checkpoint_every"}}
     identity |= {"store_hash": s_hash, "d_in": d_in}
     saved = open_output_folder(
-        out, RUN, "saex training run", identity, differs="training run", typed=partial(typed_values, TrainConfig)
+        out,
+        RUN,
+        "saex training run",
+        identity,
+        differs="training run",
+        typed=partial(recorded_identity, TrainConfig, asked=identity),
     )
     if saved is not None and saved.get("status") == "complete":
         return out
-    groups = _build_groups(cfg, members, d_in)
+    groups = _build_groups(cfg, members, d_in, d_out)
     params = {
         f"g{g}.{n}": p for g, grp in enumerate(groups) for n, p in grp.model.named_parameters() if p.requires_grad
     }
@@ -151,6 +193,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     rfilter.check(store.context_length)
     step, epoch, in_epoch = 0, 0, 0
     scale = input_scale(store, cfg.hook, cfg.normalize, rfilter)
+    out_scale = input_scale(store, cfg.target, cfg.normalize, rfilter) if cfg.target else scale
     if ranks.main:
         remove_stale_temporaries(out)
     ranks.barrier()
@@ -162,6 +205,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 f"the checkpoint in {out} was made on different activations; delete it or use another --out"
             )
         step, epoch, in_epoch, scale = scalars["step"], scalars["epoch"], scalars["in_epoch"], scalars["scale"]
+        out_scale = scalars.get("out_scale", scale)
         for g, grp in enumerate(groups):
             grp.model.load_state_dict({n: tensors[f"g{g}.{n}"] for n, _ in grp.model.named_parameters()})
             grp.since_fired_KF.copy_(tensors[f"g{g}.since_fired"])
@@ -178,7 +222,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         "members": [asdict(m) for m in members],
         "d_in": d_in,
         "hook": cfg.hook,
+        "target": cfg.target or None,
         "scale": scale,
+        "out_scale": out_scale,
         "store": {"path": str(store.path), "hash": s_hash, "model": store.manifest["model"]["name"]},
         "steps": total,
         "dead_window": dead_window(cfg),
@@ -195,14 +241,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / RUN, run)
     every = eval_every(cfg)
-    x_eval = _heldout_sample(store, cfg.hook, cfg.eval_tokens, cfg.seed, rfilter) if every and ranks.main else None
+    held = _heldout_sample(store, hooks, cfg.eval_tokens, cfg.seed, rfilter) if every and ranks.main else None
 
     def save_checkpoint():
         tensors = {f"g{g}.{n}": p for g, grp in enumerate(groups) for n, p in grp.model.named_parameters()}
         tensors |= {f"g{g}.since_fired": grp.since_fired_KF for g, grp in enumerate(groups)}
         tensors |= checkpoint.optimizer_tensors(opt, params)
         checkpoint.save(
-            out, step, tensors, {"epoch": epoch, "in_epoch": in_epoch, "scale": scale, "store_hash": s_hash}
+            out,
+            step,
+            tensors,
+            {"epoch": epoch, "in_epoch": in_epoch, "scale": scale, "out_scale": out_scale, "store_hash": s_hash},
         )
 
     bar = tqdm(
@@ -213,7 +262,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         while step < total:
             stream = store.batches(
                 "train",
-                cfg.hook,
+                hooks,
                 cfg.batch_size,
                 seed=cfg.seed,
                 epoch=epoch,
@@ -226,15 +275,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 yielded = True
                 if not torch.isfinite(x_BD).all():
                     raise SaexError(
-                        f"the store {store.path} holds NaN or Inf activations at {cfg.hook} "
+                        f"the store {store.path} holds NaN or Inf activations at {' or '.join(hooks)} "
                         f"(found in the batch of step {step}); re-harvest with --dtype float32"
                     )
-                _train_step(cfg, groups, opt, x_BD * scale if scale != 1.0 else x_BD, step, total, ranks)
+                x_BD, y_BO = (x_BD[:, :d_in], x_BD[:, d_in:]) if cfg.target else (x_BD, None)
+                x_BD = x_BD * scale if scale != 1.0 else x_BD
+                if y_BO is not None and out_scale != 1.0:
+                    y_BO = y_BO * out_scale
+                _train_step(cfg, groups, opt, x_BD, y_BO, step, total, ranks)
                 step += 1
                 in_epoch += 1
                 bar.update(1)
                 if ranks.main and every and (step % every == 0 or step == total):
-                    rows = _log_eval(groups, x_eval, scale, step, cfg, metrics)
+                    rows = _log_eval(groups, held, (scale, out_scale), step, cfg, metrics)
                     bar.set_postfix_str(
                         f"fvu {np.mean([r['fvu'] for r in rows]):.3f} l0 {np.mean([r['l0'] for r in rows]):.1f}"
                     )
@@ -268,16 +321,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 "k": m.k,
                 "seed": m.seed,
                 "hook_name": cfg.hook,
+                **({"target_hook": cfg.target} if cfg.target else {}),
                 "model_name": store.manifest["model"]["name"],
                 "tokens_seen": step * cfg.batch_size,
                 "steps": step,
                 "store_hash": s_hash,
                 "input_scale": scale,
+                **({"target_scale": out_scale} if cfg.target else {}),
                 "train_config": asdict(cfg),
                 "row_filter": asdict(rfilter),
                 "convergence": verdicts[m.name],
             }
-            grp.model.export(i, scale, meta).save(out / m.name)
+            grp.model.export(i, scale, meta, out_scale).save(out / m.name)
     run["status"] = "complete"
     run["completed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_json_atomic(out / RUN, run)
@@ -295,38 +350,48 @@ def _convergence(out: Path, cfg: TrainConfig, members: list[Member], total: int)
     return {m.name: convergence.assess(by_member[m.name], total, sparse=arch.sparse(m)) for m in members}
 
 
-def _train_step(cfg, groups, opt, x_BD, step, total, ranks) -> None:
+def _train_step(cfg, groups, opt, x_BD, y_BO, step, total, ranks) -> None:
     lr = lr_at(cfg, step, total)
     for pg in opt.param_groups:
         pg["lr"] = lr
     opt.zero_grad(set_to_none=True)
     x_local = ranks.local_slice(x_BD)
+    y_local = None if y_BO is None else ranks.local_slice(y_BO)
     for grp in groups:
         dead = grp.since_fired_KF >= dead_window(cfg) if grp.model.needs_dead_mask else None
-        o = grp.step_fn(x_local, grp.coef_K, dead)
+        o = grp.step_fn(x_local, grp.coef_K, dead, y_local)
         o.loss.backward()
         grp.since_fired_KF += x_BD.shape[0]
         grp.since_fired_KF[ranks.any_fired(o.fired_KF)] = 0
     opt.step()
     if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
-        for g, grp in enumerate(groups):
-            _resample(cfg, g, grp, opt, x_BD, step)
+        for grp in groups:
+            _resample(cfg, grp, opt, x_BD, y_BO, step)
+
+
+def _unit(x_ND: torch.Tensor) -> torch.Tensor:
+    return x_ND / x_ND.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
 @torch.no_grad()
-def _resample(cfg, g, grp, opt, x_BD, step) -> None:
+def _resample(cfg, grp, opt, x_BD, y_BO, step) -> None:
     """Point dead features at inputs that are reconstructed badly (Bricken et al. 2023), sampled with
-    probability proportional to the squared loss, and reset their Adam moments."""
-    for i, _ in enumerate(grp.members):
+    probability proportional to the squared loss, and reset their Adam moments. A transcoder's encoder
+    rows point at the input, its decoder rows at what is left of the target."""
+    y_BO = x_BD if y_BO is None else y_BO
+    for i, m in enumerate(grp.members):
         dead = torch.nonzero(grp.since_fired_KF[i] >= dead_window(cfg)).flatten()
         if len(dead) == 0:
             continue
         sae = grp.model.export(i)
-        loss_B = (sae(x_BD) - x_BD).pow(2).sum(1)
-        gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, step, g, i]).integers(2**62)))
+        err_BO = y_BO - sae(x_BD)
+        loss_B = err_BO.pow(2).sum(1)
+        # Seeded by the member's own seed, not its place in the ensemble: a dictionary resamples the same
+        # inputs whatever else is trained beside it.
+        gen = torch.Generator().manual_seed(int(np.random.default_rng([m.seed, step]).integers(2**62)))
         pick = torch.multinomial(loss_B.pow(2) + 1e-12, len(dead), replacement=True, generator=gen)
-        directions = x_BD[pick] / x_BD[pick].norm(dim=1, keepdim=True).clamp_min(1e-8)
-        grp.model.resample(i, dead, directions)
+        out_dirs = _unit(err_BO[pick]) if grp.model.transcoder else None
+        grp.model.resample(i, dead, _unit(x_BD[pick]), out_dirs)
         for name in grp.model.feature_params:
             p = getattr(grp.model, name)
             for moment in ("exp_avg", "exp_avg_sq"):
@@ -350,16 +415,21 @@ def _truncate_metrics(path: Path, step: int) -> None:
         tmp.replace(path)
 
 
-def _log_eval(groups, x_eval, scale, step, cfg, metrics) -> list[dict]:
+def _log_eval(groups, held, scales, step, cfg, metrics) -> list[dict]:
+    (scale, out_scale), (x_eval, *y_eval) = scales, held
+    arch = architectures()[cfg.arch]
     rows = []
     for grp in groups:
         dead_frac = (grp.since_fired_KF >= dead_window(cfg)).float().mean(1)
         for i, m in enumerate(grp.members):
+            sae = grp.model.export(i, scale, out_scale=out_scale)
             r = {
                 "step": step,
                 "tokens": step * cfg.batch_size,
                 "dictionary": m.name,
-                **evaluate(grp.model.export(i, scale), x_eval, scale, m.alpha),
+                **evaluate(
+                    sae, x_eval, out_scale, m.alpha, y_eval[0] if y_eval else None, partial(arch.held_out_penalty, m)
+                ),
                 "dead_fraction": dead_frac[i].item(),
             }
             metrics.write(json.dumps(r) + "\n")

@@ -1,0 +1,76 @@
+"""Gated sparse autoencoder: which features fire and how strongly, decided by two paths sharing weights.
+
+Rajamanoharan et al. 2024a, "Improving Dictionary Learning with Gated Sparse Autoencoders", eqs. 6-8:
+with x' = x − b_dec,
+
+    π_gate = W_gate x' + b_gate,      f_gate = 1[π_gate > 0]
+    π_mag  = (e^r_mag ⊙ W_gate) x' + b_mag,   f_mag = ReLU(π_mag)       (weight sharing, eq. 8)
+    c = f_gate ⊙ f_mag,               x̂ = W_decᵀ c + b_dec  (unit-norm decoder rows)
+
+The L1 penalty acts on the gate path only, so it selects features without shrinking their magnitudes;
+the gate gets gradient from the penalty and from an auxiliary reconstruction through a frozen decoder:
+
+    L = mean over elements of (x − x̂)²  +  α · mean_B ‖ReLU(π_gate)‖₁
+        +  mean over elements of (x − x̂_frozen(ReLU(π_gate)))²
+
+(x̂_frozen: the same decoder and bias with gradients stopped; the squared errors normalised as every saex
+SAE's, so α is on the scale of the paper's tied SAE). Initialisation: W_dec xavier-uniform with unit rows,
+W_gate its transpose, r_mag, b_gate, b_mag, b_dec zero (SAELens's). Saved as SAELens's ``gated`` (weights
+``W_enc`` = W_gate, ``b_gate``, ``r_mag``, ``b_mag``, ``W_dec``, ``b_dec``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saex.dictionaries.ensemble import Ensemble, Member, StepOutput, register, unit_rows
+from saex.dictionaries.sae import SAE
+
+
+@register
+class Gated(Ensemble):
+    arch = "gated"
+    feature_params = ("W_enc_KFD", "W_dec_KFD", "b_enc_KF", "b_gate_KF", "r_mag_KF")
+    # b_enc_KF is the magnitude bias b_mag; resampling also resets the gate's bias and magnitude scale.
+    resample_zero = ("b_enc_KF", "b_gate_KF", "r_mag_KF")
+
+    @staticmethod
+    def held_out_penalty(member: Member, sae: SAE, x_ND: torch.Tensor, c_NF: torch.Tensor, scale: float) -> float:
+        """α · mean ‖ReLU(π_gate)‖₁ in training units (the auxiliary reconstruction, a training aid, left out)."""
+        x = x_ND if not sae.apply_b_dec_to_input else x_ND - sae.b_dec_D
+        assert sae.b_gate_F is not None
+        return member.alpha * scale * (x @ sae.W_enc_DF + sae.b_gate_F).relu().sum(1).mean().item()
+
+    def __init__(self, d_in: int, d_dict: int, seeds: list[int], d_out: int | None = None, skip: bool = False):
+        super().__init__(d_in, d_dict, seeds, d_out, skip)
+        self.init_weights()  # W_enc is W_gate; b_enc is b_mag
+        self.b_gate_KF = torch.nn.Parameter(torch.zeros(self.K, d_dict))
+        self.r_mag_KF = torch.nn.Parameter(torch.zeros(self.K, d_dict))
+
+    def step(self, x_BD, coef_K, dead_KF=None, target=None) -> StepOutput:
+        y = x_BD if target is None else target
+        x_KBD = self.centred(x_BD, self.b_dec_KD)
+        # One product serves both paths: (e^r ⊙ W) x' = e^r ⊙ (W x') row by row.
+        proj_KBF = torch.bmm(x_KBD, self.W_enc_KFD.transpose(1, 2))
+        pi_gate_KBF = proj_KBF + self.b_gate_KF.unsqueeze(1)
+        pi_mag_KBF = proj_KBF * self.r_mag_KF.exp().unsqueeze(1) + self.b_enc_KF.unsqueeze(1)
+        c_KBF = (pi_gate_KBF > 0).to(x_BD.dtype) * pi_mag_KBF.relu()
+        W_dec_KFD = unit_rows(self.W_dec_KFD)
+        xhat_KBD = torch.bmm(c_KBF, W_dec_KFD) + self.b_dec_KD.unsqueeze(1)
+        mse_K = (xhat_KBD - y).pow(2).mean(dim=(1, 2))
+        gate_act_KBF = pi_gate_KBF.relu()
+        l1_K = gate_act_KBF.sum(-1).mean(-1)  # unit-norm decoder rows: the paper's ‖W_dec,i‖ weights are 1
+        frozen_KBD = torch.bmm(gate_act_KBF, W_dec_KFD.detach()) + self.b_dec_KD.detach().unsqueeze(1)
+        aux_K = (frozen_KBD - y).pow(2).mean(dim=(1, 2))
+        loss = (mse_K + coef_K * l1_K + aux_K).sum()
+        with torch.no_grad():
+            active = c_KBF > 0
+            return StepOutput(loss, mse_K.detach(), active.sum(-1).float().mean(-1), active.any(1), aux_K.detach())
+
+    @torch.no_grad()
+    def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:
+        # b_gate is in pre-activation units like b_mag: ``inference`` rescales both.
+        return self.inference(
+            k, scale, out_scale, metadata, self.W_enc_KFD[k], self.b_enc_KF[k], unit_rows(self.W_dec_KFD[k]),
+            self.b_dec_KD[k], "gated", b_gate_F=self.b_gate_KF[k], r_mag_F=self.r_mag_KF[k],
+        )  # fmt: skip

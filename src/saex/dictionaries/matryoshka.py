@@ -1,0 +1,75 @@
+"""Matryoshka BatchTopK sparse autoencoder: nested prefixes of the dictionary, each a reconstruction.
+
+Bussmann, Nabeshima, Karvonen and Nanda 2025, "Learning Multi-Level Features with Matryoshka Sparse
+Autoencoders" (eq. 3), after Nabeshima 2024: the codes are BatchTopK's (see
+:mod:`saex.dictionaries.batchtopk`), and for nested sizes m_1 < m_2 < … < m_n = d_dict the first m_i
+features alone must reconstruct the input,
+
+    L = Σ_i mean over elements of (x − (c_{1:m_i} W_dec,{1:m_i} + b_dec))²   +   aux-k term,
+
+so early features learn general directions that do not depend on later ones (less feature absorption).
+The prefix sizes are ``--matryoshka-prefixes`` fractions of the dictionary (default 1/16, 1/8, 1/4, 1/2
+and the whole). Prefix reconstructions are cumulative sums of the groups' contributions, so the step costs
+one decoder product. Saved, like BatchTopK, as a JumpReLU SAE with the estimated threshold; the prefix
+sizes are recorded in the metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from saex.dictionaries.batchtopk import BatchTopK
+from saex.dictionaries.ensemble import Member, register
+from saex.dictionaries.sae import SAE
+from saex.errors import SaexError
+
+
+def prefix_sizes(fractions: list[float], d_dict: int) -> list[int]:
+    """The nested sizes m_1 < … < m_n = d_dict for the given fractions of the dictionary."""
+    sizes = sorted({round(f * d_dict) for f in fractions if 0 < f < 1} | {d_dict})
+    if sizes[0] < 1:
+        raise SaexError(f"--matryoshka-prefixes {fractions} gives an empty prefix for a dictionary of {d_dict}")
+    return sizes
+
+
+@register
+class Matryoshka(BatchTopK):
+    arch = "matryoshka"
+
+    @classmethod
+    def options(cls, cfg: Any, members: list[Member]) -> dict[str, Any]:
+        return super().options(cfg, members) | {"prefixes": list(cfg.matryoshka_prefixes)}
+
+    def __init__(self, d_in: int, d_dict: int, seeds: list[int], *args, prefixes: list[float] | None = None, **kwargs):
+        super().__init__(d_in, d_dict, seeds, *args, **kwargs)
+        self.prefixes_M = prefix_sizes(prefixes if prefixes is not None else [1 / 16, 1 / 8, 1 / 4, 1 / 2], d_dict)
+
+    def reconstruction_loss(self, c_KBF, W_dec_KFD, y):
+        # Group g = features [m_{g-1}, m_g); prefix i's reconstruction is the sum of groups 1..i plus b_dec.
+        xhat_KBD = self.b_dec_KD.unsqueeze(1).expand(self.K, c_KBF.shape[1], self.d_out)
+        loss_K = torch.zeros(self.K)
+        lo = 0
+        for m in self.prefixes_M:
+            xhat_KBD = xhat_KBD + torch.bmm(c_KBF[:, :, lo:m], W_dec_KFD[:, lo:m])
+            mse_K = (xhat_KBD - y).pow(2).mean(dim=(1, 2))
+            loss_K = loss_K + mse_K
+            lo = m
+        return loss_K, mse_K, xhat_KBD  # the last prefix is the whole dictionary
+
+    @torch.no_grad()
+    def prefix_fvu(self, k: int, x_BD: torch.Tensor) -> list[float]:
+        """Fraction of variance unexplained by each prefix of member k on (training-scale) inputs."""
+        sae = self.export(k)
+        c_BF = sae.encode(x_BD)
+        var = (x_BD - x_BD.mean(0)).pow(2).sum()
+        return [
+            ((c_BF[:, :m] @ sae.W_dec_FD[:m] + sae.b_dec_D - x_BD).pow(2).sum() / var).item() for m in self.prefixes_M
+        ]
+
+    @torch.no_grad()
+    def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:
+        sae = super().export(k, scale, metadata, out_scale)
+        sae.metadata["matryoshka_prefixes"] = list(self.prefixes_M)
+        return sae
