@@ -33,21 +33,18 @@ class BatchTopK(TopK):
         # Negative until the first step sets it.
         self.threshold_K = torch.nn.Parameter(torch.full((self.K,), -1.0), requires_grad=False)
 
-    def select(self, pre_KBF: torch.Tensor) -> torch.Tensor:
-        """ReLU of the B·k largest pre-activations of each member's batch; updates the threshold estimate."""
+    def select(self, pre_KBF: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The B·k largest pre-activations of each member's batch, as (rows, cols); updates the threshold."""
         K, B, F = pre_KBF.shape
-        flat_KN = pre_KBF.reshape(K, B * F)
-        vals_KN, idx_KN = flat_KN.topk(min(B * self.k, B * F), dim=-1, sorted=False)
-        c_KBF = torch.zeros_like(flat_KN).scatter_(-1, idx_KN, vals_KN.relu()).reshape(K, B, F)
+        vals_KN, idx_KN = pre_KBF.reshape(K, B * F).topk(min(B * self.k, B * F), dim=-1, sorted=False)
         if self.training:
             with torch.no_grad():
-                kept = vals_KN.detach()
-                low_K = torch.where(kept > 0, kept, torch.full_like(kept, float("inf"))).amin(-1)
+                low_K = torch.where(vals_KN > 0, vals_KN, torch.full_like(vals_KN, float("inf"))).amin(-1)
                 found = torch.isfinite(low_K)
                 first = self.threshold_K < 0
                 new = torch.where(first, low_K, THRESHOLD_DECAY * self.threshold_K + (1 - THRESHOLD_DECAY) * low_K)
                 self.threshold_K.copy_(torch.where(found, new, self.threshold_K))
-        return c_KBF
+        return [(idx_KN[m] // F, idx_KN[m] % F) for m in range(K)]
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:

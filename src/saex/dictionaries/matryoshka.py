@@ -23,6 +23,7 @@ import torch
 from saex.dictionaries.batchtopk import BatchTopK
 from saex.dictionaries.ensemble import Member, register
 from saex.dictionaries.sae import SAE
+from saex.dictionaries.sparse_codes import Decode
 from saex.errors import SaexError
 
 
@@ -46,17 +47,15 @@ class Matryoshka(BatchTopK):
         super().__init__(d_in, d_dict, seeds, *args, **kwargs)
         self.prefixes_M = prefix_sizes(prefixes if prefixes is not None else [1 / 16, 1 / 8, 1 / 4, 1 / 2], d_dict)
 
-    def reconstruction_loss(self, c_KBF, W_dec_KFD, y):
-        # Group g = features [m_{g-1}, m_g); prefix i's reconstruction is the sum of groups 1..i plus b_dec.
-        xhat_KBD = self.b_dec_KD.unsqueeze(1).expand(self.K, c_KBF.shape[1], self.d_out)
-        loss_K = torch.zeros(self.K)
-        lo = 0
-        for m in self.prefixes_M:
-            xhat_KBD = xhat_KBD + torch.bmm(c_KBF[:, :, lo:m], W_dec_KFD[:, lo:m])
-            mse_K = (xhat_KBD - y).pow(2).mean(dim=(1, 2))
-            loss_K = loss_K + mse_K
-            lo = m
-        return loss_K, mse_K, xhat_KBD  # the last prefix is the whole dictionary
+    def reconstruction_loss(self, m, vals_N, codes, W_dec_FD, y_BD):
+        # Prefix i's reconstruction is the decode of the kept codes of latents below m_i, plus b_dec.
+        loss = torch.zeros(())
+        for size in self.prefixes_M:
+            inside = (codes.cols < size).to(vals_N.dtype)
+            xhat_BD = Decode.apply(vals_N * inside, W_dec_FD, codes) + self.b_dec_KD[m]
+            mse = (xhat_BD - y_BD).pow(2).mean()
+            loss = loss + mse
+        return loss, mse, xhat_BD  # the last prefix is the whole dictionary
 
     @torch.no_grad()
     def prefix_fvu(self, k: int, x_BD: torch.Tensor) -> list[float]:

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from saex.dictionaries.ensemble import Ensemble, Member, StepOutput, register, unit_rows
-from saex.dictionaries.sae import SAE, topk_relu
+from saex.dictionaries.sae import SAE
+from saex.dictionaries.sparse_codes import Decode, Gather, Kept
 from saex.errors import SaexError
 
 
@@ -67,43 +68,59 @@ class TopK(Ensemble):
 
     def step(self, x_BD, coef_K, dead_KF=None, target=None) -> StepOutput:
         y = x_BD if target is None else target
-        pre_KBF = torch.baddbmm(
-            self.b_enc_KF.unsqueeze(1), self.centred(x_BD, self.b_dec_KD), self.W_enc_KFD.transpose(1, 2)
-        )
-        c_KBF = self.select(pre_KBF)
-        W_dec = unit_rows(self.W_dec_KFD)
-        loss_K, mse_K, xhat_KBD = self.reconstruction_loss(c_KBF, W_dec, y)
-        aux_K = None
-        if dead_KF is not None and self.aux_coef > 0 and bool(dead_KF.any()):
-            # Only dead latents compete; the residual is a fixed target (no gradient through x̂ here).
-            masked = pre_KBF.masked_fill(~dead_KF.unsqueeze(1), float("-inf"))
-            c_aux = topk_relu(masked, self.aux_k)
-            e_KBD = (y - xhat_KBD).detach()
-            aux_K = (torch.bmm(c_aux, W_dec) - e_KBD).pow(2).mean(dim=(1, 2))
-            loss_K = loss_K + self.aux_coef * aux_K
-        loss = loss_K.sum()
+        K, B, F = self.K, x_BD.shape[0], self.d_dict
+        x_in_KBD = self.centred(x_BD, self.b_dec_KD)
+        # Every pre-activation is needed to choose the kept ones; no gradient flows through this product:
+        # the kept entries are gathered again as a function of the weights (saex.dictionaries.sparse_codes).
         with torch.no_grad():
-            active = c_KBF > 0
-            return StepOutput(
-                loss,
-                mse_K.detach(),
-                active.sum(-1).float().mean(-1),
-                active.any(1),
-                None if aux_K is None else aux_K.detach(),
-            )
+            pre_KBF = torch.baddbmm(self.b_enc_KF.unsqueeze(1), x_in_KBD, self.W_enc_KFD.transpose(1, 2))
+        W_dec_KFD = unit_rows(self.W_dec_KFD)
+        kept = self.select(pre_KBF)
+        loss_K, mse_K, aux_K = [], [], []
+        l0_K, fired_KF = torch.empty(K), torch.zeros(K, F, dtype=torch.bool)
+        for m in range(K):
+            codes = Kept(*kept[m], (B, F))
+            vals_N = Gather.apply(x_in_KBD[m], self.W_enc_KFD[m], self.b_enc_KF[m], pre_KBF[m], codes).relu()
+            y_m = y if y.dim() == 2 else y[m]
+            loss, mse, xhat_BD = self.reconstruction_loss(m, vals_N, codes, W_dec_KFD[m], y_m)
+            if dead_KF is not None and self.aux_coef > 0 and bool(dead_KF[m].any()):
+                # Only dead latents compete; the residual is a fixed target (no gradient through x̂ here).
+                with torch.no_grad():
+                    masked_BF = pre_KBF[m].masked_fill(~dead_KF[m], float("-inf"))
+                    # at most aux_k dead latents per input: fewer when fewer are dead
+                    n_aux = min(self.aux_k, int(dead_KF[m].sum()))
+                    idx_BA = masked_BF.topk(n_aux, dim=-1, sorted=False).indices
+                aux_codes = Kept(torch.arange(B).repeat_interleave(idx_BA.shape[1]), idx_BA.reshape(-1), (B, F))
+                aux_vals = Gather.apply(x_in_KBD[m], self.W_enc_KFD[m], self.b_enc_KF[m], pre_KBF[m], aux_codes).relu()
+                e_BD = (y_m - xhat_BD).detach()
+                aux = (Decode.apply(aux_vals, W_dec_KFD[m], aux_codes) - e_BD).pow(2).mean()
+                aux_K.append(aux)
+                loss = loss + self.aux_coef * aux
+            loss_K.append(loss)
+            mse_K.append(mse)
+            with torch.no_grad():
+                on = vals_N > 0
+                l0_K[m] = on.sum() / B
+                fired_KF[m, codes.cols[on]] = True
+        aux = torch.stack(aux_K).detach() if len(aux_K) == K else None
+        return StepOutput(torch.stack(loss_K).sum(), torch.stack(mse_K).detach(), l0_K, fired_KF, aux)
 
-    def select(self, pre_KBF: torch.Tensor) -> torch.Tensor:
-        """The codes kept from the pre-activations: ReLU of the k largest of each input."""
-        return topk_relu(pre_KBF, self.k)
+    def select(self, pre_KBF: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The kept entries of each member's codes, as (rows, cols): the k largest pre-activations of each input
+        (their ReLU is the code)."""
+        K, B, _ = pre_KBF.shape
+        idx_KBk = pre_KBF.topk(self.k, dim=-1, sorted=False).indices
+        rows = torch.arange(B).repeat_interleave(self.k)
+        return [(rows, idx_KBk[m].reshape(-1)) for m in range(K)]
 
     def reconstruction_loss(
-        self, c_KBF: torch.Tensor, W_dec_KFD: torch.Tensor, y: torch.Tensor
+        self, m: int, vals_N: torch.Tensor, codes: Kept, W_dec_FD: torch.Tensor, y_BD: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss per member, MSE per member, x̂) of the codes against the target: the plain MSE here (Matryoshka
-        adds its prefixes' terms)."""
-        xhat_KBD = torch.bmm(c_KBF, W_dec_KFD) + self.b_dec_KD.unsqueeze(1)
-        mse_K = (xhat_KBD - y).pow(2).mean(dim=(1, 2))
-        return mse_K, mse_K, xhat_KBD
+        """(loss, MSE, x̂) of member m's kept codes against the target: the plain MSE here (Matryoshka adds its
+        prefixes' terms)."""
+        xhat_BD = Decode.apply(vals_N, W_dec_FD, codes) + self.b_dec_KD[m]
+        mse = (xhat_BD - y_BD).pow(2).mean()
+        return mse, mse, xhat_BD
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:

@@ -20,7 +20,7 @@ from pathlib import Path
 import jinja2
 
 from saex.files import write_json_atomic, write_text_atomic
-from saex.report import sec_autointerp, sec_causal, sec_eval, sec_train
+from saex.report import architectures, sec_autointerp, sec_causal, sec_eval, sec_train
 from saex.report.claims import HELD, NOT_HELD, NOT_MEASURED
 from saex.report.collect import collect, short_splits
 from saex.report.results import build_results
@@ -44,6 +44,7 @@ SECTIONS: list[tuple[str, str, Callable[..., Section | list[Section]]]] = [
     ("fig18", "Figure 18", sec_autointerp.fig2_9_18),
     ("table2", "Table 2", sec_autointerp.table2),
     ("ppl", "Spliced perplexity (§6.2)", sec_eval.perplexity),
+    ("architectures", "Which architecture?", architectures.section),
 ]
 
 

@@ -67,7 +67,8 @@ def autointerp(run: Run) -> dict[str, dict]:
 
 
 def build_results(run: Run, extra: dict, claims: list[dict]) -> dict:
-    """The results.json object; ``extra`` holds what the sections gathered (table1, table2, ioi, case_study)."""
+    """The results.json object; ``extra`` holds what the sections gathered (table1, table2, ioi, case_study,
+    the architecture comparison)."""
     store = run.store or {}
     model = store.get("model") or run.reproduce.get("model") or {}
     out: dict[str, Any] = {
@@ -93,7 +94,7 @@ def build_results(run: Run, extra: dict, claims: list[dict]) -> dict:
         "main_sae": main_saes(run),
         "autointerp": autointerp(run),
     }
-    for key in ("training", "table1", "table2", "ioi", "case_study"):
+    for key in ("training", "table1", "table2", "ioi", "case_study", "architectures"):
         out[key] = extra.get(key)
     if out["ioi"]:
         out["ioi"]["stage_keys"] = stage_keys(run, ("harvest", "train", "ioi"))

@@ -22,6 +22,7 @@ COMMANDS = (
     "case_study",
     "dashboard",
     "reproduce",
+    "compare",
     "report",
     "mmcs",
     "store",

@@ -52,8 +52,9 @@ class CalibrateConfig(RowOptions):
     """Target L0s (mean active features per input on held-out rows)."""
     grid: list[float] = opt([1e-4, 2.2e-4, 4.6e-4, 1e-3, 2.2e-3, 4.6e-3, 1e-2], gt=0)
     """α grid trained in the calibration sweep (geometric, spanning the targets; at least two values)."""
-    arch: Literal["tied_l1", "untied_l1"] = "tied_l1"
-    """tied_l1 or untied_l1, as the run being calibrated."""
+    arch: Literal["tied_l1", "untied_l1", "gated"] = "tied_l1"
+    """tied_l1, untied_l1 or gated (the architectures whose sparsity an L1 coefficient α sets), as the run
+    being calibrated."""
     ratio: float = opt(1.0, gt=0)
     """Dictionary ratio R of the calibration members: the run's own, or 1 (cheaper; L0 depends little on R)."""
     steps: int = opt(3000, gt=0)
