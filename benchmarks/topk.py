@@ -12,7 +12,9 @@ data. Every method does one full training step per call: forward, backward, Adam
 ``saelens_topk[_sparse]``,        SAELens's ``TopKTrainingSAE`` / ``BatchTopKTrainingSAE`` (its
 ``saelens_batchtopk[_sparse]``    ``training_forward_pass``, backward, Adam), with ``use_sparse_activations``
                                   off (its default) and on, in a separate interpreter (``--saelens-python``):
-                                  its dependencies stay out of saex's venv.
+                                  its dependencies stay out of saex's venv. A variant that fails is recorded
+                                  with its error (sae-lens 6.54.12's sparse activations fail on the CPU here:
+                                  ``aten::view`` has no SparseCPU kernel).
 
 Then the ensemble cost: for every registered architecture, one step of K = 8 members against K = 1 at
 ``--ensemble-shape`` (default d 576, F 2304, B 1024, k 32), target ≤ 8.5×.
@@ -77,12 +79,16 @@ def saelens_worker(arch: str, sparse: bool, steps: int, repeats: int, threads: i
     print(json.dumps([timed(step, steps) for _ in range(repeats)]))
 
 
-def run_saelens(python: str, arch: str, sparse: bool, steps: int, threads: int) -> float:
+def run_saelens(python: str, arch: str, sparse: bool, steps: int, threads: int) -> float | str:
+    """Seconds per step, or the error the worker ended with."""
     proc = subprocess.run(
         [python, __file__, "--worker", arch, "--worker-sparse", str(int(sparse)), "--steps", str(steps),
          "--threads", str(threads)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True,
     )  # fmt: skip
+    if proc.returncode:
+        errors = [line for line in proc.stderr.splitlines() if "Error" in line]
+        return (errors[-1] if errors else proc.stderr.strip().splitlines()[-1])[:300]
     return json.loads(proc.stdout.strip().splitlines()[-1])[0]
 
 
@@ -167,6 +173,7 @@ def main(argv=None) -> dict:
     for step in methods.values():
         step()
     times: dict[str, list[float]] = {name: [] for name in methods}
+    failed: dict[str, str] = {}
     saelens = [
         (f"saelens_{arch}{'_sparse' if sp else ''}", arch, sp) for arch in ("topk", "batchtopk") for sp in (False, True)
     ]
@@ -177,12 +184,17 @@ def main(argv=None) -> dict:
             times[name].append(timed(step, a.steps))
         if a.saelens_python:
             for name, arch, sp in saelens:
-                times[name].append(run_saelens(a.saelens_python, arch, sp, a.steps, a.threads))
-        print(
-            f"round {r + 1}/{a.repeats}: " + ", ".join(f"{n} {t[-1] * 1e3:.0f} ms" for n, t in times.items()),
-            flush=True,
-        )
-    med = {name: statistics.median(t) for name, t in times.items()}
+                if name in failed:
+                    continue
+                t = run_saelens(a.saelens_python, arch, sp, a.steps, a.threads)
+                if isinstance(t, str):
+                    failed[name] = t
+                    print(f"{name}: failed: {t}", flush=True)
+                else:
+                    times[name].append(t)
+        shown = ", ".join(f"{n} {t[-1] * 1e3:.0f} ms" for n, t in times.items() if t)
+        print(f"round {r + 1}/{a.repeats}: {shown}", flush=True)
+    med = {name: statistics.median(t) for name, t in times.items() if t}
     rate = {name: B / s for name, s in med.items()}
     print(
         f"\nactivations/s (d {D}, F {R * D}, k {KEEP}, batch {B}, {a.threads} threads; median of {a.repeats} rounds of {a.steps} steps)"
@@ -206,6 +218,7 @@ def main(argv=None) -> dict:
         "seconds_per_step": med,
         "activations_per_s": rate,
         "ratios": ratios,
+        "failed": failed,
         "ensemble": {"shape": dict(zip(("d_in", "d_sae", "batch", "k"), shape)), "by_arch": ens},
         "rounds": times,
     }

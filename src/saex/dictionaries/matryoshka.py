@@ -47,12 +47,12 @@ class Matryoshka(BatchTopK):
         super().__init__(d_in, d_dict, seeds, *args, **kwargs)
         self.prefixes_M = prefix_sizes(prefixes if prefixes is not None else [1 / 16, 1 / 8, 1 / 4, 1 / 2], d_dict)
 
-    def reconstruction_loss(self, m, vals_N, codes, W_dec_FD, y_BD):
+    def reconstruction_loss(self, vals_N, codes, W_dec_FD, b_dec_D, y_BD):
         # Prefix i's reconstruction is the decode of the kept codes of latents below m_i, plus b_dec.
         loss = torch.zeros(())
         for size in self.prefixes_M:
             inside = (codes.cols < size).to(vals_N.dtype)
-            xhat_BD = Decode.apply(vals_N * inside, W_dec_FD, codes) + self.b_dec_KD[m]
+            xhat_BD = Decode.apply(vals_N * inside, W_dec_FD, codes) + b_dec_D
             mse = (xhat_BD - y_BD).pow(2).mean()
             loss = loss + mse
         return loss, mse, xhat_BD  # the last prefix is the whole dictionary

@@ -74,15 +74,18 @@ class TopK(Ensemble):
         # the kept entries are gathered again as a function of the weights (saex.dictionaries.sparse_codes).
         with torch.no_grad():
             pre_KBF = torch.baddbmm(self.b_enc_KF.unsqueeze(1), x_in_KBD, self.W_enc_KFD.transpose(1, 2))
-        W_dec_KFD = unit_rows(self.W_dec_KFD)
+        # Per-member views through unbind: indexing [m] would give each member's gradient a full [K, ...] zero
+        # tensor in the backward (K² work); unbind's backward stacks the K pieces once.
+        W_enc, b_enc, b_dec = self.W_enc_KFD.unbind(0), self.b_enc_KF.unbind(0), self.b_dec_KD.unbind(0)
+        W_dec, x_in = unit_rows(self.W_dec_KFD).unbind(0), x_in_KBD.unbind(0)
         kept = self.select(pre_KBF)
         loss_K, mse_K, aux_K = [], [], []
         l0_K, fired_KF = torch.empty(K), torch.zeros(K, F, dtype=torch.bool)
         for m in range(K):
             codes = Kept(*kept[m], (B, F))
-            vals_N = Gather.apply(x_in_KBD[m], self.W_enc_KFD[m], self.b_enc_KF[m], pre_KBF[m], codes).relu()
+            vals_N = Gather.apply(x_in[m], W_enc[m], b_enc[m], pre_KBF[m], codes).relu()
             y_m = y if y.dim() == 2 else y[m]
-            loss, mse, xhat_BD = self.reconstruction_loss(m, vals_N, codes, W_dec_KFD[m], y_m)
+            loss, mse, xhat_BD = self.reconstruction_loss(vals_N, codes, W_dec[m], b_dec[m], y_m)
             if dead_KF is not None and self.aux_coef > 0 and bool(dead_KF[m].any()):
                 # Only dead latents compete; the residual is a fixed target (no gradient through x̂ here).
                 with torch.no_grad():
@@ -91,9 +94,9 @@ class TopK(Ensemble):
                     n_aux = min(self.aux_k, int(dead_KF[m].sum()))
                     idx_BA = masked_BF.topk(n_aux, dim=-1, sorted=False).indices
                 aux_codes = Kept(torch.arange(B).repeat_interleave(idx_BA.shape[1]), idx_BA.reshape(-1), (B, F))
-                aux_vals = Gather.apply(x_in_KBD[m], self.W_enc_KFD[m], self.b_enc_KF[m], pre_KBF[m], aux_codes).relu()
+                aux_vals = Gather.apply(x_in[m], W_enc[m], b_enc[m], pre_KBF[m], aux_codes).relu()
                 e_BD = (y_m - xhat_BD).detach()
-                aux = (Decode.apply(aux_vals, W_dec_KFD[m], aux_codes) - e_BD).pow(2).mean()
+                aux = (Decode.apply(aux_vals, W_dec[m], aux_codes) - e_BD).pow(2).mean()
                 aux_K.append(aux)
                 loss = loss + self.aux_coef * aux
             loss_K.append(loss)
@@ -114,11 +117,11 @@ class TopK(Ensemble):
         return [(rows, idx_KBk[m].reshape(-1)) for m in range(K)]
 
     def reconstruction_loss(
-        self, m: int, vals_N: torch.Tensor, codes: Kept, W_dec_FD: torch.Tensor, y_BD: torch.Tensor
+        self, vals_N: torch.Tensor, codes: Kept, W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor, y_BD: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, MSE, x̂) of member m's kept codes against the target: the plain MSE here (Matryoshka adds its
-        prefixes' terms)."""
-        xhat_BD = Decode.apply(vals_N, W_dec_FD, codes) + self.b_dec_KD[m]
+        """(loss, MSE, x̂) of one member's kept codes against the target: the plain MSE here (Matryoshka adds
+        its prefixes' terms)."""
+        xhat_BD = Decode.apply(vals_N, W_dec_FD, codes) + b_dec_D
         mse = (xhat_BD - y_BD).pow(2).mean()
         return mse, mse, xhat_BD
 
