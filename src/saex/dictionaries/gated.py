@@ -49,23 +49,34 @@ class Gated(Ensemble):
 
     def step(self, x_BD, coef_K, dead_KF=None, target=None) -> StepOutput:
         y = x_BD if target is None else target
-        x_KBD = self.centred(x_BD, self.b_dec_KD)
-        # One product serves both paths: (e^r ⊙ W) x' = e^r ⊙ (W x') row by row.
-        proj_KBF = torch.bmm(x_KBD, self.W_enc_KFD.transpose(1, 2))
-        pi_gate_KBF = proj_KBF + self.b_gate_KF.unsqueeze(1)
-        pi_mag_KBF = proj_KBF * self.r_mag_KF.exp().unsqueeze(1) + self.b_enc_KF.unsqueeze(1)
-        c_KBF = (pi_gate_KBF > 0).to(x_BD.dtype) * pi_mag_KBF.relu()
-        W_dec_KFD = unit_rows(self.W_dec_KFD)
-        xhat_KBD = torch.bmm(c_KBF, W_dec_KFD) + self.b_dec_KD.unsqueeze(1)
-        mse_K = (xhat_KBD - y).pow(2).mean(dim=(1, 2))
-        gate_act_KBF = pi_gate_KBF.relu()
-        l1_K = gate_act_KBF.sum(-1).mean(-1)  # unit-norm decoder rows: the paper's ‖W_dec,i‖ weights are 1
-        frozen_KBD = torch.bmm(gate_act_KBF, W_dec_KFD.detach()) + self.b_dec_KD.detach().unsqueeze(1)
-        aux_K = (frozen_KBD - y).pow(2).mean(dim=(1, 2))
-        loss = (mse_K + coef_K * l1_K + aux_K).sum()
-        with torch.no_grad():
-            active = c_KBF > 0
-            return StepOutput(loss, mse_K.detach(), active.sum(-1).float().mean(-1), active.any(1), aux_K.detach())
+        # One member at a time on contiguous [B, F] blocks, views by unbind (see ``JumpReLU.step``).
+        W_enc, b_gate, r_mag = self.W_enc_KFD.unbind(0), self.b_gate_KF.unbind(0), self.r_mag_KF.unbind(0)
+        b_mag, b_dec, x_in = (
+            self.b_enc_KF.unbind(0),
+            self.b_dec_KD.unbind(0),
+            self.centred(x_BD, self.b_dec_KD).unbind(0),
+        )
+        W_dec = unit_rows(self.W_dec_KFD).unbind(0)
+        loss_K, mse_K, aux_K = [], [], []
+        l0_K, fired_KF = torch.empty(self.K), torch.empty(self.K, self.d_dict, dtype=torch.bool)
+        for m in range(self.K):
+            y_m = y if y.dim() == 2 else y[m]
+            # One product serves both paths: (e^r ⊙ W) x' = e^r ⊙ (W x') row by row.
+            proj_BF = x_in[m] @ W_enc[m].T
+            pi_gate_BF = proj_BF + b_gate[m]
+            c_BF = (pi_gate_BF > 0).to(x_BD.dtype) * (proj_BF * r_mag[m].exp() + b_mag[m]).relu()
+            mse = (torch.addmm(b_dec[m], c_BF, W_dec[m]) - y_m).pow(2).mean()
+            gate_act_BF = pi_gate_BF.relu()
+            l1 = gate_act_BF.sum(-1).mean()  # unit-norm decoder rows: the paper's ‖W_dec,i‖ weights are 1
+            aux = (torch.addmm(b_dec[m].detach(), gate_act_BF, W_dec[m].detach()) - y_m).pow(2).mean()
+            loss_K.append(mse + coef_K[m] * l1 + aux)
+            mse_K.append(mse.detach())
+            aux_K.append(aux.detach())
+            with torch.no_grad():
+                active = c_BF > 0
+                l0_K[m] = active.sum(-1).float().mean()
+                fired_KF[m] = active.any(0)
+        return StepOutput(torch.stack(loss_K).sum(), torch.stack(mse_K), l0_K, fired_KF, torch.stack(aux_K))
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:

@@ -141,20 +141,33 @@ class JumpReLU(Ensemble):
         return self.theta_KF * THRESHOLD_SPEED
 
     def step(self, x_BD, coef_K, dead_KF=None, target=None) -> StepOutput:
-        K, (B, D) = self.K, x_BD.shape
         y = x_BD if target is None else target
-        # Gemma Scope's encoder reads x itself (no b_dec subtraction), as SAELens's jumprelu does by default.
-        pre_KBF = torch.baddbmm(self.b_enc_KF.unsqueeze(1), x_BD.expand(K, B, D), self.W_enc_KFD.transpose(1, 2))
-        theta_K1F = self.threshold_KF.unsqueeze(1)
-        c_KBF = JumpReLUFn.apply(pre_KBF, theta_K1F, self.bandwidth)
-        xhat_KBD = torch.bmm(c_KBF, unit_rows(self.W_dec_KFD)) + self.b_dec_KD.unsqueeze(1)
-        mse_K = (xhat_KBD - y).pow(2).mean(dim=(1, 2))
-        l0_K = StepFn.apply(pre_KBF, theta_K1F, self.bandwidth).sum(-1).mean(-1)
-        penalty_K = (l0_K / self.target_l0_K - 1).pow(2) if self.target_mode else l0_K
-        loss = (mse_K + coef_K * penalty_K).sum()
-        with torch.no_grad():
-            active = c_KBF != 0
-            return StepOutput(loss, mse_K.detach(), active.sum(-1).float().mean(-1), active.any(1))
+        # One member at a time, each with its own large GEMMs on contiguous [B, F] blocks (as the fused L1
+        # step): stacked [K, B, F] autograd made 8 members cost 11.5× one (benchmarks/README.md, topk.py).
+        # Views by unbind, whose backward stacks the K gradients once.
+        W_enc, b_enc, b_dec = self.W_enc_KFD.unbind(0), self.b_enc_KF.unbind(0), self.b_dec_KD.unbind(0)
+        W_dec, theta = unit_rows(self.W_dec_KFD).unbind(0), self.threshold_KF.unbind(0)
+        mse_K, penalty_K, l0_K, fired_KF = (
+            [],
+            [],
+            torch.empty(self.K),
+            torch.empty(self.K, self.d_dict, dtype=torch.bool),
+        )
+        for m in range(self.K):
+            # Gemma Scope's encoder reads x itself (no b_dec subtraction), as SAELens's jumprelu does by default.
+            pre_BF = torch.addmm(b_enc[m], x_BD, W_enc[m].T)
+            c_BF = JumpReLUFn.apply(pre_BF, theta[m], self.bandwidth)
+            xhat_BD = torch.addmm(b_dec[m], c_BF, W_dec[m])
+            mse_K.append((xhat_BD - (y if y.dim() == 2 else y[m])).pow(2).mean())
+            l0 = StepFn.apply(pre_BF, theta[m], self.bandwidth).sum(-1).mean()
+            penalty_K.append((l0 / self.target_l0_K[m] - 1).pow(2) if self.target_mode else l0)
+            with torch.no_grad():
+                active = c_BF != 0
+                l0_K[m] = active.sum(-1).float().mean()
+                fired_KF[m] = active.any(0)
+        mse = torch.stack(mse_K)
+        loss = (mse + coef_K * torch.stack(penalty_K)).sum()
+        return StepOutput(loss, mse.detach(), l0_K, fired_KF)
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:
