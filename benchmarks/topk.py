@@ -54,7 +54,7 @@ def timed(step, steps: int) -> float:
 
 
 # -- the SAELens worker (runs in the SAELens interpreter: standard library, torch and sae_lens only) ----------
-def saelens_worker(arch: str, sparse: bool, steps: int, repeats: int, threads: int) -> None:
+def saelens_worker(arch: str, sparse: bool, steps: int, threads: int) -> None:
     torch.set_num_threads(threads)
     from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
@@ -76,7 +76,7 @@ def saelens_worker(arch: str, sparse: bool, steps: int, repeats: int, threads: i
         opt.step()
 
     step()
-    print(json.dumps([timed(step, steps) for _ in range(repeats)]))
+    print(json.dumps(timed(step, steps)))
 
 
 def run_saelens(python: str, arch: str, sparse: bool, steps: int, threads: int) -> float | str:
@@ -89,7 +89,7 @@ def run_saelens(python: str, arch: str, sparse: bool, steps: int, threads: int) 
     if proc.returncode:
         errors = [line for line in proc.stderr.splitlines() if "Error" in line]
         return (errors[-1] if errors else proc.stderr.strip().splitlines()[-1])[:300]
-    return json.loads(proc.stdout.strip().splitlines()[-1])[0]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # -- saex ----------------------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def main(argv=None) -> dict:
     p.add_argument("--worker-sparse", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        saelens_worker(a.worker, bool(a.worker_sparse), a.steps, 1, a.threads)
+        saelens_worker(a.worker, bool(a.worker_sparse), a.steps, a.threads)
         return {}
     torch.set_num_threads(a.threads)
     from saex.dictionaries.batchtopk import BatchTopK

@@ -113,13 +113,11 @@ def test_loss_and_gradients_match_a_plain_autograd_reference(arch, transcoder):
     out.loss.backward()
     params = {n: p.detach().double().requires_grad_(True) for n, p in model.named_parameters() if p.requires_grad}
     total = 0.0
-    codes = []
     for k in range(K):
         loss_k, c = reference(
             arch, params, k, x, y, coef[k].double(), dead[k] if model.needs_dead_mask else None, model
         )
         total = total + loss_k
-        codes.append(c)
         # the step's diagnostics: L0 per member
         assert out.l0_K[k].item() == pytest.approx((c != 0).double().sum(1).mean().item(), rel=1e-6)
     torch.testing.assert_close(out.loss.double(), total, rtol=1e-5, atol=1e-6)
@@ -160,7 +158,7 @@ def test_the_saved_sae_computes_what_training_did(arch, transcoder):
     for k in range(K):
         train_sae, sae = model.export(k), model.export(k, scale=s, out_scale=t if transcoder else None)
         assert sae.transcoder == transcoder and sae.d_out == (D_OUT if transcoder else D)
-        torch.testing.assert_close(sae.encode(x / s * 1.0), train_sae.encode(x) / t, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(sae.encode(x / s), train_sae.encode(x) / t, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(sae(x / s), train_sae(x) / t, rtol=1e-4, atol=1e-5)
         for f in (0, 5):  # the single-feature code (circuits) agrees with the full encoder
             torch.testing.assert_close(sae.code_of(x, f), sae.encode(x)[:, f])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from saex.dictionaries.ensemble import register, unit_rows
+from saex.dictionaries.ensemble import register
 from saex.dictionaries.sae import SAE
 from saex.dictionaries.topk import TopK
 
@@ -50,7 +50,4 @@ class BatchTopK(TopK):
     def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:
         # θ is in pre-activation units: ``inference`` rescales it with the biases.
         theta_F = torch.full((self.d_dict,), max(float(self.threshold_K[k]), 0.0))
-        return self.inference(
-            k, scale, out_scale, metadata, self.W_enc_KFD[k], self.b_enc_KF[k], unit_rows(self.W_dec_KFD[k]),
-            self.b_dec_KD[k], "jumprelu", threshold_F=theta_F,
-        )  # fmt: skip
+        return self.inference(k, "jumprelu", scale, out_scale, metadata, threshold_F=theta_F)

@@ -195,14 +195,10 @@ class Ensemble(torch.nn.Module):
     def inference(
         self,
         member: int,
+        architecture: str,
         scale: float,
         out_scale: float | None,
         metadata: dict | None,
-        W_enc_FD: torch.Tensor,
-        b_enc_F: torch.Tensor,
-        W_dec_FD: torch.Tensor,
-        b_dec_D: torch.Tensor,
-        architecture: str,
         **extra: Any,
     ) -> SAE:
         """The SAE of member ``member`` from its trained tensors (in training units), rescaled for unscaled data.
@@ -211,9 +207,20 @@ class Ensemble(torch.nn.Module):
         be c/t: the encoder is multiplied by s/t and every bias or threshold in pre-activation units divided
         by t, so pre-activations are pre'/t and any of saex's activations (ReLU, TopK, JumpReLU, the gate's
         sign) commutes with that positive factor; then x̂ = W_dec (c/t) + b_dec/t + (s/t) W_skip x = ŷ'/t.
-        ``extra`` passes the architecture's own fields: ``threshold_F`` and ``b_gate_F`` (pre-activation
-        units, divided by t), ``r_mag_F`` and ``k`` (unchanged).
+        The tensors are the member's ``W_enc_KFD``, ``b_enc_KF``, unit-row ``W_dec_KFD`` and ``b_dec_KD``
+        unless ``extra`` gives ``W_enc_FD``, ``b_enc_F``, ``W_dec_FD``, ``b_dec_D`` (the tied SAE's); ``extra``
+        also passes the architecture's own fields: ``threshold_F`` and ``b_gate_F`` (pre-activation units,
+        divided by t), ``r_mag_F``, ``k`` and ``apply_b_dec_to_input`` (never for a transcoder).
         """
+
+        def tensor(key: str, param: str) -> torch.Tensor:
+            given = extra.pop(key, None)
+            return given if given is not None else cast(torch.Tensor, getattr(self, param))[member]
+
+        W_enc_FD, b_enc_F = tensor("W_enc_FD", "W_enc_KFD"), tensor("b_enc_F", "b_enc_KF")
+        W_dec_FD = extra.pop("W_dec_FD", None)
+        W_dec_FD = unit_rows(self.W_dec_KFD[member]) if W_dec_FD is None else W_dec_FD
+        b_dec_D = tensor("b_dec_D", "b_dec_KD")
         centre = extra.pop("apply_b_dec_to_input", True) and not self.transcoder
         t = scale if out_scale is None else out_scale
         r = scale / t

@@ -37,7 +37,8 @@ def find_dictionaries(spec: list[str] | str) -> dict[str, Path]:
 
 def open_for_store(spec: list[str] | str, store, hook: str | None) -> dict[str, tuple[Path, SAE, str]]:
     """Name -> (folder, dictionary, hook point) for the dictionaries named by ``spec``, each checked against
-    the activation store: its hook (``hook``, else its own metadata's) must be there, with its width."""
+    the activation store: its hook (``hook``, else its own metadata's) must be there, with its width, and so
+    must a transcoder's target hook (its metadata's ``target_hook``), with the width of its output."""
     out = {}
     for name, folder in find_dictionaries(spec).items():
         d = SAE.load(folder)
@@ -50,6 +51,19 @@ def open_for_store(spec: list[str] | str, store, hook: str | None) -> dict[str, 
             )
         if d.d_in != store.width(h):
             raise SaexError(f"dictionary {folder} has d_in {d.d_in}, but {h} in the store has width {store.width(h)}")
+        if d.transcoder:
+            target = d.metadata.get("target_hook")
+            if not target:
+                raise SaexError(f"transcoder {name} records no target hook (metadata target_hook)")
+            if target not in store.hooks:
+                raise SaexError(
+                    f"transcoder {name} reconstructs {target!r}, which the store {store.path} lacks; "
+                    f"it has {store.hooks}"
+                )
+            if d.d_out != store.width(target):
+                raise SaexError(
+                    f"transcoder {name} has d_out {d.d_out}, but {target} in the store has width {store.width(target)}"
+                )
         out[name] = (folder, d, h)
     return out
 

@@ -82,6 +82,5 @@ class Gated(Ensemble):
     def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:
         # b_gate is in pre-activation units like b_mag: ``inference`` rescales both.
         return self.inference(
-            k, scale, out_scale, metadata, self.W_enc_KFD[k], self.b_enc_KF[k], unit_rows(self.W_dec_KFD[k]),
-            self.b_dec_KD[k], "gated", b_gate_F=self.b_gate_KF[k], r_mag_F=self.r_mag_KF[k],
-        )  # fmt: skip
+            k, "gated", scale, out_scale, metadata, b_gate_F=self.b_gate_KF[k], r_mag_F=self.r_mag_KF[k]
+        )

@@ -24,8 +24,9 @@ SAELens's ``jumprelu`` (weights key ``threshold``).
 moves every parameter by about the learning rate per step, so a raw θ travels at most ``lr`` per step: the
 paper's runs (~10⁶ steps at lr 7e-5) let it travel ~70, saex's (10³–10⁴ steps at 1e-3) only 1–10, while the
 thresholds must reach the pre-activations' scale (≈ 1 under mean_norm). Measured on SmolLM2 layer 6
-(d = 576, R = 4, batch 1024, 800 steps): with a raw θ, λ = 1e-3 and 3e-3 both ended at L0 ≈ 150, the L0
-falling at the rate θ could move whatever λ was (docs/architectures.md); stored ×1/10, λ sets the L0.
+(d = 576, R = 4, batch 1024): with a raw θ, λ = 1e-3 and 3e-3 stood at L0 168 and 158 after 700 steps, both
+falling at nearly the same rate (30-70 per 100 steps) whatever λ was; stored ×1/10, the same runs stood at
+66 and 34 after 700 steps: λ sets the L0 (docs/training.md).
 """
 
 from __future__ import annotations
@@ -173,10 +174,14 @@ class JumpReLU(Ensemble):
     def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:
         # θ is in pre-activation units: ``inference`` rescales it with the biases.
         return self.inference(
-            k, scale, out_scale, metadata, self.W_enc_KFD[k], self.b_enc_KF[k], unit_rows(self.W_dec_KFD[k]),
-            self.b_dec_KD[k], "jumprelu", threshold_F=self.threshold_KF[k].clamp_min(0.0),
+            k,
+            "jumprelu",
+            scale,
+            out_scale,
+            metadata,
+            threshold_F=self.threshold_KF[k].clamp_min(0.0),
             apply_b_dec_to_input=False,
-        )  # fmt: skip
+        )
 
     @torch.no_grad()
     def resample(self, k, features, directions_ND, out_directions_NO=None) -> None:

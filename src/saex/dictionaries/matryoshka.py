@@ -8,9 +8,9 @@ features alone must reconstruct the input,
     L = Σ_i mean over elements of (x − (c_{1:m_i} W_dec,{1:m_i} + b_dec))²   +   aux-k term,
 
 so early features learn general directions that do not depend on later ones (less feature absorption).
-The prefix sizes are ``--matryoshka-prefixes`` fractions of the dictionary (default 1/16, 1/8, 1/4, 1/2
-and the whole). Prefix reconstructions are cumulative sums of the groups' contributions, so the step costs
-one decoder product. Saved, like BatchTopK, as a JumpReLU SAE with the estimated threshold; the prefix
+The prefix sizes are ``--matryoshka-prefixes`` fractions of the dictionary (default ``PREFIXES`` and the
+whole). Each prefix's reconstruction is one sparse decode of the kept codes of its latents
+(:mod:`saex.dictionaries.sparse_codes`, N·D work per prefix for N kept codes). Saved, like BatchTopK, as a JumpReLU SAE with the estimated threshold; the prefix
 sizes are recorded in the metadata.
 """
 
@@ -25,6 +25,9 @@ from saex.dictionaries.ensemble import Member, register
 from saex.dictionaries.sae import SAE
 from saex.dictionaries.sparse_codes import Decode
 from saex.errors import SaexError
+
+PREFIXES = [1 / 16, 1 / 8, 1 / 4, 1 / 2]
+"""The default nested prefixes, as fractions of the dictionary (the whole dictionary is always the last)."""
 
 
 def prefix_sizes(fractions: list[float], d_dict: int) -> list[int]:
@@ -45,7 +48,7 @@ class Matryoshka(BatchTopK):
 
     def __init__(self, d_in: int, d_dict: int, seeds: list[int], *args, prefixes: list[float] | None = None, **kwargs):
         super().__init__(d_in, d_dict, seeds, *args, **kwargs)
-        self.prefixes_M = prefix_sizes(prefixes if prefixes is not None else [1 / 16, 1 / 8, 1 / 4, 1 / 2], d_dict)
+        self.prefixes_M = prefix_sizes(PREFIXES if prefixes is None else prefixes, d_dict)
 
     def reconstruction_loss(self, vals_N, codes, W_dec_FD, b_dec_D, y_BD):
         # Prefix i's reconstruction is the decode of the kept codes of latents below m_i, plus b_dec.
@@ -56,16 +59,6 @@ class Matryoshka(BatchTopK):
             mse = (xhat_BD - y_BD).pow(2).mean()
             loss = loss + mse
         return loss, mse, xhat_BD  # the last prefix is the whole dictionary
-
-    @torch.no_grad()
-    def prefix_fvu(self, k: int, x_BD: torch.Tensor) -> list[float]:
-        """Fraction of variance unexplained by each prefix of member k on (training-scale) inputs."""
-        sae = self.export(k)
-        c_BF = sae.encode(x_BD)
-        var = (x_BD - x_BD.mean(0)).pow(2).sum()
-        return [
-            ((c_BF[:, :m] @ sae.W_dec_FD[:m] + sae.b_dec_D - x_BD).pow(2).sum() / var).item() for m in self.prefixes_M
-        ]
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:

@@ -27,7 +27,7 @@ class Kept:
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int]):
         B, F = shape
         order = torch.argsort(rows * F + cols)  # CSR needs the entries sorted by row, then column
-        self.rows, self.cols, self.perm = rows[order], cols[order], order
+        self.rows, self.cols = rows[order], cols[order]
         self.crow = torch.searchsorted(self.rows, torch.arange(B + 1))
         self.order_T = torch.argsort(self.cols * B + self.rows)
         self.crow_T = torch.searchsorted(self.cols[self.order_T], torch.arange(F + 1))

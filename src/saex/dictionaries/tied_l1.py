@@ -39,8 +39,8 @@ class TiedL1(Ensemble):
     def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:
         M_hat = unit_rows(self.M_KFD[k])
         return self.inference(
-            k, scale, out_scale, metadata, M_hat, self.b_KF[k], M_hat, torch.zeros(self.d_in), "standard",
-            apply_b_dec_to_input=False,
+            k, "standard", scale, out_scale, metadata, W_enc_FD=M_hat, b_enc_F=self.b_KF[k], W_dec_FD=M_hat,
+            b_dec_D=torch.zeros(self.d_in), apply_b_dec_to_input=False,
         )  # fmt: skip
 
     @torch.no_grad()

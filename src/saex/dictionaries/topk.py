@@ -127,7 +127,4 @@ class TopK(Ensemble):
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:
-        return self.inference(
-            k, scale, out_scale, metadata, self.W_enc_KFD[k], self.b_enc_KF[k], unit_rows(self.W_dec_KFD[k]),
-            self.b_dec_KD[k], "topk", k=self.k,
-        )  # fmt: skip
+        return self.inference(k, "topk", scale, out_scale, metadata, k=self.k)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from saex.dictionaries.ensemble import Ensemble, Member, StepOutput, register, unit_rows, xavier_uniform
+from saex.dictionaries.ensemble import Ensemble, Member, StepOutput, register, xavier_uniform
 from saex.dictionaries.relu_l1 import ReluL1Step, Workspace
 from saex.dictionaries.sae import SAE
 
@@ -59,7 +59,4 @@ class UntiedL1(Ensemble):
 
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:
-        return self.inference(
-            k, scale, out_scale, metadata, self.W_enc_KFD[k], self.b_enc_KF[k], unit_rows(self.W_dec_KFD[k]),
-            self.b_dec_KD[k], "standard", apply_b_dec_to_input=self.decoder_bias,
-        )  # fmt: skip
+        return self.inference(k, "standard", scale, out_scale, metadata, apply_b_dec_to_input=self.decoder_bias)

@@ -47,6 +47,7 @@ def collect(root: Path) -> dict:
         rows.setdefault(arch, []).append(
             {
                 "dictionary": r["name"],
+                "path": r["path"],
                 "l0": m["l0"],
                 "fvu": m["fvu"],
                 "dead_fraction": m["dead"] / r["d_dict"],
@@ -62,18 +63,16 @@ def collect(root: Path) -> dict:
         )
     for series in rows.values():
         series.sort(key=lambda x: x["l0"])
-    names = {row["dictionary"]: arch for arch, series in rows.items() for row in series}
+    by_name = {row["dictionary"]: (arch, row) for arch, series in rows.items() for row in series}
     autointerp = []
     for path in sorted((root / "interpret").glob("*/*/comparison.json")):
         for method in json.loads(path.read_text())["methods"]:
             score = method.get("top_random") or {}
             autointerp.append(
                 {
-                    "arch": names.get(method["method"], method.get("kind")),
+                    "arch": by_name[method["method"]][0] if method["method"] in by_name else method.get("kind"),
                     "dictionary": method["method"],
-                    "l0": next(
-                        (r["l0"] for s in rows.values() for r in s if r["dictionary"] == method["method"]), None
-                    ),
+                    "l0": by_name[method["method"]][1]["l0"] if method["method"] in by_name else None,
                     "mean": score.get("mean"),
                     "ci95": score.get("ci95"),
                     "n": score.get("n"),

@@ -12,7 +12,6 @@ for the same steps and batch, so for the same tokens.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from saex.errors import SaexError
 from saex.report import architectures as summary
 from saex.reproduce.graph import calibrated_alphas
-from saex.reproduce.pipeline import Stage, absolute_in_run, relative_to_run, stage_config
+from saex.reproduce.pipeline import Stage, module_stage
 from saex.stages import calibrate, eval, features, harvest, interpret, train
 
 #: Architectures whose sparsity is set by an L1 coefficient, chosen per target L0 by a calibration sweep.
@@ -38,24 +37,13 @@ def sparsity(cfg: Any, arch: str, root: Path) -> dict[str, Any]:
     return {"alpha": sorted(set(calibrated_alphas(root / "calibrate" / arch).values()))}
 
 
-def nearest(eval_folder: Path, arch: str, l0: float) -> Path:
-    """The dictionary of ``arch`` whose held-out L0 (``saex eval``) is nearest ``l0`` on a log scale."""
-    best, best_gap = None, math.inf
-    for path in sorted((eval_folder / "results").glob("*.json")):
-        r = json.loads(path.read_text())
-        if Path(r["path"]).parent.name != arch or not r["metrics"]["l0"]:
-            continue
-        gap = abs(math.log(r["metrics"]["l0"] / l0))
-        if gap < best_gap:
-            best, best_gap = Path(r["path"]), gap
-    if best is None:
-        raise SaexError(f"no evaluated dictionary of {arch} in {eval_folder}")
-    return best
-
-
-def _as_dict(config: Any) -> dict:
-    """A stage's config as its key sees it: a stage module's config dataclass, or the summary's plain dict."""
-    return config if isinstance(config, dict) else stage_config(config)
+def nearest(root: Path, arch: str, l0: float) -> Path:
+    """The dictionary of ``arch`` whose held-out L0 (``saex eval``, as the comparison reads it) is nearest
+    ``l0`` on a log scale."""
+    series = [r for r in summary.collect(root)["architectures"].get(arch, []) if r["l0"]]
+    if not series:
+        raise SaexError(f"no evaluated dictionary of {arch} in {root / 'eval'}")
+    return Path(min(series, key=lambda r: abs(math.log(r["l0"] / l0)))["path"])
 
 
 def build_stages(cfg: Any, root: Path, progress: bool) -> list[Stage]:
@@ -63,16 +51,8 @@ def build_stages(cfg: Any, root: Path, progress: bool) -> list[Stage]:
     acts = Path(cfg.acts) if cfg.acts else root / "acts"
     stages: list[Stage] = []
 
-    def add(name, folder, inputs, make, stage, run=None):
-        stages.append(
-            Stage(
-                name,
-                folder,
-                tuple(inputs),
-                lambda: relative_to_run(_as_dict(make()), root),
-                run or (lambda c: stage.run(stage.CONFIG(**absolute_in_run(c, root)), progress=progress)),
-            )
-        )
+    def add(name, folder, inputs, make, stage):
+        stages.append(module_stage(name, folder, inputs, make, stage, root, progress))
 
     harvested = () if cfg.acts else ("harvest",)
     if not cfg.acts:
@@ -144,7 +124,7 @@ def build_stages(cfg: Any, root: Path, progress: bool) -> list[Stage]:
         ("eval",),
         lambda: features.FeaturesConfig(
             acts=str(acts),
-            dicts=[str(nearest(root / "eval", a, cfg.interpret_l0)) for a in cfg.archs],
+            dicts=[str(nearest(root, a, cfg.interpret_l0)) for a in cfg.archs],
             out=str(root / "features"),
             fragments=cfg.fragments,
             fragment_length=cfg.fragment_length,
@@ -160,12 +140,13 @@ def build_stages(cfg: Any, root: Path, progress: bool) -> list[Stage]:
         ),
         interpret,
     )
-    add(
-        "comparison",
-        "comparison",
-        ("eval", "interpret"),
-        lambda: {"archs": list(cfg.archs), "l0": list(cfg.l0), "interpret_l0": cfg.interpret_l0},
-        None,
-        run=lambda c: summary.write(root, root / "comparison"),
+    stages.append(
+        Stage(
+            "comparison",
+            "comparison",
+            ("eval", "interpret"),
+            lambda: {"archs": list(cfg.archs), "l0": list(cfg.l0), "interpret_l0": cfg.interpret_l0},
+            lambda c: summary.write(root, root / "comparison"),
+        )
     )
     return stages

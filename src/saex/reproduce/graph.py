@@ -20,7 +20,7 @@ from saex.errors import SaexError
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
 from saex.naming import hook_layer, mlp_hook, resid_hook
-from saex.reproduce.pipeline import Stage, absolute_in_run, relative_to_run, stage_config
+from saex.reproduce.pipeline import Stage, module_stage
 from saex.reproduce.plan import Plan, sweep_targets
 from saex.stages import (
     baselines,
@@ -99,19 +99,7 @@ def build_stages(cfg: Any, plan: Plan, root: Path, progress: bool) -> list[Stage
     stages: list[Stage] = []
 
     def add(name, folder, inputs, make, stage, optional=False, soft=()):
-        """``make()`` builds the stage's config dataclass; the key sees it with run-folder paths made relative;
-        the stage module's ``run`` runs it."""
-        stages.append(
-            Stage(
-                name,
-                folder,
-                tuple(inputs),
-                lambda: relative_to_run(stage_config(make()), root),
-                lambda c: stage.run(stage.CONFIG(**absolute_in_run(c, root)), progress=progress),
-                optional,
-                tuple(soft),
-            )
-        )
+        stages.append(module_stage(name, folder, inputs, make, stage, root, progress, optional, soft))
 
     def sweep(hook: str) -> dict:
         """What trains at a hook; its α come from the hook's calibration (read when the stage is reached)."""

@@ -38,7 +38,7 @@ class Stage:
     inputs: tuple[str, ...]
     config: Callable[[], dict]
     """The stage's configuration, built when it is reached (it may name folders its inputs wrote)."""
-    run: Callable[[dict], None]
+    run: Callable[[dict], object]
     optional: bool = False
     """A SaexError here (e.g. IOI on a tokenizer without single-token names) is recorded, not fatal."""
     soft: tuple[str, ...] = ()
@@ -206,5 +206,30 @@ def absolute_in_run(obj, root: Path):
 
 
 def stage_config(obj) -> dict:
-    """A stage's config dataclass as the JSON dict its key is computed from."""
-    return config_dict(obj)
+    """A stage's config as the JSON dict its key is computed from: a stage module's config dataclass, or the
+    plain dict of a stage that is no saex command (``saex compare``'s summary)."""
+    return obj if isinstance(obj, dict) else config_dict(obj)
+
+
+def module_stage(
+    name: str,
+    folder: str,
+    inputs: tuple[str, ...] | list[str],
+    make: Callable[[], object],
+    module,
+    root: Path,
+    progress: bool,
+    optional: bool = False,
+    soft: tuple[str, ...] = (),
+) -> Stage:
+    """A stage that runs a saex command's module (``saex.stages``) in-process: ``make()`` builds its config
+    dataclass, the key sees it with run-folder paths made relative, the module's ``run`` runs it."""
+    return Stage(
+        name,
+        folder,
+        tuple(inputs),
+        lambda: relative_to_run(stage_config(make()), root),
+        lambda c: module.run(module.CONFIG(**absolute_in_run(c, root)), progress=progress),
+        optional,
+        tuple(soft),
+    )

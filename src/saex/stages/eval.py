@@ -107,7 +107,9 @@ def run(cfg: EvalConfig, progress: bool = True) -> Path:
     found = open_for_store(cfg.dicts, store, cfg.hook)
     dicts = {name: d for name, (_, d, _) in found.items()}
     info = {
-        name: _describe(name, folder, d) | {"hook": hook, "target": target_of(name, d, store)}
+        # a transcoder's target hook, checked against the store by open_for_store
+        name: _describe(name, folder, d)
+        | {"hook": hook, "target": d.metadata.get("target_hook") if d.transcoder else None}
         for name, (folder, d, hook) in found.items()
     }
     reference = SAE.load(cfg.reference) if cfg.reference else None
@@ -161,25 +163,6 @@ def run(cfg: EvalConfig, progress: bool = True) -> Path:
 
     plot_all([results[name] for name in found], out / "plots")
     return out
-
-
-def target_of(name: str, d: SAE, store: ActivationStore) -> str | None:
-    """A transcoder's target hook point (its metadata's ``target_hook``), checked against the store; None for
-    an autoencoder."""
-    if not d.transcoder:
-        return None
-    target = d.metadata.get("target_hook")
-    if not target:
-        raise SaexError(f"transcoder {name} records no target hook (metadata target_hook): saex cannot evaluate it")
-    if target not in store.hooks:
-        raise SaexError(
-            f"transcoder {name} reconstructs {target!r}, which the store {store.path} lacks; it has {store.hooks}"
-        )
-    if store.width(target) != d.d_out:
-        raise SaexError(
-            f"transcoder {name} has d_out {d.d_out}, but {target} in the store has width {store.width(target)}"
-        )
-    return target
 
 
 def _result_path(out: Path, name: str) -> Path:

@@ -8,6 +8,7 @@ from typing import Literal
 
 from saex.config import opt
 from saex.dictionaries.ensemble import Member, architecture_names, architectures
+from saex.dictionaries.matryoshka import PREFIXES
 from saex.errors import SaexError
 from saex.store.reader import RowOptions
 
@@ -42,7 +43,7 @@ class TrainConfig(RowOptions):
     target_l0: list[float] = opt([], gt=0)
     """jumprelu: train towards these L0s with the quadratic penalty (L0/target − 1)² instead of λ·L0; every
     (R, target) pair is one dictionary (--alpha is then unused)."""
-    matryoshka_prefixes: list[float] = opt([0.0625, 0.125, 0.25, 0.5], gt=0, lt=1)
+    matryoshka_prefixes: list[float] = opt(PREFIXES, gt=0, lt=1)
     """matryoshka: the nested prefixes that must reconstruct on their own, as fractions of the dictionary
     (the whole dictionary is always the last)."""
     steps: int = opt(10_000, gt=0)
