@@ -110,6 +110,10 @@ def test_one_stage_module_per_subcommand():
         assert issubclass(m.CONFIG, Config) and callable(m.run) and m.HELP
         # the library packages hold no command: nothing below saex.stages defines a stage's config
         assert m.CONFIG.__module__ in (m.__name__, "saex.train.config"), m.CONFIG.__module__
+    # every stage sits in a layer of the import contract (a module left out of it would be unchecked)
+    layers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]["layers"]
+    placed = {name.strip() for layer in layers for name in layer.split("|")}
+    assert {f"saex.stages.{c}" for c in COMMANDS} <= placed, {f"saex.stages.{c}" for c in COMMANDS} - placed
 
 
 @pytest.mark.parametrize("tool", ["ruff check", "ruff format --check"])

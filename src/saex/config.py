@@ -213,6 +213,8 @@ def check_config(cfg: Any) -> None:
                 raise SaexError(f"{check.label or flag(f.name)} is empty")
             for v in value:
                 _check_value(f.name, v, check)
+        elif check.nonempty and isinstance(value, str) and not value.strip():
+            raise SaexError(f"{check.label or flag(f.name)} is empty")
         else:
             _check_value(f.name, value, check)
 

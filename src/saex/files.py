@@ -56,6 +56,12 @@ def write_text_atomic(path: Path, text: str) -> None:
     _commit(tmp, path)
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = _tmp_for(path)
+    tmp.write_bytes(data)
+    _commit(tmp, path)
+
+
 def json_ready(x):
     """JSON-ready: NaN and infinities become null, numpy scalars and arrays (and tensors) plain numbers / lists."""
     if isinstance(x, dict):

@@ -198,14 +198,15 @@ def valid_mask(prompts: IOIPrompts) -> torch.Tensor:
 
 def independent_patch(dictionary, x_base, x_target, valid_NT, feats) -> torch.Tensor:
     """x − decode(encode(x)) + decode(codes with the features in ``feats`` taken from the target run), at the
-    valid positions; x itself elsewhere (the paper's ``x − predict(x) + decode(codes)``)."""
+    valid positions; x itself elsewhere (the paper's ``x − predict(x) + decode(codes)``). Both decodes use the
+    base input's statistics where the dictionary normalises its inputs."""
     with torch.no_grad():
         c = dictionary.encode(x_base)
         c_t = dictionary.encode(x_target)
         c_new = c.clone()
         idx = torch.as_tensor(list(feats), dtype=torch.long)
         c_new[..., idx] = c_t[..., idx]
-        out = x_base - dictionary.decode(c) + dictionary.decode(c_new)
+        out = x_base - dictionary.decode(c, x_base) + dictionary.decode(c_new, x_base)
     return torch.where(valid_NT[..., None], out, x_base)
 
 

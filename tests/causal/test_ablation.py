@@ -155,3 +155,41 @@ def test_segment_equals_naive_splice(tiny_models, family, start, end):
             torch.testing.assert_close(got[b, n], want.float(), rtol=1e-4, atol=1e-5)
     with pytest.raises(SaexError, match="is not before"):
         Segment(hooked, end, ids, start)
+
+
+def test_a_dictionary_that_normalises_its_inputs_ablates_in_the_model_units(tiny_models):
+    """An OpenAI-style SAE (layer-normalised inputs) writes c·σ·f into the activation: the ablated activation is
+    x − (decode(c, x) − decode(c without k, x)), which the reference computes here from ``decode`` itself."""
+    hooked = HookedLM(load_model(str(tiny_models["llama"])).model)
+    hook = "blocks.1.hook_resid_post"
+    base = random_sae(hooked.resolve(hook).width, 24, seed=5)
+    d = SAE(base.W_enc_DF, base.W_dec_FD, base.b_enc_F, base.b_dec_D, apply_b_dec_to_input=True, normalize="layer_norm")
+    with torch.no_grad():
+        x = torch.cat([module_activation(hooked, hook, torch.tensor([c]))[0] for c in CONTEXTS])
+        frac = (d.encode(x) != 0).float().mean(0)
+    k = int(((frac - 0.5).abs()).argmin())
+    total, n = None, 0
+    for ctx in CONTEXTS:
+        ids = torch.tensor([ctx])
+        x = module_activation(hooked, hook, ids)
+        with torch.no_grad():
+            c = d.encode(x)
+            c0 = c.clone()
+            c0[..., k] = 0
+            x_abl = x - (d.decode(c, x) - d.decode(c0, x))
+        act = c[0, :, k] != 0
+        if not act.any():
+            continue
+        clean, abl = _splice_forward(hooked, hook, ids, x), _splice_forward(hooked, hook, ids, x_abl)
+        delta = (F.log_softmax(abl.double(), -1) - F.log_softmax(clean.double(), -1))[act].sum(0)
+        total = delta if total is None else total + delta
+        n += int(act.sum())
+    assert total is not None
+    want = total / n
+    V = hooked.model.config.vocab_size
+    got = output_effect(hooked, hook, d, k, CONTEXTS, top=V, batch=3)
+    vec = torch.zeros(V, dtype=torch.float64)
+    for r in got["decreased"]:
+        vec[r["id"]] = r["delta"]
+    assert got["positions"] == n
+    torch.testing.assert_close(vec, want, rtol=1e-4, atol=2e-5)

@@ -11,6 +11,7 @@ import torch
 
 from saex.causal.patching import PatchingSetup
 from saex.dictionaries.pca import fit_pca, pca_dictionary
+from saex.dictionaries.sae import SAE
 from saex.errors import SaexError
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
@@ -208,10 +209,22 @@ def test_kl_direction_through_a_sharpened_model(lms, prompts, hook):
         assert float(got[r]) == pytest.approx(forward, rel=1e-4)
 
 
-@pytest.mark.parametrize("architecture", ["standard", "topk", "linear"])
+@pytest.mark.parametrize("architecture", ["standard", "topk", "linear", "layer_norm"])
 def test_patched_activation_is_x_minus_reconstruction_plus_decoded_codes(lms, prompts, architecture):
     hooked = lms["llama"]
-    sae = random_sae(D, 40, architecture, seed=4, k=8 if architecture == "topk" else None, enc_scale=0.6)
+    arch = "topk" if architecture == "layer_norm" else architecture
+    sae = random_sae(D, 40, arch, seed=4, k=8 if arch == "topk" else None, enc_scale=0.6)
+    if architecture == "layer_norm":  # OpenAI's TopK SAEs: each input layer-normalised, the output mapped back
+        sae = SAE(
+            sae.W_enc_DF,
+            sae.W_dec_FD,
+            sae.b_enc_F,
+            sae.b_dec_D,
+            "topk",
+            k=8,
+            apply_b_dec_to_input=True,
+            normalize="layer_norm",
+        )
     assert sae.b_dec_D.abs().max() > 0.1
     hook = "blocks.1.hook_resid_post"
     setup = PatchingSetup(hooked, hook, prompts, sae)

@@ -297,7 +297,7 @@ def test_no_center_pca_projects_raw_activations(store, data, tmp_path, capsys):
         (["--kinds", "pca_topk", "--k", "17"], ["--k gives K = 17", "between 1 and the width 16"]),
         (["--kinds", "pca_topk", "--k", "0"], ["--k must be positive, got 0"]),
         (["--kinds", "pca_topk", "--k", "3", "--k-from", "/nonexistent"], ["exactly one of --k N or --k-from"]),
-        (["--kinds", "pca_topk", "--k-from", "/nonexistent/sae"], ["/nonexistent/sae is not a dictionary folder"]),
+        (["--kinds", "pca_topk", "--k-from", "/nonexistent/sae"], ["dictionary /nonexistent/sae does not exist"]),
         (["--kinds", "neurons", "--random-ratio", "0"], ["--random-ratio must be positive, got 0"]),
         (["--kinds", "ica", "--ica-rows", "0"], ["--ica-rows must be positive, got 0"]),
     ],

@@ -168,7 +168,9 @@ def output_effect(
         if not active_NT.any():
             continue
         used += int(active_NT.any(1).sum())
-        h_abl = seg((seg.x_start - c_NT[..., None] * f_D)[None])[0]
+        # in the model's units the feature writes c·σ·f (σ of a dictionary that normalises its input, else 1)
+        sigma = dictionary.norm_stats(seg.x_start)[1]
+        h_abl = seg((seg.x_start - c_NT[..., None] * sigma * f_D)[None])[0]
         clean_PD, abl_PD = seg.x_end[active_NT], h_abl[active_NT]
         for p in range(0, len(clean_PD), position_chunk):
             d = (

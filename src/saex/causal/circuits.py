@@ -116,7 +116,8 @@ class _Circuit:
         N = self.ids_NT.shape[0]
         x_u = seg.x_start
         with torch.no_grad():
-            c_NTF = up.dictionary.encode(x_u)
+            # codes in the model's units: a feature writes c·σ·f (σ of a dictionary that normalises its input)
+            c_NTF = up.dictionary.encode(x_u) * up.dictionary.norm_stats(x_u)[1]
             active = torch.nonzero(((c_NTF != 0) & self.valid_NT[..., None]).any(0).any(0)).squeeze(1)
             metric = lambda y: (feature_code(parent.dictionary, y, k) * mask_NT).sum(-1)
             clean_N = metric(seg(x_u[None])[0])

@@ -63,7 +63,10 @@ class PatchingSetup:
         self._kwargs = {i: _clone(kw) for i, kw in self._kwargs.items()}
         self.x_base_NTD, self.x_target_NTD = self.x_base_NTD.clone(), self.x_target_NTD.clone()
         self.logp_target_NV, self.logp_base_NV = self.logp_target_NV.clone(), self.logp_base_NV.clone()
-        self.delta_NTF = ((c_target - c_base) * self.valid_NT[..., None]).clone().contiguous()
+        # A dictionary that normalises its input decodes x̂·σ + μ with the base input's σ: the patch in the
+        # model's units is Δc W_dec σ (σ = 1 without a normalisation).
+        sigma = dictionary.norm_stats(self.x_base_NTD)[1]
+        self.delta_NTF = ((c_target - c_base) * self.valid_NT[..., None] * sigma).clone().contiguous()
         self.W_dec_FD = dictionary.W_dec_FD.detach().clone()
         # features whose code is the same in both runs at every position change nothing when patched
         self.active = torch.nonzero(self.delta_NTF.abs().amax((0, 1)) > 0).squeeze(1)

@@ -27,6 +27,8 @@ from tqdm import tqdm
 
 from saex.causal.case_study import decoder
 from saex.dashboard.gather import ANALYSES as PANELS
+from saex.dictionaries import load_dictionary
+from saex.dictionaries.formats import is_dictionary, weights_file
 from saex.dictionaries.sae import WEIGHTS
 from saex.errors import SaexError
 from saex.features.histogram import histogram_from_index
@@ -63,21 +65,23 @@ def parse_analyses(names_or_text: list[str] | str | None) -> tuple[str, ...]:
 
 def load_decoder(index: FeatureIndex, n: int) -> torch.Tensor:
     """The first ``n`` decoder rows ``[n, D]`` of the index's dictionary, refused unless its weights are the
-    ones the index was built from (only ``W_dec`` is read)."""
+    ones the index was built from (of a saex / SAELens folder only ``W_dec`` is read)."""
     from safetensors import safe_open
 
     folder = Path(index.meta.get("dictionary", {}).get("path", ""))
-    weights = folder / WEIGHTS
-    if not weights.is_file():
+    if not folder.exists() or not is_dictionary(folder):
         raise SaexError(
             f"the logit lens needs the dictionary the index {index.path} was built from, but "
-            f"{weights} does not exist; leave the logit lens out with --analyses histogram"
+            f"{folder} is not there; leave the logit lens out with --analyses histogram"
         )
+    weights = weights_file(folder)
     if sha256_path(weights) != index.meta["identity"]["weights_sha256"]:
         raise SaexError(
             f"the dictionary {folder} has changed since the index {index.path} was built from it; "
             "rebuild the index with saex features"
         )
+    if weights.name != WEIGHTS:  # another library's file: read it whole
+        return load_dictionary(folder).W_dec_FD[:n].detach().float()
     with safe_open(str(weights), framework="pt") as fh:
         return fh.get_slice("W_dec")[:n].float()
 

@@ -29,12 +29,15 @@ class Dictionary(Protocol):
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor: ...
 
-    def decode(self, c_BF: torch.Tensor) -> torch.Tensor: ...
+    def decode(self, c_BF: torch.Tensor, x_BD: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
-def load_dictionary(folder) -> SAE:
-    """Open a dictionary folder (SAELens layout) written by saex."""
-    return SAE.load(folder)
+def load_dictionary(path) -> SAE:
+    """Open a dictionary whatever wrote it: saex or SAELens (its layout), sparsify, dictionary_learning, Gemma
+    Scope, OpenAI's ``sparse_autoencoder``, or ``hf://owner/repo/folder`` (``saex.dictionaries.formats``)."""
+    from saex.dictionaries import formats  # lazy: formats imports this package's SAE
+
+    return formats.load(path)
 
 
 __all__ = [

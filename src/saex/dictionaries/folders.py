@@ -2,37 +2,70 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from saex.dictionaries.sae import CFG, SAE
+from saex.dictionaries import formats
+from saex.dictionaries.sae import SAE
 from saex.errors import SaexError
 
 
-def find_folders(spec: list[str] | str, marker: str, what: str, option: str) -> dict[str, Path]:
+def find_folders(
+    spec: list[str] | str, marker: str, what: str, option: str, found: Callable[[Path], bool] | None = None
+) -> dict[str, Path]:
     """Name -> folder for every folder named by ``spec`` (a list, or comma-separated text) that holds
-    ``marker``, or whose sub-folders do. Names are folder names, made unique with their parent
-    (``parent/name``) on a clash."""
+    ``marker`` (or passes ``found``), or whose entries do. Names are folder names (a file's, its stem), made
+    unique with their parent (``parent/name``) on a clash."""
+    is_one = found or (lambda p: (p / marker).is_file())
     folders: list[Path] = []
     parts = spec.split(",") if isinstance(spec, str) else spec
     for part in [str(p).strip() for p in parts if str(p).strip()]:
-        path = Path(part)
-        if (path / marker).is_file():
+        path = formats.from_hub(part) if part.startswith(formats.HUB) else Path(part)
+        if is_one(path):
             folders.append(path)
         elif path.is_dir():
-            found = sorted(p for p in path.iterdir() if (p / marker).is_file())
-            if not found:
-                raise SaexError(f"{path} holds no {what} (folders with {marker})")
-            folders += found
+            inside = sorted(p for p in path.iterdir() if is_one(p))
+            if not inside:
+                raise SaexError(f"{path} holds no {what} ({marker})")
+            folders += inside
         else:
             raise SaexError(f"{option} path {path} does not exist")
     if not folders:
         raise SaexError(f"{option} names no {what}")
-    names = [f.name for f in folders]
-    return {(f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name): f for f in folders}
+
+    def name(f: Path) -> str:
+        return (
+            f.parent.name
+            if f.name in ("ae.pt", "params.npz", "params.safetensors")
+            else f.stem
+            if f.is_file()
+            else f.name
+        )
+
+    names = [name(f) for f in folders]
+    return {(f"{f.parent.name}/{name(f)}" if names.count(name(f)) > 1 else name(f)): f for f in folders}
 
 
 def find_dictionaries(spec: list[str] | str) -> dict[str, Path]:
-    return find_folders(spec, CFG, "dictionary folders", "--dicts")
+    """Name -> path of every dictionary named by ``spec``, in any format ``saex.dictionaries.formats`` reads."""
+    return find_folders(
+        spec,
+        "saex / SAELens, sparsify, dictionary_learning, Gemma Scope or OpenAI files",
+        "dictionary folders",
+        "--dicts",
+        found=formats.is_dictionary,
+    )
+
+
+def hook_of(d: SAE, name: str, hook: str | None) -> str:
+    """The hook point a dictionary reads: ``hook`` when given, else the one it records (one clear error when it
+    records none, or one from another library that saex cannot map)."""
+    h = hook or d.metadata.get("hook_name")
+    if h:
+        return h
+    if d.metadata.get("hook_error"):
+        raise SaexError(f"dictionary {name}: {d.metadata['hook_error']}")
+    raise SaexError(f"dictionary {name} records no hook point; name one with --hook")
 
 
 def open_for_store(spec: list[str] | str, store, hook: str | None) -> dict[str, tuple[Path, SAE, str]]:
@@ -41,10 +74,8 @@ def open_for_store(spec: list[str] | str, store, hook: str | None) -> dict[str, 
     must a transcoder's target hook (its metadata's ``target_hook``), with the width of its output."""
     out = {}
     for name, folder in find_dictionaries(spec).items():
-        d = SAE.load(folder)
-        h = hook or d.metadata.get("hook_name")
-        if not h:
-            raise SaexError(f"dictionary {folder} records no hook point; name one with --hook")
+        d = formats.load(folder)
+        h = hook_of(d, str(folder), hook)
         if h not in store.hooks:
             raise SaexError(
                 f"dictionary {folder} is for hook {h!r}, which the store {store.path} lacks; it has {store.hooks}"
@@ -54,7 +85,9 @@ def open_for_store(spec: list[str] | str, store, hook: str | None) -> dict[str, 
         if d.transcoder:
             target = d.metadata.get("target_hook")
             if not target:
-                raise SaexError(f"transcoder {name} records no target hook (metadata target_hook)")
+                raise SaexError(
+                    d.metadata.get("hook_error") or f"transcoder {name} records no target hook (metadata target_hook)"
+                )
             if target not in store.hooks:
                 raise SaexError(
                     f"transcoder {name} reconstructs {target!r}, which the store {store.path} lacks; "

@@ -28,11 +28,17 @@ its input, and may add a linear skip ``x @ W_skip.T`` (``W_skip [d_out, d_in]``)
 ``<activation>_transcoder`` / ``<activation>_skip_transcoder`` (saex's own names) where it has not.
 SAELens's ``SAE.load_from_disk`` opens every SAELens-named folder; it has no identity-activation SAE, so it
 cannot open ``linear`` ones. The paper's tied SAE is the special case ``W_enc = W_decᵀ``, ``b_dec = 0``.
+
+Dictionaries imported from other libraries may normalise each input first (``normalize_activations``:
+``layer_norm`` as OpenAI's TopK SAEs do, or ``constant_norm_rescale``) and map the reconstruction back with the
+same input's statistics, which is why ``decode`` then needs the input. ``from_saelens`` reads any SAELens
+folder; ``saex.dictionaries.formats`` reads the other libraries' files.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import cast
 
@@ -41,11 +47,37 @@ from safetensors.torch import load_file
 
 from saex.errors import SaexError
 from saex.files import write_json_atomic, write_safetensors_atomic
+from saex.naming import foreign_hook
+
+
+def mapped_hooks(hook: str | None, target: str | None, model: str | None) -> dict:
+    """Metadata naming an imported dictionary's hook points as saex does: ``hook_name`` (and a transcoder's
+    ``target_hook``) where another library's name maps onto a saex hook point; otherwise the name it had
+    (``source_hook_name``, ``source_target_hook``) and why it does not map (``hook_error``), which a stage that
+    needs the hook reports."""
+    out: dict = {}
+    for key, name in (("hook_name", hook), ("target_hook", target)):
+        if not name:
+            continue
+        out[f"source_{key}"] = name
+        try:
+            out[key] = foreign_hook(name, model)
+        except SaexError as e:
+            out["hook_error"] = str(e)
+            out[key] = None
+    return out
+
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
 ARCHITECTURES = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated", "linear": "identity"}
 """Activation kinds (SAELens's names where SAELens has them) and what each computes."""
+NORMALIZATIONS = ("none", "layer_norm", "constant_norm_rescale")
+"""Per-token input normalisations (SAELens's ``normalize_activations``): ``layer_norm`` centres each input and
+divides it by its standard deviation (OpenAI's TopK SAEs, Gao et al. 2024), ``constant_norm_rescale`` scales it to
+norm √d_in; the reconstruction is mapped back with the same input's statistics."""
+LN_EPS = 1e-5
+"""The ε of ``layer_norm`` (OpenAI's and SAELens's): x ← (x − μ) / (σ + ε)."""
 # SAELens's own names for transcoders: (activation, skip) -> architecture in cfg.json.
 TRANSCODER_NAMES = {
     ("standard", False): "transcoder",
@@ -78,12 +110,16 @@ class SAE(torch.nn.Module):
         r_mag_F: torch.Tensor | None = None,
         W_skip_OD: torch.Tensor | None = None,
         transcoder: bool = False,
+        normalize: str = "none",
     ):
         """``W_dec_FD`` is ``[d_sae, d_out]`` and ``b_dec_D`` ``[d_out]`` (d_out = d_in unless a transcoder);
-        ``b_enc_F`` is the magnitude path's bias ``b_mag`` of a gated SAE. ``W_skip_OD`` makes a transcoder."""
+        ``b_enc_F`` is the magnitude path's bias ``b_mag`` of a gated SAE. ``W_skip_OD`` makes a transcoder.
+        ``normalize`` is one of ``NORMALIZATIONS``."""
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise SaexError(f"unknown SAE architecture {architecture!r}; allowed: {sorted(ARCHITECTURES)}")
+        if normalize not in NORMALIZATIONS:
+            raise SaexError(f"unknown input normalisation {normalize!r}; allowed: {list(NORMALIZATIONS)}")
         if architecture == "topk" and not k:
             raise SaexError("a topk SAE needs k")
         D, F = W_enc_DF.shape
@@ -125,6 +161,7 @@ class SAE(torch.nn.Module):
         self.transcoder = transcoder
         self.k = k
         self.apply_b_dec_to_input = apply_b_dec_to_input
+        self.normalize = normalize
         self.metadata = dict(metadata or {})
 
     @property
@@ -140,9 +177,22 @@ class SAE(torch.nn.Module):
         """Width of the reconstruction: d_in, or a transcoder's target width."""
         return self.W_dec_FD.shape[1]
 
+    def norm_stats(self, x_BD: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """(shift μ, scale σ) of each input row under the dictionary's normalisation: it encodes (x − μ) / σ
+        (``layer_norm``: σ + ε) and its reconstruction is x̂·σ + μ; (0, 1) without one."""
+        if self.normalize == "layer_norm":
+            mu = x_BD.mean(-1, keepdim=True)
+            return mu, (x_BD - mu).std(-1, keepdim=True)
+        if self.normalize == "constant_norm_rescale":
+            return 0.0, x_BD.norm(dim=-1, keepdim=True) / math.sqrt(self.d_in)
+        return 0.0, 1.0
+
     def _input(self, x_BD: torch.Tensor) -> torch.Tensor:
         if x_BD.shape[-1] != self.d_in:
             raise SaexError(f"input width {x_BD.shape[-1]} does not match the dictionary's d_in {self.d_in}")
+        if self.normalize != "none":
+            mu, sigma = self.norm_stats(x_BD)
+            x_BD = (x_BD - mu) / (sigma + LN_EPS if self.normalize == "layer_norm" else sigma)
         return x_BD - self.b_dec_D if self.apply_b_dec_to_input else x_BD
 
     def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
@@ -184,16 +234,23 @@ class SAE(torch.nn.Module):
         pre = self._input(x) @ W + self.b_enc_F[f]
         return self._activate(x, pre, f).reshape(shape)
 
-    def decode(self, c_BF: torch.Tensor) -> torch.Tensor:
-        """The reconstruction from the codes alone (without a transcoder's skip term: see ``forward``)."""
-        return c_BF @ self.W_dec_FD + self.b_dec_D
+    def decode(self, c_BF: torch.Tensor, x_BD: torch.Tensor | None = None) -> torch.Tensor:
+        """The reconstruction from the codes (without a transcoder's skip term: see ``forward``). A dictionary
+        that normalises each input maps it back with that input's statistics, so it needs ``x_BD``."""
+        out = c_BF @ self.W_dec_FD + self.b_dec_D
+        if self.normalize == "none":
+            return out
+        if x_BD is None:
+            raise SaexError(f"this dictionary normalises its inputs ({self.normalize}): decode needs the input too")
+        mu, sigma = self.norm_stats(x_BD)
+        return out * sigma + mu
 
     def skip(self, x_BD: torch.Tensor) -> torch.Tensor | float:
         """A skip transcoder's linear term x W_skipᵀ (0 without a skip connection)."""
         return 0.0 if self.W_skip_OD is None else x_BD @ self.W_skip_OD.T
 
     def forward(self, x_BD: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x_BD)) + self.skip(x_BD)
+        return self.decode(self.encode(x_BD), x_BD) + self.skip(x_BD)
 
     # -- files -----------------------------------------------------------------------------------------
     def saved_architecture(self) -> str:
@@ -214,7 +271,7 @@ class SAE(torch.nn.Module):
             "dtype": "float32",
             "device": "cpu",
             "apply_b_dec_to_input": self.apply_b_dec_to_input,
-            "normalize_activations": "none",
+            "normalize_activations": self.normalize,
         }
         if self.transcoder:
             cfg["d_out"] = self.d_out
@@ -248,30 +305,122 @@ class SAE(torch.nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path) -> SAE:
+        """Open a folder in SAELens's layout: saex's own, or one SAELens (any version) wrote."""
         folder = Path(folder)
         if not (folder / CFG).is_file() or not (folder / WEIGHTS).is_file():
             raise SaexError(f"{folder} is not a dictionary folder (needs {CFG} and {WEIGHTS})")
-        cfg = json.loads((folder / CFG).read_text())
-        w = load_file(str(folder / WEIGHTS))
-        saved = cfg.get("architecture", "standard")
-        architecture, transcoder = saved, False
-        if saved.endswith("transcoder"):
-            architecture = {"transcoder": "standard", "skip_transcoder": "standard"}.get(
-                saved, saved.removesuffix("transcoder").removesuffix("_").removesuffix("_skip")
-            )
-            transcoder = True
-        return cls(
-            w["W_enc"],
-            w["W_dec"],
-            w["b_mag"] if "b_mag" in w else w["b_enc"],
-            w["b_dec"],
-            architecture=architecture,
-            k=cfg.get("k"),
-            apply_b_dec_to_input=cfg.get("apply_b_dec_to_input", not transcoder),
-            metadata=cfg.get("metadata", {}),
-            threshold_F=w.get("threshold"),
-            b_gate_F=w.get("b_gate"),
-            r_mag_F=w.get("r_mag"),
-            W_skip_OD=w.get("W_skip"),
-            transcoder=transcoder,
+        return from_saelens(read_json_object(folder / CFG), read_safetensors(folder / WEIGHTS), str(folder))
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file that must hold an object; one clear error otherwise."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SaexError(f"{path} is not readable JSON ({e.__class__.__name__}: {e})") from e
+    if not isinstance(obj, dict):
+        raise SaexError(f"{path} holds a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file (never a pickle); one clear error for a file that is not one."""
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError, OSError, ValueError, ...
+        raise SaexError(f"{path} is not a readable safetensors file ({e.__class__.__name__}: {e})") from e
+
+
+def tensor(w: dict[str, torch.Tensor], key: str, source: str, *alternatives: str) -> torch.Tensor:
+    """``w[key]`` (or the first of ``alternatives`` present), else one error naming the file and what it holds."""
+    for k in (key, *alternatives):
+        if k in w:
+            return w[k]
+    names = " or ".join(repr(k) for k in (key, *alternatives))
+    raise SaexError(f"{source} has no tensor {names}; it holds {sorted(w)}")
+
+
+# SAELens normalize_activations -> saex's: ``expected_average_only_in`` (and the older ``true``) trained on inputs
+# scaled by one constant, which SAELens folds in only for its pretrained directory and otherwise, as here, does
+# not apply at inference.
+_SAELENS_NORMALIZE = {"none": "none", None: "none", False: "none", True: "none", "expected_average_only_in": "none"}
+_SAELENS_ARCHITECTURES = (
+    {act: (act, False, False) for act in ARCHITECTURES}
+    | {
+        f"{act}_{'skip_' if skip else ''}transcoder": (act, True, skip)
+        for act in ARCHITECTURES
+        for skip in (False, True)
+    }
+    | {"transcoder": ("standard", True, False), "skip_transcoder": ("standard", True, True)}
+)
+"""SAELens's saved architectures -> (activation, transcoder, skip); saex's ``<act>_[skip_]transcoder`` too."""
+
+
+def from_saelens(cfg: dict, w: dict[str, torch.Tensor], source: str) -> SAE:
+    """The SAE a SAELens ``cfg.json`` and its weights describe, whichever SAELens version wrote them (before 6.0
+    the hook was ``hook_point`` and TopK an ``activation_fn``), honouring ``apply_b_dec_to_input``,
+    ``normalize_activations``, JumpReLU thresholds and TopK's ``rescale_acts_by_decoder_norm``."""
+    meta: dict = cfg["metadata"] if isinstance(cfg.get("metadata"), dict) else {}
+    saved = cfg.get("architecture") or (
+        "topk" if cfg.get("activation_fn_str", cfg.get("activation_fn")) == "topk" else "standard"
+    )
+    if saved not in _SAELENS_ARCHITECTURES:
+        raise SaexError(
+            f"{source}: SAELens architecture {saved!r} has no saex equivalent; saex reads {sorted(_SAELENS_ARCHITECTURES)}"
         )
+    architecture, transcoder, skip = _SAELENS_ARCHITECTURES[saved]
+    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
+    if cfg.get("hook_head_index") is not None or cfg.get("reshape_activations", "none") != "none":
+        raise SaexError(f"{source}: SAEs of one attention head or of hook_z (reshape_activations) are not supported")
+    normalize = cfg.get("normalize_activations", "none")
+    if normalize not in NORMALIZATIONS:
+        if normalize not in _SAELENS_NORMALIZE:
+            raise SaexError(
+                f"{source}: normalize_activations {normalize!r} is not supported; saex reads "
+                f"{[*NORMALIZATIONS, 'expected_average_only_in']}"
+            )
+        if normalize not in ("none", None, False):
+            meta = {**meta, "normalize_note": f"{normalize!r} is not applied at inference (as SAELens does)"}
+        normalize = "none"
+    scaling = w.pop("scaling_factor", None)
+    if scaling is not None and not torch.allclose(scaling, torch.ones_like(scaling)):
+        raise SaexError(f"{source}: a finetuning scaling_factor other than 1 is not supported")
+    W_enc, W_dec = tensor(w, "W_enc", source), tensor(w, "W_dec", source)
+    b_enc = tensor(w, "b_mag", source) if architecture == "gated" else tensor(w, "b_enc", source)
+    if architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+        # SAELens ranks pre-activations scaled by ‖W_dec_f‖ and decodes with unit rows: the same map as these
+        # folded weights, with the same codes.
+        norm_F = W_dec.norm(dim=-1)
+        W_enc, b_enc, W_dec = W_enc * norm_F, b_enc * norm_F, W_dec / norm_F[:, None]
+    metadata = {**meta}
+    # saex writes its own metadata object; SAELens 6 stamps its version in its metadata, older SAELens and
+    # hand-written folders have none
+    native = isinstance(cfg.get("metadata"), dict) and "sae_lens_version" not in meta and "sae_lens_version" not in cfg
+    if not native:  # SAELens's top-level fields, and its (TransformerLens) hook names mapped onto saex's
+        if "hook_point" in cfg:  # SAELens before 6.0
+            cfg = {"hook_name": cfg["hook_point"], **cfg}
+        for key in ("model_name", "hook_name", "hook_name_out", "hf_hook_name", "hf_hook_name_out"):
+            if cfg.get(key) is not None:
+                metadata.setdefault(key, cfg[key])
+        metadata |= {"source_format": "saelens", "source": source}
+        metadata |= mapped_hooks(
+            metadata.get("hf_hook_name") or metadata.get("hook_name"),
+            (metadata.get("hf_hook_name_out") or metadata.get("hook_name_out")) if transcoder else None,
+            metadata.get("model_name"),
+        )
+    return SAE(
+        W_enc,
+        W_dec,
+        b_enc,
+        tensor(w, "b_dec", source),
+        architecture=architecture,
+        k=k,
+        apply_b_dec_to_input=cfg.get("apply_b_dec_to_input", not transcoder),
+        metadata=metadata,
+        threshold_F=tensor(w, "threshold", source) if architecture == "jumprelu" else None,
+        b_gate_F=tensor(w, "b_gate", source) if architecture == "gated" else None,
+        r_mag_F=tensor(w, "r_mag", source) if architecture == "gated" else None,
+        W_skip_OD=tensor(w, "W_skip", source) if skip else w.get("W_skip"),
+        transcoder=transcoder,
+        normalize=normalize,
+    )

@@ -103,5 +103,5 @@ def evaluate_batch(dictionary, x_ND: torch.Tensor, alive_threshold: int = 10) ->
     """All metrics of one dictionary on one in-memory set of activations."""
     c = dictionary.encode(x_ND)
     acc = ReconstructionMetrics(x_ND.shape[1], c.shape[1])
-    acc.update(x_ND, dictionary.decode(c), c)
+    acc.update(x_ND, dictionary.decode(c, x_ND), c)
     return acc.result(alive_threshold)

@@ -79,7 +79,7 @@ def spliced_losses(
     def splice_of(d) -> Callable[[], AbstractContextManager]:
         if target:
             return lambda: _replacement(hooked, hook, target, d)
-        return lambda: hooked.splice(hook, lambda a: d.decode(d.encode(a)))
+        return lambda: hooked.splice(hook, lambda a: d.decode(d.encode(a), a))
 
     splices: dict[str, Callable[[], AbstractContextManager]] = {
         "<zero>": lambda: hooked.splice(at, torch.zeros_like),

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 import saex
 from saex.config import opt
-from saex.dictionaries import BASELINE_KINDS
+from saex.dictionaries import BASELINE_KINDS, load_dictionary
 from saex.dictionaries.ica import fit_ica, ica_topk
 from saex.dictionaries.neurons import neurons
 from saex.dictionaries.pca import fit_pca, pca_dictionary, pca_split, pca_topk
@@ -106,7 +106,7 @@ def _params(cfg: BaselinesConfig, kind: str, k: int | None) -> dict:
 
 def measured_k(folder: str, store: ActivationStore, hook: str, n: int, rows: RowFilter) -> int:
     """Mean L0 of a dictionary on the first ``n`` held-out rows that ``rows`` keeps, rounded to an integer >= 1."""
-    sae = SAE.load(folder)
+    sae = load_dictionary(folder)
     if sae.d_in != store.width(hook):
         raise SaexError(f"--k-from {folder} has d_in {sae.d_in}, but {hook} in the store has width {store.width(hook)}")
     kept = store.kept_rows("heldout", rows, hook)
@@ -194,7 +194,10 @@ def run(cfg: BaselinesConfig, progress: bool = True) -> Path:
         meta = {**common, **_params(cfg, kind, k), "arch": kind}
         if kind.endswith("_topk") and cfg.k_from is not None:
             # where K came from, and whether that dictionary had converged (the report checks it)
-            meta |= {"k_from": str(cfg.k_from), "k_from_convergence": SAE.load(cfg.k_from).metadata.get("convergence")}
+            meta |= {
+                "k_from": str(cfg.k_from),
+                "k_from_convergence": load_dictionary(cfg.k_from).metadata.get("convergence"),
+            }
         if kind == "neurons":
             d = neurons(d_in, meta)
         elif kind == "random":

@@ -31,8 +31,10 @@ from saex.causal.ablation import output_effect
 from saex.causal.case_study import decoder, store_contexts
 from saex.causal.circuits import Level, contexts_from_index, upstream_circuit
 from saex.config import opt
+from saex.dictionaries import load_dictionary
 from saex.dictionaries.folders import find_dictionaries, open_for_store, refuse_transcoder
-from saex.dictionaries.sae import SAE, WEIGHTS
+from saex.dictionaries.formats import weights_sha256
+from saex.dictionaries.sae import SAE
 from saex.errors import SaexError
 from saex.features import histogram as H
 from saex.features import logit_lens as LL
@@ -133,7 +135,9 @@ def _validate(cfg: CaseStudyConfig) -> None:
 
 def _same_store(folder: Path, d: SAE, store: ActivationStore, hook: str, option: str) -> None:
     """Refuse a dictionary trained on another model or another store (where its metadata says)."""
-    trained_on = d.metadata.get("model_name")
+    # Another library names models its own way ("gpt2-small", "google/gemma-2-2b"): imported dictionaries are
+    # checked by hook point and width only.
+    trained_on = None if d.metadata.get("source_format") else d.metadata.get("model_name")
     if trained_on and trained_on != store.manifest["model"]["name"]:
         raise SaexError(
             f"{option} dictionary {folder} was trained on model {trained_on!r}, but the store "
@@ -201,7 +205,7 @@ def run(cfg: CaseStudyConfig, progress: bool = True) -> Path:
     levels = []
     for part in cfg.upstream or []:
         up_folder = _one(part, "--upstream")
-        up = SAE.load(up_folder)
+        up = load_dictionary(up_folder)
         refuse_transcoder(up, up_folder, "case-study")
         up_hook = up.metadata.get("hook_name")
         if not up_hook:
@@ -209,13 +213,13 @@ def run(cfg: CaseStudyConfig, progress: bool = True) -> Path:
         _same_store(up_folder, up, store, up_hook, "--upstream")
         levels.append((up_folder, up_hook, up))
     _check_order(hook, [h for _, h, _ in levels], cfg.depth)
-    weights_sha = sha256_path(folder / WEIGHTS)
+    weights_sha = weights_sha256(folder)
     index_dir = _index_folder(cfg.features_index, folder, weights_sha) if cfg.features_index else None
     identity = {
         "config": {k: v for k, v in asdict(cfg).items() if k != "out"},
         "dictionary": weights_sha,
         "store": store_hash(store, hook),
-        "upstream": [sha256_path(f / WEIGHTS) for f, _, _ in levels],
+        "upstream": [weights_sha256(f) for f, _, _ in levels],
         # the index's content: a rebuilt index makes the study stale
         "index": [sha256_path(f) for f in sorted(index_dir.iterdir()) if f.suffix in (".json", ".safetensors")]
         if index_dir

@@ -25,13 +25,15 @@ from tqdm import tqdm
 
 import saex
 from saex.config import opt
+from saex.dictionaries import load_dictionary
 from saex.dictionaries.folders import open_for_store
-from saex.dictionaries.sae import SAE, WEIGHTS
+from saex.dictionaries.formats import weights_sha256
+from saex.dictionaries.sae import SAE
 from saex.errors import SaexError
 from saex.evaluate.metrics import ReconstructionMetrics
 from saex.evaluate.mmcs import mmcs
 from saex.evaluate.spliced import spliced_losses
-from saex.files import check_output_folder, sha256_path, write_json_atomic
+from saex.files import check_output_folder, write_json_atomic
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_store_model
 from saex.naming import file_name
@@ -95,7 +97,7 @@ def _describe(name: str, folder: Path, d: SAE) -> dict:
         "ratio": d.d_dict / d.d_in,
         "alpha": meta.get("alpha"),
         "k": meta.get("k"),
-        "weights_sha256": sha256_path(folder / WEIGHTS),
+        "weights_sha256": weights_sha256(folder),
     }
 
 
@@ -112,7 +114,7 @@ def run(cfg: EvalConfig, progress: bool = True) -> Path:
         | {"hook": hook, "target": d.metadata.get("target_hook") if d.transcoder else None}
         for name, (folder, d, hook) in found.items()
     }
-    reference = SAE.load(cfg.reference) if cfg.reference else None
+    reference = load_dictionary(cfg.reference) if cfg.reference else None
 
     out = Path(cfg.out)
     check_output_folder(out, MARKER, "saex evaluation")
@@ -122,7 +124,7 @@ def run(cfg: EvalConfig, progress: bool = True) -> Path:
     options = {k: v for k, v in asdict(cfg).items() if k not in ("out", "dicts", "acts", "batch_size", "context_batch")}
     results: dict[str, dict] = {}
     todo: dict[tuple[str, str | None], dict[str, SAE]] = {}
-    reference_sha = sha256_path(Path(cfg.reference) / WEIGHTS) if cfg.reference else None
+    reference_sha = weights_sha256(cfg.reference) if cfg.reference else None
     for name, i in info.items():
         ident = {
             "weights_sha256": i["weights_sha256"],
@@ -200,7 +202,7 @@ def _reconstruction(
                 for name, d in group.items():
                     c_BF = d.encode(x_BD)
                     if k:
-                        accs[name].update(y_BD[:k], d.decode(c_BF[:k]) + d.skip(x_BD[:k]), c_BF[:k])
+                        accs[name].update(y_BD[:k], d.decode(c_BF[:k], x_BD[:k]) + d.skip(x_BD[:k]), c_BF[:k])
                     if k < len(x_BD):
                         accs[name].count(c_BF[k:])
             seen += len(x_BD)

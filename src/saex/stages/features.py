@@ -19,11 +19,11 @@ from tqdm import tqdm
 import saex
 from saex.config import opt
 from saex.dictionaries.folders import open_for_store
-from saex.dictionaries.sae import WEIGHTS
+from saex.dictionaries.formats import weights_sha256
 from saex.errors import SaexError
 from saex.features.fragments import Fragments, make_fragments
 from saex.features.index import INDEX_JSON, INDEX_TENSORS, KINDS, VOCAB_JSON, IndexBuilder, sparse_token_values
-from saex.files import check_output_folder, sha256_path, write_json_atomic, write_safetensors_atomic
+from saex.files import check_output_folder, write_json_atomic, write_safetensors_atomic
 from saex.lm.loading import load_store_model
 from saex.naming import file_name
 from saex.store.reader import ActivationStore, RowFilter, RowOptions, store_hash, within_norm
@@ -98,7 +98,7 @@ def run(cfg: FeaturesConfig, progress: bool = True) -> Path:
     for name, (folder, d, hook) in dicts.items():
         target = out / file_name(name)
         identity = {
-            "weights_sha256": sha256_path(folder / WEIGHTS),
+            "weights_sha256": weights_sha256(folder),
             "store_hash": store_hash(store, hook),
             "hook": hook,
             "options": options,

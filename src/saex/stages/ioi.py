@@ -26,11 +26,12 @@ from saex.causal.greedy import greedy_prune
 from saex.causal.ioi import make_prompts, task_performance
 from saex.causal.patching import PatchingSetup
 from saex.config import Config, opt
-from saex.dictionaries.folders import find_dictionaries, refuse_transcoder
+from saex.dictionaries import load_dictionary
+from saex.dictionaries.folders import find_dictionaries, hook_of, refuse_transcoder
+from saex.dictionaries.formats import weights_sha256
 from saex.dictionaries.pca import fit_pca, pca_dictionary, pca_split
-from saex.dictionaries.sae import SAE, WEIGHTS
 from saex.errors import SaexError
-from saex.files import check_output_folder, sha256_path, write_json_atomic
+from saex.files import check_output_folder, write_json_atomic
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
 from saex.store.reader import ActivationStore
@@ -97,12 +98,11 @@ def _plan(cfg: IOIConfig, hooked) -> dict[int, list[tuple[str, object, dict]]]:
     plan: dict[int, list] = {}
     if cfg.dicts:
         for name, folder in find_dictionaries(cfg.dicts).items():
-            d = SAE.load(folder)
+            d = load_dictionary(folder)
             refuse_transcoder(d, folder, "ioi")
-            hook = d.metadata.get("hook_name")
-            if not hook:
-                raise SaexError(f"dictionary {folder} records no hook point (metadata hook_name)")
-            trained_on = d.metadata.get("model_name")
+            hook = hook_of(d, str(folder), None)
+            # imported dictionaries name models their own way: checked by hook point and width only
+            trained_on = None if d.metadata.get("source_format") else d.metadata.get("model_name")
             if trained_on and trained_on != cfg.model:
                 raise SaexError(f"dictionary {folder} was trained on model {trained_on!r}, not {cfg.model!r}")
             point = hooked.resolve(hook)
@@ -115,7 +115,7 @@ def _plan(cfg: IOIConfig, hooked) -> dict[int, list[tuple[str, object, dict]]]:
                         d,
                         {
                             "hook": hook,
-                            "weights_sha256": sha256_path(folder / WEIGHTS),
+                            "weights_sha256": weights_sha256(folder),
                             "path": str(folder),
                             "alpha": d.metadata.get("alpha"),
                             "kind": d.metadata.get("baseline") or d.metadata.get("arch"),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saex.config import Config, opt
-from saex.dictionaries.sae import SAE
+from saex.dictionaries import load_dictionary
 from saex.evaluate.mmcs import mmcs
 
 NAME = "mmcs"
@@ -20,9 +20,9 @@ class MmcsConfig(Config):
     """Which dictionaries ``saex mmcs`` compares."""
 
     reference: str = opt(positional=True)
-    """Dictionary folder whose atoms are matched against."""
+    """Dictionary whose atoms are matched against (any format saex reads)."""
     other: str = opt(positional=True)
-    """Dictionary folder whose atoms are each matched."""
+    """Dictionary whose atoms are each matched."""
     hungarian: bool = True
     """Also the one-to-one (Hungarian) matching (--no-hungarian skips it)."""
     json: bool = False
@@ -33,6 +33,6 @@ CONFIG = MmcsConfig
 
 
 def run(cfg: MmcsConfig, progress: bool = True) -> Path:
-    r = mmcs(SAE.load(cfg.reference).W_dec_FD, SAE.load(cfg.other).W_dec_FD, hungarian=cfg.hungarian)
+    r = mmcs(load_dictionary(cfg.reference).W_dec_FD, load_dictionary(cfg.other).W_dec_FD, hungarian=cfg.hungarian)
     print(json.dumps(r, indent=1) if cfg.json else "  ".join(f"{k} {v:.4g}" for k, v in r.items()))
     return Path(cfg.other)
