@@ -126,3 +126,35 @@ def test_a_dictionary_for_another_model_is_refused(setup, tmp_path):
         "--quiet",
     )
     assert rc == 2 and "trained on model 'some-other-model'" in err
+
+
+def test_a_sparsify_coder_patches_like_its_saex_twin(setup, tmp_path):
+    """The same TopK coder as a sparsify folder (model name "some-hub-name", as another library records it)
+    and as a saex folder: the patching curves are the same numbers."""
+    import json
+
+    from tests.dictionaries._formats import weights, write_sparsify
+
+    root, _, _ = setup
+    w = weights(32, 64, 7)
+    w["W_enc"] *= 50
+    write_sparsify(tmp_path / "sp", "layers.1", w, 6)
+    (tmp_path / "sp" / "config.json").write_text(json.dumps({"model": "some-hub-name"}))
+    SAE(w["W_enc"], w["W_dec"], w["b_enc"], w["b_dec"], "topk", k=6, apply_b_dec_to_input=True,
+        metadata={"hook_name": HOOK}).save(tmp_path / "twin" / "layers.1")  # fmt: skip
+    outs = {}
+    for name in ("sp", "twin"):
+        out = tmp_path / f"out-{name}"
+        rc, _, err = _main("ioi", "--model", str(root / "model"), "--dicts", str(tmp_path / name / "layers.1"),
+                           "--prompts", "6", "--out", str(out), "--quiet")  # fmt: skip
+        assert rc == 0, err
+        (res,) = sorted((out / "layer1").glob("layers.1.json"))
+        outs[name] = json.loads(res.read_text())
+    a, b = outs["sp"], outs["twin"]
+    assert a["n_active"] == b["n_active"] > 0 and a["kl_base"] == pytest.approx(b["kl_base"], rel=1e-6)
+    assert a["quick"]["order"] == b["quick"]["order"] and len(b["quick"]["records"]) > 2
+    for ra, rb in zip(a["quick"]["records"], b["quick"]["records"], strict=True):
+        assert ra["n_patched"] == rb["n_patched"]
+        assert ra["kl"] == pytest.approx(rb["kl"], rel=1e-5, abs=1e-9) and ra["edit"] == pytest.approx(
+            rb["edit"], rel=1e-5
+        )

@@ -64,6 +64,11 @@ class Run:
         return "; ".join(why) or None
 
     @property
+    def given(self) -> dict[str, list[str]]:
+        """hook -> names of the dictionaries ``saex reproduce --dicts`` analysed (empty when it trained its own)."""
+        return self.reproduce.get("given") or {}
+
+    @property
     def stages(self) -> dict[str, dict]:
         return self.reproduce.get("stages") or {}
 
@@ -184,7 +189,8 @@ def _collect_ioi(run: Run) -> None:
 
 def main_target(run: Run, hook: str) -> dict:
     """The (α, R) of the main SAE at a hook: the α its calibration chose for the plan's main target L0, else
-    reproduce.json's main α (runs before calibration), else the paper's."""
+    reproduce.json's main α (runs before calibration), else the paper's. A run on given dictionaries
+    (``saex reproduce --dicts``) names its main dictionary per hook instead (``name``)."""
     kind = "mlp" if hook_family(hook) == "mlp" else "resid"
     cfg = run.config
     alpha = cfg.get(f"main_alpha_{kind}")
@@ -195,7 +201,9 @@ def main_target(run: Run, hook: str) -> dict:
     ratio = cfg.get(f"main_ratio_{kind}")
     if ratio is None:
         ratio = cfg.get("main_ratio")
+    main = (run.reproduce.get("main_dicts") or {}).get(hook)
     return {
+        "name": main,
         "alpha": float(alpha if alpha is not None else PAPER_MAIN[kind]["alpha"]),
         "ratio": float(ratio if ratio is not None else PAPER_MAIN[kind]["ratio"]),
     }
@@ -227,13 +235,20 @@ def same_alpha(a, b) -> bool:
 
 
 def main_result(run: Run, hook: str) -> dict | None:
-    """The eval result of the main SAE at a hook (nearest to the target when the exact one is absent)."""
+    """The eval result of the main SAE at a hook (nearest to the target when the exact one is absent; the named
+    one in a run on given dictionaries)."""
     results = (run.eval.get(hook) or {}).get("results") or []
-    return _closest([r for r in results if is_sae(r)], main_target(run, hook))
+    target = main_target(run, hook)
+    if target["name"]:
+        return next((r for r in results if r.get("name") == target["name"]), None)
+    return _closest([r for r in results if is_sae(r)], target)
 
 
 def main_method(methods: list[dict], target: dict) -> dict | None:
-    """The autointerp row of the main SAE: the target α, the ratio nearest the target."""
+    """The autointerp row of the main SAE: the target α, the ratio nearest the target (the named one in a run
+    on given dictionaries)."""
+    if target.get("name"):
+        return next((m for m in methods if m.get("method") == target["name"]), None)
     at_alpha = [m for m in methods if is_sae(m) and same_alpha(m["alpha"], target["alpha"])]
     return _closest(at_alpha, target) if at_alpha else _closest([m for m in methods if is_sae(m)], target)
 

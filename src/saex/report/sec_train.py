@@ -28,6 +28,12 @@ def training(run: Run, fig_dir: Path, results: dict) -> Section:
         "tokens, is marked NOT converged, and its features should not be read as findings.",
     )
     hooks = sorted(set(run.training) | set(run.calibration), key=hook_sort_key)
+    if run.given:
+        s.notes.append(
+            "The dictionaries were given (saex reproduce --dicts): nothing was calibrated or trained in this run, "
+            "and whether they converged is their trainer's record, not this report's."
+        )
+        return s
     if not hooks:
         s.notes.append(
             "No training run or calibration was found (dicts/<hook>/run.json, calibrate/<hook>/calibration.json)."

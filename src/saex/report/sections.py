@@ -108,6 +108,14 @@ def differences(
             "(the paper: ≈ 2.1M per 2 GB chunk, 10 chunks for Fig. 2)."
         )
     hooks = hooks if hooks is not None else run.hooks
+    if run.given:  # saex reproduce --dicts: nothing was trained here
+        out.append(
+            "Dictionaries: given (saex reproduce --dicts), not trained in this run: "
+            + "; ".join(f"{h}: {', '.join(names)}" for h, names in run.given.items())
+            + f" (main: {run.reproduce.get('main_dict')}); the paper trains tied ReLU SAEs with an L1 penalty "
+            "(α = 8.6e-4, R = 2 residual; α = 3.2e-4, R = 1 MLP)."
+        )
+        hooks = []
     for kind, paper in (("resid", "α = 8.6e-4, R = 2"), ("mlp", "α = 3.2e-4, R = 1")):
         hs = [h for h in hooks if hook_family(h) == kind]
         if hs:
@@ -117,7 +125,7 @@ def differences(
                 f"at {', '.join(hs)}; the paper: {paper}"
                 + (" at layers 0-5." if kind == "resid" else " at MLP layers 0-5.")
             )
-    cfg = run.config
+    cfg = {} if run.given else run.config
     for label, kind in (("residual", "resid"), ("MLP", "mlp")):
         targets, ratios = cfg.get(f"target_l0_{kind}"), cfg.get(f"ratios_{kind}")
         extra = cfg.get(f"extra_alphas_{kind}") or []

@@ -83,6 +83,19 @@ def calibrated_alphas(folder: Path) -> dict[float, float]:
     return {float(c["target_l0"]): float(c["alpha"]) for c in json.loads(path.read_text())["chosen"]}
 
 
+def interpret_config(cfg: Any, plan: Plan, root: Path, hook: str) -> interpret.InterpretConfig:
+    """Autointerp of the feature indexes at one hook, with the command's backend options."""
+    return interpret.InterpretConfig(
+        features=[str(root / "features" / hook)],
+        out=str(root / "interpret" / hook),
+        backend=cfg.backend,
+        n_features=plan.interpret_features,
+        model=cfg.llm_model,
+        base_url=cfg.base_url,
+        api_key_env=cfg.api_key_env,
+    )
+
+
 def _layer(hook: str) -> int:
     """The block of one of the plan's hooks (all are ``blocks.{L}.…``)."""
     layer = hook_layer(hook)
@@ -258,15 +271,7 @@ def build_stages(cfg: Any, plan: Plan, root: Path, progress: bool) -> list[Stage
             f"interpret:{hook}",
             f"interpret/{hook}",
             (f"features:{hook}",),
-            lambda hook=hook: interpret.InterpretConfig(
-                features=[str(root / "features" / hook)],
-                out=str(root / "interpret" / hook),
-                backend=cfg.backend,
-                n_features=plan.interpret_features,
-                model=cfg.llm_model,
-                base_url=cfg.base_url,
-                api_key_env=cfg.api_key_env,
-            ),
+            lambda hook=hook: interpret_config(cfg, plan, root, hook),
             interpret,
         )
 
@@ -295,24 +300,38 @@ def build_stages(cfg: Any, plan: Plan, root: Path, progress: bool) -> list[Stage
         ioi,
         optional=True,
     )
-    _late_stages(cfg, plan, root, progress, main, main_dict, add, stages)
+    # one upstream dictionary per level of the circuit, nearest first
+    upstream = [resid_hook(plan.main_layer - i) for i in range(1, plan.circuit_depth + 1)]
+    late_stages(
+        cfg,
+        plan,
+        root,
+        main,
+        lambda: main_dict(main),
+        lambda: [main_dict(h) for h in upstream],
+        ("harvest", f"train:{main}", *(f"train:{h}" for h in upstream), f"features:{main}"),
+        add,
+        stages,
+    )
     return stages
 
 
-def _late_stages(cfg, plan, root, progress, main, main_dict, add, stages) -> None:
-    """Case studies, dashboard and report: they read what the stages above wrote."""
-    # one upstream dictionary per level of the circuit, nearest first
-    upstream = [resid_hook(plan.main_layer - i) for i in range(1, plan.circuit_depth + 1)]
+def late_stages(
+    cfg, plan, root: Path, main: str, main_dict, upstream, case_inputs: tuple[str, ...], add, stages
+) -> None:
+    """Case study, dashboard and report: they read what the stages before them wrote. ``main_dict()`` and
+    ``upstream()`` give the main dictionary's folder at hook ``main`` and the circuit's upstream dictionaries,
+    nearest first (called when the stage is reached)."""
     add(
         "case_study",
         "case_studies",
-        ("harvest", f"train:{main}", *(f"train:{h}" for h in upstream), f"features:{main}"),
+        case_inputs,
         lambda: case_study.CaseStudyConfig(
             acts=str(root / "acts"),
-            dict=str(main_dict(main)),
+            dict=str(main_dict()),
             features_index=str(root / "features" / main),
-            upstream=[str(main_dict(h)) for h in upstream],
-            depth=plan.circuit_depth,
+            upstream=[str(p) for p in upstream()],
+            depth=len(upstream()),
             top=plan.case_top,
             max_density=plan.case_max_density,
             model=cfg.model,
@@ -328,7 +347,7 @@ def _late_stages(cfg, plan, root, progress, main, main_dict, add, stages) -> Non
         (f"features:{main}", f"interpret:{main}"),
         lambda: dashboard.DashboardConfig(
             features=str(root / "features" / main),
-            dict=main_dict(main).name,
+            dict=main_dict().name,
             interpret=str(root / "interpret" / main),
             out=str(root / "dashboard"),
             limit=plan.dashboard_features or None,

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from saex.config import Config, config_dict
+from saex.config import Config, config_dict, opt
 from saex.errors import SaexError
+from saex.lm.hooks import HookedLM
+from saex.lm.loading import load_model
 from saex.reproduce import plan as presets
+from saex.reproduce.given import Given, build_given_stages
 from saex.reproduce.graph import build_stages, describe_model
 from saex.reproduce.pipeline import Pipeline, parse_overrides
 
@@ -56,6 +59,11 @@ class ReproduceConfig(Config):
     """openai backend: the endpoint's base URL."""
     api_key_env: str = "OPENAI_API_KEY"
     """openai backend: the environment variable holding the API key (the key is never written anywhere)."""
+    dicts: list[str] = opt([])
+    """Analyse these dictionaries instead of training (any format saex reads: saex, SAELens, sparsify,
+    dictionary_learning, Gemma Scope, OpenAI, hf://…): harvest their hook points, skip calibration and training,
+    run baselines, eval, features, autointerp, IOI, the case study of the first one, the dashboard and the
+    report on them (docs/interop.md)."""
     dry_run: bool = False
     """Print the plan, the stages and the expected time, and stop."""
 
@@ -90,9 +98,15 @@ def run(cfg: ReproduceConfig, progress: bool = True) -> Path:
     root = Path(cfg.out).resolve()
     info = describe_model(cfg.model)
     plan = make_plan(cfg, info["n_layers"])
+    given = None
+    if cfg.dicts:  # checked against the model before anything runs
+        hooked = HookedLM(load_model(cfg.model).model)
+        given = Given(cfg.dicts, {h: hooked.resolve(h).width for h in hooked.hook_names()})
     estimate = presets.estimate_seconds(
         plan, info["params_per_layer"], info["d_model"], info["d_mlp"], info["vocab"], info["gflops"]
     )
+    if given is not None:  # nothing is calibrated or trained
+        estimate = {k: v for k, v in estimate.items() if k not in ("calibrate", "train")}
     total = sum(estimate.values())
     print(
         f"saex reproduce --preset {cfg.preset}: {cfg.model} ({info['n_layers']} layers, d_model {info['d_model']})"
@@ -113,7 +127,11 @@ def run(cfg: ReproduceConfig, progress: bool = True) -> Path:
         "model": info,
         "estimate_seconds": estimate,
     }
-    stages = build_stages(cfg, plan, root, progress)
+    if given is not None:
+        header |= given.record()
+        stages = build_given_stages(cfg, plan, root, given, progress)
+    else:
+        stages = build_stages(cfg, plan, root, progress)
     if cfg.dry_run:
         print("stages: " + ", ".join(s.name for s in stages))
         return root
