@@ -31,7 +31,8 @@ def inputs(tmp_path_factory):
     write_sparsify(root / "sp", "layers.2", w, 4)
     w = weights(32, 128, 2)
     w["W_enc"] *= 50
-    meta = {"hook_name": "blocks.1.hook_resid_post", "sae_lens_version": "6.54.12"}
+    # a saex dictionary trained on another store: the run keeps that as a record, not as a reason to refuse it
+    meta = {"hook_name": "blocks.1.hook_resid_post", "store_hash": "0" * 64}
     SAE(w["W_enc"], w["W_dec"], w["b_enc"] - 0.7, w["b_dec"], metadata=meta).save(root / "sl1")
     return root
 
@@ -71,6 +72,8 @@ def test_stages_and_what_they_read(run):
     # the given dictionaries, copied into the run folder in saex's layout, their source recorded
     copy = SAE.load(run / "given" / "blocks.2.hook_resid_post" / "layers.2")
     assert copy.metadata["source_format"] == "sparsify" and copy.architecture == "topk" and copy.k == 4
+    up = SAE.load(run / "given" / "blocks.1.hook_resid_post" / "sl1")
+    assert "store_hash" not in up.metadata and up.metadata["trained_store_hash"] == "0" * 64
     manifest = json.loads((run / "acts" / "manifest.json").read_text())
     assert sorted(manifest["hooks"]) == ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
     for hook, name in (("blocks.1.hook_resid_post", "sl1"), ("blocks.2.hook_resid_post", "layers.2")):

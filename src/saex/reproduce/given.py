@@ -89,7 +89,12 @@ def build_given_stages(cfg: Any, plan: Plan, root: Path, given: Given, progress:
 
     def copy(_: dict) -> Path:
         for n, (p, d, h) in given.items.items():
-            d.metadata = {**d.metadata, "hook_name": h, "given_from": str(p)}
+            # a given dictionary was trained on another store by definition: its store hash is kept as a record
+            # (trained_store_hash), not as the claim that it belongs to this run's store
+            meta = {k: v for k, v in d.metadata.items() if k != "store_hash"}
+            if "store_hash" in d.metadata:
+                meta["trained_store_hash"] = d.metadata["store_hash"]
+            d.metadata = {**meta, "hook_name": h, "given_from": str(p)}
             d.save(root / "given" / h / n)
         return root / "given"
 
