@@ -118,7 +118,7 @@ def _plan(cfg: IOIConfig, hooked) -> dict[int, list[tuple[str, object, dict]]]:
                             "weights_sha256": weights_sha256(folder),
                             "path": str(folder),
                             "alpha": d.metadata.get("alpha"),
-                            "kind": d.metadata.get("baseline") or d.metadata.get("arch"),
+                            "kind": d.metadata.get("baseline") or d.metadata.get("arch") or d.architecture,
                         },
                     )
                 )
