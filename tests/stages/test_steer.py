@@ -151,3 +151,18 @@ def test_cli(lm, tiny_llama, tmp_path):
         rc, _, err = run_cli(*base, *args)
         lines = err.strip().splitlines()
         assert rc == 2 and len(lines) == 1 and pattern in lines[0] and "Traceback" not in err, (args, err)
+
+
+def test_a_dictionary_that_normalises_its_inputs_steers_in_the_model_units(lm):
+    """OpenAI-style (layer-normalised inputs, TopK): adding s to a code moves the activation by s·σ(x)·W_dec[f]."""
+    d0 = _planted(lm, _token(lm))
+    d = SAE(d0.W_enc_DF, d0.W_dec_FD, d0.b_enc_F, d0.b_dec_D, "topk", k=2, normalize="layer_norm")
+    hook = "blocks.3.hook_resid_post"
+    ids = lm.tokenizer(PROMPT, return_tensors="pt").input_ids
+    with HookedLM(lm.model).capture([hook]) as run:
+        x = run(ids)[hook]
+    sigma = d.norm_stats(x)[1]
+    y = Steering(d, [Edit(0, "add", 2.0)], start=0)(x)
+    assert torch.allclose(y, x + 2.0 * sigma * d.W_dec_FD[0], atol=1e-5)
+    assert torch.allclose(Steering(d, [Edit(5, "ablate")], start=0)(x), x - (d.decode(d.encode(x), x) - d.decode(
+        torch.where(torch.arange(d.d_dict) == 5, 0.0, d.encode(x)), x)), atol=1e-6)  # fmt: skip
