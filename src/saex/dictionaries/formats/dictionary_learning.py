@@ -23,10 +23,7 @@ every feature's JumpReLU θ, which gives the same codes (ReLU(p)·1[ReLU(p) > θ
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-
-import torch
 
 from saex.dictionaries.formats.torch_state import load_state_dict
 from saex.dictionaries.sae import SAE, mapped_hooks, read_json_object, tensor
@@ -71,7 +68,7 @@ def _hook(trainer: dict) -> str | None:
     for key, kind in (("mlp", "hook_mlp_out"), ("attn", "hook_attn_out"), ("resid_pre", "hook_resid_pre")):
         if key in sub:
             return f"blocks.{layer}.{kind}"
-    if re.search(r"embed", sub):
+    if "embed" in sub:
         return sub
     return f"blocks.{layer}.hook_resid_post"
 
@@ -91,7 +88,6 @@ def read(path: Path) -> SAE:
     else:
         W_enc, W_dec = tensor(w, "W_enc", source), tensor(w, "W_dec", source)
     F = W_enc.shape[1]
-    zeros = torch.zeros(F)
     kw: dict = {}
     if cls == "AutoEncoder":
         b_enc, b_dec, arch, apply = tensor(w, "encoder.bias", source), tensor(w, "bias", source), "standard", True
@@ -131,7 +127,7 @@ def read(path: Path) -> SAE:
     return SAE(
         W_enc,
         W_dec,
-        b_enc if b_enc is not None else zeros,
+        b_enc,
         b_dec,
         architecture=arch,
         apply_b_dec_to_input=apply,
