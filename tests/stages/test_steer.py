@@ -115,7 +115,7 @@ def test_edit_parsing():
 def test_cli(lm, tiny_llama, tmp_path):
     t = _token(lm)
     folder = _planted(lm, t).save(tmp_path / "planted")
-    base = ("steer", folder, "--model", tiny_llama, "--prompt", PROMPT)
+    base = ("steer", folder, "--model", tiny_llama, "--prompt", PROMPT, "--device", "cpu")
     rc, out, err = run_cli(
         *base,
         "--edits",
@@ -147,6 +147,8 @@ def test_cli(lm, tiny_llama, tmp_path):
         (("--edits", "99:ablate"), "feature 99 is out of range"),
         (("--edits", "0:ablate", "--hook", "blocks.3.mlp.hook_post"), "has width 48"),
         (("--edits", "0:ablate", "--temperature", "-1"), "--temperature"),
+        (("--edits", "0:ablate", "--lm-dtype", "int3"), "unknown --lm-dtype 'int3'"),
+        (("--edits", "0:ablate", "--device", "tpu"), "unknown --device 'tpu'"),
     ):
         rc, _, err = run_cli(*base, *args)
         lines = err.strip().splitlines()

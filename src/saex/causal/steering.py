@@ -96,7 +96,7 @@ class Steering:
         self.seen += x.shape[1]
         if first >= x.shape[1]:
             return x
-        xf = x[:, first:].float()
+        xf = x[:, first:].float()  # the dictionary computes in float32 whatever the model's dtype
         c = self.d.encode(xf)
         c2 = edited_codes(c, self.edits)
         if self.keep_error:
@@ -155,7 +155,7 @@ def steer(
     point = hooked.resolve(hook)
     if point.width != dictionary.d_in:
         raise SaexError(f"the dictionary has d_in {dictionary.d_in}, but {hook} has width {point.width}")
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
     if ids.shape[1] == 0:
         raise SaexError("the prompt is empty")
     fn = Steering(dictionary, edits, keep_error, start)
@@ -175,4 +175,4 @@ def steer(
     clean, logp_clean = run()
     with hooked.splice(hook, fn):
         steered, logp_steered = run()
-    return Steered(prompt, clean, steered, logp_clean, logp_steered)
+    return Steered(prompt, clean, steered, logp_clean.cpu(), logp_steered.cpu())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from saex.causal.steering import Edit, steer
 from saex.config import Config, opt
+from saex.devices import resolve_device, resolve_lm_dtype
 from saex.dictionaries.folders import hook_of
 from saex.dictionaries.formats import load
 from saex.lm.loading import load_model
@@ -53,6 +54,11 @@ class SteerConfig(Config):
     """Tokens shown whose next-token log-probability rose / fell most."""
     json: bool = False
     """Print JSON instead of the side-by-side text."""
+    device: str = "auto"
+    """Where the model and the dictionary run: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N, mps."""
+    lm_dtype: str = "auto"
+    """The model's precision: auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16; the
+    dictionary computes in float32."""
 
 
 CONFIG = SteerConfig
@@ -64,11 +70,14 @@ def _columns(left: str, right: str, width: int) -> str:
 
 
 def run(cfg: SteerConfig, progress: bool = True) -> Path:
-    edits = [Edit.parse(e) for e in cfg.edits]  # a mistyped edit fails before anything loads
-    d = load(cfg.dict)
+    edits = [Edit.parse(e) for e in cfg.edits]  # a mistyped edit, device or dtype fails before anything loads
+    device = resolve_device(cfg.device)
+    dtype = resolve_lm_dtype(cfg.lm_dtype, device)
+    d = load(cfg.dict).to(device)
     hook = hook_of(d, cfg.dict, cfg.hook)
     path = Path(cfg.dict)
     lm = load_model(cfg.model)
+    lm.model.to(device=device, dtype=dtype)
     r = steer(
         lm.model,
         lm.tokenizer,

@@ -1,0 +1,73 @@
+"""Where tensors live and in which precision: ``--device`` and ``--lm-dtype``, resolved once, checked against the
+machine with one clear error naming what it has.
+
+``auto`` takes the first of CUDA, MPS and the CPU that this machine has. A language model runs in float32 on
+the CPU (bfloat16 matmul is hundreds of times slower on CPUs without native support) and in bfloat16 on CUDA,
+unless ``--lm-dtype`` says otherwise; dictionaries are always float32.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from saex.errors import SaexError
+
+LM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""``--lm-dtype`` values."""
+
+
+def _mps() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def available() -> list[str]:
+    """The devices of this machine, as ``--device`` names them."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps():
+        out.append("mps")
+    return out
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The device ``spec`` names: ``auto`` (CUDA, then MPS, then the CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    text = (spec or "auto").strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps") if _mps() else torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if m:
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(m.group(1) or 0)
+        if index >= n:
+            raise SaexError(
+                f"--device {spec}: this machine has {'no CUDA GPU' if n == 0 else f'{n} CUDA GPU(s), cuda:0..cuda:{n - 1}'}; "
+                f"available: {', '.join(available())}"
+            )
+        return torch.device("cuda", index)
+    if text == "mps":
+        if not _mps():
+            raise SaexError(f"--device mps: this machine has no MPS device; available: {', '.join(available())}")
+        return torch.device("mps")
+    raise SaexError(
+        f"unknown --device {spec!r}; allowed: auto, cpu, cuda, cuda:N, mps (here: {', '.join(available())})"
+    )
+
+
+def resolve_lm_dtype(spec: str | None, device: torch.device) -> torch.dtype:
+    """The language model's dtype: ``spec`` (one of ``LM_DTYPES``), or by default bfloat16 on CUDA and float32
+    elsewhere."""
+    if spec is None or spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if spec not in LM_DTYPES:
+        raise SaexError(f"unknown --lm-dtype {spec!r}; allowed: auto, {', '.join(LM_DTYPES)}")
+    return LM_DTYPES[spec]

@@ -1,0 +1,51 @@
+"""``saex.devices``: ``auto`` on this machine, explicit devices, and one clear error for a device or dtype the
+machine does not have (GPUs simulated by patching torch's queries, so the checks run on the CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saex import devices
+from saex.devices import resolve_device, resolve_lm_dtype
+from saex.errors import SaexError
+
+
+def test_auto_and_cpu_here():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: auto is not the CPU")
+    assert resolve_device("auto") == resolve_device(None) == resolve_device("CPU") == torch.device("cpu")
+    assert devices.available()[0] == "cpu"
+    assert resolve_lm_dtype(None, torch.device("cpu")) == torch.float32
+    assert resolve_lm_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
+    assert resolve_lm_dtype("float16", torch.device("cpu")) == torch.float16
+
+
+def _gpus(monkeypatch, n: int, mps: bool = False):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(devices, "_mps", lambda: mps)
+
+
+def test_cuda_and_mps_against_what_the_machine_has(monkeypatch):
+    _gpus(monkeypatch, 0)
+    with pytest.raises(SaexError, match="--device cuda: this machine has no CUDA GPU; available: cpu"):
+        resolve_device("cuda")
+    with pytest.raises(SaexError, match="--device mps: this machine has no MPS device"):
+        resolve_device("mps")
+    _gpus(monkeypatch, 1)
+    assert resolve_device("auto") == torch.device("cuda", 0) == resolve_device("cuda")
+    assert devices.available() == ["cpu", "cuda:0"]
+    with pytest.raises(SaexError, match=r"--device cuda:7: this machine has 1 CUDA GPU\(s\), cuda:0..cuda:0"):
+        resolve_device("cuda:7")
+    _gpus(monkeypatch, 0, mps=True)
+    assert resolve_device("auto") == torch.device("mps")
+
+
+def test_bad_names():
+    for bad in ("gpu", "cuda:x", "tpu", "cuda:-1"):
+        with pytest.raises(SaexError, match="unknown --device"):
+            resolve_device(bad)
+    with pytest.raises(SaexError, match="unknown --lm-dtype 'int3'; allowed: auto, float32, bfloat16, float16"):
+        resolve_lm_dtype("int3", torch.device("cpu"))
