@@ -581,3 +581,39 @@ def test_a_store_written_before_hooks_were_a_list_is_still_the_same_store(
     (out / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(SaexError, match=r"holds a different activation store \(hooks: store has \['blocks\.0"):
         harvest(cfg(out, tiny_llama, shared_corpus, **BASE), progress=False)
+
+
+def test_device_and_lm_dtype(tiny_llama, shared_corpus, make_store, copy_store, tmp_path, monkeypatch):
+    """--device cpu and --lm-dtype float32 are what auto means on this machine (the same store, byte for byte);
+    a bfloat16 model gives another store, recorded as such and refused as a resume of a float32 one; a store
+    written before --lm-dtype existed is the float32 store; a device this machine lacks is one error before the
+    model loads."""
+    if torch.cuda.is_available():
+        pytest.skip("auto is a GPU here")
+    ref = make_store(**BASE)
+    assert manifest(ref)["lm_dtype"] == "float32" and manifest(ref)["device"] == "cpu"
+    out = harvest(
+        cfg(tmp_path / "cpu", tiny_llama, shared_corpus, device="cpu", lm_dtype="float32", **BASE), progress=False
+    )
+    assert SHARD_FILES(out) == SHARD_FILES(ref) and shard_lists(out) == shard_lists(ref)
+    bf = harvest(cfg(tmp_path / "bf16", tiny_llama, shared_corpus, lm_dtype="bfloat16", **BASE), progress=False)
+    assert manifest(bf)["lm_dtype"] == "bfloat16" and manifest(bf)["identity"]["lm_dtype"] == "bfloat16"
+    a = ActivationStore(ref).rows("heldout", RESID, torch.arange(64)).float()
+    b = ActivationStore(bf).rows("heldout", RESID, torch.arange(64)).float()
+    assert not torch.equal(a, b) and torch.allclose(a, b, rtol=0.1, atol=0.05 * float(a.abs().max()))
+    with pytest.raises(SaexError, match=r"lm_dtype: store has 'bfloat16', asked 'float32'"):
+        harvest(cfg(bf, tiny_llama, shared_corpus, **BASE), progress=False)
+    old = copy_store(ref, "old")
+    m = manifest(old)
+    del m["identity"]["lm_dtype"]
+    (old / "manifest.json").write_text(json.dumps(m))
+    writes = []
+    monkeypatch.setattr(H, "write_safetensors_atomic", lambda path, *a: writes.append(path))
+    harvest(cfg(old, tiny_llama, shared_corpus, **BASE), progress=False)
+    assert writes == []
+    loads = []
+    monkeypatch.setattr(H, "load_model", lambda name: loads.append(name))
+    for device, pattern in (("cuda", "this machine has no CUDA GPU"), ("tpu", "unknown --device 'tpu'")):
+        with pytest.raises(SaexError, match=pattern):
+            harvest(cfg(tmp_path / device, tiny_llama, shared_corpus, device=device, **BASE), progress=False)
+    assert loads == [] and not (tmp_path / "cuda").exists()

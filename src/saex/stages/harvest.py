@@ -28,6 +28,7 @@ from saex import distributed
 from saex.config import Config, config_dict, opt, recorded_identity
 from saex.data.corpora import resolve_corpus
 from saex.data.packing import SPLITS, pack, resolve_packing
+from saex.devices import resolve_device, resolve_lm_dtype
 from saex.errors import SaexError
 from saex.files import (
     check_output_folder,
@@ -76,6 +77,11 @@ class HarvestConfig(Config):
     """Token joining documents (auto: <|endoftext|>, else EOS, else BOS)."""
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     """Storage dtype of activations: float16, bfloat16 or float32."""
+    device: str = "auto"
+    """Where the model runs: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N, mps."""
+    lm_dtype: str = "auto"
+    """The model's precision: auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16; recorded
+    in the manifest (the store's identity: another precision gives other activations)."""
     batch_size: int = opt(16, gt=0)
     """Contexts per forward pass."""
     shard_tokens: int = opt(65_536, gt=0)
@@ -98,7 +104,7 @@ def summary(out: Path) -> str:
 
 
 # Fields that may differ between the run that started a store and one that continues it.
-_MUTABLE = {"out", "tokens", "heldout_tokens"}
+_MUTABLE = {"out", "tokens", "heldout_tokens", "device"}
 
 
 def _tokenizer_sha256(tokenizer) -> str:
@@ -114,6 +120,8 @@ def _check_existing(out: Path, identity: dict) -> dict | None:
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise SaexError(f"output folder {out} holds something other than a saex v{FORMAT_VERSION} activation store")
     recorded = recorded_identity(HarvestConfig, manifest["identity"], identity)
+    if "lm_dtype" not in manifest["identity"]:  # stores written before --lm-dtype: the model ran in float32
+        recorded["lm_dtype"] = "float32"
     check_same_identity(out, recorded, identity, "activation store", "store")
     return manifest
 
@@ -140,7 +148,10 @@ def run(cfg: HarvestConfig, progress: bool = True) -> Path:
     ranks = distributed.setup()
     out = Path(cfg.out)
     check_output_folder(out, MANIFEST, "activation store")  # refuse a wrong --out before the slow model load
+    device = resolve_device(cfg.device)
+    lm_dtype = resolve_lm_dtype(cfg.lm_dtype, device)
     lm = load_model(cfg.model)
+    lm.model.to(device=device, dtype=lm_dtype)
     hooked = HookedLM(lm.model)
     points = [hooked.resolve(h) for h in hooks]
     packing = resolve_packing(lm.tokenizer, cfg.context_length, cfg.bos_policy, cfg.separator, hooked.max_context)
@@ -148,6 +159,7 @@ def run(cfg: HarvestConfig, progress: bool = True) -> Path:
     T = cfg.context_length
     shard_contexts = max(1, cfg.shard_tokens // T)
     identity = {k: v for k, v in config_dict(cfg).items() if k not in _MUTABLE}
+    identity["lm_dtype"] = str(lm_dtype).removeprefix("torch.")  # resolved: "auto" means different things
     identity |= {
         "weights_sha256": lm.weights_sha256,
         "corpus_fingerprint": corpus.fingerprint,
@@ -195,6 +207,7 @@ def run(cfg: HarvestConfig, progress: bool = True) -> Path:
             },
             "packing": packing.describe(),
             "dtype": cfg.dtype,
+            "lm_dtype": identity["lm_dtype"],
             "hooks": {p.name: p.describe() for p in points},
             "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
             "splits": {s: {"shards": []} for s in SPLITS},
@@ -204,6 +217,7 @@ def run(cfg: HarvestConfig, progress: bool = True) -> Path:
         remove_stale_temporaries(out)
     ranks.barrier()
     manifest["config"] = config_dict(cfg)
+    manifest["device"] = str(device)  # where this (last) run computed; not part of the store's identity
     manifest["status"] = "in_progress"
     for split in SPLITS:
         entry = manifest["splits"][split]
@@ -330,7 +344,8 @@ def _harvest_split(
 
 
 def _compute_shard(cfg, run, contexts, n, T, points, bar, split) -> tuple[int, dict[str, torch.Tensor]]:
-    """Activations of up to n contexts from the stream: (contexts filled, the shard's tensors)."""
+    """Activations of up to n contexts from the stream: (contexts filled, the shard's tensors, on the CPU)."""
+    device = resolve_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     tok_CT = np.zeros((n, T), dtype=np.int32)
     doc_CT = np.zeros((n, T), dtype=np.int32)
@@ -348,7 +363,7 @@ def _compute_shard(cfg, run, contexts, n, T, points, bar, split) -> tuple[int, d
         b = len(batch)
         tok_CT[filled : filled + b] = np.stack([c.tokens_T for c in batch])
         doc_CT[filled : filled + b] = np.stack([c.doc_ids_T for c in batch])
-        got = run(torch.from_numpy(tok_CT[filled : filled + b]).long())
+        got = run(torch.from_numpy(tok_CT[filled : filled + b]).long().to(device))
         for name, x_BTD in got.items():
             x = x_BTD.reshape(b * T, -1).to(dtype)
             if not torch.isfinite(x).all():
