@@ -49,3 +49,28 @@ def test_bad_names():
             resolve_device(bad)
     with pytest.raises(SaexError, match="unknown --lm-dtype 'int3'; allowed: auto, float32, bfloat16, float16"):
         resolve_lm_dtype("int3", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu", "gated", "linear"])
+@pytest.mark.parametrize("normalize", ["none", "layer_norm"])
+def test_inference_dictionaries_and_steering_run_on_the_meta_device(architecture, normalize):
+    """Every tensor an inference dictionary or a steering edit makes follows its inputs' device: on ``meta`` a
+    tensor made on the CPU by mistake meets a meta one and raises (for elementwise operations), as it would on a
+    GPU, instead of reaching a user with one."""
+    from saex.causal.steering import Edit, Steering
+    from saex.dictionaries import SAE
+
+    D, F = 8, 16
+    kw: dict = {"k": 3} if architecture == "topk" else {}
+    if architecture == "jumprelu":
+        kw["threshold_F"] = torch.zeros(F)
+    if architecture == "gated":
+        kw |= {"b_gate_F": torch.zeros(F), "r_mag_F": torch.zeros(F)}
+    d = SAE(
+        torch.randn(D, F), torch.randn(F, D), torch.zeros(F), torch.zeros(D), architecture, normalize=normalize, **kw
+    )
+    d = d.to("meta")
+    x = torch.randn(4, 5, D, device="meta")
+    outs = [d.encode(x), d(x), d.code_of(x, 2), Steering(d, [Edit(1, "add", 2.0), Edit(2, "ablate")], start=1)(x)]
+    assert all(t.device.type == "meta" for t in outs)
+    assert outs[0].shape == (4, 5, F) and outs[3].shape == x.shape
