@@ -14,7 +14,7 @@ def find_folders(
     spec: list[str] | str, marker: str, what: str, option: str, found: Callable[[Path], bool] | None = None
 ) -> dict[str, Path]:
     """Name -> folder for every folder named by ``spec`` (a list, or comma-separated text) that holds
-    ``marker`` (or passes ``found``), or whose entries do. Names are folder names (a file's, its stem), made
+    ``marker`` (or passes ``found``), or whose entries do. Names are ``formats.name_of`` theirs, made
     unique with their parent (``parent/name``) on a clash."""
     is_one = found or (lambda p: (p / marker).is_file())
     folders: list[Path] = []
@@ -33,17 +33,8 @@ def find_folders(
     if not folders:
         raise SaexError(f"{option} names no {what}")
 
-    def name(f: Path) -> str:
-        return (
-            f.parent.name
-            if f.name in ("ae.pt", "params.npz", "params.safetensors")
-            else f.stem
-            if f.is_file()
-            else f.name
-        )
-
-    names = [name(f) for f in folders]
-    return {(f"{f.parent.name}/{name(f)}" if names.count(name(f)) > 1 else name(f)): f for f in folders}
+    names = [formats.name_of(f) for f in folders]
+    return {(f"{f.parent.name}/{n}" if names.count(n) > 1 else n): f for f, n in zip(folders, names, strict=True)}
 
 
 def find_dictionaries(spec: list[str] | str) -> dict[str, Path]:

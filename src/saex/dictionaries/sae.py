@@ -340,10 +340,10 @@ def tensor(w: dict[str, torch.Tensor], key: str, source: str, *alternatives: str
     raise SaexError(f"{source} has no tensor {names}; it holds {sorted(w)}")
 
 
-# SAELens normalize_activations -> saex's: ``expected_average_only_in`` (and the older ``true``) trained on inputs
-# scaled by one constant, which SAELens folds in only for its pretrained directory and otherwise, as here, does
-# not apply at inference.
-_SAELENS_NORMALIZE = {"none": "none", None: "none", False: "none", True: "none", "expected_average_only_in": "none"}
+# SAELens normalize_activations values saex does not apply: ``expected_average_only_in`` (and the older ``true``)
+# trained on inputs scaled by one constant, which SAELens folds in only for its pretrained directory and otherwise,
+# as here, does not apply at inference. (``null`` / ``false``: none.)
+_NOT_APPLIED = (True, "expected_average_only_in")
 _SAELENS_ARCHITECTURES = (
     {act: (act, False, False) for act in ARCHITECTURES}
     | {
@@ -372,16 +372,15 @@ def from_saelens(cfg: dict, w: dict[str, torch.Tensor], source: str) -> SAE:
     k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
     if cfg.get("hook_head_index") is not None or cfg.get("reshape_activations", "none") != "none":
         raise SaexError(f"{source}: SAEs of one attention head or of hook_z (reshape_activations) are not supported")
-    normalize = cfg.get("normalize_activations", "none")
-    if normalize not in NORMALIZATIONS:
-        if normalize not in _SAELENS_NORMALIZE:
-            raise SaexError(
-                f"{source}: normalize_activations {normalize!r} is not supported; saex reads "
-                f"{[*NORMALIZATIONS, 'expected_average_only_in']}"
-            )
-        if normalize not in ("none", None, False):
-            meta = {**meta, "normalize_note": f"{normalize!r} is not applied at inference (as SAELens does)"}
+    normalize = cfg.get("normalize_activations") or "none"
+    if normalize in _NOT_APPLIED:
+        meta = {**meta, "normalize_note": f"{normalize!r} is not applied at inference (as SAELens does)"}
         normalize = "none"
+    elif normalize not in NORMALIZATIONS:
+        raise SaexError(
+            f"{source}: normalize_activations {normalize!r} is not supported; saex reads "
+            f"{[*NORMALIZATIONS, 'expected_average_only_in']}"
+        )
     scaling = w.pop("scaling_factor", None)
     if scaling is not None and not torch.allclose(scaling, torch.ones_like(scaling)):
         raise SaexError(f"{source}: a finetuning scaling_factor other than 1 is not supported")

@@ -178,7 +178,8 @@ class HookedLM:
 
     @contextmanager
     def capture(self, names: list[str], stop_early: bool = True):
-        """Context manager yielding ``run(input_ids_BT) -> {name: act_BTD}`` for these hook points.
+        """Context manager yielding ``run(input_ids_BT) -> {name: act_BTD}`` for these hook points (the
+        activations on the model's device; the ids may be anywhere).
 
         With ``stop_early`` the forward ends after the deepest of them; the LM head is never run.
         """
@@ -205,8 +206,9 @@ class HookedLM:
 
             def run(input_ids_BT: torch.Tensor) -> dict[str, torch.Tensor]:
                 store.clear()
+                device = next(self.model.parameters()).device  # token ids go where the model is
                 with torch.inference_mode(), suppress(_StopForward):
-                    self.model(input_ids=input_ids_BT, use_cache=False)
+                    self.model(input_ids=input_ids_BT.to(device), use_cache=False)
                 return {n: store[n] for n in names}
 
             yield run

@@ -20,7 +20,7 @@ from saex.dictionaries.formats import weights_sha256
 from saex.errors import SaexError
 from saex.lm.hooks import hook_order
 from saex.naming import file_name, hook_layer, resid_hook
-from saex.reproduce.graph import interpret_config, late_stages
+from saex.reproduce.graph import baselines_config, harvest_config, interpret_config, late_stages
 from saex.reproduce.pipeline import Stage, module_stage
 from saex.reproduce.plan import Plan
 from saex.stages import baselines, eval, features, harvest, interpret, ioi
@@ -107,35 +107,18 @@ def build_given_stages(cfg: Any, plan: Plan, root: Path, given: Given, progress:
         "harvest",
         "acts",
         (),
-        lambda: harvest.HarvestConfig(
-            out=str(acts),
-            model=cfg.model,
-            corpus=plan.corpus,
-            hooks=given.hooks(),
-            tokens=plan.tokens,
-            heldout_tokens=plan.heldout_tokens,
-            heldout_fraction=plan.heldout_fraction,
-            context_length=plan.context_length,
-        ),
+        lambda: harvest_config(cfg, plan, acts, given.hooks()),
         harvest,
     )
     analysed = [h for h in given.hooks() if given.at(h)]
     with_baselines = [h for h in analysed if given.at(h, autoencoders=True)]
     for hook in with_baselines:
-        mlp = hook.endswith("mlp.hook_post")
-        kinds = ["neurons", "random"] if mlp else ["neurons", "random", "pca", "pca_topk", "ica", "ica_topk"]
         add(
             f"baselines:{hook}",
             f"baselines/{hook}",
             ("harvest", "given"),
-            lambda hook=hook, kinds=kinds: baselines.BaselinesConfig(
-                acts=str(acts),
-                hook=hook,
-                kinds=kinds,
-                out=str(root / "baselines" / hook),
-                k_from=str(folder(hook, given.at(hook, autoencoders=True)[0])) if "pca_topk" in kinds else None,
-                ica_rows=plan.ica_rows,
-                ica_max_iter=plan.ica_max_iter,
+            lambda hook=hook: baselines_config(
+                plan, root, hook, lambda: folder(hook, given.at(hook, autoencoders=True)[0])
             ),
             baselines,
         )

@@ -18,7 +18,6 @@ import torch
 
 from saex.errors import SaexError
 from saex.lm.hooks import HookedLM
-from saex.lm.loading import load_model
 from saex.naming import hook_layer, mlp_hook, resid_hook
 from saex.reproduce.pipeline import Stage, module_stage
 from saex.reproduce.plan import Plan, sweep_targets
@@ -38,10 +37,9 @@ from saex.stages import (
 from saex.stages.calibrate import RESULT as CALIBRATION
 
 
-def describe_model(name: str) -> dict:
+def describe_model(name: str, hooked: HookedLM) -> dict:
     """Depth and widths of the model (for the plan), and this machine's fp32 matmul rate (for the estimate)."""
-    model = load_model(name).model
-    hooked = HookedLM(model)
+    model = hooked.model
     a = torch.randn(1024, 1024)
     a @ a
     t0 = time.perf_counter()
@@ -81,6 +79,36 @@ def calibrated_alphas(folder: Path) -> dict[float, float]:
     if not path.is_file():
         raise SaexError(f"{folder} holds no {CALIBRATION}; the calibration stage has not run")
     return {float(c["target_l0"]): float(c["alpha"]) for c in json.loads(path.read_text())["chosen"]}
+
+
+def harvest_config(cfg: Any, plan: Plan, acts: Path, hooks: list[str]) -> harvest.HarvestConfig:
+    """The study's harvest of these hook points: the plan's corpus, token budgets and context length."""
+    return harvest.HarvestConfig(
+        out=str(acts),
+        model=cfg.model,
+        corpus=plan.corpus,
+        hooks=hooks,
+        tokens=plan.tokens,
+        heldout_tokens=plan.heldout_tokens,
+        heldout_fraction=plan.heldout_fraction,
+        context_length=plan.context_length,
+    )
+
+
+def baselines_config(plan: Plan, root: Path, hook: str, k_from) -> baselines.BaselinesConfig:
+    """The baselines at one hook: Fig. 10 compares MLP dictionaries with the MLP's own neurons; the residual
+    stream gets every baseline of Fig. 2 / Fig. 18, the top-k ones at the L0 of ``k_from()`` (a dictionary)."""
+    mlp = hook.endswith("mlp.hook_post")
+    kinds = ["neurons", "random"] if mlp else ["neurons", "random", "pca", "pca_topk", "ica", "ica_topk"]
+    return baselines.BaselinesConfig(
+        acts=str(root / "acts"),
+        hook=hook,
+        kinds=kinds,
+        out=str(root / "baselines" / hook),
+        k_from=str(k_from()) if any(k.endswith("_topk") for k in kinds) else None,
+        ica_rows=plan.ica_rows,
+        ica_max_iter=plan.ica_max_iter,
+    )
 
 
 def interpret_config(cfg: Any, plan: Plan, root: Path, hook: str) -> interpret.InterpretConfig:
@@ -153,16 +181,7 @@ def build_stages(cfg: Any, plan: Plan, root: Path, progress: bool) -> list[Stage
         "harvest",
         "acts",
         (),
-        lambda: harvest.HarvestConfig(
-            out=str(acts),
-            model=cfg.model,
-            corpus=plan.corpus,
-            hooks=hooks,
-            tokens=plan.tokens,
-            heldout_tokens=plan.heldout_tokens,
-            heldout_fraction=plan.heldout_fraction,
-            context_length=plan.context_length,
-        ),
+        lambda: harvest_config(cfg, plan, acts, hooks),
         harvest,
     )
     for hook in [h for h in hooks if sweep(h)["calibrated_at"] == h]:
@@ -208,23 +227,11 @@ def build_stages(cfg: Any, plan: Plan, root: Path, progress: bool) -> list[Stage
             train,
         )
     for hook in hooks:
-        mlp = hook.endswith("mlp.hook_post")
-        # Fig. 10 compares MLP dictionaries with the MLP's own neurons; the residual stream gets every
-        # baseline of Fig. 2 / Fig. 18.
-        kinds = ["neurons", "random"] if mlp else ["neurons", "random", "pca", "pca_topk", "ica", "ica_topk"]
         add(
             f"baselines:{hook}",
             f"baselines/{hook}",
             ("harvest", f"train:{hook}"),
-            lambda hook=hook, kinds=kinds: baselines.BaselinesConfig(
-                acts=str(acts),
-                hook=hook,
-                kinds=kinds,
-                out=str(root / "baselines" / hook),
-                k_from=str(main_dict(hook)) if any(k.endswith("_topk") for k in kinds) else None,
-                ica_rows=plan.ica_rows,
-                ica_max_iter=plan.ica_max_iter,
-            ),
+            lambda hook=hook: baselines_config(plan, root, hook, lambda: main_dict(hook)),
             baselines,
         )
     for hook in hooks:

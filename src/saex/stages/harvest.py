@@ -345,7 +345,6 @@ def _harvest_split(
 
 def _compute_shard(cfg, run, contexts, n, T, points, bar, split) -> tuple[int, dict[str, torch.Tensor]]:
     """Activations of up to n contexts from the stream: (contexts filled, the shard's tensors, on the CPU)."""
-    device = resolve_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     tok_CT = np.zeros((n, T), dtype=np.int32)
     doc_CT = np.zeros((n, T), dtype=np.int32)
@@ -363,7 +362,7 @@ def _compute_shard(cfg, run, contexts, n, T, points, bar, split) -> tuple[int, d
         b = len(batch)
         tok_CT[filled : filled + b] = np.stack([c.tokens_T for c in batch])
         doc_CT[filled : filled + b] = np.stack([c.doc_ids_T for c in batch])
-        got = run(torch.from_numpy(tok_CT[filled : filled + b]).long().to(device))
+        got = run(torch.from_numpy(tok_CT[filled : filled + b]).long())
         for name, x_BTD in got.items():
             x = x_BTD.reshape(b * T, -1).to(dtype)
             if not torch.isfinite(x).all():

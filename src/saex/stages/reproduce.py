@@ -96,12 +96,13 @@ def make_plan(cfg: ReproduceConfig, n_layers: int) -> presets.Plan:
 def run(cfg: ReproduceConfig, progress: bool = True) -> Path:
     """Plan the study for the model, print it and its expected time, then run (or resume) every stage."""
     root = Path(cfg.out).resolve()
-    info = describe_model(cfg.model)
+    hooked = HookedLM(load_model(cfg.model).model)
+    info = describe_model(cfg.model, hooked)
     plan = make_plan(cfg, info["n_layers"])
     given = None
     if cfg.dicts:  # checked against the model before anything runs
-        hooked = HookedLM(load_model(cfg.model).model)
         given = Given(cfg.dicts, {h: hooked.resolve(h).width for h in hooked.hook_names()})
+    del hooked  # the stages load the model themselves: not two copies for the whole run
     estimate = presets.estimate_seconds(
         plan, info["params_per_layer"], info["d_model"], info["d_mlp"], info["vocab"], info["gflops"]
     )

@@ -102,6 +102,15 @@ def load(path: str | Path) -> SAE:
     return FORMATS[fmt].read(path)
 
 
+def name_of(path: Path) -> str:
+    """A dictionary's name: its folder's, or a file's stem (OpenAI's ``6.pt``: ``6``); a weights file that every
+    dictionary of its format calls the same (``ae.pt``, ``params.npz``) is named after its folder."""
+    if path.is_file():
+        same = (dictionary_learning.WEIGHTS, gemma_scope.NPZ, gemma_scope.SAFETENSORS)
+        return path.parent.name if path.name in same else path.stem
+    return path.name
+
+
 def is_dictionary(path: Path) -> bool:
     return format_of(path) is not None
 
@@ -126,4 +135,14 @@ def weights_sha256(path: str | Path) -> str:
     return sha256_path(weights_file(path))
 
 
-__all__ = ["FORMATS", "HUB", "format_of", "from_hub", "is_dictionary", "load", "weights_file", "weights_sha256"]
+__all__ = [
+    "FORMATS",
+    "HUB",
+    "format_of",
+    "from_hub",
+    "is_dictionary",
+    "load",
+    "name_of",
+    "weights_file",
+    "weights_sha256",
+]

@@ -67,8 +67,9 @@ def read(path: Path) -> SAE:
             )
         model = cfg.get("model_name")
         hook_in, hook_out = cfg.get("hf_hook_point_in"), cfg.get("hf_hook_point_out")
-        if hook_in is None:
-            hook_in, model = _hook_from_path(folder)[0], model or _hook_from_path(folder)[1]
+        if hook_in is None:  # a config.json without hook points: the folder path names them, as for Gemma Scope 1
+            hook_in, path_model = _hook_from_path(folder)
+            model = model or path_model
     else:
         source = str(folder / NPZ)
         w = {key.lower(): t for key, t in _read_npz(folder / NPZ).items()}

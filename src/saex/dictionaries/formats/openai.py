@@ -35,7 +35,7 @@ def detect(path: Path) -> bool:
     """A ``.pt`` file holding OpenAI's keys (other ``.pt`` files are left to dictionary_learning)."""
     if not (path.is_file() and path.suffix == ".pt" and path.name != "ae.pt"):
         return False
-    return {"pre_bias", "latent_bias", "encoder.weight"} <= set(load_state_dict(path))
+    return {"pre_bias", "latent_bias", "encoder.weight"} <= set(load_state_dict(path, keys_only=True))
 
 
 def _hook(path: Path) -> tuple[str | None, str | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -11,13 +12,15 @@ import torch
 from saex.errors import SaexError
 
 
-def load_state_dict(path: Path) -> dict:
+def load_state_dict(path: Path, keys_only: bool = False) -> dict:
     """The tensors (and plain numbers and strings) of a ``.pt`` state dict. torch's restricted unpickler builds
-    only tensors and plain containers, so a file that would run code on load is refused without running it."""
+    only tensors and plain containers, so a file that would run code on load is refused without running it.
+    With ``keys_only`` (format detection) a file in torch's zip format is memory-mapped, so little of a large
+    file is read; the dictionary itself is built from a full read."""
     try:
         with warnings.catch_warnings():  # a protocol note on plain pickles, not about the file's safety
             warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=keys_only and zipfile.is_zipfile(path))
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise SaexError(
