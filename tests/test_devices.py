@@ -74,3 +74,20 @@ def test_inference_dictionaries_and_steering_run_on_the_meta_device(architecture
     outs = [d.encode(x), d(x), d.code_of(x, 2), Steering(d, [Edit(1, "add", 2.0), Edit(2, "ablate")], start=1)(x)]
     assert all(t.device.type == "meta" for t in outs)
     assert outs[0].shape == (4, 5, F) and outs[3].shape == x.shape
+
+
+def test_placement_of_a_config(monkeypatch):
+    """--lm-device defaults to --device; --lm-dtype auto follows the model's device, not the dictionaries'."""
+    from saex.devices import LMOptions, placement
+
+    p = placement(LMOptions())
+    if not torch.cuda.is_available():
+        assert p.device == p.lm_device == torch.device("cpu") and p.lm_dtype == torch.float32
+    _gpus(monkeypatch, 2)
+    p = placement(LMOptions(device="cpu", lm_device="cuda:1"))
+    assert (p.device, p.lm_device, p.lm_dtype) == (torch.device("cpu"), torch.device("cuda", 1), torch.bfloat16)
+    assert p.describe() == {"device": "cpu", "lm_device": "cuda:1", "lm_dtype": "bfloat16"}
+    p = placement(LMOptions(device="cuda", lm_dtype="float32"))
+    assert p.lm_device == torch.device("cuda", 0) and p.lm_dtype == torch.float32
+    with pytest.raises(SaexError, match=r"--lm-device cuda:2: this machine has 2 CUDA GPU\(s\)"):
+        placement(LMOptions(device="cpu", lm_device="cuda:2"))

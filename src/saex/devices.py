@@ -9,9 +9,11 @@ unless ``--lm-dtype`` says otherwise; dictionaries are always float32.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
 
+from saex.config import Config
 from saex.errors import SaexError
 
 LM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,7 +35,7 @@ def available() -> list[str]:
     return out
 
 
-def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+def resolve_device(spec: str | torch.device | None = "auto", option: str = "--device") -> torch.device:
     """The device ``spec`` names: ``auto`` (CUDA, then MPS, then the CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
     if isinstance(spec, torch.device):
         spec = str(spec)
@@ -50,16 +52,16 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         index = int(m.group(1) or 0)
         if index >= n:
             raise SaexError(
-                f"--device {spec}: this machine has {'no CUDA GPU' if n == 0 else f'{n} CUDA GPU(s), cuda:0..cuda:{n - 1}'}; "
+                f"{option} {spec}: this machine has {'no CUDA GPU' if n == 0 else f'{n} CUDA GPU(s), cuda:0..cuda:{n - 1}'}; "
                 f"available: {', '.join(available())}"
             )
         return torch.device("cuda", index)
     if text == "mps":
         if not _mps():
-            raise SaexError(f"--device mps: this machine has no MPS device; available: {', '.join(available())}")
+            raise SaexError(f"{option} mps: this machine has no MPS device; available: {', '.join(available())}")
         return torch.device("mps")
     raise SaexError(
-        f"unknown --device {spec!r}; allowed: auto, cpu, cuda, cuda:N, mps (here: {', '.join(available())})"
+        f"unknown {option} {spec!r}; allowed: auto, cpu, cuda, cuda:N, mps (here: {', '.join(available())})"
     )
 
 
@@ -71,3 +73,49 @@ def resolve_lm_dtype(spec: str | None, device: torch.device) -> torch.dtype:
     if spec not in LM_DTYPES:
         raise SaexError(f"unknown --lm-dtype {spec!r}; allowed: auto, {', '.join(LM_DTYPES)}")
     return LM_DTYPES[spec]
+
+
+@dataclass
+class DeviceOptions(Config):
+    """``--device`` of a stage that runs dictionaries (and a model, unless ``LMOptions.lm_device`` says otherwise)."""
+
+    device: str = "auto"
+    """Where the dictionaries (and the language model, unless --lm-device) run: auto (CUDA, then MPS, then the
+    CPU), cpu, cuda, cuda:N, mps."""
+
+
+@dataclass
+class LMOptions(DeviceOptions):
+    """``--lm-device`` and ``--lm-dtype`` of a stage that also runs a language model."""
+
+    lm_device: str = ""
+    """Where the language model runs, when not on --device (e.g. the model on cuda:1, the dictionaries on
+    cuda:0); empty: --device."""
+    lm_dtype: str = "auto"
+    """The language model's precision: auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16.
+    Dictionaries always compute in float32 (activations are cast to it)."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Resolved devices and the model's dtype."""
+
+    device: torch.device
+    lm_device: torch.device
+    lm_dtype: torch.dtype
+
+    def describe(self) -> dict:
+        return {"device": str(self.device), "lm_device": str(self.lm_device), "lm_dtype": dtype_name(self.lm_dtype)}
+
+
+def placement(cfg: DeviceOptions) -> Placement:
+    """Where a stage's config puts its dictionaries and model (one clear error for what the machine lacks)."""
+    device = resolve_device(cfg.device)
+    lm_spec = getattr(cfg, "lm_device", "") or ""
+    lm_device = resolve_device(lm_spec, "--lm-device") if lm_spec else device
+    return Placement(device, lm_device, resolve_lm_dtype(getattr(cfg, "lm_dtype", None), lm_device))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``float32`` for ``torch.float32``: how manifests record a dtype."""
+    return str(dtype).removeprefix("torch.")
