@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from saex.devices import Placement
 from saex.errors import SaexError
 
 
@@ -51,6 +52,14 @@ class Ranks:
         dist.all_gather_object(out, obj)
         return out
 
+    def all_rows(self, x_bD: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows stacked in rank order (the global batch, from each rank's slice of it)."""
+        if self.world == 1:
+            return x_bD
+        parts = [torch.empty_like(x_bD) for _ in range(self.world)]
+        dist.all_gather(parts, x_bD.contiguous())
+        return torch.cat(parts)
+
     def local_slice(self, x_BD: torch.Tensor) -> torch.Tensor:
         if self.world == 1:
             return x_BD
@@ -59,8 +68,11 @@ class Ranks:
 
 
 def setup(batch_size: int | None = None) -> Ranks:
-    """Join the process group torchrun describes in the environment (a no-op for a single process)."""
+    """Join the process group torchrun describes in the environment (a no-op for a single process): NCCL when
+    there are GPUs (each rank on the one ``LOCAL_RANK`` names), gloo on the CPU."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     if not dist.is_initialized():
         return Ranks()
@@ -68,6 +80,16 @@ def setup(batch_size: int | None = None) -> Ranks:
     if batch_size is not None and batch_size % ranks.world:
         raise SaexError(f"--batch-size {batch_size} must be divisible by the number of processes ({ranks.world})")
     return ranks
+
+
+def local_placement(place: Placement, ranks: Ranks) -> Placement:
+    """Each rank's own GPU under torchrun: a CUDA device becomes ``cuda:LOCAL_RANK`` (the model's too, when it
+    shares the dictionaries' device); anything else is left as given."""
+    if ranks.world == 1 or place.device.type != "cuda":
+        return place
+    local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", str(ranks.rank))))
+    lm_device = local if place.lm_device == place.device else place.lm_device
+    return Placement(local, lm_device, place.lm_dtype)
 
 
 def wrap(model: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:

@@ -19,14 +19,41 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+from saex.config import Config, opt
 from saex.data.documents import Document
 from saex.errors import SaexError
 
 BOS_POLICIES = ("auto", "separator", "bos")
 SPLITS = ("train", "heldout")
+
+
+@dataclass
+class ContextOptions(Config):
+    """Which documents and how they become contexts: the options of every stage that reads a corpus through a
+    model (``saex harvest``; ``saex train --model``, which computes activations on the fly)."""
+
+    corpus: str = "default"
+    """Comma-separated sources: default (Wikipedia leads), debian or a Debian source name, a .txt/.jsonl file
+    or folder, or a Hugging Face dataset id (streamed)."""
+    context_length: int = opt(128, gt=0)
+    """Tokens per context."""
+    bos_policy: Literal["auto", "separator", "bos"] = "auto"
+    """auto, separator (the paper's: contexts cut from the separator-joined stream) or bos (BOS opens every
+    context; auto picks it when the tokenizer adds BOS by default)."""
+    separator: str = "auto"
+    """Token joining documents (auto: <|endoftext|>, else EOS, else BOS)."""
+    heldout_fraction: float = opt(0.1, gt=0, lt=1)
+    """Fraction of documents assigned to the held-out split (by a seeded hash of each document's key)."""
+    text_field: str = "text"
+    """Field holding the text in .jsonl files and hub datasets."""
+    hub_split: str = "train"
+    """Split of a hub dataset to stream."""
+    hub_config: str | None = None
+    """Configuration name of a hub dataset, if it has several."""
 
 
 @dataclass(frozen=True)

@@ -49,5 +49,5 @@ class BatchTopK(TopK):
     @torch.no_grad()
     def export(self, k, scale=1.0, metadata=None, out_scale=None) -> SAE:
         # θ is in pre-activation units: ``inference`` rescales it with the biases.
-        theta_F = torch.full((self.d_dict,), max(float(self.threshold_K[k]), 0.0))
+        theta_F = torch.full((self.d_dict,), max(float(self.threshold_K[k]), 0.0), device=self.threshold_K.device)
         return self.inference(k, "jumprelu", scale, out_scale, metadata, threshold_F=theta_F)

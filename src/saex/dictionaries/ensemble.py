@@ -261,9 +261,9 @@ class Ensemble(torch.nn.Module):
 
 def live_row_norm(W_FD: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """Mean norm of the rows not in ``features`` (1 when every row is)."""
-    live = torch.ones(W_FD.shape[0], dtype=torch.bool)
+    live = torch.ones(W_FD.shape[0], dtype=torch.bool, device=W_FD.device)
     live[features] = False
-    return W_FD[live].norm(dim=-1).mean() if live.any() else torch.tensor(1.0)
+    return W_FD[live].norm(dim=-1).mean() if live.any() else torch.tensor(1.0, device=W_FD.device)
 
 
 E = TypeVar("E", bound=type[Ensemble])

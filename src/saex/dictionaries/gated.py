@@ -58,7 +58,8 @@ class Gated(Ensemble):
         )
         W_dec = unit_rows(self.W_dec_KFD).unbind(0)
         loss_K, mse_K, aux_K = [], [], []
-        l0_K, fired_KF = torch.empty(self.K), torch.empty(self.K, self.d_dict, dtype=torch.bool)
+        l0_K = torch.empty(self.K, device=x_BD.device)
+        fired_KF = torch.empty(self.K, self.d_dict, dtype=torch.bool, device=x_BD.device)
         for m in range(self.K):
             y_m = y if y.dim() == 2 else y[m]
             # One product serves both paths: (e^r ⊙ W) x' = e^r ⊙ (W x') row by row.

@@ -90,6 +90,7 @@ class StepFn(torch.autograd.Function):
 @register
 class JumpReLU(Ensemble):
     arch = "jumprelu"
+    target_l0_K: torch.Tensor
     feature_params = ("W_enc_KFD", "W_dec_KFD", "b_enc_KF", "theta_KF")
 
     @classmethod
@@ -132,7 +133,8 @@ class JumpReLU(Ensemble):
         targets = target_l0 or [None] * self.K
         self.target_mode = targets[0] is not None
         assert all((t is not None) == self.target_mode for t in targets), "a group shares one penalty form"
-        self.target_l0_K = torch.tensor([t or 0.0 for t in targets])
+        # a buffer, so that .to(device) moves it; not persistent: it is configuration, not state
+        self.register_buffer("target_l0_K", torch.tensor([t or 0.0 for t in targets]), persistent=False)
         self.init_weights()
         self.theta_KF = torch.nn.Parameter(torch.full((self.K, d_dict), THRESHOLD_INIT * unit / THRESHOLD_SPEED))
 
@@ -151,8 +153,8 @@ class JumpReLU(Ensemble):
         mse_K, penalty_K, l0_K, fired_KF = (
             [],
             [],
-            torch.empty(self.K),
-            torch.empty(self.K, self.d_dict, dtype=torch.bool),
+            torch.empty(self.K, device=x_BD.device),
+            torch.empty(self.K, self.d_dict, dtype=torch.bool, device=x_BD.device),
         )
         for m in range(self.K):
             # Gemma Scope's encoder reads x itself (no b_dec subtraction), as SAELens's jumprelu does by default.

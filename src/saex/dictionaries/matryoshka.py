@@ -52,7 +52,7 @@ class Matryoshka(BatchTopK):
 
     def reconstruction_loss(self, vals_N, codes, W_dec_FD, b_dec_D, y_BD):
         # Prefix i's reconstruction is the decode of the kept codes of latents below m_i, plus b_dec.
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=vals_N.device)
         for size in self.prefixes_M:
             inside = (codes.cols < size).to(vals_N.dtype)
             xhat_BD = Decode.apply(vals_N * inside, W_dec_FD, codes) + b_dec_D

@@ -16,6 +16,7 @@ one costs one plus work proportional to B·L0·D. The gradient is checked agains
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -30,7 +31,7 @@ def _csr(crow, col, vals, shape) -> torch.Tensor:
     # MKL-backed ones, and the warning would otherwise reach every user's terminal.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return torch.sparse_csr_tensor(crow, col, vals, shape, check_invariants=False)
+        return torch.sparse_csr_tensor(crow, col, vals, shape, device=vals.device, check_invariants=False)
 
 
 class _Sparse:
@@ -40,10 +41,10 @@ class _Sparse:
         B, F = c_BF.shape
         rows, cols = active_BF.nonzero(as_tuple=True)
         self.rows, self.cols, self.vals = rows, cols, c_BF[rows, cols]
-        self.crow = torch.searchsorted(rows, torch.arange(B + 1))
+        self.crow = torch.searchsorted(rows, torch.arange(B + 1, device=rows.device))
         # Stable, so that within a feature the inputs stay in order: sums are then deterministic.
         self.order = torch.argsort(cols, stable=True)
-        self.crow_T = torch.searchsorted(cols[self.order], torch.arange(F + 1))
+        self.crow_T = torch.searchsorted(cols[self.order], torch.arange(F + 1, device=cols.device))
         self.rows_T = rows[self.order]
         self.shape = (B, F)
 
@@ -67,15 +68,27 @@ class Workspace:
         self.buffers: dict[str, torch.Tensor] = {}
         self.busy = False
 
-    def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    def get(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         buf = self.buffers.get(name)
-        if buf is None or buf.shape != shape:
-            buf = self.buffers[name] = torch.empty(shape)
+        if buf is None or buf.shape != shape or buf.device != device:
+            buf = self.buffers[name] = torch.empty(shape, device=device)
         return buf
 
 
-def _buffer(ws: Workspace | None, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.empty(shape) if ws is None else ws.get(name, shape)
+def _buffer(ws: Workspace | None, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    return torch.empty(shape, device=device) if ws is None else ws.get(name, shape, device)
+
+
+def _float32(forward):
+    """Run a step's forward with autocast off: its products write into float32 buffers (``--autocast`` leaves
+    this fused step in float32)."""
+
+    @functools.wraps(forward)
+    def inner(ctx, x_BD, *args, **kwargs):
+        with torch.autocast(x_BD.device.type, enabled=False):
+            return forward(ctx, x_BD, *args, **kwargs)
+
+    return inner
 
 
 class ReluL1Step(torch.autograd.Function):
@@ -95,6 +108,7 @@ class ReluL1Step(torch.autograd.Function):
     """
 
     @staticmethod
+    @_float32
     def forward(ctx, x_BD, W_enc_KFD, M_KFD, b_enc_KF, b_dec_KD, alpha_K, workspace=None, target=None, centre=True):
         # ``target`` ([B, D] or per member [K, B, D]; x when None) is what is reconstructed: a transcoder's
         # other hook point. ``centre``: the encoder reads x - b_dec (an autoencoder's; a transcoder's reads x).
@@ -113,16 +127,19 @@ class ReluL1Step(torch.autograd.Function):
         if centre:
             # Each member subtracts its own decoder bias: W(x - b_dec) = Wx - W b_dec, a per-member shift.
             shift_KF = b_enc_KF - torch.bmm(W_in_KFD, b_dec_KD.unsqueeze(-1)).squeeze(-1)
-        c_KBF = _buffer(ws, "c", (K, B, F))
-        err_KBD = _buffer(ws, "err", (K, B, D))
-        l0_K = torch.empty(K)
-        fired_KF = torch.empty(K, F, dtype=torch.bool)
+        dev = x_BD.device
+        c_KBF = _buffer(ws, "c", (K, B, F), dev)
+        err_KBD = _buffer(ws, "err", (K, B, D), dev)
+        l0_K = torch.empty(K, device=dev)
+        fired_KF = torch.empty(K, F, dtype=torch.bool, device=dev)
+        # The CSR products are a CPU measurement (MKL); on an accelerator the dense GEMMs are kept.
+        csr_ok = dev.type == "cpu"
         sparse = []
         for k in range(K):
             c_BF = torch.addmm(shift_KF[k], x_BD, W_in_KFD[k].T, out=c_KBF[k]).relu_()
             n_active = int(c_BF.count_nonzero())
             l0_K[k] = n_active / B
-            sp = _Sparse(c_BF, c_BF > 0) if n_active <= SPARSE_MAX_DENSITY * B * F else None
+            sp = _Sparse(c_BF, c_BF > 0) if csr_ok and n_active <= SPARSE_MAX_DENSITY * B * F else None
             sparse.append(sp)
             if sp is None:
                 torch.gt(c_BF.amax(0), 0, out=fired_KF[k])
@@ -152,8 +169,9 @@ class ReluL1Step(torch.autograd.Function):
         g_xhat_KBD = err_KBD.mul_(2.0 * g_loss / (B * D))  # err is not needed any more: reuse its memory
         g_M = torch.empty_like(W_dec_KFD)
         g_W_enc = None if tied else torch.empty_like(W_enc_KFD)
-        g_b_enc = torch.empty(K, F)
-        g_b_dec = None if b_dec_KD is None else torch.empty(K, D)
+        dev = x_BD.device
+        g_b_enc = torch.empty(K, F, device=dev)
+        g_b_dec = None if b_dec_KD is None else torch.empty(K, D, device=dev)
         for k in range(K):
             g_xhat_BD = g_xhat_KBD[k]
             x_in = x_BD - b_dec_KD[k] if ctx.centre else x_BD
@@ -163,7 +181,7 @@ class ReluL1Step(torch.autograd.Function):
             # dL/dc = g_x̂ W_decᵀ + α/B, passed through the ReLU only where the code is active.
             if sp is None:
                 c_BF = c_KBF[k]
-                g_pre_BF = torch.mm(g_xhat_BD, W_dec_KFD[k].T, out=_buffer(ctx.ws, "g_pre", (B, F)))
+                g_pre_BF = torch.mm(g_xhat_BD, W_dec_KFD[k].T, out=_buffer(ctx.ws, "g_pre", (B, F), dev))
                 g_pre_BF += l1_grad
                 g_pre_BF *= c_BF > 0
                 g_dec_FD = c_BF.T @ g_xhat_BD
@@ -175,7 +193,7 @@ class ReluL1Step(torch.autograd.Function):
                 g_vals += l1_grad
                 g_dec_FD = sp.csr_T(sp.vals) @ g_xhat_BD
                 g_enc_FD = sp.csr_T(g_vals) @ x_in
-                g_b_enc[k] = torch.zeros(F).index_add_(0, sp.cols, g_vals)
+                g_b_enc[k] = torch.zeros(F, device=dev).index_add_(0, sp.cols, g_vals)
             if b_dec_KD is not None:
                 # b_dec is added to x̂ and, when centred, x enters the encoder as (x - b_dec).
                 g_b_dec[k] = g_xhat_BD.sum(0) - g_b_enc[k] @ W_in_KFD[k] if ctx.centre else g_xhat_BD.sum(0)

@@ -28,9 +28,9 @@ class Kept:
         B, F = shape
         order = torch.argsort(rows * F + cols)  # CSR needs the entries sorted by row, then column
         self.rows, self.cols = rows[order], cols[order]
-        self.crow = torch.searchsorted(self.rows, torch.arange(B + 1))
+        self.crow = torch.searchsorted(self.rows, torch.arange(B + 1, device=rows.device))
         self.order_T = torch.argsort(self.cols * B + self.rows)
-        self.crow_T = torch.searchsorted(self.cols[self.order_T], torch.arange(F + 1))
+        self.crow_T = torch.searchsorted(self.cols[self.order_T], torch.arange(F + 1, device=rows.device))
         self.rows_T = self.rows[self.order_T]
         self.shape = shape
 
@@ -55,9 +55,10 @@ class Gather(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_N):
         x_BD, W_FD = ctx.saved_tensors
+        g_N = g_N.float()  # under autocast the kept values may be bfloat16; CSR products take float32
         kept: Kept = ctx.kept
         g_W = kept.csr_T(g_N) @ x_BD if ctx.needs_input_grad[1] else None
-        g_b = torch.zeros(W_FD.shape[0], dtype=g_N.dtype).index_add_(0, kept.cols, g_N)
+        g_b = torch.zeros(W_FD.shape[0], dtype=g_N.dtype, device=g_N.device).index_add_(0, kept.cols, g_N)
         g_x = kept.csr(g_N) @ W_FD if ctx.needs_input_grad[0] else None
         return g_x, g_W, g_b, None, None
 
@@ -67,13 +68,18 @@ class Decode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, vals_N, W_FD, kept: Kept):
+        # Under autocast the kept values may come in bfloat16: the CSR products (no bfloat16 kernel on the CPU)
+        # compute in float32, as the weights are.
+        vals_N = vals_N.float()
         ctx.save_for_backward(vals_N, W_FD)
         ctx.kept = kept
-        return kept.csr(vals_N) @ W_FD
+        with torch.autocast(vals_N.device.type, enabled=False):
+            return kept.csr(vals_N) @ W_FD
 
     @staticmethod
     def backward(ctx, g_BD):
         vals_N, W_FD = ctx.saved_tensors
+        g_BD = g_BD.float()
         kept: Kept = ctx.kept
         g_W = kept.csr_T(vals_N) @ g_BD if ctx.needs_input_grad[1] else None
         g_vals = None

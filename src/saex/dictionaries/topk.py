@@ -80,7 +80,8 @@ class TopK(Ensemble):
         W_dec, x_in = unit_rows(self.W_dec_KFD).unbind(0), x_in_KBD.unbind(0)
         kept = self.select(pre_KBF)
         loss_K, mse_K, aux_K = [], [], []
-        l0_K, fired_KF = torch.empty(K), torch.zeros(K, F, dtype=torch.bool)
+        dev = x_BD.device
+        l0_K, fired_KF = torch.empty(K, device=dev), torch.zeros(K, F, dtype=torch.bool, device=dev)
         for m in range(K):
             codes = Kept(*kept[m], (B, F))
             vals_N = Gather.apply(x_in[m], W_enc[m], b_enc[m], pre_KBF[m], codes).relu()
@@ -93,7 +94,9 @@ class TopK(Ensemble):
                     # at most aux_k dead latents per input: fewer when fewer are dead
                     n_aux = min(self.aux_k, int(dead_KF[m].sum()))
                     idx_BA = masked_BF.topk(n_aux, dim=-1, sorted=False).indices
-                aux_codes = Kept(torch.arange(B).repeat_interleave(idx_BA.shape[1]), idx_BA.reshape(-1), (B, F))
+                aux_codes = Kept(
+                    torch.arange(B, device=dev).repeat_interleave(idx_BA.shape[1]), idx_BA.reshape(-1), (B, F)
+                )
                 aux_vals = Gather.apply(x_in[m], W_enc[m], b_enc[m], pre_KBF[m], aux_codes).relu()
                 e_BD = (y_m - xhat_BD).detach()
                 aux = (Decode.apply(aux_vals, W_dec[m], aux_codes) - e_BD).pow(2).mean()
@@ -113,7 +116,7 @@ class TopK(Ensemble):
         (their ReLU is the code)."""
         K, B, _ = pre_KBF.shape
         idx_KBk = pre_KBF.topk(self.k, dim=-1, sorted=False).indices
-        rows = torch.arange(B).repeat_interleave(self.k)
+        rows = torch.arange(B, device=pre_KBF.device).repeat_interleave(self.k)
         return [(rows, idx_KBk[m].reshape(-1)) for m in range(K)]
 
     def reconstruction_loss(

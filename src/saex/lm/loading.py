@@ -255,3 +255,9 @@ def load_store_model(manifest_model: dict, name: str | None = None) -> LoadedMod
             f"from {manifest_model['weights_sha256'][:16]}…; use the same weights (--model)"
         )
     return loaded
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """Content hash of a tokenizer's vocabulary (ids and strings): part of every activation source's identity."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()

@@ -11,7 +11,6 @@ a deterministic function of the config, which is what makes that resume exact.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 import warnings
@@ -25,9 +24,9 @@ from tqdm import tqdm
 
 import saex
 from saex import distributed
-from saex.config import Config, config_dict, opt, recorded_identity
+from saex.config import config_dict, opt, recorded_identity
 from saex.data.corpora import resolve_corpus
-from saex.data.packing import SPLITS, pack, resolve_packing
+from saex.data.packing import SPLITS, ContextOptions, pack, resolve_packing
 from saex.devices import resolve_device, resolve_lm_dtype
 from saex.errors import SaexError
 from saex.files import (
@@ -39,7 +38,7 @@ from saex.files import (
     write_safetensors_atomic,
 )
 from saex.lm.hooks import HookedLM
-from saex.lm.loading import load_model
+from saex.lm.loading import load_model, tokenizer_sha256
 from saex.store.reader import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, shard_name
 from saex.store.summary import summarize
 
@@ -50,31 +49,19 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 
 @dataclass
-class HarvestConfig(Config):
+class HarvestConfig(ContextOptions):
     """What ``saex harvest`` does; saved in the store's manifest."""
 
     out: str = "runs/acts"
     """Folder of the activation store. Re-running with the same arguments resumes an interrupted harvest."""
     model: str = "smollm2-135m"
     """Embedded model (smollm2-135m, gemma3-270m), a local Hugging Face checkpoint folder, or a hub id."""
-    corpus: str = "default"
-    """Comma-separated sources: default (Wikipedia leads), debian or a Debian source name, a .txt/.jsonl file
-    or folder, or a Hugging Face dataset id (streamed)."""
     hooks: list[str] = opt(["blocks.6.hook_resid_post"], nonempty=True)
     """Hook points (comma-separated on the command line), e.g. blocks.6.hook_resid_post,blocks.6.mlp.hook_post."""
     tokens: int = opt(1_000_000, gt=0)
     """Tokens (activation rows per hook) to harvest for the train split."""
     heldout_tokens: int | None = opt(None, ge=0)
     """Tokens for the held-out split (default: a tenth of --tokens, at least one context)."""
-    heldout_fraction: float = opt(0.1, gt=0, lt=1)
-    """Fraction of documents assigned to the held-out split (by a seeded hash of each document's key)."""
-    context_length: int = opt(128, gt=0)
-    """Tokens per context."""
-    bos_policy: Literal["auto", "separator", "bos"] = "auto"
-    """auto, separator (the paper's: contexts cut from the separator-joined stream) or bos (BOS opens every
-    context; auto picks it when the tokenizer adds BOS by default)."""
-    separator: str = "auto"
-    """Token joining documents (auto: <|endoftext|>, else EOS, else BOS)."""
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     """Storage dtype of activations: float16, bfloat16 or float32."""
     device: str = "auto"
@@ -88,12 +75,6 @@ class HarvestConfig(Config):
     """Rows per shard file (rounded down to whole contexts): the unit of atomic writes and of resume."""
     seed: int = opt(0, ge=0)
     """Seed of document order and of the train / held-out split."""
-    text_field: str = "text"
-    """Field holding the text in .jsonl files and hub datasets."""
-    hub_split: str = "train"
-    """Split of a hub dataset to stream."""
-    hub_config: str | None = None
-    """Configuration name of a hub dataset, if it has several."""
 
 
 CONFIG = HarvestConfig
@@ -105,11 +86,6 @@ def summary(out: Path) -> str:
 
 # Fields that may differ between the run that started a store and one that continues it.
 _MUTABLE = {"out", "tokens", "heldout_tokens", "device"}
-
-
-def _tokenizer_sha256(tokenizer) -> str:
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
 
 
 def _check_existing(out: Path, identity: dict) -> dict | None:
@@ -163,7 +139,7 @@ def run(cfg: HarvestConfig, progress: bool = True) -> Path:
     identity |= {
         "weights_sha256": lm.weights_sha256,
         "corpus_fingerprint": corpus.fingerprint,
-        "tokenizer_sha256": _tokenizer_sha256(lm.tokenizer),
+        "tokenizer_sha256": tokenizer_sha256(lm.tokenizer),
         "packing": packing.describe(),
     }
     manifest = _check_existing(out, identity)

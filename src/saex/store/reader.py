@@ -331,6 +331,7 @@ class ActivationStore:
         drop_last: bool = True,
         dtype: torch.dtype = torch.float32,
         rows: RowFilter = ALL_ROWS,
+        shuffle: bool = True,
     ) -> Iterator[torch.Tensor]:
         """One shuffled pass over a split, deterministic in ``(seed, epoch)``.
 
@@ -352,14 +353,17 @@ class ActivationStore:
         shards = self.shards(split)
         if not shards:
             raise SaexError(f"split {split!r} of {self.path} has no rows")
+        if rows.active:
+            rows.check(self.context_length)
+        if not shuffle:
+            yield from self._in_order(split, hooks, batch_size, skip_batches, drop_last, dtype, rows)
+            return
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(shards))
         groups = [order[i : i + shards_in_buffer] for i in range(0, len(order), shards_in_buffer)]
         # Each buffer's leftover rows (fewer than a batch) are dropped rather than carried into the next
         # buffer: then a buffer's batches depend on it alone, and resuming can skip buffers unread.
         # A different permutation each epoch drops different rows.
-        if rows.active:
-            rows.check(self.context_length)
         for g, group in enumerate(groups):
             keep = (
                 [_all([self.keep_mask(split, int(i), rows, h) for h in hooks]) for i in group] if rows.active else None
@@ -377,6 +381,28 @@ class ActivationStore:
             for b in range(skip_batches, n_batches):
                 yield buf[b * batch_size : (b + 1) * batch_size]
             skip_batches = 0
+
+    def _in_order(self, split, hooks, batch_size, skip_batches, drop_last, dtype, rows) -> Iterator[torch.Tensor]:
+        """The kept rows of a split in store order, in batches that run across shard boundaries."""
+        skip_rows = skip_batches * batch_size
+        carry: torch.Tensor | None = None
+        for i in range(len(self.shards(split))):
+            xs = [self.load_shard(split, i, h, dtype) for h in hooks]
+            x = _side_by_side(xs)
+            if rows.active:
+                x = x[_all([self.keep_mask(split, i, rows, h, x_h) for h, x_h in zip(hooks, xs, strict=True)])]
+            if skip_rows >= len(x):
+                skip_rows -= len(x)
+                continue
+            x = x[skip_rows:]
+            skip_rows = 0
+            x = x if carry is None else torch.cat([carry, x])
+            n = len(x) // batch_size
+            for b in range(n):
+                yield x[b * batch_size : (b + 1) * batch_size]
+            carry = x[n * batch_size :]
+        if carry is not None and len(carry) and not drop_last:
+            yield carry
 
 
 def _all(masks: list[torch.Tensor]) -> torch.Tensor:

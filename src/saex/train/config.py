@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from saex.config import opt
+from saex.data.packing import ContextOptions
+from saex.devices import LMOptions
 from saex.dictionaries.ensemble import Member, architecture_names, architectures
 from saex.dictionaries.matryoshka import PREFIXES
 from saex.errors import SaexError
@@ -14,15 +16,40 @@ from saex.store.reader import RowOptions
 
 
 @dataclass
-class TrainConfig(RowOptions):
+class TrainConfig(LMOptions, ContextOptions, RowOptions):
     """What ``saex train`` does; saved as run.json and in every dictionary's metadata."""
 
     acts: str = "runs/acts"
-    """Activation store to train on (written by saex harvest)."""
+    """Activation store to train on (written by saex harvest); unused with --model."""
     hook: str = ""
     """Hook point in the store to train on, e.g. blocks.6.hook_resid_post."""
     out: str = "runs/dicts"
-    """Output folder: one sub-folder per dictionary (SAELens layout), run.json, metrics.jsonl, checkpoint/."""
+    """Output folder: one sub-folder per dictionary (SAELens layout), run.json, metrics.jsonl, checkpoint/ (with
+    several --hooks, one such folder per hook under it, and one checkpoint/)."""
+    model: str = ""
+    """Train from this model's activations computed on the fly, no store (docs/scaling.md): an embedded model
+    (smollm2-135m, gemma3-270m), a local checkpoint folder or a hub id, read over --corpus. Empty: train on
+    the store --acts."""
+    hooks: list[str] = opt([])
+    """With --model: hook points (comma-separated), each trained as its own sweep from one forward pass of the
+    model, in its own sub-folder of --out (default: --hook alone, written to --out itself)."""
+    lm_batch_size: int = opt(16, gt=0)
+    """With --model: contexts per forward pass (as saex harvest's --batch-size)."""
+    buffer_tokens: int = opt(262_144, gt=0)
+    """With --model: activation rows shuffled together (rounded down to whole batches; memory: this × the summed
+    widths of the hooks × 4 bytes). One batch with --no-shuffle reads the stream in order."""
+    calibration_tokens: int = opt(65_536, gt=0)
+    """With --model: the first this-many tokens of the train stream set the input scale (--normalize) and the
+    row-norm limit (--max-norm-ratio), as a store's first shard does (saex harvest's --shard-tokens)."""
+    heldout_acts: str = ""
+    """With --model: evaluate on the held-out split of this store (same model, corpus and hooks) instead of
+    held-out activations computed from the corpus's held-out documents."""
+    shuffle: bool = True
+    """Shuffle the training rows (a store: shards in a seeded order, rows within each --shards-in-buffer
+    buffer; --model: rows within each --buffer-tokens buffer). Off: rows in stream order."""
+    autocast: Literal["none", "bfloat16"] = "none"
+    """Train the dictionaries under bfloat16 autocast (weights, optimiser and saved dictionaries stay float32);
+    the fused tied / untied ReLU steps compute in float32 regardless."""
     arch: str = opt("tied_l1", choices=architecture_names)
     """A registered architecture (``saex.dictionaries``; docs/training.md): tied_l1 (the paper's SAE), untied_l1
     (paper App. C.3, for MLPs), topk (Gao et al. 2024), batchtopk (Bussmann et al. 2024), jumprelu (Rajamanoharan
