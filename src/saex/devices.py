@@ -75,16 +75,17 @@ def resolve_lm_dtype(spec: str | None, device: torch.device) -> torch.dtype:
     return LM_DTYPES[spec]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DeviceOptions(Config):
-    """``--device`` of a stage that runs dictionaries (and a model, unless ``LMOptions.lm_device`` says otherwise)."""
+    """``--device`` of a stage that runs dictionaries (and a model, unless ``LMOptions.lm_device`` says otherwise).
+    Keyword-only, so that a config with positional fields (no default) can inherit it."""
 
     device: str = "auto"
-    """Where the dictionaries (and the language model, unless --lm-device) run: auto (CUDA, then MPS, then the
-    CPU), cpu, cuda, cuda:N, mps."""
+    """Where the stage computes: its dictionaries, and its language model if it runs one (unless --lm-device):
+    auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N, mps."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LMOptions(DeviceOptions):
     """``--lm-device`` and ``--lm-dtype`` of a stage that also runs a language model."""
 
@@ -107,6 +108,11 @@ class Placement:
     def describe(self) -> dict:
         return {"device": str(self.device), "lm_device": str(self.lm_device), "lm_dtype": dtype_name(self.lm_dtype)}
 
+    def identity(self) -> dict:
+        """What of the placement changes a stage's results, for its resume identity: the model's dtype where it
+        is not float32 (results from before --lm-dtype are the float32 ones); where things ran never does."""
+        return {} if self.lm_dtype == torch.float32 else {"lm_dtype": dtype_name(self.lm_dtype)}
+
 
 def placement(cfg: DeviceOptions) -> Placement:
     """Where a stage's config puts its dictionaries and model (one clear error for what the machine lacks)."""
@@ -114,6 +120,28 @@ def placement(cfg: DeviceOptions) -> Placement:
     lm_spec = getattr(cfg, "lm_device", "") or ""
     lm_device = resolve_device(lm_spec, "--lm-device") if lm_spec else device
     return Placement(device, lm_device, resolve_lm_dtype(getattr(cfg, "lm_dtype", None), lm_device))
+
+
+PLACEMENT_FIELDS = ("device", "lm_device", "lm_dtype")
+"""The config fields of ``DeviceOptions`` / ``LMOptions``: where a stage runs, not what it computes (resume
+identities leave them out, or take ``Placement.identity``)."""
+
+
+def device_of(module) -> torch.device:
+    """The device of a module's (a dictionary's, a model's) first parameter; the CPU for one without any."""
+    p = next(iter(module.parameters()), None)
+    return torch.device("cpu") if p is None else p.device
+
+
+def wide_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of sums accumulated on ``device``: float64, except on MPS, which has none (float32 there)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def accumulator_device(device: torch.device) -> torch.device:
+    """Where float64 running sums of per-batch results on ``device`` live: there, or on the CPU for MPS (its
+    per-batch float32 partial sums are moved there)."""
+    return torch.device("cpu") if device.type == "mps" else device
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -14,6 +14,9 @@ masks); a modified activation then goes through those blocks only, called direct
 ``saex.causal.patching`` does after a hook. Hook points inside a block (MLP neurons, attention / MLP
 outputs) as the start fall back to a full forward with the activation spliced in, stopped after the end
 hook. The final norm and the LM head run only at the positions where the feature is active.
+
+Devices: the model runs where it is, in its dtype; a ``Segment`` takes and gives activations in float32 on its
+``device`` (the dictionaries'), and the ablation is computed there.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from saex.devices import device_of, wide_dtype
 from saex.errors import SaexError
 from saex.lm.hooks import HookedLM, _first, _StopForward, expand_batch
 
@@ -30,10 +34,19 @@ from saex.lm.hooks import HookedLM, _first, _StopForward, expand_batch
 class Segment:
     """The network from hook point ``start`` to hook point ``end`` (default: the last block's output) on
     fixed token ids: ``seg(x_BNTD)`` is the activation at ``end`` for each of B replacements of the one at
-    ``start``; differentiable. ``x_start`` / ``x_end`` hold the clean activations [N, T, D]."""
+    ``start``; differentiable. ``x_start`` / ``x_end`` hold the clean activations [N, T, D]. Activations in and
+    out are float32 on ``device`` (default: the model's); the model runs on its own device in its dtype."""
 
-    def __init__(self, hooked: HookedLM, start: str, ids_NT: torch.Tensor, end: str | None = None):
-        self.hooked, self.ids_NT = hooked, ids_NT
+    def __init__(
+        self,
+        hooked: HookedLM,
+        start: str,
+        ids_NT: torch.Tensor,
+        end: str | None = None,
+        device: torch.device | str | None = None,
+    ):
+        self.hooked, self.ids_NT = hooked, ids_NT.to(hooked.device)
+        self.device = torch.device(device) if device is not None else hooked.device
         end = end or f"blocks.{hooked.n_layers - 1}.hook_resid_post"
         p0, p1 = hooked.resolve(start), hooked.resolve(end)
         if p0.order > p1.order:
@@ -66,20 +79,26 @@ class Segment:
             handles.append(hooked.hook(end, grab("end", True)))
         try:
             with torch.no_grad():
-                hooked.model(input_ids=ids_NT, use_cache=False)
+                hooked.model(input_ids=self.ids_NT, use_cache=False)
         except _StopForward:
             pass
         finally:
             for h in handles:
                 h.remove()
-        self.x_start = got["start"].float()
-        self.x_end = self.x_start if self.identity else got["end"].float()
+        self.x_start = got["start"].to(self.device, torch.float32)
+        self.x_end = self.x_start if self.identity else got["end"].to(self.device, torch.float32)
 
     def __call__(self, x_BNTD: torch.Tensor) -> torch.Tensor:
         B, N, T, D = x_BNTD.shape
         if self.identity:
             return x_BNTD
-        h = x_BNTD.reshape(B * N, T, D)
+        return self._run(x_BNTD.reshape(B * N, T, D).to(self.hooked.device, self.hooked.dtype), B, N, T).to(
+            self.device, torch.float32
+        )
+
+    def _run(self, h: torch.Tensor, B: int, N: int, T: int) -> torch.Tensor:
+        """The activation at ``end`` [B, N, T, D'] from the one at ``start`` [B·N, T, D], on the model's device and
+        in its dtype."""
         if self.first is None:
             return self._spliced(h).reshape(B, N, T, -1)
         p1 = self.p1
@@ -116,7 +135,7 @@ class Segment:
             got["x"] = a
             raise _StopForward
 
-        handles = [self.hooked.hook(self.start, lambda a: h.to(a.dtype), replace=True), self.hooked.hook(self.end, fn)]
+        handles = [self.hooked.hook(self.start, lambda a: h, replace=True), self.hooked.hook(self.end, fn)]
         try:
             self.hooked.model(input_ids=ids, use_cache=False)
         except _StopForward:
@@ -157,13 +176,14 @@ def output_effect(
         raise SaexError(f"feature {feature} is out of range: the dictionary has features 0..{dictionary.d_dict - 1}")
     if dictionary.d_in != hooked.resolve(hook).width:
         raise SaexError(f"the dictionary has d_in {dictionary.d_in}, but {hook} has width {hooked.resolve(hook).width}")
+    device = device_of(dictionary)
     f_D = dictionary.W_dec_FD[feature].detach().float()
     total_V, positions, used = None, 0, 0
     for lo in range(0, len(contexts), batch):
         ids_NT, len_N = pad_contexts(contexts[lo : lo + batch])
-        seg = Segment(hooked, hook, ids_NT)
+        seg = Segment(hooked, hook, ids_NT, device=device)
         c_NT = dictionary.encode(seg.x_start)[..., feature]
-        valid_NT = torch.arange(ids_NT.shape[1])[None] < len_N[:, None]
+        valid_NT = torch.arange(ids_NT.shape[1], device=device)[None] < len_N.to(device)[:, None]
         active_NT = (c_NT != 0) & valid_NT
         if not active_NT.any():
             continue
@@ -178,7 +198,7 @@ def output_effect(
                     F.log_softmax(hooked.logits_at(abl_PD[p : p + position_chunk]), -1)
                     - F.log_softmax(hooked.logits_at(clean_PD[p : p + position_chunk]), -1)
                 )
-                .double()
+                .to(wide_dtype(hooked.device))
                 .sum(0)
             )
             total_V = d if total_V is None else total_V + d

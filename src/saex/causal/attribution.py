@@ -21,7 +21,8 @@ from saex.causal.patching import PatchingSetup
 
 
 def attribution_scores(setup: PatchingSetup) -> torch.Tensor:
-    """Estimated KL rise [F] when each feature alone is un-patched from the all-patched state (0 if inactive)."""
+    """Estimated KL rise [F] when each feature alone is un-patched from the all-patched state (0 if inactive); on
+    the CPU."""
     mask = torch.zeros(1, setup.n_features)
     mask[0, setup.active] = 1.0
     with torch.enable_grad():
@@ -29,7 +30,7 @@ def attribution_scores(setup: PatchingSetup) -> torch.Tensor:
         kl = setup.kl(setup.final_logits(x))[0]
         (grad_NTD,) = torch.autograd.grad(kl, x)
     proj_NTF = grad_NTD[0] @ setup.W_dec_FD.T
-    return -(setup.delta_NTF * proj_NTF).sum((0, 1)).detach()
+    return -(setup.delta_NTF * proj_NTF).sum((0, 1)).detach().cpu()
 
 
 def prefix_sizes(n: int) -> list[int]:

@@ -23,7 +23,8 @@ Here (the paper's notebook is not published):
   strongest features whose ablation *raises* it (``increases``: effect < 0, not expanded further), how many
   candidates were ablated, and the sums of the positive and of the negative effects over them;
 * each level runs only the blocks between the two hook points (``ablation.Segment``), one batch of
-  candidate ablations per call.
+  candidate ablations per call; codes, ablations and effects are computed on the dictionaries' device in
+  float32, the model runs on its own device in its dtype.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 from saex.causal.ablation import Segment, pad_contexts
+from saex.devices import device_of
 from saex.dictionaries.sae import SAE
 from saex.errors import SaexError
 from saex.lm.hooks import HookedLM
@@ -95,22 +97,24 @@ def contexts_from_index(index, feature: int, n: int = 20, seed: int = 0) -> tupl
 
 
 class _Circuit:
-    def __init__(self, hooked, contexts, candidates: int, batch: int, children: int):
+    def __init__(self, hooked, contexts, candidates: int, batch: int, children: int, device: torch.device):
         self.hooked, self.candidates, self.batch, self.children = hooked, candidates, batch, children
+        self.device = device
         self.ids_NT, len_N = pad_contexts(contexts)
         N, T = self.ids_NT.shape
-        self.valid_NT = torch.arange(T)[None] < len_N[:, None]
-        self.last_NT = torch.zeros(N, T)
-        self.last_NT[torch.arange(N), len_N - 1] = 1.0
+        len_N = len_N.to(device)
+        self.valid_NT = torch.arange(T, device=device)[None] < len_N[:, None]
+        self.last_NT = torch.zeros(N, T, device=device)
+        self.last_NT[torch.arange(N, device=device), len_N - 1] = 1.0
         self.segments: dict[tuple[str, str], Segment] = {}
 
     def segment(self, start: str, end: str) -> Segment:
         if (start, end) not in self.segments:
-            self.segments[start, end] = Segment(self.hooked, start, self.ids_NT, end)
+            self.segments[start, end] = Segment(self.hooked, start, self.ids_NT, end, self.device)
         return self.segments[start, end]
 
     def effects(self, parent: Level, k: int, mask_NT: torch.Tensor, up: Level) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features, exact mean drops) for the candidate upstream features."""
+        """(features, exact mean drops) for the candidate upstream features, on the CPU."""
         seg = self.segment(up.hook, parent.hook)
         W_dec = up.dictionary.W_dec_FD.detach().float()
         N = self.ids_NT.shape[0]
@@ -140,7 +144,7 @@ class _Circuit:
                 J = active[lo : lo + B]
                 edit = c_NTF[..., J].permute(2, 0, 1)[..., None] * W_dec[J][:, None, None, :]
                 drops.append((clean_N[None] - metric(seg(x_u[None] - edit))).sum(1) / N)
-        return active, torch.cat(drops) if drops else torch.zeros(0)
+        return active.cpu(), (torch.cat(drops) if drops else torch.zeros(0)).cpu()
 
     def attribution(self, seg: Segment, metric, c_NTF: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
         """First-order drop of the metric for ablating each feature: Σ_positions (∂m/∂x · f_j) c_j."""
@@ -220,11 +224,11 @@ def upstream_circuit(
     if children < 1 or candidates < 0:
         raise SaexError(f"children must be >= 1 and candidates >= 0, got {children} and {candidates}")
     check_levels(hooked, target, upstream)
-    run = _Circuit(hooked, contexts, candidates, batch, children)
+    run = _Circuit(hooked, contexts, candidates, batch, children, device_of(target.dictionary))
     if max_activation is None:
         with torch.no_grad():
             with hooked.capture([target.hook]) as cap:
-                x = cap(run.ids_NT)[target.hook].float()
+                x = cap(run.ids_NT)[target.hook].to(run.device, torch.float32)
             max_activation = float((feature_code(target.dictionary, x, feature) * run.last_NT).sum(1).max())
     method = (
         "exact ablation of every active upstream feature"

@@ -186,10 +186,13 @@ def make_prompts(tokenizer, n: int = 50, seed: int = 0, pad_id: int | None = Non
 
 @torch.inference_mode()
 def task_performance(model, prompts: IOIPrompts) -> dict:
-    """Mean logit difference IO − S at the final position, and accuracy (difference > 0), on base prompts."""
-    logits = model(input_ids=prompts.base_NT, use_cache=False).logits
-    last = logits[torch.arange(prompts.n), prompts.lengths_N - 1]
-    diff = (last.gather(1, prompts.io_N[:, None]) - last.gather(1, prompts.s_N[:, None])).squeeze(1)
+    """Mean logit difference IO − S at the final position, and accuracy (difference > 0), on base prompts (the
+    model on any device)."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=prompts.base_NT.to(device), use_cache=False).logits
+    last = logits[torch.arange(prompts.n, device=device), prompts.lengths_N.to(device) - 1].float()
+    io_N, s_N = prompts.io_N.to(device), prompts.s_N.to(device)
+    diff = (last.gather(1, io_N[:, None]) - last.gather(1, s_N[:, None])).squeeze(1)
     return {
         "n_prompts": prompts.n,
         "mean_logit_diff": float(diff.mean()),

@@ -13,14 +13,21 @@ blocks after the hook, on a batch of candidate patches at once, and the final no
 final position. For residual-stream hook points the blocks are called directly with the keyword arguments
 the model passed them on the base run (rotary embeddings, masks), captured once; other hook kinds fall back
 to a full forward with the activation spliced in.
+
+Devices: the model runs where it is, in its dtype; the cached activations, codes and log-probabilities and every
+patch live on the dictionary's device in float32 (a patched activation goes back into the model in its dtype).
+Feature masks may be given anywhere; ``evaluate`` returns CPU tensors.
 """
 
 from __future__ import annotations
+
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 
 from saex.causal.ioi import IOIPrompts
+from saex.devices import device_of
 from saex.errors import SaexError
 from saex.lm.hooks import HookedLM, _first, expand_batch
 
@@ -46,17 +53,20 @@ class PatchingSetup:
         self.suffix_from = {"hook_resid_post": point.layer + 1, "hook_resid_pre": point.layer}.get(point.kind)
         N, T = prompts.base_NT.shape
         self.N, self.T = N, T
-        self.valid_NT = torch.arange(T)[None, :] < prompts.lengths_N[:, None]
-        self.last_N = prompts.lengths_N - 1
+        self.device, lm = device_of(dictionary), hooked.device
+        self.valid_NT = torch.arange(T, device=self.device)[None, :] < prompts.lengths_N.to(self.device)[:, None]
+        self.last_N = (prompts.lengths_N - 1).to(lm)  # indexes the model's outputs
+        self.base_NT = prompts.base_NT.to(lm)
         model = hooked.model
         self._kwargs: dict[int, dict] = {}
         with torch.inference_mode():
-            self.x_base_NTD = self._capture(prompts.base_NT, record_kwargs=True).clone()
-            self.x_target_NTD = self._capture(prompts.counterfactual_NT).clone()
-            logits = model(input_ids=prompts.counterfactual_NT, use_cache=False).logits
-            self.logp_target_NV = F.log_softmax(logits[torch.arange(N), self.last_N].float(), -1)
-            base_logits = model(input_ids=prompts.base_NT, use_cache=False).logits
-            self.logp_base_NV = F.log_softmax(base_logits[torch.arange(N), self.last_N].float(), -1)
+            self.x_base_NTD = self._capture(self.base_NT, record_kwargs=True).to(self.device, torch.float32).clone()
+            self.x_target_NTD = self._capture(prompts.counterfactual_NT).to(self.device, torch.float32).clone()
+            rows_N = torch.arange(N, device=lm)
+            logits = model(input_ids=prompts.counterfactual_NT.to(lm), use_cache=False).logits
+            self.logp_target_NV = F.log_softmax(logits[rows_N, self.last_N].float(), -1).to(self.device)
+            base_logits = model(input_ids=self.base_NT, use_cache=False).logits
+            self.logp_base_NV = F.log_softmax(base_logits[rows_N, self.last_N].float(), -1).to(self.device)
             c_base = dictionary.encode(self.x_base_NTD)
             c_target = dictionary.encode(self.x_target_NTD)
         # outside inference mode, copies are ordinary tensors that autograd may save (attribution patching)
@@ -67,9 +77,13 @@ class PatchingSetup:
         # model's units is Δc W_dec σ (σ = 1 without a normalisation).
         sigma = dictionary.norm_stats(self.x_base_NTD)[1]
         self.delta_NTF = ((c_target - c_base) * self.valid_NT[..., None] * sigma).clone().contiguous()
-        self.W_dec_FD = dictionary.W_dec_FD.detach().clone()
-        # features whose code is the same in both runs at every position change nothing when patched
-        self.active = torch.nonzero(self.delta_NTF.abs().amax((0, 1)) > 0).squeeze(1)
+        self.W_dec_FD = dictionary.W_dec_FD.detach().float().clone()
+
+    @cached_property
+    def active(self) -> torch.Tensor:
+        """The features whose code differs between the runs somewhere, on the CPU (those whose code is the same
+        at every position change nothing when patched)."""
+        return torch.nonzero(self.delta_NTF.abs().amax((0, 1)) > 0).squeeze(1).cpu()
 
     def auto_batch(self, rows: int = 1200) -> int:
         """Candidates per suffix forward: about ``rows`` token rows in all, 1 to 8. Measured on 2 cores
@@ -100,29 +114,31 @@ class PatchingSetup:
 
     # -- one batch of candidate patches ----------------------------------------------------------------
     def edit(self, mask_BF: torch.Tensor) -> torch.Tensor:
-        """x′ − x [B, N, T, D] for each row of a 0/1 feature mask."""
-        return (self.delta_NTF[None] * mask_BF[:, None, None, :].to(self.delta_NTF.dtype)) @ self.W_dec_FD
+        """x′ − x [B, N, T, D] for each row of a 0/1 feature mask (on any device)."""
+        mask = mask_BF.to(self.device, self.delta_NTF.dtype)
+        return (self.delta_NTF[None] * mask[:, None, None, :]) @ self.W_dec_FD
 
     def patched(self, mask_BF: torch.Tensor) -> torch.Tensor:
         """x′ [B, N, T, D] for each row of a 0/1 feature mask."""
         return self.x_base_NTD[None] + self.edit(mask_BF)
 
     def final_logits(self, x_BNTD: torch.Tensor) -> torch.Tensor:
-        """Logits [B, N, V] at each prompt's final position with the hook point's activation replaced."""
+        """Logits [B, N, V] at each prompt's final position with the hook point's activation replaced (float32,
+        on the dictionary's device; the model runs on its own in its dtype)."""
         B = x_BNTD.shape[0]
         N, T = self.N, self.T
+        lm = self.hooked.device
         flat = x_BNTD.reshape(B * N, T, -1)
+        rows, last = torch.arange(B * N, device=lm), self.last_N.repeat(B)
         if self.suffix_from is None:
-            ids = self.prompts.base_NT.repeat(B, 1)
-            with self.hooked.splice(self.hook, lambda a: flat):
+            ids = self.base_NT.repeat(B, 1)
+            with self.hooked.splice(self.hook, lambda a: flat):  # put back in the model's device and dtype
                 logits = self.hooked.model(input_ids=ids, use_cache=False).logits
-            last = self.last_N.repeat(B)
-            return logits[torch.arange(B * N), last].reshape(B, N, -1).float()
-        h = flat
+            return logits[rows, last].reshape(B, N, -1).float().to(self.device)
+        h = flat.to(lm, self.hooked.dtype)
         for i in range(self.suffix_from, self.hooked.n_layers):
             h = _first(self.hooked.blocks[i](h, **expand_batch(self._kwargs[i], N, B)))
-        last = self.last_N.repeat(B)
-        return self.hooked.logits_at(h[torch.arange(B * N), last]).reshape(B, N, -1)
+        return self.hooked.logits_at(h[rows, last]).reshape(B, N, -1).to(self.device)
 
     def kl(self, logits_BNV: torch.Tensor) -> torch.Tensor:
         """KL(patched ‖ target) at the final position, mean over prompts, one value per candidate."""
@@ -138,16 +154,19 @@ class PatchingSetup:
         return (norms * self.valid_NT[None]).sum((1, 2)) / self.valid_NT.sum()
 
     @torch.inference_mode()
+    def evaluate_batch(self, mask_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(KL, edit magnitude) for every row of a feature mask, in one suffix forward, on the dictionary's
+        device."""
+        e = self.edit(mask_BF)
+        return self.kl(self.final_logits(self.x_base_NTD[None] + e)), self._magnitude(e)
+
     def evaluate(self, mask_BF: torch.Tensor, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-        """(KL, edit magnitude) for every row of a feature mask, ``batch`` candidates per suffix forward."""
+        """(KL, edit magnitude) for every row of a feature mask, ``batch`` candidates per suffix forward; on the
+        CPU."""
         if mask_BF.shape[0] == 0:
             return torch.zeros(0), torch.zeros(0)
-        kls, edits = [], []
-        for start in range(0, mask_BF.shape[0], batch):
-            e = self.edit(mask_BF[start : start + batch])
-            kls.append(self.kl(self.final_logits(self.x_base_NTD[None] + e)))
-            edits.append(self._magnitude(e))
-        return torch.cat(kls), torch.cat(edits)
+        kls, edits = zip(*(self.evaluate_batch(mask_BF[i : i + batch]) for i in range(0, mask_BF.shape[0], batch)))
+        return torch.cat(kls).cpu(), torch.cat(edits).cpu()
 
     def kl_base(self) -> float:
         """KL(base ‖ target): nothing patched."""

@@ -151,8 +151,10 @@ class Analyses:
         model: str | None = None,
         case_study: str | None = None,
         progress: bool = False,
+        device: torch.device | str = "cpu",
     ):
-        self.index, self.names = index, names
+        """``device``: where the logit lens's products run (the decoder rows and the unembedding go there)."""
+        self.index, self.names, self.device = index, names, torch.device(device)
         self.has_text = (index.path / VOCAB_JSON).is_file()
         self.case = read_case_study(case_study, index)[0] if case_study else {}
         self.info: dict = {"analyses": list(names) or None, "case_study": case_study}
@@ -169,8 +171,9 @@ class Analyses:
 
     def _logit_lens(self, features: list[int], model: str | None, progress: bool) -> None:
 
-        W_dec_FD = load_decoder(self.index, max(features) + 1)[torch.as_tensor(features)]
+        W_dec_FD = load_decoder(self.index, max(features) + 1)[torch.as_tensor(features)].to(self.device)
         W_U_VD, self.decode, name = load_unembedding(self.index, model)
+        W_U_VD = W_U_VD.to(self.device)
         excluded = excluded_tokens(W_U_VD, UNEMBED_OUTLIERS)
         self.excluded = int(excluded.sum())
         parts = []

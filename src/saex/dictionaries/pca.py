@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from saex.devices import accumulator_device, wide_dtype
 from saex.dictionaries.sae import SAE
 from saex.errors import SaexError
 
@@ -37,26 +38,31 @@ class PCAFit:
     n_rows: int
 
 
-def fit_pca(batches: Iterable[torch.Tensor]) -> PCAFit:
-    """Streaming covariance over ``batches`` of ``x_ND``, then its eigendecomposition."""
+def fit_pca(batches: Iterable[torch.Tensor], device: torch.device | str = "cpu") -> PCAFit:
+    """Streaming covariance over ``batches`` of ``x_ND``, then its eigendecomposition. The products run on
+    ``device`` (float64; float32 per batch on MPS, summed on the CPU in float64); the eigendecomposition runs on
+    the CPU, so the components do not depend on the device beyond rounding."""
+    device = torch.device(device)
+    wide, acc = wide_dtype(device), accumulator_device(device)
     n = 0
     shift_D = sum_D = sum_DD = torch.zeros(0, dtype=torch.float64)  # set from the first batch
     for x_ND in batches:
-        x_ND = x_ND.double()
+        x_ND = x_ND.to(device, wide)
         if not torch.isfinite(x_ND).all():
             raise SaexError(
                 "the activations hold NaN or Inf values; PCA needs finite inputs (re-harvest with --dtype float32)"
             )
         if n == 0:
             shift_D = x_ND.mean(0)
-            sum_D = torch.zeros_like(shift_D)
-            sum_DD = torch.zeros(x_ND.shape[1], x_ND.shape[1], dtype=torch.float64)
+            sum_D = torch.zeros(x_ND.shape[1], dtype=torch.float64, device=acc)
+            sum_DD = torch.zeros(x_ND.shape[1], x_ND.shape[1], dtype=torch.float64, device=acc)
         y_ND = x_ND - shift_D
-        sum_D += y_ND.sum(0)
-        sum_DD += y_ND.T @ y_ND
+        sum_D += y_ND.sum(0).to(acc, torch.float64)
+        sum_DD += (y_ND.T @ y_ND).to(acc, torch.float64)
         n += x_ND.shape[0]
     if n < 2:
         raise SaexError(f"PCA needs at least 2 rows, got {n}")
+    shift_D, sum_D, sum_DD = (t.to("cpu", torch.float64) for t in (shift_D, sum_D, sum_DD))
     mean_D = sum_D / n
     cov_DD = (sum_DD - n * torch.outer(mean_D, mean_D)) / (n - 1)
     variance_F, vecs_DF = torch.linalg.eigh(cov_DD)

@@ -10,7 +10,9 @@ Over an evaluation set of N activations x (width D) with codes c (F features) an
   non-zero on more than ``alive_threshold`` activations (App. E: "more than 10 times"), else *dead*
 * cosine = mean over activations of cos(x, x̂) (0 where either is zero); norm ratio = mean ‖x̂‖ / ‖x‖
 
-Every sum is accumulated in float64 over batches, so the result does not depend on the batch size.
+Every sum is accumulated in float64 over batches, so the result does not depend on the batch size. The batches
+may be on any device: each batch's sums are computed there (in float64; float32 on MPS, which has no float64)
+and added to running sums on the CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import math
 
 import numpy as np
 import torch
+
+from saex.devices import wide_dtype
 
 DENSITY_BINS = 40
 
@@ -40,26 +44,28 @@ class ReconstructionMetrics:
 
     @torch.no_grad()
     def update(self, x_BD: torch.Tensor, xhat_BD: torch.Tensor, c_BF: torch.Tensor) -> None:
-        x, xh = x_BD.double(), xhat_BD.double()
+        wide = wide_dtype(x_BD.device)
+        tiny = 1e-300 if wide == torch.float64 else torch.finfo(wide).tiny  # 1e-300 is 0 in float32
+        x, xh = x_BD.to(wide), xhat_BD.to(device=x_BD.device, dtype=wide)
         self.n += x.shape[0]
         self.n_counted += x.shape[0]
         self.sq_err += (x - xh).pow(2).sum().item()
-        self.sum_x_D += x.sum(0)
+        self.sum_x_D += x.sum(0).to("cpu", torch.float64)
         self.sum_sq_x += x.pow(2).sum().item()
         nz_BF = c_BF != 0
-        self.fires_F += nz_BF.sum(0)
+        self.fires_F += nz_BF.sum(0).cpu()
         self.l0_sum += nz_BF.sum().item()
         nx_B, nh_B = x.norm(dim=1), xh.norm(dim=1)
         both = (nx_B > 0) & (nh_B > 0)
-        cos_B = torch.where(both, (x * xh).sum(1) / (nx_B * nh_B).clamp_min(1e-300), torch.zeros_like(nx_B))
+        cos_B = torch.where(both, (x * xh).sum(1) / (nx_B * nh_B).clamp_min(tiny), torch.zeros_like(nx_B))
         self.cos_sum += cos_B.sum().item()
-        self.ratio_sum += torch.where(nx_B > 0, nh_B / nx_B.clamp_min(1e-300), torch.zeros_like(nx_B)).sum().item()
+        self.ratio_sum += torch.where(nx_B > 0, nh_B / nx_B.clamp_min(tiny), torch.zeros_like(nx_B)).sum().item()
 
     @torch.no_grad()
     def count(self, c_BF: torch.Tensor) -> None:
         """Firing counts only (alive, never fired, density), for rows beyond the reconstruction metrics': the
         encoder alone is cheap, so the rarely firing features are counted over many more rows."""
-        self.fires_F += (c_BF != 0).sum(0)
+        self.fires_F += (c_BF != 0).sum(0).cpu()
         self.n_counted += c_BF.shape[0]
 
     def result(self, alive_threshold: int = 10) -> dict:

@@ -26,6 +26,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 
 import torch
 
+from saex.devices import device_of, wide_dtype
 from saex.lm.hooks import HookedLM
 
 
@@ -46,6 +47,16 @@ def _token_terms(logits_BTV: torch.Tensor, p_clean_BTV: torch.Tensor, targets_BT
     return ce_BT, cross_BT
 
 
+def _float32_on(d, a: torch.Tensor) -> torch.Tensor:
+    """An activation of the model as dictionary ``d`` reads it: on its device, in float32."""
+    return a.to(device_of(d), torch.float32)
+
+
+def _reconstruct(d, a: torch.Tensor) -> torch.Tensor:
+    x = _float32_on(d, a)
+    return d.decode(d.encode(x), x)  # the hook puts it back on the activation's device, in its dtype
+
+
 @contextmanager
 def _replacement(hooked: HookedLM, hook: str, target: str, d):
     """Within the context, the activation at ``target`` is replaced by transcoder ``d``'s prediction from the
@@ -58,8 +69,49 @@ def _replacement(hooked: HookedLM, hook: str, target: str, d):
     with ExitStack() as stack:
         handle = hooked.hook(hook, keep)
         stack.callback(handle.remove)
-        stack.enter_context(hooked.splice(target, lambda y: d(seen["x"])))
+        stack.enter_context(hooked.splice(target, lambda y: d(_float32_on(d, seen["x"]))))
         yield
+
+
+def splices_of(
+    hooked: HookedLM, hook: str, dictionaries: dict, target: str | None = None
+) -> dict[str, Callable[[], AbstractContextManager]]:
+    """The zero-ablation and each dictionary's splice (a transcoder's replacement), as context managers."""
+    at = target or hook
+
+    def splice_of(d) -> Callable[[], AbstractContextManager]:
+        if target:
+            return lambda: _replacement(hooked, hook, target, d)
+        return lambda: hooked.splice(hook, lambda a: _reconstruct(d, a))
+
+    return {
+        "<zero>": lambda: hooked.splice(at, torch.zeros_like),
+        **{name: splice_of(d) for name, d in dictionaries.items()},
+    }
+
+
+@torch.inference_mode()
+def batch_sums(
+    hooked: HookedLM, ids_BT: torch.Tensor, splices: dict[str, Callable[[], AbstractContextManager]]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One batch of contexts: the summed CE of the clean model (``<clean>``) and of each splice, and the summed
+    KL(p_clean ‖ p_spliced) of each splice, as 0-d tensors on the model's device (float64; float32 on MPS)."""
+    ids_BT = ids_BT.long().to(hooked.device)
+    targets = ids_BT[:, 1:, None]
+    logits = _logits(hooked, ids_BT)
+    wide = wide_dtype(logits.device)
+    p_clean = torch.softmax(logits, dim=-1)
+    ce_BT, cross_clean_BT = _token_terms(logits, p_clean, targets)
+    ce = {"<clean>": ce_BT.to(wide).sum()}
+    kl = {}
+    for name, splice in splices.items():
+        with splice():
+            logits = _logits(hooked, ids_BT)
+        ce_BT, cross_BT = _token_terms(logits, p_clean, targets)
+        ce[name] = ce_BT.to(wide).sum()
+        kl[name] = (cross_clean_BT.to(wide) - cross_BT.to(wide)).sum()
+        del logits
+    return ce, kl
 
 
 @torch.inference_mode()
@@ -73,36 +125,20 @@ def spliced_losses(
     target: str | None = None,
 ) -> dict[str, dict]:
     """CE, perplexity, CE recovered and KL for each named dictionary spliced in at ``hook``, or for transcoders
-    reading ``hook``, their prediction spliced in at ``target``."""
-    at = target or hook
-
-    def splice_of(d) -> Callable[[], AbstractContextManager]:
-        if target:
-            return lambda: _replacement(hooked, hook, target, d)
-        return lambda: hooked.splice(hook, lambda a: d.decode(d.encode(a), a))
-
-    splices: dict[str, Callable[[], AbstractContextManager]] = {
-        "<zero>": lambda: hooked.splice(at, torch.zeros_like),
-        **{name: splice_of(d) for name, d in dictionaries.items()},
-    }
+    reading ``hook``, their prediction spliced in at ``target``. The model and the dictionaries may be on
+    different devices (activations cross as float32)."""
+    splices = splices_of(hooked, hook, dictionaries, target)
     ce = dict.fromkeys(["<clean>", *splices], 0.0)
     kl = dict.fromkeys(splices, 0.0)
     n = 0
     for start in range(0, tokens_CT.shape[0], batch_size):
-        ids_BT = tokens_CT[start : start + batch_size].long()
-        targets = ids_BT[:, 1:, None]
-        logits = _logits(hooked, ids_BT)
-        p_clean = torch.softmax(logits, dim=-1)
-        ce_BT, cross_clean_BT = _token_terms(logits, p_clean, targets)
-        ce["<clean>"] += ce_BT.double().sum().item()
-        for name, splice in splices.items():
-            with splice():
-                logits = _logits(hooked, ids_BT)
-            ce_BT, cross_BT = _token_terms(logits, p_clean, targets)
-            ce[name] += ce_BT.double().sum().item()
-            kl[name] += (cross_clean_BT.double() - cross_BT.double()).sum().item()
-            del logits
-        n += targets.numel()
+        ids_BT = tokens_CT[start : start + batch_size]
+        ce_sums, kl_sums = batch_sums(hooked, ids_BT, splices)
+        for name, v in ce_sums.items():
+            ce[name] += v.item()
+        for name, v in kl_sums.items():
+            kl[name] += v.item()
+        n += ids_BT.shape[0] * (ids_BT.shape[1] - 1)
         if on_batch:
             on_batch(ids_BT.shape[0])
     if n == 0:

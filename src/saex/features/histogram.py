@@ -162,11 +162,13 @@ def histograms_from_store(
     top_tokens: int = TOP_TOKENS,
     chunk_rows: int = 4096,
     rows: RowFilter = ALL_ROWS,
+    device: torch.device | str = "cpu",
 ) -> StorePass:
     """One exact pass over ``split``: ``values_fn(x_ND) -> v_NK`` gives the K series' values at every row
     (e.g. a dictionary's codes of a few features, or ±x[:, dim]). Every positive value is a candidate; a
     bottom-k reservoir keeps a uniform sample of at most ``max_n`` per series (bounded memory). Rows that
-    ``rows`` leaves out (attention sinks, separators) count as 0 for every series."""
+    ``rows`` leaves out (attention sinks, separators) count as 0 for every series. ``values_fn`` runs on
+    ``device`` (where its dictionary is); the rest on the CPU."""
     T = store.context_length
     gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, 11]).integers(2**62)))
     keep_v = [torch.zeros(0) for _ in range(n_series)]
@@ -180,7 +182,7 @@ def histograms_from_store(
         # whole contexts per chunk; a wide dictionary's codes of a whole shard would not fit in memory
         step = T * max(1, chunk_rows // T)
         v = (
-            torch.cat([values_fn(x[lo : lo + step]).float() for lo in range(0, len(x), step)])
+            torch.cat([values_fn(x[lo : lo + step].to(device)).float().cpu() for lo in range(0, len(x), step)])
             if len(x)
             else torch.zeros(0, n_series)
         )
@@ -222,7 +224,7 @@ def histograms_from_store(
 def feature_values(dictionary, features: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
     """``values_fn`` for ``histograms_from_store``: the dictionary's codes of these features."""
     idx = torch.as_tensor(list(features), dtype=torch.long)
-    return lambda x_ND: dictionary.encode(x_ND)[:, idx]
+    return lambda x_ND: dictionary.encode(x_ND)[:, idx.to(x_ND.device)]
 
 
 def dimension_values(dims: Sequence[int], signs: Sequence[int] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -232,4 +234,4 @@ def dimension_values(dims: Sequence[int], signs: Sequence[int] | None = None) ->
     s = torch.as_tensor(list(signs) if signs is not None else [1] * len(idx), dtype=torch.float32)
     if not set(s.tolist()) <= {1.0, -1.0}:
         raise SaexError(f"signs must be +1 or -1, got {s.tolist()}")
-    return lambda x_ND: x_ND[:, idx] * s
+    return lambda x_ND: x_ND[:, idx.to(x_ND.device)] * s.to(x_ND.device)

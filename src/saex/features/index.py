@@ -16,7 +16,12 @@ feature, gathered in one streaming pass over the fragments with memory bounded b
   kurtosis = E[c⁴]/Var², raw third and fourth moments over the central variance, as the paper's code).
 
 Random samples use one key per (feature, fragment) drawn from a generator seeded by (seed, chunk): the
-R smallest keys among a feature's activating fragments are a uniform sample without replacement.
+R smallest keys among a feature's activating fragments are a uniform sample without replacement. The keys are
+drawn on the CPU whatever the device, so an index built on a GPU samples the same fragments.
+
+The running state lives on the device of the codes (``IndexBuilder(..., device=)``); the moment sums and the
+max are float64 there (on MPS, which has no float64: each chunk's float32 sums are added on the CPU in float64).
+``examples`` and ``stats`` return CPU tensors, so the files written do not depend on the device.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from saex.devices import accumulator_device, wide_dtype
 from saex.errors import SaexError
 from saex.features.records import ActivationRecord
 
@@ -47,8 +53,12 @@ class _Keep:
     value_FK: torch.Tensor
 
     @classmethod
-    def empty(cls, F: int, K: int) -> _Keep:
-        return cls(torch.full((F, K), -torch.inf), torch.full((F, K), -1, dtype=torch.int64), torch.zeros(F, K))
+    def empty(cls, F: int, K: int, device: torch.device | str = "cpu") -> _Keep:
+        return cls(
+            torch.full((F, K), -torch.inf, device=device),
+            torch.full((F, K), -1, dtype=torch.int64, device=device),
+            torch.zeros(F, K, device=device),
+        )
 
     def merge(self, score_FC: torch.Tensor, ids_C: torch.Tensor, value_FC: torch.Tensor) -> None:
         K = self.score_FK.shape[1]
@@ -60,67 +70,94 @@ class _Keep:
         best = score.topk(K, dim=1, sorted=True).indices
         self.score_FK, self.ids_FK, self.value_FK = score.gather(1, best), ids.gather(1, best), value.gather(1, best)
         empty = ~torch.isfinite(self.score_FK)
-        self.ids_FK[empty] = -1
-        self.value_FK[empty] = 0.0
+        self.ids_FK = self.ids_FK.masked_fill(empty, -1)
+        self.value_FK = self.value_FK.masked_fill(empty, 0.0)
 
 
 class IndexBuilder:
     """Accumulates the index chunk by chunk: ``update(codes_CLF, fragment_ids_C, chunk_no)`` then ``tensors``."""
 
-    def __init__(self, n_features: int, top: int, random: int, zero: int, seed: int):
+    def __init__(
+        self, n_features: int, top: int, random: int, zero: int, seed: int, device: torch.device | str = "cpu"
+    ):
         F = n_features
-        self.F, self.seed = F, seed
-        self.top, self.random, self.zero = _Keep.empty(F, top), _Keep.empty(F, random), _Keep.empty(F, zero)
-        self.n_tokens = 0
-        self.nonzero_F = torch.zeros(F, dtype=torch.int64)
-        self.positive_F = torch.zeros(F, dtype=torch.int64)
-        self.active_frags_F = torch.zeros(F, dtype=torch.int64)
-        self.max_F = torch.full((F,), -torch.inf, dtype=torch.float64)
-        self.moments_4F = torch.zeros(4, F, dtype=torch.float64)
+        self.F, self.seed, self.device = F, seed, torch.device(device)
+        self.wide, acc = wide_dtype(self.device), accumulator_device(self.device)
+        self.top, self.random, self.zero = (_Keep.empty(F, k, self.device) for k in (top, random, zero))
+        self.n_tokens_ = torch.zeros((), dtype=torch.int64, device=self.device)  # a tensor: no sync per chunk
+        self.nonzero_F = torch.zeros(F, dtype=torch.int64, device=self.device)
+        self.positive_F = torch.zeros(F, dtype=torch.int64, device=self.device)
+        self.active_frags_F = torch.zeros(F, dtype=torch.int64, device=self.device)
+        self.max_F = torch.full((F,), -torch.inf, dtype=torch.float64, device=acc)
+        self.moments_4F = torch.zeros(4, F, dtype=torch.float64, device=acc)
 
     @torch.no_grad()
     def update(self, c_CLF: torch.Tensor, ids_C: torch.Tensor, chunk: int, keep_CL: torch.Tensor | None = None) -> None:
-        """Add one chunk of codes. ``keep_CL``: which tokens count (default all); excluded tokens must carry
-        code 0, and are left out of the token count that densities and moments divide by and of the max."""
+        """Add one chunk of codes (on the builder's device; ``ids_C`` and ``keep_CL`` may be anywhere).
+        ``keep_CL``: which tokens count (default all); excluded tokens must carry code 0, and are left out of
+        the token count that densities and moments divide by and of the max."""
         C, L, F = c_CLF.shape
+        ids_C = ids_C.to(self.device)
         flat = c_CLF.reshape(C * L, F)
-        kept = flat if keep_CL is None else flat[keep_CL.reshape(-1)]
-        self.n_tokens += len(kept)
+        if keep_CL is None:
+            self.n_tokens_ += C * L
+            kept_max_F = flat.amax(0) if C * L else None
+        else:
+            # the max over the kept rows, without indexing them out (a data-dependent shape): the others at -inf
+            keep_N = keep_CL.to(self.device).reshape(-1)
+            self.n_tokens_ += keep_N.sum()
+            kept_max_F = flat.masked_fill(~keep_N[:, None], -torch.inf).amax(0) if C * L else None
         self.nonzero_F += (flat != 0).sum(0)
         self.positive_F += (flat > 0).sum(0)
-        power = flat.clone()
-        for m in range(4):  # powers in float32 (memory), their sums accumulated in float64
-            self.moments_4F[m] += power.sum(0, dtype=torch.float64)
-            if m < 3:
-                power.mul_(flat)
+        self.add_moments(flat)
         max_FC = c_CLF.amax(1).T.contiguous()
-        if len(kept):
-            self.max_F = torch.maximum(self.max_F, kept.amax(0).double())
+        if kept_max_F is not None:  # where nothing is kept, -inf leaves the max as it was
+            self.max_F = torch.maximum(self.max_F, kept_max_F.to(self.max_F.device, torch.float64))
         active_FC = max_FC > 0
         self.active_frags_F += active_FC.sum(1)
         self.top.merge(torch.where(active_FC, max_FC, -torch.inf), ids_C, max_FC)
-        g = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, 5, chunk]).integers(2**62)))
-        key_FC = torch.rand(F, C, generator=g)
+        key_FC = self.keys(F, C, chunk).to(self.device)
         # the smallest keys win: negate them, since _Keep keeps the highest scores
         self.random.merge(torch.where(active_FC, -key_FC, -torch.inf), ids_C, max_FC)
         self.zero.merge(torch.where(active_FC, -torch.inf, -key_FC), ids_C, max_FC)
 
+    @property
+    def n_tokens(self) -> int:
+        """Tokens counted so far (the kept ones)."""
+        return int(self.n_tokens_)
+
+    def add_moments(self, flat_NF: torch.Tensor) -> None:
+        """Σ c, Σ c², Σ c³, Σ c⁴ per feature: powers in float32 (memory), each chunk's sums in float64 (float32
+        on MPS) and the running sums in float64."""
+        power = flat_NF.clone()
+        for m in range(4):
+            self.moments_4F[m] += power.sum(0, dtype=self.wide).to(self.moments_4F.device, torch.float64)
+            if m < 3:
+                power.mul_(flat_NF)
+
+    def keys(self, F: int, C: int, chunk: int) -> torch.Tensor:
+        """The random keys [F, C] of one chunk, on the CPU: the same on every device."""
+        g = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, 5, chunk]).integers(2**62)))
+        return torch.rand(F, C, generator=g)
+
     def examples(self) -> dict[str, torch.Tensor]:
+        """Fragment ids and per-fragment max of each kind's examples, on the CPU."""
         out = {}
         for kind in KINDS:
             keep = getattr(self, kind)
-            out[f"{kind}_ids"] = keep.ids_FK
-            out[f"{kind}_max"] = keep.value_FK.float()
+            out[f"{kind}_ids"] = keep.ids_FK.cpu()
+            out[f"{kind}_max"] = keep.value_FK.float().cpu()
         return out
 
     def stats(self) -> dict[str, torch.Tensor]:
+        """The per-feature statistics, on the CPU."""
         return {
             "n_tokens": torch.tensor([self.n_tokens]),
-            "nonzero": self.nonzero_F,
-            "positive": self.positive_F,
-            "active_fragments": self.active_frags_F,
-            "max": self.max_F,
-            "moments": self.moments_4F,
+            "nonzero": self.nonzero_F.cpu(),
+            "positive": self.positive_F.cpu(),
+            "active_fragments": self.active_frags_F.cpu(),
+            "max": self.max_F.cpu(),
+            "moments": self.moments_4F.cpu(),
         }
 
 

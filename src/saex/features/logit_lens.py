@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from saex.devices import device_of
 from saex.errors import SaexError
 
 
@@ -41,7 +42,7 @@ def final_norm_gain(model, final_norm: str) -> torch.Tensor:
     norm = model.get_submodule(final_norm)
     w = getattr(norm, "weight", None)
     if w is None:
-        return torch.ones(model.config.hidden_size)
+        return torch.ones(model.config.hidden_size, device=device_of(model))
     w = w.detach().float()
     # Gemma's RMSNorm stores the gain as an offset from 1 (its weights start at zero)
     return 1.0 + w if "Gemma" in type(norm).__name__ else w
@@ -52,10 +53,12 @@ def excluded_tokens(W_U_VD: torch.Tensor, rule: str | float | None = "5x") -> to
     row norm, a number = above that absolute norm, ``"none"`` / None = nothing left out."""
     norms = W_U_VD.norm(dim=1)
     if rule is None or (isinstance(rule, str) and rule.strip().lower() in ("", "none")):
-        return torch.zeros(len(norms), dtype=torch.bool)
+        return torch.zeros(len(norms), dtype=torch.bool, device=norms.device)
     text = str(rule).strip().lower()
     try:
-        limit = float(text[:-1]) * norms.median() if text.endswith("x") else torch.tensor(float(text))
+        limit = (
+            float(text[:-1]) * norms.median() if text.endswith("x") else torch.tensor(float(text), device=norms.device)
+        )
     except ValueError as e:
         raise SaexError(
             f"unembedding-norm rule {rule!r} is not 'Nx' (N times the median norm), a number "
@@ -76,30 +79,31 @@ def logit_lens_all(
     chunk: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k and bottom-k tokens of ``f @ W_Uᵀ`` for every direction: (top values [F, k] descending, their
-    ids, bottom values [F, k] ascending, their ids). ``chunk`` directions at a time bound the memory to
-    ``chunk × V`` floats."""
+    ids, bottom values [F, k] ascending, their ids), on the CPU. ``chunk`` directions at a time bound the memory
+    to ``chunk × V`` floats; the products run where ``W_U_VD`` is."""
     W = W_U_VD.float()
+    device = W.device
     if directions_FD.shape[1] != W.shape[1]:
         raise SaexError(
             f"directions have width {directions_FD.shape[1]}, but the unembedding has {W.shape[1]}; "
             "the logit lens needs a residual-stream dictionary"
         )
-    keep = torch.ones(W.shape[0], dtype=torch.bool) if excluded_V is None else ~excluded_V
+    keep = torch.ones(W.shape[0], dtype=torch.bool, device=device) if excluded_V is None else ~excluded_V.to(device)
     ids_kept = torch.nonzero(keep).squeeze(1)
     W = W[ids_kept]
     k = min(k, len(ids_kept))
     tops, top_ids, bots, bot_ids = [], [], [], []
     for lo in range(0, directions_FD.shape[0], chunk):
-        f = directions_FD[lo : lo + chunk].float()
+        f = directions_FD[lo : lo + chunk].to(device, torch.float32)
         if gain_D is not None:
-            f = f * gain_D
+            f = f * gain_D.to(device)
         logits = f @ W.T
         t = logits.topk(k, dim=1)
         b = logits.topk(k, dim=1, largest=False)
-        tops.append(t.values)
-        top_ids.append(ids_kept[t.indices])
-        bots.append(b.values)
-        bot_ids.append(ids_kept[b.indices])
+        tops.append(t.values.cpu())
+        top_ids.append(ids_kept[t.indices].cpu())
+        bots.append(b.values.cpu())
+        bot_ids.append(ids_kept[b.indices].cpu())
     if not tops:
         empty = torch.zeros(0, k)
         return empty, empty.long(), empty, empty.long()

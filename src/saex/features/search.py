@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from saex.devices import device_of
 from saex.errors import SaexError
 
 DAVE = " I don't know about that. It is now up to Dave'"
@@ -47,12 +48,13 @@ def search_prompt(
 ) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """The ``search`` entry of ``case_study.json`` (the prompt's tokens, the chosen position, the ``top``
     features by activation there, descending, and the ``top`` basis dimensions by maximum and by minimum),
-    with the codes ``[F]`` and the activation ``[D]`` at that position."""
+    with the codes ``[F]`` and the activation ``[D]`` at that position (float32, on the CPU; the dictionary
+    encodes on its own device)."""
     ids = encode_prompt(tokenizer, prompt)
     pos = check_position(position, len(ids))
     with hooked.capture([hook]) as run:
-        x_D = run(torch.tensor([ids]))[hook][0, pos].float()
-    c_F = dictionary.encode(x_D[None])[0]
+        x_D = run(torch.tensor([ids]))[hook][0, pos].to(device_of(dictionary), torch.float32)
+    c_F, x_D = dictionary.encode(x_D[None])[0].cpu(), x_D.cpu()
     n = min(top, len(c_F))
     best = c_F.topk(n)
     m = min(top, len(x_D))

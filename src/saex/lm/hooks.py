@@ -153,6 +153,16 @@ class HookedLM:
         self.d_mlp: int = getattr(down, "in_features", None) or down.weight.shape[0]
         self.max_context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (token ids go there)."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision of the model's weights (what activations written back into it are cast to)."""
+        return next(self.model.parameters()).dtype
+
     def hook_names(self) -> list[str]:
         return [f"blocks.{L}.{k}" for L in range(self.n_layers) for k in HOOK_KINDS]
 
@@ -206,9 +216,8 @@ class HookedLM:
 
             def run(input_ids_BT: torch.Tensor) -> dict[str, torch.Tensor]:
                 store.clear()
-                device = next(self.model.parameters()).device  # token ids go where the model is
-                with torch.inference_mode(), suppress(_StopForward):
-                    self.model(input_ids=input_ids_BT.to(device), use_cache=False)
+                with torch.inference_mode(), suppress(_StopForward):  # token ids go where the model is
+                    self.model(input_ids=input_ids_BT.to(self.device), use_cache=False)
                 return {n: store[n] for n in names}
 
             yield run
@@ -220,14 +229,15 @@ class HookedLM:
     def splice(self, name: str, fn):
         """Within the context, every forward replaces the activation at hook point ``name`` by ``fn(act_BTD)``.
 
-        ``fn`` must return a tensor of the same shape; the rest of the network runs on what it returns.
+        ``fn`` must return a tensor of the same shape (on any device, in any dtype: a dictionary's float32
+        reconstruction); the rest of the network runs on it, moved back to the activation's device and dtype.
         """
 
         def checked(act):
             new = fn(act)
             if new.shape != act.shape:
                 raise SaexError(f"a splice at {name} returned shape {tuple(new.shape)}, expected {tuple(act.shape)}")
-            return new.to(act.dtype)
+            return new
 
         handle = self.hook(name, checked, replace=True)
         try:
@@ -237,22 +247,29 @@ class HookedLM:
 
     def hook(self, name: str, fn, replace: bool = False):
         """Register ``fn(act)`` at hook point ``name`` and return the handle: ``fn`` sees the activation (it may
-        raise to stop the forward), and with ``replace`` what it returns goes on in the activation's place."""
+        raise to stop the forward), and with ``replace`` what it returns goes on in the activation's place, on the
+        activation's device and in its dtype (a dictionary's float32 reconstruction, made on another device,
+        goes back into a bfloat16 model)."""
         point = self.resolve(name)
         module = self.model.get_submodule(point.module)
+
+        def call(act):
+            new = fn(act)
+            return new.to(device=act.device, dtype=act.dtype) if replace else new
+
         if point.capture == "input":
 
             def pre(mod, args, kwargs):
                 if args:
-                    new = fn(args[0])
+                    new = call(args[0])
                     return ((new, *args[1:]), kwargs) if replace else None
-                new = fn(kwargs["hidden_states"])
+                new = call(kwargs["hidden_states"])
                 return (args, {**kwargs, "hidden_states": new}) if replace else None
 
             return module.register_forward_pre_hook(pre, with_kwargs=True)
 
         def post(mod, args, out):
-            new = fn(_first(out))
+            new = call(_first(out))
             if not replace:
                 return None
             return (new, *out[1:]) if isinstance(out, tuple) else new
@@ -261,8 +278,11 @@ class HookedLM:
 
     def logits_at(self, h_PD: torch.Tensor) -> torch.Tensor:
         """Logits from last-block outputs at chosen positions: the final norm, the LM head (the model's own
-        accessor: module names move between transformers releases) and Gemma's soft-capping, only there."""
+        accessor: module names move between transformers releases) and Gemma's soft-capping, only there. ``h_PD``
+        may be anywhere, in any precision (it is moved to the model's device and dtype); the logits are float32
+        on the model's device."""
         model = self.model
+        h_PD = h_PD.to(self.device, self.dtype)
         logits = model.get_output_embeddings()(model.get_submodule(self.family.final_norm)(h_PD)).float()
         cap = getattr(model.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits

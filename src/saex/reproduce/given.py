@@ -20,7 +20,7 @@ from saex.dictionaries.formats import weights_sha256
 from saex.errors import SaexError
 from saex.lm.hooks import hook_order
 from saex.naming import file_name, hook_layer, resid_hook
-from saex.reproduce.graph import baselines_config, harvest_config, interpret_config, late_stages
+from saex.reproduce.graph import baselines_config, harvest_config, interpret_config, late_stages, placed
 from saex.reproduce.pipeline import Stage, module_stage
 from saex.reproduce.plan import Plan
 from saex.stages import baselines, eval, features, harvest, interpret, ioi
@@ -77,7 +77,8 @@ def build_given_stages(cfg: Any, plan: Plan, root: Path, given: Given, progress:
     stages: list[Stage] = []
 
     def add(name, folder, inputs, make, stage, optional=False, soft=()):
-        stages.append(module_stage(name, folder, inputs, make, stage, root, progress, optional, soft))
+        config = lambda: placed(make(), cfg)
+        stages.append(module_stage(name, folder, inputs, config, stage, root, progress, optional, soft))
 
     def copy_config() -> dict:
         return {

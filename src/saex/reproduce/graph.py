@@ -8,6 +8,7 @@ The folder layout they write is the report's input (``docs/report.md``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -55,6 +56,25 @@ def describe_model(name: str, hooked: HookedLM) -> dict:
         "params_per_layer": sum(p.numel() for p in hooked.blocks[0].parameters()),
         "gflops": round(gflops, 1),
     }
+
+
+def placed(config, cfg: Any):
+    """A stage's config with the command's ``--device``, ``--lm-device`` and ``--lm-dtype`` wherever the stage has
+    those fields (``saex.devices.DeviceOptions`` / ``LMOptions``; a stage whose ``device`` is its model's and has no
+    ``lm_device``, as harvest, gets the command's model device there). A stage with none of them, or a plain
+    dict config, is returned as it is."""
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return config
+    names = {f.name for f in dataclasses.fields(config)}
+    lm_device = cfg.lm_device or cfg.device
+    changes = {}
+    if "device" in names:
+        changes["device"] = cfg.device if "lm_device" in names or "lm_dtype" not in names else lm_device
+    if "lm_device" in names:
+        changes["lm_device"] = cfg.lm_device
+    if "lm_dtype" in names:
+        changes["lm_dtype"] = cfg.lm_dtype
+    return dataclasses.replace(config, **changes)
 
 
 def member(folder: Path, ratio: float, alpha: float) -> Path:
@@ -140,7 +160,8 @@ def build_stages(cfg: Any, plan: Plan, root: Path, progress: bool) -> list[Stage
     stages: list[Stage] = []
 
     def add(name, folder, inputs, make, stage, optional=False, soft=()):
-        stages.append(module_stage(name, folder, inputs, make, stage, root, progress, optional, soft))
+        config = lambda: placed(make(), cfg)
+        stages.append(module_stage(name, folder, inputs, config, stage, root, progress, optional, soft))
 
     def sweep(hook: str) -> dict:
         """What trains at a hook; its α come from the hook's calibration (read when the stage is reached)."""

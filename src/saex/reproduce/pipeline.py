@@ -45,7 +45,12 @@ class Stage:
     """Stages read when they ran (their hashes enter the key) but not required (the report)."""
 
 
+UNKEYED = ("device", "lm_device")
+"""Config fields left out of a stage's key: where it ran (a finished stage is not redone on another device)."""
+
+
 def stage_key(name: str, config: dict, input_hashes: dict[str, str]) -> str:
+    config = {k: v for k, v in config.items() if k not in UNKEYED}
     blob = json.dumps({"stage": name, "config": config, "inputs": input_hashes}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

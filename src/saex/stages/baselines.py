@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 import saex
 from saex.config import opt
+from saex.devices import DeviceOptions, placement
 from saex.dictionaries import BASELINE_KINDS, load_dictionary
 from saex.dictionaries.ica import fit_ica, ica_topk
 from saex.dictionaries.neurons import neurons
@@ -50,7 +52,7 @@ MARKER = "baselines.json"
 
 
 @dataclass
-class BaselinesConfig(RowOptions):
+class BaselinesConfig(RowOptions, DeviceOptions):
     """What ``saex baselines`` builds; saved in baselines.json and in every dictionary's metadata."""
 
     acts: str = "runs/acts"
@@ -104,19 +106,23 @@ def _params(cfg: BaselinesConfig, kind: str, k: int | None) -> dict:
     return p
 
 
-def measured_k(folder: str, store: ActivationStore, hook: str, n: int, rows: RowFilter) -> int:
-    """Mean L0 of a dictionary on the first ``n`` held-out rows that ``rows`` keeps, rounded to an integer >= 1."""
-    sae = load_dictionary(folder)
+def measured_k(
+    folder: str, store: ActivationStore, hook: str, n: int, rows: RowFilter, device: torch.device | str = "cpu"
+) -> int:
+    """Mean L0 of a dictionary on the first ``n`` held-out rows that ``rows`` keeps, rounded to an integer >= 1
+    (computed on ``device``)."""
+    sae = load_dictionary(folder).to(device)
     if sae.d_in != store.width(hook):
         raise SaexError(f"--k-from {folder} has d_in {sae.d_in}, but {hook} in the store has width {store.width(hook)}")
     kept = store.kept_rows("heldout", rows, hook)
     if len(kept) == 0:
         raise SaexError(f"the store {store.path} has no held-out rows to measure --k-from on")
-    l0 = evaluate_batch(sae, store.rows("heldout", hook, kept[:n]))["l0"]
+    l0 = evaluate_batch(sae, store.rows("heldout", hook, kept[:n]).to(device))["l0"]
     return max(1, round(l0))
 
 
 def run(cfg: BaselinesConfig, progress: bool = True) -> Path:
+    device = placement(cfg).device  # PCA's covariance and --k-from's L0 are computed there; FastICA on the CPU
     store = ActivationStore(cfg.acts)
     if not cfg.hook:
         raise SaexError(f"name the hook point with --hook; the store has {store.hooks}")
@@ -128,7 +134,7 @@ def run(cfg: BaselinesConfig, progress: bool = True) -> Path:
             raise SaexError("pca_topk and ica_topk need exactly one of --k N or --k-from DICTIONARY_FOLDER")
         RowFilter.of(cfg).check(store.context_length)
         if cfg.k_from is not None:
-            k = measured_k(cfg.k_from, store, cfg.hook, cfg.k_tokens, RowFilter.of(cfg))
+            k = measured_k(cfg.k_from, store, cfg.hook, cfg.k_tokens, RowFilter.of(cfg), device)
         else:
             assert cfg.k is not None  # exactly one of the two, checked above
             k = cfg.k
@@ -164,7 +170,7 @@ def run(cfg: BaselinesConfig, progress: bool = True) -> Path:
         if "pca" not in fits:
             shards = range(len(store.shards("train")))
             it = tqdm(shards, desc="pca covariance", unit="shard", disable=not progress)
-            fits["pca"] = fit_pca(store.load_kept("train", i, cfg.hook, RowFilter.of(cfg)) for i in it)
+            fits["pca"] = fit_pca((store.load_kept("train", i, cfg.hook, RowFilter.of(cfg)) for i in it), device)
         return fits["pca"]
 
     def ica_fit():

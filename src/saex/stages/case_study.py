@@ -31,6 +31,7 @@ from saex.causal.ablation import output_effect
 from saex.causal.case_study import decoder, store_contexts
 from saex.causal.circuits import Level, contexts_from_index, upstream_circuit
 from saex.config import opt
+from saex.devices import PLACEMENT_FIELDS, LMOptions, Placement, placement
 from saex.dictionaries import load_dictionary
 from saex.dictionaries.folders import find_dictionaries, open_for_store, refuse_transcoder
 from saex.dictionaries.formats import weights_sha256
@@ -52,7 +53,7 @@ MARKER = "case_study.json"
 
 
 @dataclass
-class CaseStudyConfig(RowOptions):
+class CaseStudyConfig(RowOptions, LMOptions):
     """What ``saex case-study`` analyses; saved in config.json beside case_study.json."""
 
     acts: str = "runs/acts"
@@ -197,6 +198,7 @@ def _open_index(p: Path, folder: Path, weights_sha: str, hook: str):
 
 def run(cfg: CaseStudyConfig, progress: bool = True) -> Path:
     _validate(cfg)
+    where = placement(cfg)  # a device this machine lacks fails before any work
     store = ActivationStore(cfg.acts)
     folder = _one(cfg.dict, "--dict")
     ((_, d, hook),) = open_for_store(str(folder), store, cfg.hook).values()
@@ -216,7 +218,8 @@ def run(cfg: CaseStudyConfig, progress: bool = True) -> Path:
     weights_sha = weights_sha256(folder)
     index_dir = _index_folder(cfg.features_index, folder, weights_sha) if cfg.features_index else None
     identity = {
-        "config": {k: v for k, v in asdict(cfg).items() if k != "out"},
+        # where it runs is not what it computes; the model's precision is
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", *PLACEMENT_FIELDS)} | where.identity(),
         "dictionary": weights_sha,
         "store": store_hash(store, hook),
         "upstream": [weights_sha256(f) for f, _, _ in levels],
@@ -237,7 +240,7 @@ def run(cfg: CaseStudyConfig, progress: bool = True) -> Path:
     staging = out / ".staging"
     if staging.exists():
         shutil.rmtree(staging)
-    result = _analyse(cfg, store, folder, d, hook, levels, index, staging, progress)
+    result = _analyse(cfg, store, folder, d, hook, levels, index, staging, progress, where)
     out.mkdir(parents=True, exist_ok=True)
     for f in sorted(staging.iterdir()) if staging.is_dir() else []:
         os.replace(f, out / f.name)
@@ -250,12 +253,24 @@ def run(cfg: CaseStudyConfig, progress: bool = True) -> Path:
 
 
 def _analyse(
-    cfg: CaseStudyConfig, store, folder: Path, d: SAE, hook: str, levels: list, index, out: Path, progress: bool
+    cfg: CaseStudyConfig,
+    store,
+    folder: Path,
+    d: SAE,
+    hook: str,
+    levels: list,
+    index,
+    out: Path,
+    progress: bool,
+    where: Placement,
 ) -> dict:
 
     say = print if progress else (lambda *a, **k: None)
     lm = load_store_model(store.manifest["model"], cfg.model)
+    lm.model.eval().to(device=where.lm_device, dtype=where.lm_dtype)
     hooked = HookedLM(lm.model)
+    d = d.to(where.device)
+    levels = [(f, h, u.to(where.device)) for f, h, u in levels]
     decode = decoder(lm.tokenizer)
     F = d.d_dict
     search, codes_F, x_D = search_prompt(
@@ -310,6 +325,7 @@ def _analyse(
         max_n=cfg.max_samples,
         seed=cfg.seed,
         rows=RowFilter.of(cfg),
+        device=where.device,
     )
     tokens_CT = store.tokens("heldout").long()
     resid_hist = sp.histograms[-1]
@@ -317,10 +333,11 @@ def _analyse(
 
     lens = None
     if hooked.resolve(hook).kind != "mlp.hook_post":  # MLP neurons do not live in the unembedding's space
-        W_U = LL.unembedding(lm.model)
+        W_U = LL.unembedding(lm.model).to(where.device)
         gain = LL.final_norm_gain(lm.model, hooked.family.final_norm) if cfg.final_norm else None
         excluded = LL.excluded_tokens(W_U, cfg.unembed_outliers)
-        lens = LL.logit_lens_all(d.W_dec_FD.detach()[torch.tensor(feats)], W_U, cfg.logit_top, excluded, gain)
+        feats_t = torch.tensor(feats, device=where.device)
+        lens = LL.logit_lens_all(d.W_dec_FD.detach()[feats_t], W_U, cfg.logit_top, excluded, gain)
     figures, entries = {}, []
     for i, f in enumerate(feats):
         s = series.index(f)

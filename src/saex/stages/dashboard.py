@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from saex.config import Config, opt
+from saex.config import opt
 from saex.dashboard.analyses import Analyses, parse_analyses
 from saex.dashboard.gather import Gatherer, check_analyses, find_index, load_interpretations
 from saex.dashboard.site import MARKER, write_site
+from saex.devices import DeviceOptions, placement
 from saex.errors import SaexError
 from saex.features.index import FeatureIndex
 from saex.files import check_output_folder
@@ -27,7 +28,7 @@ HELP = "write a static feature dashboard (opens from disk): examples, explanatio
 
 
 @dataclass
-class DashboardConfig(Config):
+class DashboardConfig(DeviceOptions):
     """What ``saex dashboard`` shows; the site opens from disk (OUT/index.html) with no server."""
 
     features: str = "runs/features"
@@ -68,6 +69,7 @@ def run(cfg: DashboardConfig, progress: bool = True, analyses: dict[int, dict] |
     """Write the site. Every feature shown gets the panels of ``cfg.analyses`` (computed) and of
     ``cfg.case_study``; ``analyses`` maps a feature id to histogram / logit_lens / output_effect / upstream
     payloads (docs/dashboard.md) that replace those. An empty panel says "not computed" and why."""
+    device = placement(cfg).device  # the logit lens runs there (it runs no model: the unembedding only)
     check_analyses(analyses or {})
     names = parse_analyses(cfg.analyses)
     if cfg.case_study is not None and not Path(cfg.case_study).is_dir():
@@ -78,7 +80,7 @@ def run(cfg: DashboardConfig, progress: bool = True, analyses: dict[int, dict] |
     index = FeatureIndex(find_index(cfg.features, cfg.dict))
     interp = load_interpretations(cfg.interpret, index.meta["identity"]) if cfg.interpret else None
     g = Gatherer(index, interp, examples=cfg.examples, decile_examples=cfg.decile_examples, limit=cfg.limit)
-    computed = Analyses(index, g.features, names, cfg.model, cfg.case_study, progress)
+    computed = Analyses(index, g.features, names, cfg.model, cfg.case_study, progress, device)
     meta = g.meta() | {k: v for k, v in computed.info.items() if v is not None}
     out = write_site(cfg.out, meta, g.rows(), g.payloads(analyses, computed), progress=progress)
     return out

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import saex
 from saex.config import opt
+from saex.devices import PLACEMENT_FIELDS, LMOptions, Placement, placement
 from saex.dictionaries import load_dictionary
 from saex.dictionaries.folders import open_for_store
 from saex.dictionaries.formats import weights_sha256
@@ -46,7 +47,7 @@ MARKER = "eval.json"
 
 
 @dataclass
-class EvalConfig(RowOptions):
+class EvalConfig(RowOptions, LMOptions):
     """What ``saex eval`` measures; saved in eval.json and in every result file."""
 
     acts: str = "runs/acts"
@@ -102,26 +103,30 @@ def _describe(name: str, folder: Path, d: SAE) -> dict:
 
 
 def run(cfg: EvalConfig, progress: bool = True) -> Path:
+    where = placement(cfg)  # a device this machine lacks fails before any work
     store = ActivationStore(cfg.acts)
     n_held = store.n_rows("heldout")
     if n_held == 0:
         raise SaexError(f"the store {store.path} has no held-out rows to evaluate on")
     found = open_for_store(cfg.dicts, store, cfg.hook)
-    dicts = {name: d for name, (_, d, _) in found.items()}
+    dicts = {name: d.to(where.device) for name, (_, d, _) in found.items()}
     info = {
         # a transcoder's target hook, checked against the store by open_for_store
         name: _describe(name, folder, d)
         | {"hook": hook, "target": d.metadata.get("target_hook") if d.transcoder else None}
         for name, (folder, d, hook) in found.items()
     }
-    reference = load_dictionary(cfg.reference) if cfg.reference else None
+    reference = load_dictionary(cfg.reference).to(where.device) if cfg.reference else None
 
     out = Path(cfg.out)
     check_output_folder(out, MARKER, "saex evaluation")
     (out / "results").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / MARKER, {"saex_version": saex.__version__, "config": asdict(cfg)})
+    write_json_atomic(
+        out / MARKER, {"saex_version": saex.__version__, "config": asdict(cfg), "placement": where.describe()}
+    )
     hashes = {h: store_hash(store, h) for h in {i[k] for i in info.values() for k in ("hook", "target") if i[k]}}
-    options = {k: v for k, v in asdict(cfg).items() if k not in ("out", "dicts", "acts", "batch_size", "context_batch")}
+    skip = ("out", "dicts", "acts", "batch_size", "context_batch", *PLACEMENT_FIELDS)
+    options = {k: v for k, v in asdict(cfg).items() if k not in skip} | where.identity()
     results: dict[str, dict] = {}
     todo: dict[tuple[str, str | None], dict[str, SAE]] = {}
     reference_sha = weights_sha256(cfg.reference) if cfg.reference else None
@@ -143,9 +148,9 @@ def run(cfg: EvalConfig, progress: bool = True) -> Path:
 
     rows = RowFilter.of(cfg)
     rows.check(store.context_length)
-    hooked = _load_model(store, cfg.model) if cfg.contexts and todo else None  # fails before any long work
+    hooked = _load_model(store, cfg.model, where) if cfg.contexts and todo else None  # fails before any long work
     for (hook, target), group in todo.items():
-        metrics = _reconstruction(store, hook, group, cfg.tokens, rows, cfg, progress, target)
+        metrics = _reconstruction(store, hook, group, cfg.tokens, rows, cfg, progress, target, where.device)
         spliced = {}
         if hooked is not None:
             tokens = store.tokens("heldout")[: cfg.contexts]
@@ -172,12 +177,21 @@ def _result_path(out: Path, name: str) -> Path:
 
 
 def _reconstruction(
-    store, hook, group, n_rows: int | None, rows: RowFilter, cfg, progress, target: str | None = None
+    store,
+    hook,
+    group,
+    n_rows: int | None,
+    rows: RowFilter,
+    cfg,
+    progress,
+    target: str | None = None,
+    device: torch.device | str = "cpu",
 ) -> dict[str, dict]:
     """Streaming metrics over the first ``n_rows`` (None: all) held-out rows that ``rows`` keeps; the firing
     counts (alive, never fired, density) go on over every kept row, with the encoder only. One read of each
     shard: the kept rows are not counted beforehand (at a hook with a norm limit that would read them all).
-    Transcoders are scored on their prediction of ``target`` at the rows kept at both hook points."""
+    Transcoders are scored on their prediction of ``target`` at the rows kept at both hook points. The rows
+    are read on the CPU and computed on ``device`` (the dictionaries'), batch by batch."""
     accs = {name: ReconstructionMetrics(d.d_out, d.d_dict) for name, d in group.items()}
     budget = math.inf if n_rows is None else n_rows
     bar = tqdm(total=store.n_rows("heldout"), desc=f"metrics at {hook}", unit="row", disable=not progress)
@@ -196,7 +210,8 @@ def _reconstruction(
                     "re-harvest with --dtype float32"
                 )
         for b in range(0, len(x_ND), cfg.batch_size):
-            x_BD, y_BD = x_ND[b : b + cfg.batch_size], y_ND[b : b + cfg.batch_size]
+            x_BD = x_ND[b : b + cfg.batch_size].to(device)
+            y_BD = x_BD if y_ND is x_ND else y_ND[b : b + cfg.batch_size].to(device)
             k = int(max(0, min(len(x_BD), budget - seen)))  # rows of this batch within the metrics' budget
             with torch.inference_mode():
                 for name, d in group.items():
@@ -211,10 +226,9 @@ def _reconstruction(
     return {name: acc.result(cfg.alive_threshold) | {"row_filter": asdict(rows)} for name, acc in accs.items()}
 
 
-def _load_model(store: ActivationStore, name: str | None):
-
+def _load_model(store: ActivationStore, name: str | None, where: Placement):
     loaded = load_store_model(store.manifest["model"], name)
-    loaded.model.eval()
+    loaded.model.eval().to(device=where.lm_device, dtype=where.lm_dtype)
     return HookedLM(loaded.model)
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 import saex
 from saex.config import opt
+from saex.devices import DeviceOptions, device_of, placement
 from saex.dictionaries.folders import open_for_store
 from saex.dictionaries.formats import weights_sha256
 from saex.errors import SaexError
@@ -34,7 +35,7 @@ MARKER = "features.json"
 
 
 @dataclass
-class FeaturesConfig(RowOptions):
+class FeaturesConfig(RowOptions, DeviceOptions):
     """What ``saex features`` indexes; saved in features.json and in every index.json."""
 
     acts: str = "runs/acts"
@@ -76,6 +77,7 @@ def summary(out: Path) -> str:
 
 
 def run(cfg: FeaturesConfig, progress: bool = True) -> Path:
+    device = placement(cfg).device  # the dictionaries encode there; the index is the same on every device
     store = ActivationStore(cfg.acts)
     if store.n_rows("heldout") == 0:
         raise SaexError(f"the store {store.path} has no held-out rows to index")
@@ -93,7 +95,8 @@ def run(cfg: FeaturesConfig, progress: bool = True) -> Path:
     vocab = _vocab(store, frags, cfg.model) if cfg.decode else None
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / MARKER, {"saex_version": saex.__version__, "config": asdict(cfg)})
-    # --chunk stays in the identity: the random samples' keys are drawn per chunk
+    # --chunk stays in the identity: the random samples' keys are drawn per chunk; --device too: another device
+    # may break ties between equal codes otherwise
     options = {k: v for k, v in asdict(cfg).items() if k not in ("acts", "dicts", "out", "model")}
     for name, (folder, d, hook) in dicts.items():
         target = out / file_name(name)
@@ -107,7 +110,8 @@ def run(cfg: FeaturesConfig, progress: bool = True) -> Path:
             "identity"
         ) == identity:
             continue
-        tensors = _index_one(store, hook, d, frags, keep_NL, store.norm_limit(hook, rows), cfg, progress, name)
+        limit = store.norm_limit(hook, rows)
+        tensors = _index_one(store, hook, d.to(device), frags, keep_NL, limit, cfg, progress, name)
         tensors |= {
             "tokens": frags.tokens_NL,
             "fragment_rows": torch.from_numpy(frags.rows_NL[:, 0].copy()),
@@ -151,18 +155,28 @@ def _codes(
     store, hook, d, frags: Fragments, keep_NL: torch.Tensor, limit: float | None, sel: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes [len(sel), L, F] of the selected fragments (rows read from the store, encoded; 0 at excluded
-    tokens), and which tokens count [len(sel), L]: ``keep_NL`` and, with a norm ``limit``, not above it."""
+    tokens), and which tokens count [len(sel), L]: ``keep_NL`` and, with a norm ``limit``, not above it; both
+    on the dictionary's device."""
     rows = frags.rows_NL[sel]
     x = store.rows("heldout", hook, rows.reshape(-1))
     if not torch.isfinite(x).all():
         raise SaexError(
             f"the store {store.path} holds NaN or Inf activations at {hook}; re-harvest with --dtype float32"
         )
+    return encode_fragments(d, x, keep_NL[torch.from_numpy(sel)], limit)
+
+
+def encode_fragments(
+    d, x_ND: torch.Tensor, keep_CL: torch.Tensor, limit: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-chunk computation of ``_codes`` on rows ``x [C·L, D]`` read from the store: moved to the
+    dictionary's device, encoded, and 0 where a token does not count."""
+    device = device_of(d)
+    x_ND, keep_CL = x_ND.to(device, torch.float32), keep_CL.to(device)
     with torch.inference_mode():
-        c_CLF = d.encode(x).reshape(len(sel), rows.shape[1], -1)
-        keep_CL = keep_NL[torch.from_numpy(sel)]
+        c_CLF = d.encode(x_ND).reshape(*keep_CL.shape, -1)
         if limit is not None:
-            keep_CL = keep_CL & within_norm(x, limit).reshape(keep_CL.shape)
+            keep_CL = keep_CL & within_norm(x_ND, limit).reshape(keep_CL.shape)
         c_CLF[~keep_CL] = 0
         return c_CLF, keep_CL
 
@@ -179,7 +193,8 @@ def _index_one(
     name: str,
 ) -> dict:
     F, N = d.d_dict, frags.n
-    builder = IndexBuilder(F, cfg.top, cfg.random, cfg.zero, cfg.seed)
+    device = device_of(d)
+    builder = IndexBuilder(F, cfg.top, cfg.random, cfg.zero, cfg.seed, device)
     bar = tqdm(total=N, desc=f"{name}: examples", unit="frag", disable=not progress)
     for chunk, start in enumerate(range(0, N, cfg.chunk)):
         sel = np.arange(start, min(N, start + cfg.chunk))
@@ -201,9 +216,10 @@ def _index_one(
         sel = needed[start : start + cfg.chunk]
         c_CLF, _ = _codes(store, hook, d, frags, keep_NL, limit, sel)
         lo, hi = np.searchsorted(frag_P.numpy(), [sel[0], sel[-1] + 1])
-        local = torch.from_numpy(np.searchsorted(sel, frag_P[lo:hi].numpy()))
-        vals_PL = c_CLF[local, :, f_P[lo:hi]]
-        parts.append(sparse_token_values(vals_PL, f_P[lo:hi], slot_P[lo:hi]))
+        local = torch.from_numpy(np.searchsorted(sel, frag_P[lo:hi].numpy())).to(device)
+        feat, slot = f_P[lo:hi].to(device), slot_P[lo:hi].to(device)
+        vals_PL = c_CLF[local, :, feat]
+        parts.append(tuple(t.cpu() for t in sparse_token_values(vals_PL, feat, slot)))
         bar.update(len(sel))
     bar.close()
     feat = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64)

@@ -30,7 +30,8 @@ import numpy as np
 from tqdm import tqdm
 
 import saex
-from saex.config import Config, opt
+from saex.config import opt
+from saex.devices import LMOptions, Placement, placement
 from saex.dictionaries.folders import find_folders
 from saex.errors import SaexError
 from saex.features.index import INDEX_JSON, FeatureIndex
@@ -49,7 +50,7 @@ MARKER = "interpret.json"
 
 
 @dataclass
-class InterpretConfig(Config):
+class InterpretConfig(LMOptions):
     """What ``saex interpret`` does; saved in interpret.json and in every score record."""
 
     features: list[str] = opt(["runs/features"], nonempty=True)
@@ -111,7 +112,7 @@ def _validate(cfg: InterpretConfig) -> None:
         raise SaexError("--backend openai needs --model (the endpoint's model id)")
 
 
-def _agents(cfg: InterpretConfig, out: Path):
+def _agents(cfg: InterpretConfig, out: Path, where: Placement):
     if cfg.backend == "offline":
         return TableExplainer(cfg.budget), TableSimulator(), None, LABEL
     # lazy: the LLM backends import the openai SDK and transformers, which only --backend openai | hf need
@@ -126,6 +127,8 @@ def _agents(cfg: InterpretConfig, out: Path):
         concurrency=cfg.concurrency,
         timeout=cfg.timeout,
         max_retries=cfg.max_retries,
+        device=where.lm_device,  # the hf backend's model; the others run no model here
+        lm_dtype=where.lm_dtype,
     )
     return (
         LLMExplainer(backend),
@@ -167,13 +170,14 @@ def _read_jsonl(path: Path, identity: dict) -> dict[int, dict]:
 
 def run(cfg: InterpretConfig, progress: bool = True) -> Path:
     _validate(cfg)
+    where = placement(cfg)  # a device this machine lacks fails before any work
     indexes = find_indexes(cfg.features)
     root = Path(cfg.out)
     check_output_folder(root, MARKER, "saex interpretation")
     out = root / backend_tag(cfg) / cfg.preset
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(root / MARKER, {"saex_version": saex.__version__, "config": asdict(cfg)})
-    explainer, simulator, detector, label = _agents(cfg, out)
+    explainer, simulator, detector, label = _agents(cfg, out, where)
     method_rows, pooled, by_method, baselines = [], [], {}, set()
     for name, folder in indexes.items():
         index = FeatureIndex(folder)
@@ -185,6 +189,8 @@ def run(cfg: InterpretConfig, progress: bool = True) -> Path:
             "selection": cfg.selection,
             "simulator_mode": cfg.simulator_mode,
         }
+        if cfg.backend == "hf":  # the local model's precision changes its answers (float32: nothing recorded)
+            identity |= where.identity()
         mdir = out / file_name(name)
         mdir.mkdir(exist_ok=True)
         done = _read_jsonl(mdir / "scores.jsonl", identity)

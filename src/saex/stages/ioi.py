@@ -25,7 +25,8 @@ from saex.causal.attribution import attribution_scores, quick_curve, validate
 from saex.causal.greedy import greedy_prune
 from saex.causal.ioi import make_prompts, task_performance
 from saex.causal.patching import PatchingSetup
-from saex.config import Config, opt
+from saex.config import opt
+from saex.devices import LMOptions, Placement, placement
 from saex.dictionaries import load_dictionary
 from saex.dictionaries.folders import find_dictionaries, hook_of, refuse_transcoder
 from saex.dictionaries.formats import weights_sha256
@@ -43,7 +44,7 @@ MARKER = "ioi.json"
 
 
 @dataclass
-class IOIConfig(Config):
+class IOIConfig(LMOptions):
     """What ``saex ioi`` does; saved in ioi.json and in every result."""
 
     model: str = "smollm2-135m"
@@ -92,13 +93,14 @@ def _validate(cfg: IOIConfig) -> None:
         raise SaexError("name dictionaries with --dicts and/or --baselines pca")
 
 
-def _plan(cfg: IOIConfig, hooked) -> dict[int, list[tuple[str, object, dict]]]:
-    """Layer -> [(name, dictionary, identity)], dictionaries first, then the PCA baselines."""
+def _plan(cfg: IOIConfig, hooked, where: Placement) -> dict[int, list[tuple[str, object, dict]]]:
+    """Layer -> [(name, dictionary, identity)], dictionaries first, then the PCA baselines; every dictionary on
+    ``where.device``."""
     wanted = sorted(set(cfg.layers)) if cfg.layers is not None else None
     plan: dict[int, list] = {}
     if cfg.dicts:
         for name, folder in find_dictionaries(cfg.dicts).items():
-            d = load_dictionary(folder)
+            d = load_dictionary(folder).to(where.device)
             refuse_transcoder(d, folder, "ioi")
             hook = hook_of(d, str(folder), None)
             # imported dictionaries name models their own way: checked by hook point and width only
@@ -133,13 +135,22 @@ def _plan(cfg: IOIConfig, hooked) -> dict[int, list[tuple[str, object, dict]]]:
             hooked.resolve(hook)
             if hook not in store.hooks:
                 raise SaexError(f"the store {store.path} lacks {hook} to fit PCA on; it has {store.hooks}")
-            fit = fit_pca(store.load_shard("train", i, hook) for i in range(len(store.shards("train"))))
+            shards = range(len(store.shards("train")))
+            fit = fit_pca((store.load_shard("train", i, hook) for i in shards), where.device)
             meta = {"hook_name": hook, "fit_rows": fit.n_rows}
             ident = {"hook": hook, "store": str(store.path), "fit_rows": fit.n_rows}
             plan.setdefault(layer, []).extend(
                 [
-                    ("pca_rot", pca_dictionary(fit, center=False, metadata=meta), ident | {"kind": "pca_rot"}),
-                    ("pca_split", pca_split(fit, center=True, metadata=meta), ident | {"kind": "pca_split"}),
+                    (
+                        "pca_rot",
+                        pca_dictionary(fit, center=False, metadata=meta).to(where.device),
+                        ident | {"kind": "pca_rot"},
+                    ),
+                    (
+                        "pca_split",
+                        pca_split(fit, center=True, metadata=meta).to(where.device),
+                        ident | {"kind": "pca_split"},
+                    ),
                 ]
             )
     if not plan:
@@ -149,11 +160,11 @@ def _plan(cfg: IOIConfig, hooked) -> dict[int, list[tuple[str, object, dict]]]:
 
 def run(cfg: IOIConfig, progress: bool = True) -> Path:
     _validate(cfg)
-
+    where = placement(cfg)  # a device this machine lacks fails before the model loads
     lm = load_model(cfg.model)
-    lm.model.eval()
+    lm.model.eval().to(device=where.lm_device, dtype=where.lm_dtype)
     hooked = HookedLM(lm.model)
-    plan = _plan(cfg, hooked)
+    plan = _plan(cfg, hooked, where)
     out = Path(cfg.out)
     check_output_folder(out, MARKER, "saex IOI run")
     out.mkdir(parents=True, exist_ok=True)
@@ -168,6 +179,7 @@ def run(cfg: IOIConfig, progress: bool = True) -> Path:
         )
     taus = np.logspace(-5, 0, cfg.thresholds)
     options = {k: v for k, v in asdict(cfg).items() if k in ("model", "prompts", "seed", "thresholds")}
+    options |= where.identity()
     results: dict[int, dict[str, dict]] = {}
     for layer, entries in plan.items():
         results[layer] = {}

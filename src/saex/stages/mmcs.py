@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from saex.config import Config, opt
+from saex.config import opt
+from saex.devices import DeviceOptions, placement
 from saex.dictionaries import load_dictionary
 from saex.evaluate.mmcs import mmcs
 
@@ -16,7 +17,7 @@ HELP = "mean max cosine similarity of one dictionary's features against another'
 
 
 @dataclass
-class MmcsConfig(Config):
+class MmcsConfig(DeviceOptions):
     """Which dictionaries ``saex mmcs`` compares."""
 
     reference: str = opt(positional=True)
@@ -33,6 +34,8 @@ CONFIG = MmcsConfig
 
 
 def run(cfg: MmcsConfig, progress: bool = True) -> Path:
-    r = mmcs(load_dictionary(cfg.reference).W_dec_FD, load_dictionary(cfg.other).W_dec_FD, hungarian=cfg.hungarian)
+    device = placement(cfg).device  # the cosine matrix is computed there; the Hungarian matching on the CPU
+    reference, other = (load_dictionary(p).W_dec_FD.detach().to(device) for p in (cfg.reference, cfg.other))
+    r = mmcs(reference, other, hungarian=cfg.hungarian)
     print(json.dumps(r, indent=1) if cfg.json else "  ".join(f"{k} {v:.4g}" for k, v in r.items()))
     return Path(cfg.other)

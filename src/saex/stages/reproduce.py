@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from saex.config import Config, config_dict, opt
+from saex.config import config_dict, opt
+from saex.devices import LMOptions, placement
 from saex.errors import SaexError
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
@@ -32,7 +33,7 @@ HELP = (
 
 
 @dataclass
-class ReproduceConfig(Config):
+class ReproduceConfig(LMOptions):
     """What ``saex reproduce`` runs; saved in reproduce.json."""
 
     preset: Literal["quick", "standard", "paper"] = "quick"
@@ -96,6 +97,7 @@ def make_plan(cfg: ReproduceConfig, n_layers: int) -> presets.Plan:
 def run(cfg: ReproduceConfig, progress: bool = True) -> Path:
     """Plan the study for the model, print it and its expected time, then run (or resume) every stage."""
     root = Path(cfg.out).resolve()
+    where = placement(cfg)  # a device this machine lacks fails before anything loads; every stage gets them
     hooked = HookedLM(load_model(cfg.model).model)
     info = describe_model(cfg.model, hooked)
     plan = make_plan(cfg, info["n_layers"])
@@ -127,6 +129,7 @@ def run(cfg: ReproduceConfig, progress: bool = True) -> Path:
         "plan": config_dict(plan),
         "model": info,
         "estimate_seconds": estimate,
+        "placement": where.describe(),
     }
     if given is not None:
         header |= given.record()

@@ -206,9 +206,12 @@ def make_backend(
     concurrency: int = 4,
     timeout: float = 60.0,
     max_retries: int = 4,
+    device=None,
+    lm_dtype=None,
 ) -> Backend:
     """An LLM backend: ``"openai"`` (any OpenAI-compatible ``base_url``; model None = the server's only
-    model) or ``"hf"`` (in-process transformers; model None = the embedded ``smollm2-135m``)."""
+    model) or ``"hf"`` (in-process transformers; model None = the embedded ``smollm2-135m``, run on ``device``
+    in ``lm_dtype``: a ``torch.device`` and ``torch.dtype``, default the CPU in float32)."""
     if kind == "openai":
         # lazy: the openai SDK is imported only when this backend is asked for
         from saex.interpret.llm.openai_backend import OpenAIBackend
@@ -228,5 +231,5 @@ def make_backend(
         # lazy: transformers' generation stack is loaded only when this backend is asked for
         from saex.interpret.llm.hf_backend import HFBackend
 
-        return HFBackend(model or "smollm2-135m")
+        return HFBackend(model or "smollm2-135m", device=device, dtype=lm_dtype)
     raise SaexError(f"unknown LLM backend {kind!r}: expected 'openai' or 'hf'")

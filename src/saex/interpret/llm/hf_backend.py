@@ -13,7 +13,8 @@ all-at-once prompt (autointerp.md §1.4), from ONE forward pass per record:
 
 Explanations and detection use greedy generation through the tokenizer's chat template when it has
 one, else Bills' flat completion format; per-token top logprobs come from the raw logits. Small models
-are a wire/format smoke test, not a judge of interpretability (autointerp.md §4).
+are a wire/format smoke test, not a judge of interpretability (autointerp.md §4). The model runs on any device
+(``device``, ``dtype``); probabilities are taken in float64 (float32 on MPS).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from saex.devices import device_of, wide_dtype
 from saex.errors import SaexError
 from saex.interpret.llm.base import ChatResult, Counter, MalformedAnswer
 from saex.interpret.llm.prompts import flatten
@@ -45,17 +47,29 @@ class HFBackend(Counter):
 
     Bills et al. 2023's all-at-once simulator (autointerp.md §1.4) with exact probabilities, and greedy
     generation for their explainer (§1.3) and Paulo et al. 2024's detection (§2.3). ``loaded`` takes an
-    already loaded ``saex.lm.loading.LoadedModel`` (tests, or sharing the subject model's copy).
+    already loaded ``saex.lm.loading.LoadedModel`` (tests, or sharing the subject model's copy); ``device`` and
+    ``dtype`` move the model (default: where it is, as it is).
     """
 
     concurrency = 1  # one model, one forward at a time: torch already uses the cores
 
-    def __init__(self, model: str = "smollm2-135m", *, loaded=None):
+    def __init__(
+        self,
+        model: str = "smollm2-135m",
+        *,
+        loaded=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
 
         super().__init__()
         lm = loaded if loaded is not None else load_model(model)
         self.model, self.name = model, f"hf:{model}"
         self.lm, self.tokenizer = lm.model.eval(), lm.tokenizer
+        if device is not None or dtype is not None:
+            self.lm.to(device=device, dtype=dtype)
+        self.device = device_of(self.lm)
+        self.wide = wide_dtype(self.device)
         self.plan = value_token_plan(self.tokenizer)
         self._prefixes = sorted({ids[0] for ids in self.plan if len(ids) == 2})
         self._digits = [ids[0] for ids in self.plan[:10] if len(ids) == 1]
@@ -95,10 +109,10 @@ class HFBackend(Counter):
         self.count(usage, "requests")
         self.count(usage, "prompt_tokens", total)
         if n_probes == 0:
-            logits = self.lm(input_ids=torch.tensor([ids])).logits[0]
+            logits = self.lm(input_ids=torch.tensor([ids], device=self.device)).logits[0]
         else:
             logits = self._forward_with_probes(ids, tabs)
-        logp = torch.log_softmax(logits.double(), dim=-1)
+        logp = torch.log_softmax(logits.to(self.wide), dim=-1)
         rows = []
         for s, tab in enumerate(tabs):
             first = logp[tab].exp()
@@ -129,21 +143,23 @@ class HFBackend(Counter):
                 positions.append(tab + 1)
                 row += 1
         return self.lm(
-            input_ids=torch.tensor([full]),
-            attention_mask=self._probe_masks(allowed, positions),
-            position_ids=torch.tensor([positions]),
+            input_ids=torch.tensor([full], device=self.device),
+            attention_mask=self._probe_masks(allowed.to(self.device), positions),
+            position_ids=torch.tensor([positions], device=self.device),
         ).logits[0]
 
     def _probe_masks(self, allowed: torch.Tensor, positions: list[int]):
         """Additive 4-D mask(s): a custom mask is used as given, so sliding-window layers need their own."""
         config = self.lm.config
-        pos = torch.tensor(positions)
+        pos = torch.tensor(positions, device=allowed.device)
         window = getattr(config, "sliding_window", None)
         windowed = allowed & (pos[None, :] > pos[:, None] - window) if window else allowed  # HF's overlay rule
         dtype = next(self.lm.parameters()).dtype
 
         def additive(a: torch.Tensor) -> torch.Tensor:
-            return torch.zeros(a.shape, dtype=dtype).masked_fill(~a, torch.finfo(dtype).min)[None, None]
+            return torch.zeros(a.shape, dtype=dtype, device=a.device).masked_fill(~a, torch.finfo(dtype).min)[
+                None, None
+            ]
 
         kinds = set(getattr(config, "layer_types", None) or [])
         if kinds - {"full_attention"}:  # per-layer-type models (Gemma 3, Qwen 2) take a dict of masks
@@ -182,7 +198,7 @@ class HFBackend(Counter):
         from transformers import GenerationConfig
 
         tok = self.tokenizer
-        ids = self._prompt_ids(messages)
+        ids = self._prompt_ids(messages).to(self.device)
         if self.max_positions and ids.shape[1] + max_tokens > self.max_positions:
             self.count(usage, "failures")
             return None
@@ -206,7 +222,7 @@ class HFBackend(Counter):
                 break
             top: dict[str, float] = {}
             if top_logprobs:
-                logp = torch.log_softmax(out.logits[step][0].double(), dim=-1)
+                logp = torch.log_softmax(out.logits[step][0].to(self.wide), dim=-1)
                 values, idx = logp.topk(top_logprobs)
                 for lp, i in zip(values.tolist(), idx.tolist()):
                     key = tok.decode([i])
