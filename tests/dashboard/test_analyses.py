@@ -141,7 +141,7 @@ def _dashboard(root, name, out, *extra):
 @pytest.fixture(scope="module")
 def resid_site(setup, tmp_path_factory):
     out = tmp_path_factory.mktemp("site") / "res"
-    rc, _, err = _dashboard(setup, "res", out)
+    rc, _, err = _dashboard(setup, "res", out, "--device", "cpu")
     assert rc == 0, err
     return out
 

@@ -51,6 +51,8 @@ def _reproduce(inputs: Path, out: Path, dicts: str):
         "--dicts",
         dicts,
         "--quiet",
+        "--device",
+        "cpu",
     )
 
 

@@ -42,6 +42,8 @@ def _reproduce(inputs, out, extra=""):
         "--set",
         TINY + extra,
         "--quiet",
+        "--device",
+        "cpu",
     )
 
 
@@ -118,6 +120,65 @@ def test_every_stage_runs(full_run):
             name, name.replace(":", "/").replace("train/", "dicts/")
         )
         assert tree_hash(out / folder) == rec["outputs"], name
+
+
+def test_device_options_reach_every_stage_that_takes_them(full_run):
+    """``--device cpu`` (given to every run here) is in the config of every stage with a --device; harvest's
+    --device is where its model runs (the command's --lm-device, or --device); --lm-dtype goes to the stages that
+    run a model; the resolved placement heads reproduce.json."""
+    import dataclasses
+
+    from saex.cli import stage_modules
+
+    out, _, _ = full_run
+    state = _state(out)
+    assert state["placement"] == {"device": "cpu", "lm_device": "cpu", "lm_dtype": "float32"}
+    modules = stage_modules()
+    seen = set()
+    for name, rec in state["stages"].items():
+        command = name.split(":")[0].replace("_", "-")
+        fields = {f.name for f in dataclasses.fields(modules[command].CONFIG)}
+        cfg = rec["config"]
+        assert ("device" in cfg) == ("device" in fields), name
+        if "device" in fields:
+            assert cfg["device"] == "cpu", name
+            seen.add(command)
+        if "lm_device" in fields:
+            assert cfg["lm_device"] == "", name
+        assert cfg.get("lm_dtype") == ("auto" if "lm_dtype" in fields else None), name
+    assert {"harvest", "train", "baselines", "eval", "features", "interpret", "ioi", "case-study", "dashboard"} <= seen
+
+
+def test_a_stage_key_leaves_out_where_it_ran():
+    from saex.reproduce.pipeline import stage_key
+
+    key = stage_key("eval:x", {"tokens": 5, "device": "cpu", "lm_device": "", "lm_dtype": "auto"}, {"harvest": "h"})
+    assert key == stage_key(
+        "eval:x", {"tokens": 5, "device": "cuda:1", "lm_device": "cuda:0", "lm_dtype": "auto"}, {"harvest": "h"}
+    )
+    assert key != stage_key(
+        "eval:x", {"tokens": 5, "device": "cpu", "lm_device": "", "lm_dtype": "bfloat16"}, {"harvest": "h"}
+    )
+
+
+def test_placement_options_by_stage():
+    """The dictionaries' stages get --device; those that run a model --lm-device and --lm-dtype too; harvest, whose
+    --device is its model's, gets --lm-device there; a stage without the options (the report) is left alone."""
+    from saex.reproduce.graph import placed
+    from saex.stages.baselines import BaselinesConfig
+    from saex.stages.eval import EvalConfig
+    from saex.stages.harvest import HarvestConfig
+    from saex.stages.report import ReportConfig
+    from saex.stages.reproduce import ReproduceConfig
+
+    cfg = ReproduceConfig(device="cpu", lm_device="cuda:1", lm_dtype="bfloat16")
+    h = placed(HarvestConfig(), cfg)
+    assert (h.device, h.lm_dtype) == ("cuda:1", "bfloat16")
+    e = placed(EvalConfig(), cfg)
+    assert (e.device, e.lm_device, e.lm_dtype) == ("cpu", "cuda:1", "bfloat16")
+    assert placed(BaselinesConfig(hook="blocks.0.hook_resid_post"), cfg).device == "cpu"
+    assert placed(HarvestConfig(), ReproduceConfig(device="cuda:0")).device == "cuda:0"
+    assert placed(ReportConfig(run="x"), cfg) == ReportConfig(run="x")
 
 
 def test_corpus_option_overrides_the_presets(full_run, inputs):

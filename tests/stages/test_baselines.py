@@ -87,7 +87,7 @@ def one_error_line(err: str) -> str:
 def built(store, tmp_path_factory) -> Path:
     """Every kind with --k 3 (read-only: copy it before running anything that may write)."""
     out = tmp_path_factory.mktemp("bl-all") / "out"
-    assert main(argv(store, out, "--kinds", ",".join(KINDS), "--k", "3")) == 0
+    assert main(argv(store, out, "--kinds", ",".join(KINDS), "--k", "3", "--device", "cpu")) == 0
     return out
 
 

@@ -134,6 +134,10 @@ def test_end_to_end_with_index_and_circuit(setup, tmp_path):
         "5",
         "--max-density",
         repr(thr),
+        "--device",
+        "cpu",
+        "--lm-dtype",
+        "float32",
     )
     assert rc == 0, err
     assert stdout.strip() == f"case study in {out / 'case_study.json'} (figures beside it)"

@@ -67,6 +67,8 @@ def site(inputs, tmp_path_factory):
         "--analyses",
         "histogram",
         "--quiet",
+        "--device",
+        "cpu",
     )
     assert rc == 0, err
     assert stdout.strip() == f"dashboard in {out}: open {out / 'index.html'} in a browser"

@@ -82,6 +82,12 @@ def evaluated(tmp_path_factory, store, dicts):
                 "--out",
                 str(out),
                 "--quiet",
+                "--device",
+                "cpu",
+                "--lm-device",
+                "cpu",
+                "--lm-dtype",
+                "float32",
             ]
         )
     finally:
@@ -167,6 +173,16 @@ def test_result_files(evaluated, store):
     assert s["kl"] == pytest.approx(0.0, abs=1e-7)
     assert s["ce_spliced"] == pytest.approx(s["ce_clean"], abs=1e-6)
     assert _result(evaluated, "random")["kind"] == "random"
+
+
+def test_device_options_are_recorded_not_part_of_the_identity(evaluated):
+    """Run with --device cpu --lm-device cpu --lm-dtype float32: the marker records where it ran; a result's
+    identity leaves that out (float32 is the precision every earlier result had)."""
+    marker = json.loads((evaluated / "eval.json").read_text())
+    assert marker["placement"] == {"device": "cpu", "lm_device": "cpu", "lm_dtype": "float32"}
+    assert marker["config"]["device"] == "cpu" and marker["config"]["lm_dtype"] == "float32"
+    options = _result(evaluated, "identity")["identity"]["options"]
+    assert not {"device", "lm_device", "lm_dtype"} & set(options) and options["contexts"] == CONTEXTS
 
 
 def test_metrics_match_numpy(evaluated, store, dicts):
@@ -372,7 +388,7 @@ def test_mmcs_command(tmp_path, capsys):
     for name, W in (("A", A), ("B", B)):
         SAE(W.T.clone(), W, torch.zeros(len(W)), torch.zeros(4), "standard").save(tmp_path / name)
     capsys.readouterr()
-    assert main(["mmcs", str(tmp_path / "A"), str(tmp_path / "B"), "--json"]) == 0
+    assert main(["mmcs", str(tmp_path / "A"), str(tmp_path / "B"), "--json", "--device", "cpu"]) == 0
     r = json.loads(capsys.readouterr().out)
     An = A.double().numpy() / np.linalg.norm(A.double().numpy(), axis=1, keepdims=True)
     Bn = B.double().numpy() / np.linalg.norm(B.double().numpy(), axis=1, keepdims=True)

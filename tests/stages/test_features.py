@@ -125,7 +125,7 @@ def test_builds_one_index_per_dictionary(store, dicts, tmp_path, capsys):
 
 def test_one_per_document_by_default(store, dicts, tmp_path):
     out = tmp_path / "out"
-    assert _run(store, dicts, out, "--seed", "3") == 0
+    assert _run(store, dicts, out, "--seed", "3", "--device", "cpu") == 0
     ix = FeatureIndex(out / "std")
     want = make_fragments(heldout_tokens(), heldout_docs(), L, True, None, 3)
     assert ix.meta["n_fragments"] == want.n < C * (T // L)

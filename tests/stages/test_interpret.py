@@ -48,7 +48,7 @@ def _one_error_line(err: str) -> str:
 def run(features, tmp_path_factory) -> tuple[Path, Path]:
     """(--out, the results folder) of one offline cunningham2023 run over both indexes."""
     out = tmp_path_factory.mktemp("interpret-run") / "out"
-    rc, stdout, err = interpret_cli(features, out)
+    rc, stdout, err = interpret_cli(features, out, "--device", "cpu")
     assert rc == 0, err
     return out, results_folder(stdout)
 

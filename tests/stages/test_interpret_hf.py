@@ -24,6 +24,10 @@ def test_hf_backend_through_the_whole_pipeline(features, tmp_path):  # noqa: F81
         "--n-features",
         "1",
         "--no-null",
+        "--device",
+        "cpu",
+        "--lm-dtype",
+        "float32",
     )
     assert rc == 0, err
     res = results_folder(stdout)

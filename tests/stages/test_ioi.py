@@ -56,7 +56,9 @@ def _ioi(setup, out, *extra):
 def test_both_modes_with_pca(setup, tmp_path):
     root, acts, _ = setup
     out = tmp_path / "out"
-    rc, stdout, err = _ioi(setup, out, "--baselines", "pca", "--acts", str(acts), "--mode", "both", "--thresholds", "4")
+    rc, stdout, err = _ioi(
+        setup, out, "--baselines", "pca", "--acts", str(acts), "--mode", "both", "--thresholds", "4", "--device", "cpu"
+    )
     assert rc == 0, err
     task = json.loads((out / "task.json").read_text())
     assert task["n_prompts"] == 6 and len(task["logit_diffs"]) == 6
