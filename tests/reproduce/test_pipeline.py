@@ -179,6 +179,13 @@ def test_placement_options_by_stage():
     assert placed(BaselinesConfig(hook="blocks.0.hook_resid_post"), cfg).device == "cpu"
     assert placed(HarvestConfig(), ReproduceConfig(device="cuda:0")).device == "cuda:0"
     assert placed(ReportConfig(run="x"), cfg) == ReportConfig(run="x")
+    # training from a store runs no model: only --device reaches it (train refuses the model options there)
+    from saex.train.config import TrainConfig
+
+    t = placed(TrainConfig(), cfg)
+    assert (t.device, t.lm_device, t.lm_dtype) == ("cpu", "", "auto")
+    t = placed(TrainConfig(model="m"), cfg)
+    assert (t.device, t.lm_device, t.lm_dtype) == ("cpu", "cuda:1", "bfloat16")
 
 
 def test_corpus_option_overrides_the_presets(full_run, inputs):

@@ -109,7 +109,8 @@ def test_builds_one_index_per_dictionary(store, dicts, tmp_path, capsys):
         weights = (dicts / name / "sae_weights.safetensors").read_bytes()
         assert ident["weights_sha256"] == hashlib.sha256(weights).hexdigest()
         assert ident["hook"] == HOOK and ident["store_hash"] == store_hash(ActivationStore(store), HOOK)
-        assert ident["options"] == {k: v for k, v in cfg.items() if k not in ("acts", "dicts", "out", "model")}
+        options = {k: v for k, v in cfg.items() if k not in ("acts", "dicts", "out", "model")}
+        assert ident["options"] == options | {"device": "cpu"}  # the kind of device, as resolved
         assert meta["dictionary"]["name"] == name and meta["dictionary"]["path"] == str(dicts / name)
         assert meta["architecture"] == d.architecture and meta["d_dict"] == d.d_dict
         assert meta["n_fragments"] == C * (T // L) and meta["model"] == "synthetic"

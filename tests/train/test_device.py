@@ -17,6 +17,7 @@ from saex.dictionaries.ensemble import architecture_names, architectures
 from saex.distributed import Ranks
 from saex.train import trainer
 from saex.train.config import TrainConfig, validate
+from saex.train.trainer import train
 
 
 def _run(cfg, groups, x_BD, y_BO, steps):
@@ -75,3 +76,17 @@ def test_autocast_trains_every_architecture_with_float32_weights(arch):
         torch.testing.assert_close(w, ref, rtol=0.05, atol=0.01, msg=name)
     same = all(torch.equal(got["bfloat16"][n], ref) for n, ref in got["none"].items())
     assert same == (arch in ("tied_l1", "untied_l1")), "autocast changed nothing" if same else "fused step not float32"
+
+
+@pytest.mark.parametrize("arch", architecture_names())
+def test_a_whole_training_run_makes_no_tensor_on_the_default_device(small_store, tmp_path, arch):
+    """``train()`` end to end (store reading, scaling, held-out evaluation, resampling, checkpoint, export) with
+    torch's default device set to ``meta``: every tensor it makes names its device, so the run equals one made
+    normally, bit for bit. (Found: the tied SAE's export made its zero decoder bias on the default device.)"""
+    from tests.train._synth import assert_same_weights, train_cfg
+
+    kw = dict(arch=arch, steps=40, eval_every=20, checkpoint_every=20, resample_every=20, k="3", alpha="0.01")
+    a = train(train_cfg(small_store, tmp_path / "a", **kw), progress=False)
+    with torch.device("meta"):
+        b = train(train_cfg(small_store, tmp_path / "b", **kw), progress=False)
+    assert_same_weights(a, b, exact=True)

@@ -18,7 +18,7 @@ import pytest
 from saex.errors import SaexError
 from saex.stages.harvest import run as harvest
 from saex.train.config import TrainConfig
-from saex.train.trainer import train
+from saex.train.trainer import summary, train
 from tests._support import free_port
 from tests.store._helpers import MLP, RESID
 from tests.store._helpers import cfg as harvest_cfg
@@ -90,6 +90,8 @@ def test_several_hooks_from_one_pass_equal_one_run_per_hook(tmp_path, tiny_llama
         assert json.loads((both / hook / "run.json").read_text())["status"] == "complete"
     parent = json.loads((both / "run.json").read_text())
     assert parent["status"] == "complete" and parent["hooks"] == {RESID: RESID, MLP: MLP}
+    text = summary(both)  # what `saex train` prints: one table per hook
+    assert f"2 dictionaries on {RESID} of " in text and f"2 dictionaries on {MLP} of " in text
 
 
 def test_options_that_do_not_apply_are_refused(tmp_path, tiny_llama, corpus_file):
@@ -141,3 +143,14 @@ def test_each_rank_takes_every_other_forward_batch(tmp_path, tiny_llama, corpus_
         shares.append([[c.tokens_T.tolist() for c in b] for b in src._forward_batches("train", 2, rank)])
         src.close()
     assert len(whole) > 4 and shares[0] == whole[0::2] and shares[1] == whole[1::2]
+
+
+def test_on_the_fly_training_makes_no_tensor_on_the_default_device(tmp_path, tiny_llama, corpus_file):
+    """The whole run (model forward, calibration, buffer, held-out rows, training, export) with torch's default
+    device set to ``meta`` equals one made normally: every tensor names its device (the GPU check on a CPU)."""
+    import torch
+
+    a = train(online_cfg(tiny_llama, corpus_file, tmp_path / "a", steps=12), progress=False)
+    with torch.device("meta"):
+        b = train(online_cfg(tiny_llama, corpus_file, tmp_path / "b", steps=12), progress=False)
+    assert_same_weights(a, b, exact=True)

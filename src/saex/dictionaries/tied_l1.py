@@ -40,7 +40,7 @@ class TiedL1(Ensemble):
         M_hat = unit_rows(self.M_KFD[k])
         return self.inference(
             k, "standard", scale, out_scale, metadata, W_enc_FD=M_hat, b_enc_F=self.b_KF[k], W_dec_FD=M_hat,
-            b_dec_D=torch.zeros(self.d_in), apply_b_dec_to_input=False,
+            b_dec_D=torch.zeros(self.d_in, device=M_hat.device), apply_b_dec_to_input=False,
         )  # fmt: skip
 
     @torch.no_grad()

@@ -35,9 +35,10 @@ class ReconstructionMetrics:
         self.n_counted = 0  # rows the firing counts cover: those of ``update`` and of ``count``
         self.d_in = d_in
         self.sq_err = 0.0
-        self.sum_x_D = torch.zeros(d_in, dtype=torch.float64)
+        # running sums on the CPU whatever the device (per-batch sums are moved here; MPS has no float64)
+        self.sum_x_D = torch.zeros(d_in, dtype=torch.float64, device="cpu")
         self.sum_sq_x = 0.0
-        self.fires_F = torch.zeros(d_dict, dtype=torch.long)
+        self.fires_F = torch.zeros(d_dict, dtype=torch.long, device="cpu")
         self.l0_sum = 0.0
         self.cos_sum = 0.0
         self.ratio_sum = 0.0

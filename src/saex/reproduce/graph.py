@@ -66,6 +66,8 @@ def placed(config, cfg: Any):
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         return config
     names = {f.name for f in dataclasses.fields(config)}
+    if not getattr(config, "runs_model", lambda: True)():
+        names -= {"lm_device", "lm_dtype"}  # e.g. training from a store: the model options do not apply
     lm_device = cfg.lm_device or cfg.device
     changes = {}
     if "device" in names:

@@ -95,9 +95,10 @@ def run(cfg: FeaturesConfig, progress: bool = True) -> Path:
     vocab = _vocab(store, frags, cfg.model) if cfg.decode else None
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / MARKER, {"saex_version": saex.__version__, "config": asdict(cfg)})
-    # --chunk stays in the identity: the random samples' keys are drawn per chunk; --device too: another device
-    # may break ties between equal codes otherwise
+    # --chunk stays in the identity: the random samples' keys are drawn per chunk; the kind of device too (as
+    # resolved: auto and cpu on a CPU machine are one index): another kind may break ties between equal codes
     options = {k: v for k, v in asdict(cfg).items() if k not in ("acts", "dicts", "out", "model")}
+    options["device"] = device.type
     for name, (folder, d, hook) in dicts.items():
         target = out / file_name(name)
         identity = {

@@ -116,10 +116,10 @@ class RowFilter:
         """Bool ``[C*T]`` by position and token only, True for the rows kept, in store row order (position
         r % T of context r // T); ``ActivationStore.keep_mask`` adds the norm limit."""
         C, T = tokens_CT.shape
-        keep_CT = torch.ones(C, T, dtype=torch.bool)
+        keep_CT = torch.ones(C, T, dtype=torch.bool, device=tokens_CT.device)
         keep_CT[:, : self.exclude_first] = False
         if self.exclude_special_tokens and special_ids:
-            keep_CT &= ~torch.isin(tokens_CT, torch.tensor(special_ids, dtype=tokens_CT.dtype))
+            keep_CT &= ~torch.isin(tokens_CT, torch.tensor(special_ids, dtype=tokens_CT.dtype, device=tokens_CT.device))
         return keep_CT.reshape(-1)
 
 
@@ -214,7 +214,7 @@ class ActivationStore:
         """Bool ``[rows of the shard]``: which rows of one shard ``rows`` keeps at ``hook`` (the norm limit
         reads the shard's activations: pass them as ``x_ND`` when they are loaded already)."""
         if not rows.active:
-            return torch.ones(self.shards(split)[index]["rows"], dtype=torch.bool)
+            return torch.ones(self.shards(split)[index]["rows"], dtype=torch.bool, device="cpu")
         keep = rows.keep(self.load_tokens(split, index)[0], self.special_token_ids())
         limit = self.norm_limit(hook, rows)
         if limit is not None:
@@ -306,10 +306,11 @@ class ActivationStore:
             raise SaexError(f"row index out of range: split {split!r} has {n} rows")
         starts = np.cumsum([0] + [s["rows"] for s in self.shards(split)])
         which = np.searchsorted(starts, idx, side="right") - 1
-        out = torch.empty(len(idx), self.width(hook), dtype=dtype)
+        out = torch.empty(len(idx), self.width(hook), dtype=dtype, device="cpu")
         for s in np.unique(which):
             sel = np.nonzero(which == s)[0]
-            with self._open(split, int(s)) as f:
+            # safetensors makes slices on torch's default device: read them on the CPU whatever it is
+            with self._open(split, int(s)) as f, torch.device("cpu"):
                 x = f.get_slice(hook)
                 local = idx[sel] - starts[s]
                 # safetensors slices are contiguous ranges; read the covering range once per shard.
@@ -377,7 +378,7 @@ class ActivationStore:
             if keep:
                 buf = buf[torch.cat(keep)]
             gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, g]).integers(2**62)))
-            buf = buf[torch.randperm(len(buf), generator=gen)]
+            buf = buf[torch.randperm(len(buf), generator=gen, device="cpu")]
             for b in range(skip_batches, n_batches):
                 yield buf[b * batch_size : (b + 1) * batch_size]
             skip_batches = 0

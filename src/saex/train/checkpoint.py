@@ -22,7 +22,7 @@ def save(out: Path, step: int, tensors: dict[str, torch.Tensor], scalars: dict) 
     folder = out / FOLDER
     name = f"state-{step:09d}.safetensors"
     write_safetensors_atomic(
-        folder / name, {k: v.detach().contiguous() for k, v in tensors.items()}, {"step": str(step)}
+        folder / name, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, {"step": str(step)}
     )
     write_json_atomic(folder / "state.json", {**scalars, "step": step, "tensors": name})
     for old in folder.glob("state-*.safetensors"):
@@ -50,6 +50,11 @@ def restore_optimizer(
     opt: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor]
 ) -> None:
     for name, p in params.items():
-        state = {key.rsplit(".", 1)[1]: v for key, v in tensors.items() if key.rsplit(".", 1)[0] == f"adam.{name}"}
+        # on the parameter's device: a fused Adam on a GPU keeps its state (its step count included) there
+        state = {
+            key.rsplit(".", 1)[1]: v.to(p.device)
+            for key, v in tensors.items()
+            if key.rsplit(".", 1)[0] == f"adam.{name}"
+        }
         if state:
             opt.state[p] = state

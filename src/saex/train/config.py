@@ -112,6 +112,10 @@ class TrainConfig(LMOptions, ContextOptions, RowOptions):
     shards_in_buffer: int = opt(4, gt=0)
     """Store shards shuffled together in memory (bounded memory, more mixing when larger)."""
 
+    def runs_model(self) -> bool:
+        """Whether this run computes activations with a model (--model), so that --lm-device / --lm-dtype apply."""
+        return bool(self.model)
+
 
 def dead_window(cfg: TrainConfig) -> int:
     """Inputs without a firing after which a feature counts as dead (the default: a fifth of the run)."""

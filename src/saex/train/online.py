@@ -63,7 +63,8 @@ class Source:
 
     def __init__(self, cfg, hooks: list[str], place: Placement, ranks: Ranks):
         self.cfg, self.hooks, self.place, self.ranks = cfg, hooks, place, ranks
-        lm = load_model(cfg.model)
+        with torch.device("cpu"):  # loaded on the CPU whatever torch's default device, then moved
+            lm = load_model(cfg.model)
         lm.model.to(device=place.lm_device, dtype=place.lm_dtype)
         lm.model.eval()
         self.lm, self.hooked = lm, HookedLM(lm.model)
@@ -249,7 +250,7 @@ class Source:
                     if self.cfg.shuffle:
                         key = [self.cfg.seed, self.ranks.rank, pos.epoch, ordinal]
                         gen = torch.Generator().manual_seed(int(np.random.default_rng(key).integers(2**62)))
-                        buf = buf[torch.randperm(len(buf), generator=gen).to(buf.device)]
+                        buf = buf[torch.randperm(len(buf), generator=gen, device="cpu").to(buf.device)]
                     for b in range(taken, n_batches):
                         yielded = True
                         after = Position(pos.epoch, begin[0], begin[1], ordinal, b + 1)

@@ -68,10 +68,15 @@ def _build_groups(cfg: TrainConfig, members: list[Member], d_in: int, d_out: int
     groups = []
     for key in keys:
         ms = [m for m in members if arch.group_key(m) == key]
-        model = arch.build(cfg, d_in, ms[0].d_dict, ms, d_out)
-        groups.append(
-            Group(ms, model, torch.tensor([m.alpha for m in ms]), torch.zeros(len(ms), ms[0].d_dict, dtype=torch.long))
-        )
+        # Built on the CPU whatever torch's default device (the seeded initialisation draws from CPU generators),
+        # then moved to the run's device.
+        with torch.device("cpu"):
+            model = arch.build(cfg, d_in, ms[0].d_dict, ms, d_out)
+            coef_K, since_fired_KF = (
+                torch.tensor([m.alpha for m in ms]),
+                torch.zeros(len(ms), ms[0].d_dict, dtype=torch.long),
+            )
+        groups.append(Group(ms, model, coef_K, since_fired_KF))
     return groups
 
 
@@ -693,8 +698,10 @@ def _log_eval(sw: Sweep, step: int, cfg: TrainConfig) -> list[dict]:
 def summary(out: str | Path) -> str:
     """A table of the run's dictionaries with their latest held-out metrics, then the convergence check."""
     out = Path(out)
-    last = {row["dictionary"]: row for row in read_jsonl(out / METRICS) if "dictionary" in row}
     run = json.loads((out / RUN).read_text())
+    if "hooks" in run:  # several hooks trained at once: one table per hook's sweep
+        return "\n".join(summary(out / folder) for folder in run["hooks"].values())
+    last = {row["dictionary"]: row for row in read_jsonl(out / METRICS) if "dictionary" in row}
     n = len(run["members"])
     lines = [
         f"{n} {'dictionary' if n == 1 else 'dictionaries'} on {run['hook']} of {run['store']['model']} in {out}"
