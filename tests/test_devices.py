@@ -104,8 +104,8 @@ def test_placement_of_a_config(monkeypatch):
 
 # -- every stage: --device / --lm-device checked against the machine before any work --------------------------
 
-LM_STAGES = ("eval", "interpret", "ioi", "case-study", "reproduce")
-"""The stages that run a language model: they take --lm-device and --lm-dtype too."""
+LM_STAGES = ("eval", "interpret", "ioi", "case-study", "reproduce", "train")
+"""The stages that run a language model: they take --lm-device and --lm-dtype too (train: with --model)."""
 STAGE_ARGS = {
     "baselines": ["--acts", "{missing}", "--hook", "blocks.0.hook_resid_post", "--out", "{out}"],
     "eval": ["--acts", "{missing}", "--dicts", "{missing}", "--out", "{out}"],
@@ -116,6 +116,8 @@ STAGE_ARGS = {
     "dashboard": ["--features", "{missing}", "--out", "{out}"],
     "mmcs": ["{missing}", "{missing}"],
     "reproduce": ["--model", "{missing}", "--out", "{out}"],
+    "train": ["--model", "{missing}", "--hooks", "blocks.0.hook_resid_post", "--out", "{out}"],
+    "calibrate": ["--acts", "{missing}", "--hook", "blocks.0.hook_resid_post", "--out", "{out}"],
 }
 
 

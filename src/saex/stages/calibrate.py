@@ -26,6 +26,7 @@ from typing import Literal
 
 import saex
 from saex.config import opt
+from saex.devices import DeviceOptions, placement
 from saex.errors import SaexError
 from saex.files import read_jsonl, write_json_atomic
 from saex.store.reader import RowOptions, row_options
@@ -39,7 +40,7 @@ RESULT = "calibration.json"
 
 
 @dataclass
-class CalibrateConfig(RowOptions):
+class CalibrateConfig(RowOptions, DeviceOptions):
     """What ``saex calibrate`` does; saved in calibration.json."""
 
     acts: str = "runs/acts"
@@ -77,6 +78,7 @@ class CalibrateConfig(RowOptions):
 
 def run(cfg: CalibrateConfig, progress: bool = True) -> Path:
     """Train the grid, measure held-out L0s, write calibration.json with the α of every target."""
+    placement(cfg)  # a device the machine lacks fails before any work
     targets = cfg.target_l0
     grid = sorted(set(cfg.grid))
     if len(grid) < 2:
@@ -98,6 +100,7 @@ def run(cfg: CalibrateConfig, progress: bool = True) -> Path:
         eval_tokens=cfg.eval_tokens,
         eval_every=cfg.steps,
         seed=cfg.seed,
+        device=cfg.device,
         **row_options(cfg),
     )
     train(sweep, progress=progress)
