@@ -230,7 +230,10 @@ class Source:
             head: tuple[int, int, torch.Tensor] | None = None
             ordinal, taken, ended, yielded = pos.ordinal, pos.taken, False, False
             while not ended:
-                parts, n, begin = [], 0, None
+                # Filled in place and read by gathering permuted rows: memory stays at one buffer (no permuted
+                # copy), and the batches handed out are copies, so the buffer is freed when the next one starts.
+                buf: torch.Tensor | None = None
+                n, begin = 0, None
                 while n < buffer_rows:
                     if head is None:
                         head = next(chunks, None)
@@ -240,21 +243,25 @@ class Source:
                     j, off, rows = head
                     begin = begin or (j, off)
                     take = min(len(rows), buffer_rows - n)
-                    parts.append(rows[:take])
+                    if buf is None:
+                        buf = torch.empty(buffer_rows, rows.shape[1], device=rows.device)
+                    buf[n : n + take] = rows[:take]
                     n += take
                     head = (j, off + take, rows[take:]) if take < len(rows) else None
                 n_batches = n // local_batch
                 if n_batches:
-                    assert begin is not None
-                    buf = torch.cat(parts)
+                    assert begin is not None and buf is not None
+                    order = None
                     if self.cfg.shuffle:
                         key = [self.cfg.seed, self.ranks.rank, pos.epoch, ordinal]
                         gen = torch.Generator().manual_seed(int(np.random.default_rng(key).integers(2**62)))
-                        buf = buf[torch.randperm(len(buf), generator=gen, device="cpu").to(buf.device)]
+                        order = torch.randperm(n, generator=gen, device="cpu").to(buf.device)
                     for b in range(taken, n_batches):
                         yielded = True
                         after = Position(pos.epoch, begin[0], begin[1], ordinal, b + 1)
-                        yield buf[b * local_batch : (b + 1) * local_batch], after
+                        rows_b = slice(b * local_batch, (b + 1) * local_batch)
+                        yield (buf[rows_b].clone() if order is None else buf[order[rows_b]]), after
+                buf = None
                 ordinal, taken = ordinal + 1, 0
             if not yielded and pos.ordinal == 0 and pos.taken == 0:
                 raise SaexError(
