@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from bisect import bisect_left
 from collections.abc import Iterable
 from importlib import resources
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 import saex
 from saex.errors import SaexError
-from saex.files import TMP_PREFIX, check_output_folder, remove_stale_temporaries, write_json_atomic
+from saex.files import check_output_folder, create_temporary, remove_stale_temporaries, write_json_atomic
 from saex.files import json_ready as clean
 
 MARKER = "dashboard.json"
@@ -76,7 +75,7 @@ def _write_text(path: Path, text: str) -> bool:
     if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
+    fd, tmp = create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -43,7 +43,7 @@ from saex.dictionaries.random_directions import random_directions
 from saex.dictionaries.sae import CFG, SAE
 from saex.errors import SaexError
 from saex.evaluate.metrics import evaluate_batch
-from saex.files import check_same_identity, open_output_folder, write_json_atomic
+from saex.files import check_same_identity, locked_output, open_output_folder, write_json_atomic
 from saex.store.reader import ActivationStore, RowFilter, RowOptions, store_hash
 
 NAME = "baselines"
@@ -121,6 +121,7 @@ def measured_k(
     return max(1, round(l0))
 
 
+@locked_output("saex baselines")
 def run(cfg: BaselinesConfig, progress: bool = True) -> Path:
     device = placement(cfg).device  # PCA's covariance and --k-from's L0 are computed there; FastICA on the CPU
     store = ActivationStore(cfg.acts)

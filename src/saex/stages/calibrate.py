@@ -28,7 +28,7 @@ import saex
 from saex.config import opt
 from saex.devices import DeviceOptions, placement
 from saex.errors import SaexError
-from saex.files import read_jsonl, write_json_atomic
+from saex.files import locked_output, read_jsonl, write_json_atomic
 from saex.store.reader import RowOptions, row_options
 from saex.train.calibration import interpolate
 from saex.train.config import TrainConfig
@@ -76,6 +76,7 @@ class CalibrateConfig(RowOptions, DeviceOptions):
     """Seed of the calibration sweep."""
 
 
+@locked_output("saex calibrate")
 def run(cfg: CalibrateConfig, progress: bool = True) -> Path:
     """Train the grid, measure held-out L0s, write calibration.json with the α of every target."""
     placement(cfg)  # a device the machine lacks fails before any work

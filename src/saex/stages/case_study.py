@@ -41,7 +41,7 @@ from saex.features import histogram as H
 from saex.features import logit_lens as LL
 from saex.features.index import INDEX_JSON, FeatureIndex
 from saex.features.search import DAVE, rank_of, search_prompt
-from saex.files import check_output_folder, sha256_path, write_json_atomic
+from saex.files import check_output_folder, locked_output, sha256_path, write_json_atomic
 from saex.lm.hooks import HookedLM, hook_order
 from saex.lm.loading import load_store_model
 from saex.store.reader import ActivationStore, RowFilter, RowOptions, store_hash
@@ -196,6 +196,7 @@ def _open_index(p: Path, folder: Path, weights_sha: str, hook: str):
     return ix
 
 
+@locked_output("saex case-study")
 def run(cfg: CaseStudyConfig, progress: bool = True) -> Path:
     _validate(cfg)
     where = placement(cfg)  # a device this machine lacks fails before any work

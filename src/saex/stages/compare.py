@@ -16,6 +16,7 @@ from pathlib import Path
 
 from saex.config import Config, config_dict, opt
 from saex.dictionaries import architecture_names
+from saex.files import locked_output
 from saex.reproduce.architectures import build_stages
 from saex.reproduce.pipeline import Pipeline
 
@@ -74,6 +75,7 @@ class CompareConfig(Config):
 CONFIG = CompareConfig
 
 
+@locked_output("saex compare")
 def run(cfg: CompareConfig, progress: bool = True) -> Path:
     root = Path(cfg.out)
     header = {"command": "compare", "config": config_dict(cfg)}

@@ -18,7 +18,7 @@ from saex.dictionaries import load_dictionary
 from saex.dictionaries.formats import sparsify
 from saex.dictionaries.sae import CFG, SAE
 from saex.errors import SaexError
-from saex.files import check_output_folder
+from saex.files import check_output_folder, locked_output
 from saex.lm.hooks import hook_order
 
 NAME = "convert"
@@ -54,6 +54,7 @@ def same_function(a: SAE, b: SAE, seed: int = 0, rows: int = 256) -> float:
         return max(float((a.encode(x) - b.encode(x)).abs().max()), float((a(x) - b(x)).abs().max()))
 
 
+@locked_output("saex convert")
 def run(cfg: ConvertConfig, progress: bool = True) -> Path:
     d = load_dictionary(cfg.source)
     if cfg.hook:

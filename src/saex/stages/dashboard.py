@@ -21,7 +21,7 @@ from saex.dashboard.site import MARKER, write_site
 from saex.devices import DeviceOptions, placement
 from saex.errors import SaexError
 from saex.features.index import FeatureIndex
-from saex.files import check_output_folder
+from saex.files import check_output_folder, locked_output
 
 NAME = "dashboard"
 HELP = "write a static feature dashboard (opens from disk): examples, explanations, scores, analyses"
@@ -65,6 +65,7 @@ def summary(out: Path) -> str:
     return f"dashboard in {out}: open {out / 'index.html'} in a browser"
 
 
+@locked_output("saex dashboard")
 def run(cfg: DashboardConfig, progress: bool = True, analyses: dict[int, dict] | None = None) -> Path:
     """Write the site. Every feature shown gets the panels of ``cfg.analyses`` (computed) and of
     ``cfg.case_study``; ``analyses`` maps a feature id to histogram / logit_lens / output_effect / upstream

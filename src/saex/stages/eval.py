@@ -34,7 +34,7 @@ from saex.errors import SaexError
 from saex.evaluate.metrics import ReconstructionMetrics
 from saex.evaluate.mmcs import mmcs
 from saex.evaluate.spliced import spliced_losses
-from saex.files import check_output_folder, write_json_atomic
+from saex.files import check_output_folder, locked_output, write_json_atomic
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_store_model
 from saex.naming import file_name
@@ -102,6 +102,7 @@ def _describe(name: str, folder: Path, d: SAE) -> dict:
     }
 
 
+@locked_output("saex eval")
 def run(cfg: EvalConfig, progress: bool = True) -> Path:
     where = placement(cfg)  # a device this machine lacks fails before any work
     store = ActivationStore(cfg.acts)

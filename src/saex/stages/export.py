@@ -14,7 +14,7 @@ from saex.dashboard.gather import find_index
 from saex.dashboard.neuronpedia import Source, export, source_id
 from saex.errors import SaexError
 from saex.features.index import FeatureIndex
-from saex.files import check_output_folder, write_json_atomic
+from saex.files import check_output_folder, locked_output, write_json_atomic
 
 NAME = "export"
 HELP = "write a dictionary's features for another tool: a Neuronpedia export (saex export neuronpedia)"
@@ -66,6 +66,7 @@ class ExportConfig(Config):
 CONFIG = ExportConfig
 
 
+@locked_output("saex export")
 def run(cfg: ExportConfig, progress: bool = True) -> Path:
     for flag, value in (("--source-set", cfg.source_set), ("--release", cfg.release)):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", value):

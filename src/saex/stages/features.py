@@ -24,7 +24,7 @@ from saex.dictionaries.formats import weights_sha256
 from saex.errors import SaexError
 from saex.features.fragments import Fragments, make_fragments
 from saex.features.index import INDEX_JSON, INDEX_TENSORS, KINDS, VOCAB_JSON, IndexBuilder, sparse_token_values
-from saex.files import check_output_folder, write_json_atomic, write_safetensors_atomic
+from saex.files import check_output_folder, locked_output, write_json_atomic, write_safetensors_atomic
 from saex.lm.loading import load_store_model
 from saex.naming import file_name
 from saex.store.reader import ActivationStore, RowFilter, RowOptions, store_hash, within_norm
@@ -76,6 +76,7 @@ def summary(out: Path) -> str:
     return f"feature indexes in {out}"
 
 
+@locked_output("saex features")
 def run(cfg: FeaturesConfig, progress: bool = True) -> Path:
     device = placement(cfg).device  # the dictionaries encode there; the index is the same on every device
     store = ActivationStore(cfg.acts)

@@ -32,6 +32,7 @@ from saex.errors import SaexError
 from saex.files import (
     check_output_folder,
     check_same_identity,
+    locked_output,
     remove_stale_temporaries,
     sha256_path,
     write_json_atomic,
@@ -118,6 +119,7 @@ def _usable_shards(out: Path, split: str, shards: list[dict], shard_contexts: in
     return keep
 
 
+@locked_output("saex harvest")
 def run(cfg: HarvestConfig, progress: bool = True) -> Path:
     """Harvest activations into ``cfg.out``; resumes when the folder holds the same store unfinished."""
     hooks = cfg.hooks

@@ -36,7 +36,7 @@ from saex.dictionaries.folders import find_folders
 from saex.errors import SaexError
 from saex.features.index import INDEX_JSON, FeatureIndex
 from saex.features.records import Explanation
-from saex.files import check_output_folder, write_json_atomic
+from saex.files import check_output_folder, locked_output, write_json_atomic
 from saex.interpret.density import density_comparison
 from saex.interpret.offline import LABEL, TableExplainer, TableSimulator, token_entropy
 from saex.interpret.protocol import sample_feature
@@ -168,6 +168,7 @@ def _read_jsonl(path: Path, identity: dict) -> dict[int, dict]:
     return done
 
 
+@locked_output("saex interpret")
 def run(cfg: InterpretConfig, progress: bool = True) -> Path:
     _validate(cfg)
     where = placement(cfg)  # a device this machine lacks fails before any work

@@ -32,7 +32,7 @@ from saex.dictionaries.folders import find_dictionaries, hook_of, refuse_transco
 from saex.dictionaries.formats import weights_sha256
 from saex.dictionaries.pca import fit_pca, pca_dictionary, pca_split
 from saex.errors import SaexError
-from saex.files import check_output_folder, write_json_atomic
+from saex.files import check_output_folder, locked_output, write_json_atomic
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
 from saex.store.reader import ActivationStore
@@ -158,6 +158,7 @@ def _plan(cfg: IOIConfig, hooked, where: Placement) -> dict[int, list[tuple[str,
     return dict(sorted(plan.items()))
 
 
+@locked_output("saex ioi")
 def run(cfg: IOIConfig, progress: bool = True) -> Path:
     _validate(cfg)
     where = placement(cfg)  # a device this machine lacks fails before the model loads

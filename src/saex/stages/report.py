@@ -8,6 +8,7 @@ from pathlib import Path
 
 from saex.config import Config, opt
 from saex.errors import SaexError
+from saex.files import locked_output
 from saex.report.render import build_report
 
 NAME = "report"
@@ -25,6 +26,7 @@ class ReportConfig(Config):
 CONFIG = ReportConfig
 
 
+@locked_output("saex report", folder=lambda cfg: Path(cfg.run) / "report")
 def run(cfg: ReportConfig, progress: bool = True) -> Path:
     """Write report.html, report.md and results.json under ``<run>/report/``; returns that folder."""
     if not (Path(cfg.run) / "reproduce.json").exists():

@@ -18,6 +18,7 @@ from typing import Literal
 from saex.config import config_dict, opt
 from saex.devices import LMOptions, placement
 from saex.errors import SaexError
+from saex.files import locked_output
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
 from saex.reproduce import plan as presets
@@ -94,6 +95,7 @@ def make_plan(cfg: ReproduceConfig, n_layers: int) -> presets.Plan:
     return plan
 
 
+@locked_output("saex reproduce")
 def run(cfg: ReproduceConfig, progress: bool = True) -> Path:
     """Plan the study for the model, print it and its expected time, then run (or resume) every stage."""
     root = Path(cfg.out).resolve()

@@ -37,10 +37,12 @@ from saex.errors import SaexError
 from saex.evaluate.metrics import ReconstructionMetrics
 from saex.files import (
     check_output_folder,
+    locked_output,
     open_output_folder,
     read_jsonl,
     remove_stale_temporaries,
     write_json_atomic,
+    write_text_atomic,
 )
 from saex.store.reader import ActivationStore, RowFilter, store_hash
 from saex.train import checkpoint, convergence, online
@@ -227,6 +229,7 @@ def check_mode(cfg: TrainConfig) -> list[str]:
     return hooks
 
 
+@locked_output("saex train")
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train every dictionary of the sweep(s); resumes from ``cfg.out/checkpoint`` after an interruption."""
     hooks = check_mode(cfg)
@@ -667,9 +670,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
                     keep.append(line)
             except (ValueError, KeyError, TypeError):
                 pass  # a line torn by a kill mid-write
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        tmp.replace(path)
+        write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def _log_eval(sw: Sweep, step: int, cfg: TrainConfig) -> list[dict]:
