@@ -211,3 +211,48 @@ def test_console_script_error_is_one_line_without_traceback(harvested, tiny_llam
     assert "'blocks.4.mlp.hook_post'" in line and "0..3" in line
     assert proc.stdout == ""
     assert snapshot(out) == before
+
+
+def _closed_reader(argv: list[str], tmp_path) -> subprocess.CompletedProcess:
+    """Run ``argv`` with stdout a pipe whose reader is already gone (``… | head`` once head has exited)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", SAEX_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(argv, env=env, cwd=tmp_path, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+
+
+def test_a_closed_pipe_ends_quietly(harvested, tmp_path):
+    """`saex store … | head`: the reader closed early; the command ends with status 141 (128 + SIGPIPE), as a
+    command the signal killed, and writes nothing on stderr (no BrokenPipeError traceback)."""
+    exe = Path(sys.executable).parent / "saex"
+    proc = _closed_reader([str(exe), "store", str(harvested[0]), "--json"], tmp_path)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+    # python -m saex.cli the same way
+    proc = _closed_reader([sys.executable, "-m", "saex.cli", "store", str(harvested[0])], tmp_path)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+def test_a_reader_that_stops_reading_ends_quietly(tiny_llama, tmp_path):
+    """A reader that takes the first line and closes (head -n 1) while the command is still writing."""
+    exe = Path(sys.executable).parent / "saex"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", SAEX_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    script = f'{exe} hooks --model {tiny_llama} --json | head -n 1; echo "status ${{PIPESTATUS[0]}}" >&2'
+    proc = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.stdout == "{\n"
+    # the whole JSON may fit in the pipe before head exits (status 0); if not, the command ends quietly (141)
+    assert proc.stderr.strip() in ("status 0", "status 141"), proc.stderr
+
+
+def test_a_broken_pipe_elsewhere_is_not_hidden(monkeypatch):
+    """Only a closed stdout ends the command quietly: a BrokenPipeError from another pipe keeps its traceback."""
+    import saex.cli
+
+    def broken(args):
+        raise BrokenPipeError("a socket")
+
+    monkeypatch.setattr(saex.cli, "run_command", broken)
+    with pytest.raises(BrokenPipeError):
+        main(["store", "x"])

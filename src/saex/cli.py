@@ -1,7 +1,9 @@
 """The ``saex`` command: one subcommand per stage module (``saex.stages``), its options the fields of the
 stage's config dataclass (``saex.config``).
 
-User mistakes (a ``SaexError``) print one line on stderr and exit with status 2, without a traceback.
+User mistakes (a ``SaexError``) print one line on stderr and exit with status 2, without a traceback. A reader
+that closes the output early (``saex store … | head``) ends the command quietly with status 141 (128 + SIGPIPE,
+as a command killed by the broken pipe), without a traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import sys
 import warnings
 from types import ModuleType
@@ -55,6 +58,39 @@ def run_command(args: argparse.Namespace) -> None:
         print(stage.summary(out))
 
 
+BROKEN_PIPE = 141
+"""Exit status when stdout's reader went away: 128 + SIGPIPE, what a shell reports for a command the signal killed."""
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on its write end); True where that
+    cannot be told (no ``poll``), False for output captured in memory."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(event & select.POLLERR for _, event in poller.poll(0))
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit does not raise BrokenPipeError again
+    (the Python documentation's recipe, ``signal`` docs: "Note on SIGPIPE"). Output captured in memory (tests) has
+    no descriptor and is left alone."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Tokenizer threads fight torch's two threads for the two cores, and fork warnings are noise here.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -66,12 +102,18 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
         run_command(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
     except SaexError as e:
         print(f"saex {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"saex {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not _stdout_closed():  # another pipe or socket: a real failure, with its traceback
+            raise
+        _silence_stdout()
+        return BROKEN_PIPE
     finally:
         teardown()
     return 0

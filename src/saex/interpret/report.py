@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from saex.files import write_json_atomic
+from saex.interpret.summary import failure_line
 from saex.viz.autointerp import plot_scores
 
 
@@ -90,8 +91,10 @@ def write_report(
     backend_stats: dict | None = None,
     table2: dict | None = None,
     density: dict | None = None,
+    counts: dict | None = None,
 ) -> None:
-    """``density``: ``density.density_comparison``'s "by_density" and "density_matched" entries."""
+    """``density``: ``density.density_comparison``'s "by_density" and "density_matched" entries; ``counts``:
+    ``summary.count_rows`` over every method's considered features (how many were scored, failed, skipped)."""
     keys = ("top_random", "top", "random") if cfg.preset != "delphi" else ("auroc", "balanced_accuracy")
     write_json_atomic(
         out / "comparison.json",
@@ -101,6 +104,7 @@ def write_report(
             "methods": methods,
             "table2_pooled": table2 or {},
             "backend_stats": backend_stats or {},
+            "counts": counts or {},
             **(density or {}),
         },
     )
@@ -132,6 +136,9 @@ def write_report(
             f"Paper Table 2, pooled over every method's scored features with a defined {keys[0]} (undefined "
             f"ones left out): correlation of {keys[0]} with " + "; ".join(cells) + ".",
         ]
+    failed = failure_line(counts or {})
+    if failed:
+        lines += ["", failed]
     lines += density_lines(density or {})
     if backend_stats:  # requests, tokens, retries and failures of this run (cache hits cost nothing)
         lines += ["", "Backend: " + ", ".join(f"{k} {v}" for k, v in sorted(backend_stats.items()))]

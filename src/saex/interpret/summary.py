@@ -69,6 +69,7 @@ def summarize_method(name: str, index: FeatureIndex, rows: list[dict], nulls: li
         "considered": len(rows),
         "scored": len(scored),
         "skipped": len(rows) - len(scored),
+        "failed": sum(1 for r in rows if r.get("failed")),  # of the skipped: the backend gave no answer
     }
     for k in keys:  # over every scored feature: an undefined score counts as no information (0 for r)
         out[k] = mean_ci95([r["scores"][k] for r in scored], undefined_as=NO_INFORMATION[k])
@@ -83,6 +84,48 @@ def summarize_method(name: str, index: FeatureIndex, rows: list[dict], nulls: li
         for r in scored[:5]
     ]
     return clean(out)
+
+
+def count_rows(rows: list[dict]) -> dict[str, int]:
+    """How the considered features of a run ended: scored; failed (the backend gave no explanation, or no usable
+    simulation of any record: left out of every mean, asked again by the next run); or skipped for too few
+    activating fragments. ``considered = scored + failed + too_few_fragments``."""
+    failed = [r["failed"] for r in rows if r.get("failed")]
+    scored = sum(1 for r in rows if "scores" in r)
+    return {
+        "considered": len(rows),
+        "scored": scored,
+        "failed": len(failed),
+        "failed_explanation": failed.count("explanation"),
+        "failed_scoring": len(failed) - failed.count("explanation"),
+        "too_few_fragments": len(rows) - scored - len(failed),
+    }
+
+
+def failure_message(counts: dict[str, int], last_error: str | None, stopped: bool = False) -> str:
+    """The one-line error of a run in which no feature was scored because every one asked for failed (``stopped``:
+    the run gave up early, ``counts`` are those of the features asked)."""
+    fe, fs, few = counts["failed_explanation"], counts["failed_scoring"], counts["too_few_fragments"]
+    parts = [f"{fe} got no explanation"] if fe else []
+    parts += [f"{fs} no usable simulation"] if fs else []
+    parts += [f"{few} had too few activating fragments"] if few else []
+    what, why = (
+        ("explained and scored", "the backend gave no usable answer") if fs else ("explained", "every request failed")
+    )
+    of = f"the {counts['considered']} features asked" if stopped else f"{counts['considered']} features"
+    tail = "; the run stopped early: run the same command again once the endpoint answers" if stopped else ""
+    return f"0 of {of} were {what}: {why} ({'; '.join(parts)}; last error: {last_error or 'none recorded'}){tail}"
+
+
+def failure_line(counts: dict[str, int]) -> str | None:
+    """comparison.md's sentence on the features that failed, or None when none did."""
+    if not counts.get("failed"):
+        return None
+    return (
+        f"Failed: {counts['failed']} of {counts['considered']} features got no answer from the backend "
+        f"({counts['failed_explanation']} no explanation, {counts['failed_scoring']} no usable simulation); they are "
+        "left out of every mean (see the Backend counts), and the same command run again asks for them again."
+    )
 
 
 def main_score(preset: str) -> str:

@@ -99,7 +99,7 @@ def build_given_stages(cfg: Any, plan: Plan, root: Path, given: Given, progress:
             d.save(root / "given" / h / n)
         return root / "given"
 
-    stages.append(Stage("given", "given", (), copy_config, copy))
+    stages.append(Stage("given", "given", (), copy_config, copy, checked=False))  # its config hashes the sources
 
     def folder(hook: str, name: str) -> Path:
         return root / "given" / hook / name

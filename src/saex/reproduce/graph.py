@@ -153,8 +153,11 @@ def _layer(hook: str) -> int:
     return layer
 
 
-def build_stages(cfg: Any, plan: Plan, root: Path, progress: bool) -> list[Stage]:
-    """The stages of the study, in order; ``cfg`` is the ``saex.stages.reproduce.ReproduceConfig``."""
+def build_stages(cfg: Any, plan: Plan, root: Path, progress: bool, preview: bool = False) -> list[Stage]:
+    """The stages of the study, in order; ``cfg`` is the ``saex.stages.reproduce.ReproduceConfig``.
+
+    ``preview``: stages whose configs can be built before anything ran (``pipeline.check_configs``), every α a
+    calibration would choose and every trained dictionary's folder stood in for by placeholders."""
 
     acts = root / "acts"
     hooks = [resid_hook(L) for L in plan.resid_layers] + [mlp_hook(L) for L in plan.mlp_layers]
@@ -193,12 +196,19 @@ def build_stages(cfg: Any, plan: Plan, root: Path, progress: bool) -> list[Stage
     def alphas(hook: str) -> tuple[list[float], float]:
         """(every α trained at the hook, the main α): the calibrated α of each target, plus the extra ones."""
         s = sweep(hook)
-        chosen = calibrated_alphas(root / "calibrate" / s["calibrated_at"])
+        if preview:  # the grid's first α for every target: a value of the right type and range
+            chosen = {t: float(s["grid"][0]) if s["grid"] else 1e-3 for t in [*s["targets"], s["main_target"]]}
+        else:
+            chosen = calibrated_alphas(root / "calibrate" / s["calibrated_at"])
         a = sorted(set(s["extra_alphas"]) | {chosen[t] for t in s["targets"]})
         return a, chosen[s["main_target"]]
 
+    def trained(folder: Path, ratio: float, alpha: float) -> Path:
+        """The dictionary of ``member``; in a preview, the folder it will be in."""
+        return folder / f"preview-R{ratio:g}-alpha{alpha:g}" if preview else member(folder, ratio, alpha)
+
     def main_dict(hook: str) -> Path:
-        return member(root / "dicts" / hook, sweep(hook)["main_ratio"], alphas(hook)[1])
+        return trained(root / "dicts" / hook, sweep(hook)["main_ratio"], alphas(hook)[1])
 
     add(
         "harvest",
@@ -278,7 +288,7 @@ def build_stages(cfg: Any, plan: Plan, root: Path, progress: bool) -> list[Stage
         def features_cfg(hook=hook):
             s = sweep(hook)
             # The main dictionary, and at the main layer every R at the main α (the Fig. 8 series).
-            chosen = [member(root / "dicts" / hook, r, alphas(hook)[1]) for r in s["ratios"]]
+            chosen = [trained(root / "dicts" / hook, r, alphas(hook)[1]) for r in s["ratios"]]
             chosen = [main_dict(hook)] + [p for p in chosen if p != main_dict(hook)]
             return features.FeaturesConfig(
                 acts=str(acts),
@@ -310,7 +320,7 @@ def build_stages(cfg: Any, plan: Plan, root: Path, progress: bool) -> list[Stage
     def ioi_cfg():
         # Fig. 3: the α sweep at the main R, against PCA.
         s = sweep(ioi_hook)
-        dicts = [member(root / "dicts" / ioi_hook, s["main_ratio"], a) for a in alphas(ioi_hook)[0]]
+        dicts = [trained(root / "dicts" / ioi_hook, s["main_ratio"], a) for a in alphas(ioi_hook)[0]]
         return ioi.IOIConfig(
             model=cfg.model,
             dicts=[str(d) for d in dicts],

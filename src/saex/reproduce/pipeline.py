@@ -7,6 +7,13 @@ dashboard → report. Every stage writes under one run folder (layout in ``docs/
 wrote. A stage whose key and outputs are unchanged is skipped; one killed half-way is run again with the
 same key, and the stage itself resumes (each saex command does); a stage whose key changed has its old
 outputs removed first, so that nothing stale is mixed in.
+
+``reproduce.json`` says how the run ended (``status``: running, done, failed with its ``error``, or interrupted)
+and each stage's record how that stage did: a stage that raised is recorded as failed with the reason, never
+left as running (only a kill leaves that, and the next run resumes it). ``check_configs`` builds every stage's
+config, with its range checks, before anything runs. Nothing recorded holds a credential: URLs lose their
+``user:key@`` (``saex.interpret.secrets``; ``credentials_not_recorded`` lists where) and keys are computed from
+the configs as recorded.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from pathlib import Path
 from saex.config import config_dict, flag
 from saex.errors import SaexError
 from saex.files import tree_hash, write_json_atomic
+from saex.interpret.secrets import redact, redact_text
 from saex.reproduce.plan import Plan
 
 STATE = "reproduce.json"
@@ -43,6 +51,8 @@ class Stage:
     """A SaexError here (e.g. IOI on a tokenizer without single-token names) is recorded, not fatal."""
     soft: tuple[str, ...] = ()
     """Stages read when they ran (their hashes enter the key) but not required (the report)."""
+    checked: bool = True
+    """Whether ``check_configs`` builds its config before the run (not for a config that reads its sources)."""
 
 
 UNKEYED = ("device", "lm_device")
@@ -51,6 +61,7 @@ UNKEYED = ("device", "lm_device")
 
 def stage_key(name: str, config: dict, input_hashes: dict[str, str]) -> str:
     config = {k: v for k, v in config.items() if k not in UNKEYED}
+    config = redact(config)[0]  # the config as recorded: a credential neither enters nor changes a key
     blob = json.dumps({"stage": name, "config": config, "inputs": input_hashes}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -92,6 +103,23 @@ def parse_overrides(text: str, plan: Plan) -> Plan:
     return plan
 
 
+def check_configs(stages: list[Stage]) -> None:
+    """Build the config of every stage that can be built before the run (``Stage.checked``): each runs its range
+    checks, so that a value no stage accepts fails before any work, naming the stage."""
+    for st in stages:
+        if not st.checked:
+            continue
+        try:
+            st.config()
+        except SaexError as e:
+            raise SaexError(f"stage {st.name}: {e}") from None
+
+
+def _reason(e: BaseException) -> str:
+    """A failure as reproduce.json records it: the message of a SaexError, the type and message of anything else."""
+    return redact_text(str(e) if isinstance(e, SaexError) else f"{type(e).__name__}: {e}")
+
+
 class Pipeline:
     """Runs stages in order against the state file; skip, resume and invalidate as the module docstring says."""
 
@@ -103,8 +131,12 @@ class Pipeline:
         self.state.setdefault("stages", {})
 
     def save(self) -> None:
+        """Write the state, every URL in it without credentials (the ones in memory keep them: stages use them)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, self.state)
+        state, removed = redact({k: v for k, v in self.state.items() if k != "credentials_not_recorded"})
+        if removed:
+            state["credentials_not_recorded"] = removed
+        write_json_atomic(self.path, state)
 
     def _drop(self, folder: str | None) -> None:
         """Remove a stage's folder (always one inside the run folder) so the report cannot read stale outputs."""
@@ -112,6 +144,33 @@ class Pipeline:
             shutil.rmtree(self.root / folder, ignore_errors=True)
 
     def run(self) -> dict:
+        """Run every stage; the state. A stage that fails (not an optional one) stops the run: recorded as failed,
+        the run too, and the error raised."""
+        self.state["status"] = "running"
+        self.state.pop("error", None)
+        try:
+            self._run()
+        except KeyboardInterrupt:
+            self.state["status"] = "interrupted"
+            self.save()
+            raise
+        except Exception as e:
+            self.state |= {"status": "failed", "error": _reason(e)}
+            self.save()
+            raise
+        self.state["status"] = "done"
+        self.save()
+        return self.state
+
+    def _fail(self, st: Stage, record: dict, e: Exception) -> None:
+        """Record a stage that raised: failed, with the reason (an optional stage's folder removed); the caller
+        re-raises unless the stage is optional."""
+        self.state["stages"][st.name] = record | {"status": "failed", "reason": _reason(e), "folder": st.folder}
+        if st.optional and isinstance(e, SaexError):
+            self._drop(st.folder)
+        self.save()
+
+    def _run(self) -> None:
         records = self.state["stages"]
         names = {st.name for st in self.stages}
         for name in [n for n in records if n not in names]:  # stages of an earlier plan (e.g. other layers)
@@ -128,13 +187,11 @@ class Pipeline:
                 continue
             try:
                 cfg = st.config()
-            except SaexError as e:
-                if not st.optional:
+            except Exception as e:
+                self._fail(st, {}, e)
+                if not (st.optional and isinstance(e, SaexError)):
                     raise
-                self._drop(st.folder)
-                records[st.name] = {"status": "failed", "reason": str(e), "folder": st.folder}
                 self.log(f"{tag}: failed, continuing without it: {e}")
-                self.save()
                 continue
             done = [n for n in st.inputs + st.soft if records.get(n, {}).get("status") == "done"]
             key = stage_key(st.name, cfg, {n: records[n]["outputs"] for n in done})
@@ -157,19 +214,11 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 st.run(cfg)
-            except SaexError as e:
-                if not st.optional:
+            except Exception as e:  # a kill (KeyboardInterrupt) leaves it running: the next run resumes it
+                self._fail(st, {"key": key, "status": "failed", "reason": "", "config": cfg}, e)
+                if not (st.optional and isinstance(e, SaexError)):
                     raise
-                self._drop(st.folder)
-                records[st.name] = {
-                    "key": key,
-                    "status": "failed",
-                    "reason": str(e),
-                    "config": cfg,
-                    "folder": st.folder,
-                }
                 self.log(f"{tag}: failed, continuing without it: {e}")
-                self.save()
                 continue
             records[st.name] = {
                 "key": key,
@@ -182,7 +231,6 @@ class Pipeline:
             }
             self.save()
             self.log(f"{tag}: done in {records[st.name]['seconds']:.0f} s")
-        return self.state
 
 
 def relative_to_run(obj, root: Path):

@@ -4,6 +4,10 @@ Two streaming passes over the held-out fragments per dictionary, each with a pro
 bounded by the number of features: the first keeps the examples and statistics, the second records the
 per-token activations of the kept fragments. Each dictionary's index is written atomically when done; a
 killed run resumes by running the same command (finished indexes are kept).
+
+Each index records how many of its features activated on at least one fragment (``active_features`` in
+index.json, and per index in features.json's ``counts``); a run in which no feature of any dictionary activated
+built nothing to explain and ends with an error giving the counts.
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ def run(cfg: FeaturesConfig, progress: bool = True) -> Path:
     # resolved: auto and cpu on a CPU machine are one index): another kind may break ties between equal codes
     options = {k: v for k, v in asdict(cfg).items() if k not in ("acts", "dicts", "out", "model")}
     options["device"] = device.type
+    counts: dict[str, dict[str, int | None]] = {}
     for name, (folder, d, hook) in dicts.items():
         target = out / file_name(name)
         identity = {
@@ -108,9 +113,10 @@ def run(cfg: FeaturesConfig, progress: bool = True) -> Path:
             "hook": hook,
             "options": options,
         }
-        if (target / INDEX_JSON).is_file() and json.loads((target / INDEX_JSON).read_text()).get(
+        if (target / INDEX_JSON).is_file() and (old := json.loads((target / INDEX_JSON).read_text())).get(
             "identity"
         ) == identity:
+            counts[name] = {"features": d.d_dict, "active": old.get("active_features")}
             continue
         limit = store.norm_limit(hook, rows)
         tensors = _index_one(store, hook, d.to(device), frags, keep_NL, limit, cfg, progress, name)
@@ -119,6 +125,8 @@ def run(cfg: FeaturesConfig, progress: bool = True) -> Path:
             "fragment_rows": torch.from_numpy(frags.rows_NL[:, 0].copy()),
             "fragment_docs": torch.from_numpy(frags.doc_N.copy()),
         }
+        active = int((tensors["active_fragments"] > 0).sum())
+        counts[name] = {"features": d.d_dict, "active": active}
         write_safetensors_atomic(target / INDEX_TENSORS, tensors, {"format": "saex.feature_index"})
         meta = {
             "format": "saex.feature_index",
@@ -134,6 +142,7 @@ def run(cfg: FeaturesConfig, progress: bool = True) -> Path:
             "model": store.manifest["model"]["name"],
             "n_fragments": frags.n,
             "fragment_length": cfg.fragment_length,
+            "active_features": active,
             "config": asdict(cfg),
         }
         if vocab is not None:
@@ -143,6 +152,15 @@ def run(cfg: FeaturesConfig, progress: bool = True) -> Path:
         write_json_atomic(target / INDEX_JSON, meta)
         if progress:
             print(f"{name}: {d.d_dict} features over {frags.n} fragments -> {target}")
+    write_json_atomic(out / MARKER, {"saex_version": saex.__version__, "config": asdict(cfg), "counts": counts})
+    known = [c for c in counts.values() if c["active"] is not None]
+    if known and len(known) == len(counts) and not any(c["active"] for c in known):
+        total = sum(int(c["features"] or 0) for c in known)
+        raise SaexError(
+            f"0 of {total} features{f' of {len(known)} dictionaries' if len(known) > 1 else ''} activated on any of "
+            f"the {frags.n} held-out fragments: the feature index has no feature to show or explain (a dead "
+            "dictionary, or a store or hook it was not trained on?)"
+        )
     return out
 
 

@@ -16,6 +16,13 @@ backend (``offline``: ``interpret/offline.py``; ``openai`` / ``hf``: ``interpret
   score per activation-density bin with the SAE-minus-baseline difference at matched density
   (``interpret/density.py``); ``table1.md``: the first features with their explanations
   and scores (paper Table 1); plots in ``plots/`` (paper Figs. 2, 9, 10, 18 analogues)
+
+A feature the backend gave no answer for (no explanation, or no simulation of any record) is a failure, not a
+score: it is left out of every mean, counted (``counts`` in comparison.json and interpret.json, a line in
+comparison.md) and tried again by the next run. A run in which every feature failed ends with an error giving the
+counts and the backend's last error; the first ``GIVE_UP_AFTER`` features failing in a row with no answer at all
+stop the run early. Recorded configs carry no credential: URLs lose their ``user:key@`` (``interpret/secrets.py``),
+and an API key given as ``--api-key-env`` is refused without being shown.
 """
 
 from __future__ import annotations
@@ -41,12 +48,24 @@ from saex.interpret.density import density_comparison
 from saex.interpret.offline import LABEL, TableExplainer, TableSimulator, token_entropy
 from saex.interpret.protocol import sample_feature
 from saex.interpret.report import write_report
-from saex.interpret.summary import clean, main_score, moment_correlations, score_sample, summarize_method
+from saex.interpret.secrets import check_key_env_name, redact
+from saex.interpret.summary import (
+    clean,
+    count_rows,
+    failure_message,
+    main_score,
+    moment_correlations,
+    score_sample,
+    summarize_method,
+)
 from saex.naming import file_name
 
 NAME = "interpret"
 HELP = "automated interpretability: explain, simulate and score features (offline or with an LLM)"
 MARKER = "interpret.json"
+GIVE_UP_AFTER = 5
+"""Features in a row that got no answer, with none answered yet in this run, after which the run stops: the
+endpoint is down or refuses every request (the next run tries them again)."""
 
 
 @dataclass
@@ -77,7 +96,8 @@ class InterpretConfig(LMOptions):
     base_url: str | None = None
     """openai: the endpoint's base URL (default: the openai SDK's, i.e. $OPENAI_BASE_URL or api.openai.com)."""
     api_key_env: str = "OPENAI_API_KEY"
-    """openai: the NAME of the environment variable holding the API key (the key itself is never stored)."""
+    """openai: the NAME of the environment variable holding the API key (the key itself is never stored; a value
+    that looks like a key is refused, unshown)."""
     concurrency: int = opt(4, gt=0)
     """openai: requests in flight at once."""
     timeout: float = opt(60.0, gt=0)
@@ -87,6 +107,10 @@ class InterpretConfig(LMOptions):
     simulator_mode: Literal["auto", "echo", "top_logprobs", "text"] = "auto"
     """LLM simulation rung: auto (probe the endpoint), echo (prompt logprobs, all at once), top_logprobs or
     text."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_key_env_name(self.api_key_env)
 
 
 CONFIG = InterpretConfig
@@ -156,7 +180,9 @@ def _open_append(path: Path):
 
 
 def _read_jsonl(path: Path, identity: dict) -> dict[int, dict]:
-    done = {}
+    """The finished rows of this identity by feature (a later line wins); a failed one is not finished: the
+    backend is asked again."""
+    done: dict[int, dict] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
@@ -164,8 +190,39 @@ def _read_jsonl(path: Path, identity: dict) -> dict[int, dict]:
             except ValueError:  # a line cut by a kill
                 continue
             if row.get("identity") == identity:
-                done[row["feature"]] = row
+                if row.get("failed"):
+                    done.pop(row["feature"], None)
+                else:
+                    done[row["feature"]] = row
     return done
+
+
+def _no_answer(agent, n_records: int) -> bool:
+    """Whether the last simulation / detection of an LLM agent fell back to zeros on every record (the backend
+    answered none of its requests). The offline agents never fail."""
+    usage = getattr(agent, "last_usage", None) or {}
+    return n_records > 0 and usage.get("fallbacks", 0) >= n_records
+
+
+def _scorer(cfg: InterpretConfig, simulator, detector):
+    """The agent whose requests score a sample (``summary.score_sample``): the detector for delphi where there is
+    one, else the simulator."""
+    return detector if cfg.preset == "delphi" and detector is not None else simulator
+
+
+def _records_scored(sample, preset: str) -> int:
+    if preset == "delphi":
+        return len(sample.activating) + len(sample.non_activating)
+    return sum(1 for r in sample.score_top + sample.score_random if len(r.tokens))
+
+
+def _marker(cfg: InterpretConfig, **extra) -> dict:
+    """interpret.json: the config with credentials taken out of its URLs (and which fields had them)."""
+    config, removed = redact(asdict(cfg))
+    marker = {"saex_version": saex.__version__, "config": config}
+    if removed:
+        marker["credentials_not_recorded"] = removed
+    return marker | extra
 
 
 @locked_output("saex interpret")
@@ -177,9 +234,11 @@ def run(cfg: InterpretConfig, progress: bool = True) -> Path:
     check_output_folder(root, MARKER, "saex interpretation")
     out = root / backend_tag(cfg) / cfg.preset
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(root / MARKER, {"saex_version": saex.__version__, "config": asdict(cfg)})
+    write_json_atomic(root / MARKER, _marker(cfg, status="running", results=str(out)))
     explainer, simulator, detector, label = _agents(cfg, out, where)
+    backend = getattr(explainer, "backend", None)
     method_rows, pooled, by_method, baselines = [], [], {}, set()
+    streak, answered, asked = 0, False, []  # features failed in a row; any answered in this run; the rows asked
     for name, folder in indexes.items():
         index = FeatureIndex(folder)
         identity = {
@@ -224,12 +283,27 @@ def run(cfg: InterpretConfig, progress: bool = True) -> Path:
                         "usage": expl.usage,
                     }
                     if expl.usage.get("failed"):  # simulating an empty explanation would only score zeros
+                        row["failed"] = "explanation"
                         row["skipped"] = "the explainer gave no explanation (see the backend's failure counts)"
                     else:
-                        row["scores"] = score_sample(sample, expl, simulator, detector, cfg.preset)
+                        scores = score_sample(sample, expl, simulator, detector, cfg.preset)
+                        if _no_answer(_scorer(cfg, simulator, detector), _records_scored(sample, cfg.preset)):
+                            row["failed"] = "scoring"
+                            row["skipped"] = "the backend gave no usable simulation (see its failure counts)"
+                        else:
+                            row["scores"] = scores
+                    streak = streak + 1 if row.get("failed") else 0
+                    answered = answered or not row.get("failed")
+                    asked.append(row)
                 fh.write(json.dumps(clean(row)) + "\n")
                 fh.flush()
                 done[f] = clean(row)
+                if streak >= GIVE_UP_AFTER and not answered:
+                    error = getattr(backend, "last_error", None)
+                    counts = count_rows(asked)
+                    marker = _marker(cfg, status="failed", results=str(out), counts=counts, last_error=error)
+                    write_json_atomic(root / MARKER, marker)
+                    raise SaexError(failure_message(counts, error, stopped=True))
         rows = [done[f] for f in feats]
         nulls = _null(index, rows, cfg, identity, simulator, detector, mdir, progress, name) if cfg.null else []
         method_rows.append(summarize_method(name, index, rows, nulls, cfg.preset))
@@ -238,9 +312,16 @@ def run(cfg: InterpretConfig, progress: bool = True) -> Path:
         if index.meta["dictionary"].get("baseline"):
             baselines.add(name)
 
-    stats = dict(getattr(getattr(explainer, "backend", None), "stats", {}) or {})
+    stats = dict(getattr(backend, "stats", {}) or {})
+    counts = count_rows([r for rows in by_method.values() for r in rows])
+    error = getattr(backend, "last_error", None)
+    status = "failed" if counts["failed"] and not counts["scored"] else "partial" if counts["failed"] else "complete"
+    last = {"last_error": error} if counts["failed"] else {}
+    write_json_atomic(root / MARKER, _marker(cfg, status=status, results=str(out), counts=counts, **last))
+    if status == "failed":
+        raise SaexError(failure_message(counts, error))
     density = clean(density_comparison(by_method, baselines, main_score(cfg.preset)))
-    write_report(out, method_rows, cfg, label, stats, moment_correlations(pooled, cfg.preset), density)
+    write_report(out, method_rows, cfg, label, stats, moment_correlations(pooled, cfg.preset), density, counts)
     return out
 
 
@@ -252,6 +333,7 @@ def _null(index, rows, cfg, identity, simulator, detector, mdir: Path, progress:
     perm = np.random.default_rng([cfg.seed, 13]).permutation(len(scored))
     perm = np.roll(perm, 1)[np.argsort(perm)]  # a cyclic shift along a random order: nobody keeps their own
     done = _read_jsonl(mdir / "null.jsonl", identity)
+    agent = _scorer(cfg, simulator, detector)
     with _open_append(mdir / "null.jsonl") as fh:
         for i, r in enumerate(tqdm(scored, desc=f"{name}: null", unit="feature", disable=not progress)):
             if r["feature"] in done:
@@ -261,15 +343,13 @@ def _null(index, rows, cfg, identity, simulator, detector, mdir: Path, progress:
             expl = Explanation(e["text"], e["backend"], e["rule"], e.get("usage") or {})
             sample = sample_feature(index, r["feature"], cfg.preset, cfg.seed)
             assert not isinstance(sample, str), "a scored feature has a sample"
+            scores = score_sample(sample, expl, simulator, detector, cfg.preset)
+            if _no_answer(agent, _records_scored(sample, cfg.preset)):
+                continue  # no answer is no chance level: left out of the null, asked again by the next run
             row = clean(
-                {
-                    "feature": r["feature"],
-                    "identity": identity,
-                    "explanation_of": donor["feature"],
-                    "scores": score_sample(sample, expl, simulator, detector, cfg.preset),
-                }
+                {"feature": r["feature"], "identity": identity, "explanation_of": donor["feature"], "scores": scores}
             )
             fh.write(json.dumps(row) + "\n")
             fh.flush()
             done[r["feature"]] = row
-    return [done[r["feature"]] for r in scored]
+    return [done[r["feature"]] for r in scored if r["feature"] in done]

@@ -3,6 +3,10 @@
 Plans the study for the model (``saex.reproduce.plan``: a preset, the ``--set`` overrides), prints the plan
 and its expected time, then runs the stage graph (``saex.reproduce.graph``) through the resumable pipeline
 (``saex.reproduce.pipeline``); the report (``saex report``) is its last stage.
+
+Before the plan is printed every ``--set`` value has been checked twice: by the plan's own field checks, and by
+building the config of every stage it reaches (``pipeline.check_configs``), so that a value no stage accepts
+fails at once. The run folder is the command's own: a non-empty folder without ``reproduce.json`` is refused.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from typing import Literal
 from saex.config import config_dict, opt
 from saex.devices import LMOptions, placement
 from saex.errors import SaexError
-from saex.files import locked_output
+from saex.files import check_output_folder, locked_output
+from saex.interpret.secrets import check_key_env_name
 from saex.lm.hooks import HookedLM
 from saex.lm.loading import load_model
 from saex.reproduce import plan as presets
 from saex.reproduce.given import Given, build_given_stages
 from saex.reproduce.graph import build_stages, describe_model
-from saex.reproduce.pipeline import Pipeline, parse_overrides
+from saex.reproduce.pipeline import STATE, Pipeline, check_configs, parse_overrides
 
 NAME = "reproduce"
 HELP = (
@@ -60,7 +65,8 @@ class ReproduceConfig(LMOptions):
     base_url: str | None = None
     """openai backend: the endpoint's base URL."""
     api_key_env: str = "OPENAI_API_KEY"
-    """openai backend: the environment variable holding the API key (the key is never written anywhere)."""
+    """openai backend: the NAME of the environment variable holding the API key (the key is never written
+    anywhere; a value that looks like a key is refused, unshown)."""
     dicts: list[str] = opt([])
     """Analyse these dictionaries instead of training (any format saex reads: saex, SAELens, sparsify,
     dictionary_learning, Gemma Scope, OpenAI, hf://…): harvest their hook points, skip calibration and training,
@@ -68,6 +74,10 @@ class ReproduceConfig(LMOptions):
     report on them (docs/interop.md)."""
     dry_run: bool = False
     """Print the plan, the stages and the expected time, and stop."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_key_env_name(self.api_key_env)
 
 
 CONFIG = ReproduceConfig
@@ -99,6 +109,7 @@ def make_plan(cfg: ReproduceConfig, n_layers: int) -> presets.Plan:
 def run(cfg: ReproduceConfig, progress: bool = True) -> Path:
     """Plan the study for the model, print it and its expected time, then run (or resume) every stage."""
     root = Path(cfg.out).resolve()
+    check_output_folder(root, STATE, "saex reproduce run")  # never write into a folder that is not a run
     where = placement(cfg)  # a device this machine lacks fails before anything loads; every stage gets them
     hooked = HookedLM(load_model(cfg.model).model)
     info = describe_model(cfg.model, hooked)
@@ -112,6 +123,7 @@ def run(cfg: ReproduceConfig, progress: bool = True) -> Path:
     )
     if given is not None:  # nothing is calibrated or trained
         estimate = {k: v for k, v in estimate.items() if k not in ("calibrate", "train")}
+    _check_stages(cfg, plan, root, given)
     total = sum(estimate.values())
     print(
         f"saex reproduce --preset {cfg.preset}: {cfg.model} ({info['n_layers']} layers, d_model {info['d_model']})"
@@ -157,6 +169,20 @@ def run(cfg: ReproduceConfig, progress: bool = True) -> Path:
         print(f"note: stage {n} did not run: {why}")
     print(f"finished in {_human(time.perf_counter() - t0)}; report: {root / 'report' / 'report.html'}")
     return root
+
+
+def _check_stages(cfg: ReproduceConfig, plan: presets.Plan, root: Path, given: Given | None) -> None:
+    """Build every stage's config from the plan before anything runs (placeholders for what calibration and
+    training will give): a ``--set`` value that a stage refuses fails here, before the plan is printed."""
+    if given is not None:
+        stages = build_given_stages(cfg, plan, root, given, progress=False)
+    else:
+        stages = build_stages(cfg, plan, root, progress=False, preview=True)
+    try:
+        check_configs(stages)
+    except SaexError as e:
+        plan_of = f"the {cfg.preset} plan with --set {cfg.set}" if cfg.set.strip() else f"the {cfg.preset} plan"
+        raise SaexError(f"{e} ({plan_of}); nothing was run") from None
 
 
 def _human(seconds: float) -> str:

@@ -19,6 +19,8 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from saex.interpret.secrets import redact_text
+
 MODES = ("echo", "top_logprobs", "text")
 """Simulation rungs, best first (autointerp.md §5.2): prompt logprobs, generated-token logprobs, text."""
 
@@ -71,11 +73,19 @@ class ChatResult:
 
 
 class Counter:
-    """Thread-safe usage counters: the backend-wide ``stats`` plus an optional per-call dict."""
+    """Thread-safe usage counters: the backend-wide ``stats`` plus an optional per-call dict, and the last
+    error met (``last_error``: one line, no credentials), which a run that got no answer at all reports."""
 
     def __init__(self) -> None:
         self.stats: dict[str, int] = {k: 0 for k in STAT_KEYS}
         self._stats_lock = threading.Lock()
+        self.last_error: str | None = None
+
+    def note_error(self, message: str) -> None:
+        """Remember ``message`` as the last error: on one line, at most 300 characters, URLs without credentials."""
+        text = " ".join(redact_text(str(message)).split())
+        with self._stats_lock:
+            self.last_error = text[:297] + "..." if len(text) > 300 else text
 
     def count(self, usage: dict | None, key: str, n: int = 1) -> None:
         with self._stats_lock:

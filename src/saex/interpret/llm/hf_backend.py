@@ -104,6 +104,7 @@ class HFBackend(Counter):
         n_slots, n_probes, n_ctx = len(tabs), len(self._prefixes), len(ids)
         total = n_ctx + n_slots * n_probes
         if self.max_positions and total > self.max_positions:
+            self.note_error(f"the prompt needs {total} positions; the model has {self.max_positions}")
             self.count(usage, "failures")
             return None
         self.count(usage, "requests")
@@ -200,6 +201,9 @@ class HFBackend(Counter):
         tok = self.tokenizer
         ids = self._prompt_ids(messages).to(self.device)
         if self.max_positions and ids.shape[1] + max_tokens > self.max_positions:
+            self.note_error(
+                f"the prompt needs {ids.shape[1] + max_tokens} positions; the model has {self.max_positions}"
+            )
             self.count(usage, "failures")
             return None
         eos = tok.eos_token_id
@@ -231,8 +235,9 @@ class HFBackend(Counter):
         text = "".join(p for p, _ in pieces)
         try:
             return parse(ChatResult(text=text, pieces=pieces if top_logprobs else None))
-        except MalformedAnswer:
+        except MalformedAnswer as err:
             # Greedy decoding would repeat the same answer: retrying cannot help.
+            self.note_error(f"malformed answer: {err}")
             self.count(usage, "malformed")
             self.count(usage, "failures")
             return None

@@ -29,6 +29,7 @@ from saex.interpret.llm.base import ChatResult, Counter, MalformedAnswer, Reques
 from saex.interpret.llm.cache import ResponseCache, canonical_request, endpoint_id
 from saex.interpret.llm.parsing import echo_slot_tops
 from saex.interpret.llm.prompts import simulation_segments
+from saex.interpret.secrets import check_key_env_name, redact_text
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
@@ -68,13 +69,15 @@ class OpenAIBackend(Counter):
             raise SaexError("the openai backend needs the openai SDK: pip install openai==3.51.0") from None
 
         super().__init__()
+        check_key_env_name(api_key_env, "api_key_env")  # a key pasted as the name: refused, never echoed
         # Like the SDK itself: an explicit URL, else $OPENAI_BASE_URL, else OpenAI's.
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.shown_url = redact_text(self.base_url)  # what messages name: no user:key@ of the URL
         host = urlsplit(self.base_url).hostname or ""
         key = os.environ.get(api_key_env, "")
         if not key and host not in LOCAL_HOSTS:
             raise SaexError(
-                f"the environment variable {api_key_env} holding the API key for {host or self.base_url} "
+                f"the environment variable {api_key_env} holding the API key for {host or self.shown_url} "
                 "is not set; export it, name another variable with api_key_env, or use a local server"
             )
         if concurrency < 1 or max_retries < 0:
@@ -93,7 +96,7 @@ class OpenAIBackend(Counter):
         self.name = f"openai:{self.model}"
 
     def __repr__(self) -> str:  # never the client: it holds the key
-        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
+        return f"OpenAIBackend(model={self.model!r}, base_url={self.shown_url!r})"
 
     # ---- plumbing ---------------------------------------------------------------------------------------
 
@@ -109,11 +112,11 @@ class OpenAIBackend(Counter):
             ids = [m.id for m in self._client.models.list().data]
         except self._errors.APIError as e:
             raise SaexError(
-                f"no model given and {self.base_url}/models failed ({type(e).__name__}); pass a model"
+                f"no model given and {self.shown_url}/models failed ({type(e).__name__}); pass a model"
             ) from None
         if len(ids) != 1:
             raise SaexError(
-                f"no model given and {self.base_url} serves {len(ids)} models "
+                f"no model given and {self.shown_url} serves {len(ids)} models "
                 f"({', '.join(ids[:5])}{'...' if len(ids) > 5 else ''}); pass one"
             )
         return ids[0]
@@ -156,7 +159,7 @@ class OpenAIBackend(Counter):
                 body = self._send(route, payload)
             except (e.AuthenticationError, e.PermissionDeniedError) as err:
                 raise SaexError(
-                    f"{self.base_url} refused the credentials (HTTP {err.status_code}); check the key "
+                    f"{self.shown_url} refused the credentials (HTTP {err.status_code}); check the key "
                     "in the configured environment variable"
                 ) from None
             except e.RateLimitError as err:
@@ -167,7 +170,8 @@ class OpenAIBackend(Counter):
                 error, key = err, "connection_errors"
             except e.APIStatusError as err:
                 if err.status_code < 500 and err.status_code not in (408, 409):
-                    raise RequestRejected(err.status_code, str(err)[:300]) from None
+                    self.note_error(f"HTTP {err.status_code}: {err}")
+                    raise RequestRejected(err.status_code, redact_text(str(err))[:300]) from None
                 error, key = err, "server_errors"
             except MalformedAnswer as err:
                 error, key = err, "malformed"
@@ -176,6 +180,8 @@ class OpenAIBackend(Counter):
                 self.count(usage, "prompt_tokens", int(u.get("prompt_tokens") or 0))
                 self.count(usage, "completion_tokens", int(u.get("completion_tokens") or 0))
                 return body
+            status = getattr(error, "status_code", None)
+            self.note_error(f"{f'HTTP {status}' if status else type(error).__name__}: {error}")
             self.count(usage, key)
         self.count(usage, "failures")
         return None
@@ -203,15 +209,16 @@ class OpenAIBackend(Counter):
             if body is None:
                 if probe:  # never record "unsupported" for an endpoint that merely did not answer
                     raise SaexError(
-                        f"{self.base_url} did not answer the capability probe after "
-                        f"{self.max_retries + 1} attempts (see stats for why)"
+                        f"{self.shown_url} did not answer the capability probe after "
+                        f"{self.max_retries + 1} attempts (last error: {self.last_error})"
                     )
                 return None
             try:
                 value = parse(body)
-            except MalformedAnswer:
+            except MalformedAnswer as err:
                 if probe:
                     return None
+                self.note_error(f"malformed answer: {err}")
                 self.count(usage, "malformed")
                 if attempt < self.parse_retries:
                     self.count(usage, "retries")
@@ -292,7 +299,7 @@ class OpenAIBackend(Counter):
         try:
             self.chat(messages, max_tokens=5, parse=lambda r: True, probe=True)
         except RequestRejected as err:
-            raise SaexError(f"{self.base_url} rejected a plain chat request for model {self.model!r}: {err}") from None
+            raise SaexError(f"{self.shown_url} rejected a plain chat request for model {self.model!r}: {err}") from None
         return False
 
 
