@@ -52,6 +52,7 @@ bench: setup browser
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/eval.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/ioi.py --threads 1
 	$(PY) benchmarks/dashboard.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/memory.py
 
 # The quick pipeline's stages on a CUDA GPU checked against the CPU, and GPU throughput (benchmarks/gpu.py).
 bench-gpu: setup

@@ -28,11 +28,17 @@ def stage_modules() -> dict[str, ModuleType]:
     return {m.NAME: m for m in modules}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake (an unknown option, a value that does not parse) reported as every other
+    error is: one line naming it, exit status 2, no usage block (``saex CMD --help`` shows that)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="saex", description="Sparse dictionary learning on language-model activations."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="saex", description="Sparse dictionary learning on language-model activations.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name, stage in stage_modules().items():
         p = sub.add_parser(name, help=stage.HELP, description=stage.CONFIG.__doc__)
         add_arguments(p, stage.CONFIG)
@@ -94,7 +100,13 @@ def _silence_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     # Tokenizer threads fight torch's two threads for the two cores, and fork warnings are noise here.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    try:
+        args, unknown = build_parser().parse_known_args(argv)
+    except SystemExit as e:  # a usage error (its one line is printed) or --help: the status, from Python too
+        return e.code if isinstance(e.code, int) else 2
+    if unknown:  # named under the subcommand they were given to, as every other error
+        print(f"saex {args.command}: error: unrecognized arguments: {' '.join(unknown)}", file=sys.stderr)
+        return 2
     warnings.simplefilter("default")
     try:
         from transformers.utils import logging as hf_logging

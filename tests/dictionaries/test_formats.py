@@ -298,6 +298,14 @@ def test_malformed_inputs_get_one_error(tmp_path):
         {"W_dec": w["W_dec"], "b_enc": w["b_enc"], "b_dec": w["b_dec"]},
         str(cases["no_W_enc"] / "sae_weights.safetensors"),
     )
+    # A saex folder whose weights changed after it was written fails its checksum; with the checksum removed (a
+    # folder from another library records none) the deeper checks see the same files.
+    for name in ("wrong_shape", "garbage", "no_W_enc"):
+        with pytest.raises(SaexError, match="sae_weights.safetensors is corrupted or was changed after it was written"):
+            load_dictionary(cases[name])
+        cfg = json.loads((cases[name] / "cfg.json").read_text())
+        del cfg["metadata"]["weights_sha256"]
+        (cases[name] / "cfg.json").write_text(json.dumps(cfg))
     expect = {
         "missing_weights": "no dictionary saex reads",
         "wrong_shape": "inconsistent SAE shapes",

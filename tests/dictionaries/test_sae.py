@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -102,7 +103,9 @@ def test_cfg_json_fields(tmp_path):
     for n, cfg in cfgs.items():
         assert cfg["d_in"] == 8 and cfg["d_sae"] == 16 and cfg["dtype"] == "float32", n
         extra = {"matryoshka_prefixes": [4, 8, 16]} if n == "matryoshka" else {}
-        assert cfg["metadata"] == (TC if "transcoder" in n else META) | extra, n
+        # the weights' SHA-256, which loading verifies (safetensors has no checksum of its own)
+        digest = hashlib.sha256((tmp_path / n / "sae_weights.safetensors").read_bytes()).hexdigest()
+        assert cfg["metadata"] == (TC if "transcoder" in n else META) | extra | {"weights_sha256": digest}, n
         assert cfg["model_name"] == META["model_name"] and cfg["hook_name"] == META["hook_name"]
         assert "sae_lens_version" not in cfg  # would make SAELens demand more fields
     assert cfgs["tied_l1"]["architecture"] == "standard" and cfgs["tied_l1"]["apply_b_dec_to_input"] is False

@@ -428,3 +428,19 @@ def test_feature_index_out_of_range_and_bad_kind(built):
         ix.examples(0, "bottom")
     with pytest.raises(SaexError, match="no-decode"):
         ix.token_strings([0])
+
+
+def test_a_damaged_index_is_one_error(tmp_path):
+    """A truncated tensors file or metadata: one error naming the index, not a safetensors / JSON traceback."""
+    from saex.errors import SaexError
+    from saex.features.index import INDEX_JSON, INDEX_TENSORS, FeatureIndex
+
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    (folder / INDEX_JSON).write_text("{}")
+    (folder / INDEX_TENSORS).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{truncated")
+    with pytest.raises(SaexError, match=rf"the feature index {folder} is damaged"):
+        FeatureIndex(folder)
+    (folder / INDEX_JSON).write_text('{"trunc')
+    with pytest.raises(SaexError, match="is damaged"):
+        FeatureIndex(folder)

@@ -379,16 +379,17 @@ def test_paper_preset_states_its_time_first(inputs, tmp_path):
     assert "stages: harvest, calibrate:" in stdout and not (tmp_path / "r").exists()
 
 
-def test_sigkill_inside_a_stage_resumes(full_run, inputs, tmp_path):
-    """A real kill (SIGKILL of a separate process while reproduce.json says a training stage is running):
-    the rerun skips what finished, runs the killed stage again, and ends with the uninterrupted run's weights."""
+@pytest.mark.parametrize("stage", ["harvest", "train:blocks.1.hook_resid_post", "features:blocks.1.hook_resid_post"])
+def test_sigkill_inside_a_stage_resumes(full_run, inputs, tmp_path, stage):
+    """A real kill (SIGKILL of a separate process while reproduce.json says a stage is running) at three points
+    of the run: the rerun skips what finished, runs the killed stage again, and ends with the uninterrupted run's
+    weights and every stage done."""
     import os
     import subprocess
     import sys
     import time
 
     out = tmp_path / "run"
-    stage = "train:blocks.1.hook_resid_post"
     cmd = [
         sys.executable,
         "-m",
@@ -421,7 +422,8 @@ def test_sigkill_inside_a_stage_resumes(full_run, inputs, tmp_path):
     rc, _, err = _reproduce(inputs, out)
     assert rc == 0, err
     assert f"{stage}: resuming an interrupted run" in err
-    assert "[1/22] harvest: unchanged, skipped" in err
+    if stage != "harvest":
+        assert "[1/22] harvest: unchanged, skipped" in err
     assert {r["status"] for r in _state(out)["stages"].values()} == {"done"}
     ref, _, _ = full_run
     for hook in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.mlp.hook_post"):

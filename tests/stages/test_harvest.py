@@ -617,3 +617,31 @@ def test_device_and_lm_dtype(tiny_llama, shared_corpus, make_store, copy_store, 
         with pytest.raises(SaexError, match=pattern):
             harvest(cfg(tmp_path / device, tiny_llama, shared_corpus, device=device, **BASE), progress=False)
     assert loads == [] and not (tmp_path / "cuda").exists()
+
+
+def test_a_first_attempt_that_failed_before_any_shard_does_not_block_the_corrected_command(
+    tiny_llama, shared_corpus, tmp_path, monkeypatch
+):
+    """The manifest is written before the first shard; an attempt that fails there (here: the first shard's
+    computation raises) leaves a store with no shard, which the corrected command — another config — takes over
+    instead of refusing as "a different store"."""
+    out = tmp_path / "acts"
+
+    def fail(*a, **k):
+        raise SaexError("the first attempt fails")
+
+    with monkeypatch.context() as m:
+        m.setattr(H, "_compute_shard", fail)
+        with pytest.raises(SaexError, match="the first attempt fails"):
+            harvest(cfg(out, tiny_llama, shared_corpus, seed=3), progress=False)
+    assert manifest(out)["status"] == "in_progress" and not manifest(out)["splits"]["train"]["shards"]
+    harvest(cfg(out, tiny_llama, shared_corpus, seed=4), progress=False)
+    assert manifest(out)["status"] == "complete" and manifest(out)["identity"]["seed"] == 4
+    # once a shard exists, a different config is refused as before
+    with pytest.raises(SaexError, match=r"holds a different activation store \(seed: store has 4, asked 5\)"):
+        harvest(cfg(out, tiny_llama, shared_corpus, seed=5), progress=False)
+    with pytest.raises(SaexError, match="--hooks names a hook point twice"):
+        harvest(
+            cfg(tmp_path / "dup", tiny_llama, shared_corpus, hooks=["blocks.0.hook_resid_post"] * 2), progress=False
+        )
+    assert not (tmp_path / "dup").exists()

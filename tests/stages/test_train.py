@@ -11,6 +11,10 @@ from tests.train._synth import HOOK, assert_same_weights, snapshot
 
 
 def args(store, out, *extra):
+    from saex.dictionaries.ensemble import architectures
+
+    arch = architectures().get(extra[extra.index("--arch") + 1] if "--arch" in extra else "tied_l1")
+    alpha = ["--alpha", "0.01,0.02"] if arch is None or "alpha" in arch.reads else []  # refused where not read
     return [
         "train",
         "--acts",
@@ -21,8 +25,7 @@ def args(store, out, *extra):
         str(out),
         "--ratio",
         "2",
-        "--alpha",
-        "0.01,0.02",
+        *alpha,
         "--steps",
         "50",
         "--batch-size",

@@ -312,3 +312,51 @@ def test_norm_limit_is_the_ratio_times_the_median_of_the_first_train_shard(store
     assert _multiset(got) == _multiset(x.float()[expected])
     with pytest.raises(SaexError, match=r"--max-norm-ratio must be 0 \(off\) or a number above 1, got 0\.5"):
         store.kept_rows("train", RowFilter(1, True, 0.5), RESID)
+
+
+def _edit_manifest(path, edit) -> None:
+    m = json.loads((path / "manifest.json").read_text())
+    edit(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def test_an_edited_manifest_is_detected_on_open_and_repaired_by_the_harvest(
+    store_path, copy_store, tiny_llama, shared_corpus
+):
+    """A shard's row count changed by hand: the store refuses to open (saex store --verify with it), naming the
+    shard; counts changed consistently but not matching the file: refused when the shard is opened; the same
+    `saex harvest` rebuilds the shard, and the store is the original again."""
+    from saex.stages.harvest import run as harvest
+    from tests.store._helpers import cfg, snapshot
+
+    original = snapshot(store_path)
+    path = copy_store(store_path)
+
+    def rows(m):
+        m["splits"]["train"]["shards"][2]["rows"] -= 5
+
+    _edit_manifest(path, rows)
+    with pytest.raises(
+        SaexError, match=r"manifest.json is damaged: shard train/shard-00002.safetensors records \d+ rows"
+    ):
+        ActivationStore(path)
+
+    def both(m):
+        s = m["splits"]["train"]["shards"][2]
+        s["contexts"] -= 1
+        s["rows"] = s["contexts"] * T
+
+    path2 = copy_store(store_path, "acts2")
+    _edit_manifest(path2, both)
+    store = ActivationStore(path2)
+    with pytest.raises(SaexError, match=r"shard-00002.safetensors does not match its manifest entry: blocks"):
+        store.load_shard("train", 2, RESID)
+    shards = json.loads((store_path / "manifest.json").read_text())["splits"]
+    for p in (path, path2):
+        harvest(cfg(p, tiny_llama, shared_corpus, **STORE), progress=False)
+        got = snapshot(p)
+        assert {k: v for k, v in got.items() if k != "manifest.json"} == {
+            k: v for k, v in original.items() if k != "manifest.json"
+        }
+        assert json.loads((p / "manifest.json").read_text())["splits"] == shards
+        ActivationStore(p).verify_all()

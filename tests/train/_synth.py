@@ -169,6 +169,7 @@ def random_data(n: int, d: int, seed: int = 0, scale: float = 1.0) -> torch.Tens
 
 def train_cfg(store, out, **kw):
     """A small, fast training config on a synthetic store (override anything with keywords)."""
+    from saex.dictionaries.ensemble import architectures
     from saex.train.config import TrainConfig
 
     base = dict(
@@ -186,6 +187,9 @@ def train_cfg(store, out, **kw):
         exclude_first=0,
         exclude_special_tokens=False,
     )
+    # α only where the architecture reads it (an option that does not apply is refused)
+    if "alpha" not in architectures()[kw.get("arch", "tied_l1")].reads or kw.get("target_l0"):
+        del base["alpha"]
     return TrainConfig(**(base | kw))
 
 

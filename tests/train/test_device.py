@@ -30,6 +30,11 @@ def _run(cfg, groups, x_BD, y_BO, steps):
     return {f"{i}.{n}": p.detach().clone() for i, g in enumerate(groups) for n, p in g.model.named_parameters()}
 
 
+def _sparsity(arch: str, alpha: list[float], k: list[int]) -> dict:
+    """The sparsity options ``arch`` reads (another architecture's are refused)."""
+    return dict(k=k, aux_k=4) if "k" in architectures()[arch].reads else dict(alpha=alpha)
+
+
 @pytest.mark.parametrize("transcoder", [False, True])
 @pytest.mark.parametrize("arch", architecture_names())
 def test_training_step_makes_no_tensor_off_its_inputs_device(arch, transcoder):
@@ -37,8 +42,8 @@ def test_training_step_makes_no_tensor_off_its_inputs_device(arch, transcoder):
         pytest.skip(f"{arch} cannot be a transcoder")
     D, d_out, B = 8, 6, 32
     cfg = TrainConfig(
-        arch=arch, hook="h", target="t" if transcoder else "", skip=transcoder, ratio=[2.0], alpha=[1e-3, 3e-2],
-        k=[3], aux_k=4, steps=4, batch_size=B, dead_window=1, resample_every=2, decay_fraction=0.0,
+        arch=arch, hook="h", target="t" if transcoder else "", skip=transcoder, ratio=[2.0], steps=4, batch_size=B,
+        dead_window=1, resample_every=2, decay_fraction=0.0, **_sparsity(arch, alpha=[1e-3, 3e-2], k=[3]),
     )  # fmt: skip
     members = validate(cfg, D)
     g = torch.Generator().manual_seed(0)
@@ -67,7 +72,7 @@ def test_autocast_trains_every_architecture_with_float32_weights(arch):
     got = {}
     for autocast in ("none", "bfloat16"):
         cfg = TrainConfig(
-            arch=arch, hook="h", ratio=[2.0], alpha=[1e-3], k=[4], aux_k=4, steps=3, batch_size=B, autocast=autocast
+            arch=arch, hook="h", ratio=[2.0], steps=3, batch_size=B, autocast=autocast, **_sparsity(arch, [1e-3], [4])
         )
         got[autocast] = _run(cfg, trainer._build_groups(cfg, validate(cfg, D), D, None), x_BD, None, cfg.steps)
     for name, ref in got["none"].items():
@@ -85,7 +90,8 @@ def test_a_whole_training_run_makes_no_tensor_on_the_default_device(small_store,
     normally, bit for bit. (Found: the tied SAE's export made its zero decoder bias on the default device.)"""
     from tests.train._synth import assert_same_weights, train_cfg
 
-    kw = dict(arch=arch, steps=40, eval_every=20, checkpoint_every=20, resample_every=20, k="3", alpha="0.01")
+    kw = dict(arch=arch, steps=40, eval_every=20, checkpoint_every=20, resample_every=20)
+    kw |= dict(k="3") if "k" in architectures()[arch].reads else dict(alpha="0.01")
     a = train(train_cfg(small_store, tmp_path / "a", **kw), progress=False)
     with torch.device("meta"):
         b = train(train_cfg(small_store, tmp_path / "b", **kw), progress=False)

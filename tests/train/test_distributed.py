@@ -13,7 +13,9 @@ from tests._support import free_port
 from tests.train._synth import HOOK, metrics, train_cfg, weights
 
 
-@pytest.mark.parametrize("arch, extra", [("tied_l1", []), ("topk", ["--k", "4,6", "--dead-window", "256"])])
+@pytest.mark.parametrize(
+    "arch, extra", [("tied_l1", ["--alpha", "0.01,0.03"]), ("topk", ["--k", "4,6", "--dead-window", "256"])]
+)
 def test_two_ranks_match_one_process(small_store, tmp_path, arch, extra):
     args = [
         "--acts",
@@ -24,8 +26,6 @@ def test_two_ranks_match_one_process(small_store, tmp_path, arch, extra):
         arch,
         "--ratio",
         "2",
-        "--alpha",
-        "0.01,0.03",
         "--steps",
         "60",
         "--batch-size",
@@ -45,7 +45,6 @@ def test_two_ranks_match_one_process(small_store, tmp_path, arch, extra):
     kw = dict(
         arch=arch,
         ratio="2",
-        alpha="0.01,0.03",
         steps=60,
         batch_size=64,
         eval_every=20,
@@ -54,6 +53,8 @@ def test_two_ranks_match_one_process(small_store, tmp_path, arch, extra):
     )
     if arch == "topk":
         kw |= dict(k="4,6", dead_window=256)
+    else:
+        kw |= dict(alpha="0.01,0.03")
     single = train(train_cfg(small_store, tmp_path / "single", **kw), progress=False)
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

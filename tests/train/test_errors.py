@@ -42,9 +42,12 @@ def out_done(completed, tmp_path):
         (dict(ratio="0"), r"dictionary ratio R must be positive, got 0\.0"),
         (dict(ratio="2,-1"), r"dictionary ratio R must be positive, got -1\.0"),
         (dict(ratio="0.01"), r"ratio 0\.01 gives no features for d_in 16"),
-        (dict(arch="topk", ratio="2", k="33"), r"--k 33 must be an integer in 1\.\.32"),
+        (dict(arch="topk", ratio="2", k="33", alpha=[8.6e-4]), r"--k 33 must be an integer in 1\.\.32"),
         (dict(arch="topk", k="0"), r"--k must be positive, got 0"),
         (dict(arch="topk", k="2.5"), r"--k must be comma-separated integers, got '2\.5'"),
+        (dict(arch="topk", k="3"), r"--alpha does not apply to --arch topk \(it is read by gated, jumprelu, tied_l1"),
+        (dict(k="3"), r"--k does not apply to --arch tied_l1 \(it is read by batchtopk, matryoshka, topk\)"),
+        (dict(arch="jumprelu", target_l0="20"), r"--alpha is unused with --target-l0"),
         (dict(arch="crosscoder"), r"unknown --arch 'crosscoder'"),
         (dict(steps=0), r"--steps must be positive, got 0"),
         (
@@ -175,3 +178,16 @@ def test_negative_aux_k_is_refused(small_store, tmp_path):
             train_cfg(small_store, tmp_path / "out", arch="topk", k="3", aux_k=-1, dead_window=64, steps=30),
             progress=False,
         )
+
+
+@pytest.mark.parametrize("arch", ["tied_l1", "topk"])
+def test_a_diverged_run_stops_with_one_error_and_writes_no_dictionary(small_store, tmp_path, arch):
+    """--lr 1e38 overflows the weights within a few steps: the run stops naming the step, and no dictionary (whose
+    NaN weights every later stage would otherwise accept) is written."""
+    from tests.train._synth import weights
+
+    out = tmp_path / "out"
+    extra = dict(k="4") if arch == "topk" else {}
+    with pytest.raises(SaexError, match=r"training diverged at step \d+ \(.*\); no dictionary was written"):
+        train(train_cfg(small_store, out, arch=arch, lr=1e38, steps=50, **extra), progress=False)
+    assert weights(out) == {}

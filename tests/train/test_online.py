@@ -30,10 +30,12 @@ T, LM_BATCH, SHARD = 16, 4, 256  # context length, contexts per forward, rows of
 def online_cfg(model, corpus, out, **kw) -> TrainConfig:
     base = dict(
         model=str(model), corpus=str(corpus), hooks=[RESID], out=str(out), context_length=T,
-        lm_batch_size=LM_BATCH, calibration_tokens=SHARD, arch="tied_l1", ratio=[2.0], alpha=[1e-3, 1e-2],
+        lm_batch_size=LM_BATCH, calibration_tokens=SHARD, arch="tied_l1", ratio=[2.0],
         steps=40, batch_size=32, buffer_tokens=128, eval_every=10, eval_tokens=128, checkpoint_every=10,
         normalize="mean_norm", device="cpu",
     )  # fmt: skip
+    if kw.get("arch", "tied_l1") == "tied_l1":
+        base["alpha"] = [1e-3, 1e-2]
     base.update(kw)
     return TrainConfig(**base)
 

@@ -28,7 +28,6 @@ from tests.train._synth import Interrupted, assert_same_weights, interrupt_at, m
 # 8192 train rows / 64 = 128 steps per epoch: resumable runs cross several epochs.
 RESUME = dict(
     ratio="4",
-    alpha="0.01,0.3",
     steps=400,
     lr=3e-3,
     warmup_steps=20,
@@ -41,12 +40,13 @@ RESUME = dict(
 
 # What each architecture needs on top of RESUME (its own sparsity setting).
 ARCH_EXTRA = {
+    "tied_l1": {"alpha": "0.01,0.3"},
     "topk": {"k": "3"},
     "batchtopk": {"k": "3"},
     "matryoshka": {"k": "3"},
     "jumprelu": {"alpha": "0.001,0.01", "normalize": "mean_norm"},
     "gated": {"alpha": "0.005,0.02"},
-    "untied_l1": {"decoder_bias": True, "normalize": "mean_norm"},
+    "untied_l1": {"alpha": "0.01,0.3", "decoder_bias": True, "normalize": "mean_norm"},
 }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import json
 import random
 import re
@@ -86,6 +87,18 @@ def _sha256_files(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def _looks_local(part: str) -> bool:
+    """A source that names a path rather than a hub dataset id (``owner/name``): one that starts like a path, has
+    more than one slash, names a corpus file by its suffix, or whose first component is a local folder. Taken for a
+    hub id, a mistyped path would cost network retries and end in the hub's error."""
+    if part.startswith((".", "/", "~")) or Path(part).suffix in {".txt", ".jsonl", ".json"}:
+        return True
+    return "/" in part and (not _HUB_ID.fullmatch(part) or Path(part.split("/")[0]).is_dir())
+
+
 def _local_files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in {".txt", ".jsonl"} and p.is_file())
@@ -97,6 +110,19 @@ def _local_files(path: Path) -> list[Path]:
     return [path]
 
 
+def _read_text(f: Path) -> str:
+    """A corpus file as text: UTF-8, or one error naming the file and the line of the first byte that is not."""
+    data = f.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise SaexError(
+            f"{f}:{line} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); corpus files must be "
+            "UTF-8 (convert it, e.g. with iconv)"
+        ) from None
+
+
 def local_documents(path: Path, text_field: str = "text") -> list[Document]:
     docs = []
     for f in _local_files(path):
@@ -104,10 +130,10 @@ def local_documents(path: Path, text_field: str = "text") -> list[Document]:
         if f.suffix == ".txt":
             # Blank lines separate documents: one-paragraph-per-document files and multi-document dumps
             # both work, and the document-disjoint split has units smaller than a whole book.
-            chunks = [c.strip() for c in re.split(r"\n[ \t]*\n", f.read_text(encoding="utf-8"))]
+            chunks = [c.strip() for c in re.split(r"\n[ \t]*\n", _read_text(f))]
             docs += [Document(f"{rel}:{i}", c) for i, c in enumerate(chunks) if c]
             continue
-        for i, line in enumerate(f.read_text(encoding="utf-8").splitlines()):
+        for i, line in enumerate(_read_text(f).splitlines()):
             if not line.strip():
                 continue
             try:
@@ -126,9 +152,18 @@ def _hub_documents(
 ) -> Iterator[Document]:
     from datasets import load_dataset
 
-    ds = load_dataset(name, config, split=split, streaming=True)
-    ds = ds.shuffle(seed=seed, buffer_size=buffer)
-    for i, row in enumerate(ds):
+    try:
+        ds = load_dataset(name, config, split=split, streaming=True).shuffle(seed=seed, buffer_size=buffer)
+        rows = iter(enumerate(ds))
+        first = next(rows, None)
+    except Exception as e:  # datasets / huggingface_hub raise many kinds: offline, unknown id, gated, bad split
+        raise SaexError(
+            f"could not stream the hub dataset {name!r} ({e.__class__.__name__}: {str(e).splitlines()[0][:200]}); "
+            "check the id, --hub-config and --hub-split, or give a local .txt/.jsonl file"
+        ) from None
+    if first is None:
+        return
+    for i, row in itertools.chain([first], rows):
         text = row.get(text_field)
         if not isinstance(text, str):
             raise SaexError(f"dataset {name!r} rows have no string field {text_field!r}; fields: {sorted(row)}")
@@ -180,7 +215,11 @@ def resolve_corpus(
             path = Path(part).expanduser()
             docs += local_documents(path, text_field)
             fingerprints.append(f"local:{path.name}:" + _sha256_files(_local_files(path)))
-        elif "/" in part and not part.startswith((".", "/", "~")):
+        elif _looks_local(part):
+            raise SaexError(
+                f"corpus file or folder {part!r} does not exist (a hub dataset id is owner/name, without a file suffix)"
+            )
+        elif "/" in part:
             if len(parts) > 1:
                 raise SaexError(f"a hub dataset ({part!r}) cannot be combined with other sources in one spec")
             hub = {"name": part, "config": hub_config, "split": hub_split, "text_field": text_field}

@@ -85,6 +85,9 @@ class Ensemble(torch.nn.Module):
     can_transcode: bool = True
     #: per-feature parameters ([K, F]) that resampling sets to zero for the resampled features.
     resample_zero: tuple[str, ...] = ("b_enc_KF",)
+    #: the training options (``TrainConfig`` fields) the architecture reads beyond the common ones; another
+    #: architecture's option given to it is refused rather than ignored (``saex.train.config.check_arch_options``).
+    reads: tuple[str, ...] = ("alpha",)
 
     @classmethod
     def sweep(cls, cfg: Any, ratio: float, d_dict: int) -> list[dict[str, Any]]:

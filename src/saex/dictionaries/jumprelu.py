@@ -90,6 +90,7 @@ class StepFn(torch.autograd.Function):
 @register
 class JumpReLU(Ensemble):
     arch = "jumprelu"
+    reads: tuple[str, ...] = ("alpha", "target_l0")
     target_l0_K: torch.Tensor
     feature_params = ("W_enc_KFD", "W_dec_KFD", "b_enc_KF", "theta_KF")
 

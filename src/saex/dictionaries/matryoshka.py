@@ -41,6 +41,7 @@ def prefix_sizes(fractions: list[float], d_dict: int) -> list[int]:
 @register
 class Matryoshka(BatchTopK):
     arch = "matryoshka"
+    reads: tuple[str, ...] = ("k", "aux_k", "aux_coef", "matryoshka_prefixes")
 
     @classmethod
     def options(cls, cfg: Any, members: list[Member]) -> dict[str, Any]:

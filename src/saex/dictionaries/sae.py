@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import cast
 
@@ -46,7 +47,7 @@ import torch
 from safetensors.torch import load_file
 
 from saex.errors import SaexError
-from saex.files import write_json_atomic, write_safetensors_atomic
+from saex.files import sha256_path, write_json_atomic, write_safetensors_atomic
 from saex.naming import foreign_hook
 
 
@@ -122,6 +123,20 @@ class SAE(torch.nn.Module):
             raise SaexError(f"unknown input normalisation {normalize!r}; allowed: {list(NORMALIZATIONS)}")
         if architecture == "topk" and not k:
             raise SaexError("a topk SAE needs k")
+        tensors = {"W_enc": W_enc_DF, "W_dec": W_dec_FD, "b_enc": b_enc_F, "b_dec": b_dec_D, "threshold": threshold_F}
+        tensors |= {"b_gate": b_gate_F, "r_mag": r_mag_F, "W_skip": W_skip_OD}
+        for key, t in tensors.items():
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                kind = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+                raise SaexError(f"{key} has dtype {kind}: a dictionary's weights are floating-point tensors")
+            if t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+                raise SaexError(f"{key} holds NaN or Inf values: the dictionary diverged or the file is damaged")
+        if W_enc_DF.dim() != 2 or W_dec_FD.dim() != 2:
+            raise SaexError(
+                f"W_enc and W_dec must be matrices; got shapes {tuple(W_enc_DF.shape)} and {tuple(W_dec_FD.shape)}"
+            )
         D, F = W_enc_DF.shape
         D_out = W_dec_FD.shape[-1]
         if architecture == "topk" and not 0 < (k or 0) <= F:
@@ -297,10 +312,13 @@ class SAE(torch.nn.Module):
             tensors["b_mag"] = tensors.pop("b_enc")
         tensors |= {"threshold": self.threshold_F, "b_gate": self.b_gate_F, "r_mag": self.r_mag_F}
         tensors["W_skip"] = self.W_skip_OD
-        write_safetensors_atomic(
-            folder / WEIGHTS, {key: t.detach() for key, t in tensors.items() if t is not None}, {"format": "pt"}
+        digest = write_safetensors_atomic(
+            folder / WEIGHTS, {key: t.detach().cpu() for key, t in tensors.items() if t is not None}, {"format": "pt"}
         )
-        write_json_atomic(folder / CFG, self.cfg())
+        cfg = self.cfg()
+        # safetensors has no checksum of its own: the weights' SHA-256, verified whenever the folder is opened
+        cfg["metadata"] = {**cfg["metadata"], "weights_sha256": digest}
+        write_json_atomic(folder / CFG, cfg)
         return folder
 
     @classmethod
@@ -309,7 +327,47 @@ class SAE(torch.nn.Module):
         folder = Path(folder)
         if not (folder / CFG).is_file() or not (folder / WEIGHTS).is_file():
             raise SaexError(f"{folder} is not a dictionary folder (needs {CFG} and {WEIGHTS})")
-        return from_saelens(read_json_object(folder / CFG), read_safetensors(folder / WEIGHTS), str(folder))
+        cfg = read_json_object(folder / CFG)
+        meta = cfg.get("metadata")
+        recorded = meta.get("weights_sha256") if isinstance(meta, dict) else None
+        verify_weights(folder / WEIGHTS, recorded if isinstance(recorded, str) else None)
+        d = from_saelens(cfg, read_safetensors(folder / WEIGHTS), str(folder))
+        d.metadata.pop("weights_sha256", None)  # the file's, not the dictionary's: a save records its own
+        if not isinstance(recorded, str):  # after the checks: a folder that fails them gets its error alone
+            note_unverified(folder / WEIGHTS)
+        return d
+
+
+#: weights files checked against their recorded SHA-256 in this process, by (path, size, mtime, sha256): a file
+#: that changes afterwards is checked again; and those that record none, noted once
+_VERIFIED: set[tuple] = set()
+_NOTED: set[str] = set()
+
+
+def note_unverified(path: Path) -> None:
+    """One line on stderr, once per file and process: a dictionary loaded without a checksum to verify."""
+    if str(path) not in _NOTED:
+        _NOTED.add(str(path))
+        print(f"note: {path} records no weights checksum (another library's folder): not verified", file=sys.stderr)
+
+
+def verify_weights(path: Path, recorded: str | None) -> None:
+    """Check a weights file against the SHA-256 its cfg.json records (saex writes it with every dictionary): a
+    bit flip or an edited file is one error naming it. A file with none recorded (written by another library or
+    an older saex) is not checked (``SAE.load`` notes it once it has loaded)."""
+    if recorded is None:
+        return
+    st = path.stat()
+    stamp = (str(path.resolve()), st.st_size, st.st_mtime_ns, recorded)
+    if stamp in _VERIFIED:
+        return
+    actual = sha256_path(path)
+    if actual != recorded:
+        raise SaexError(
+            f"{path} is corrupted or was changed after it was written: its sha256 {actual[:16]}… is not the "
+            f"{recorded[:16]}… its {CFG} records; restore it or train it again"
+        )
+    _VERIFIED.add(stamp)
 
 
 def read_json_object(path: Path) -> dict:
@@ -356,10 +414,41 @@ _SAELENS_ARCHITECTURES = (
 """SAELens's saved architectures -> (activation, transcoder, skip); saex's ``<act>_[skip_]transcoder`` too."""
 
 
+_CFG_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("architecture", "activation_fn_str", "activation_fn", "reshape_activations"), (str,)),
+    **dict.fromkeys(
+        ("hook_name", "hook_point", "hook_name_out", "hf_hook_name", "hf_hook_name_out", "model_name"), (str,)
+    ),
+    **dict.fromkeys(("d_in", "d_sae", "d_out", "k", "hook_head_index"), (int,)),
+    "apply_b_dec_to_input": (bool,),
+    "rescale_acts_by_decoder_norm": (bool,),
+    "normalize_activations": (str, bool),
+    "activation_fn_kwargs": (dict,),
+    "metadata": (dict,),
+}
+"""The types of the cfg.json fields saex reads (``null`` is allowed for each): another type is one error."""
+
+
+def _check_types(cfg: dict, source: str) -> None:
+    for key, types in _CFG_TYPES.items():
+        v = cfg.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, types) or (bool not in types and isinstance(v, bool)):
+            raise SaexError(
+                f"{source}: {CFG} field {key!r} is {json.dumps(v)[:60]}, not a {' or '.join(t.__name__ for t in types)}"
+            )
+    if isinstance(cfg.get("activation_fn_kwargs"), dict):
+        k = cfg["activation_fn_kwargs"].get("k")
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool)):
+            raise SaexError(f"{source}: {CFG} field 'activation_fn_kwargs.k' is {json.dumps(k)[:60]}, not an int")
+
+
 def from_saelens(cfg: dict, w: dict[str, torch.Tensor], source: str) -> SAE:
     """The SAE a SAELens ``cfg.json`` and its weights describe, whichever SAELens version wrote them (before 6.0
     the hook was ``hook_point`` and TopK an ``activation_fn``), honouring ``apply_b_dec_to_input``,
     ``normalize_activations``, JumpReLU thresholds and TopK's ``rescale_acts_by_decoder_norm``."""
+    _check_types(cfg, source)
     meta: dict = cfg["metadata"] if isinstance(cfg.get("metadata"), dict) else {}
     saved = cfg.get("architecture") or (
         "topk" if cfg.get("activation_fn_str", cfg.get("activation_fn")) == "topk" else "standard"
@@ -385,6 +474,11 @@ def from_saelens(cfg: dict, w: dict[str, torch.Tensor], source: str) -> SAE:
     if scaling is not None and not torch.allclose(scaling, torch.ones_like(scaling)):
         raise SaexError(f"{source}: a finetuning scaling_factor other than 1 is not supported")
     W_enc, W_dec = tensor(w, "W_enc", source), tensor(w, "W_dec", source)
+    for key, axis in (("d_in", 0), ("d_sae", 1)):
+        if isinstance(cfg.get(key), int) and W_enc.dim() == 2 and cfg[key] != W_enc.shape[axis]:
+            raise SaexError(
+                f"{source}: {CFG} says {key} = {cfg[key]} but W_enc has shape {tuple(W_enc.shape)} [d_in, d_sae]"
+            )
     b_enc = tensor(w, "b_mag", source) if architecture == "gated" else tensor(w, "b_enc", source)
     if architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
         # SAELens ranks pre-activations scaled by ‖W_dec_f‖ and decodes with unit rows: the same map as these

@@ -24,6 +24,7 @@ from saex.errors import SaexError
 @register
 class TopK(Ensemble):
     arch = "topk"
+    reads: tuple[str, ...] = ("k", "aux_k", "aux_coef")
     feature_params = ("W_enc_KFD", "W_dec_KFD", "b_enc_KF")
     needs_dead_mask = True  # the aux-k loss reads the dead latents
 

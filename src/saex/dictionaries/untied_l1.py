@@ -23,6 +23,7 @@ from saex.dictionaries.sae import SAE
 @register
 class UntiedL1(Ensemble):
     arch = "untied_l1"
+    reads: tuple[str, ...] = ("alpha", "decoder_bias")
     feature_params = ("W_enc_KFD", "W_dec_KFD", "b_enc_KF")
 
     @classmethod

@@ -189,8 +189,22 @@ class FeatureIndex:
                 f"{self.path} is not a feature index (needs {INDEX_JSON} and {INDEX_TENSORS}); "
                 "build one with saex features"
             )
-        self.meta = json.loads((self.path / INDEX_JSON).read_text())
-        t = load_file(str(self.path / INDEX_TENSORS))
+        try:
+            self.meta = json.loads((self.path / INDEX_JSON).read_text(encoding="utf-8"))
+            t = load_file(str(self.path / INDEX_TENSORS))
+            needed = [f"{k}_{v}" for k in KINDS for v in ("ids", "max")]
+            needed += ["tokens", "n_tokens", "nonzero", "moments", "tok_ptr", "tok_idx", "tok_val"]
+            missing = [k for k in needed if k not in t]
+        except Exception as e:  # truncated or garbled: json, unicode or safetensors errors
+            raise SaexError(
+                f"the feature index {self.path} is damaged ({e.__class__.__name__}: {str(e)[:200]}); "
+                "delete it and run saex features again"
+            ) from None
+        if not isinstance(self.meta, dict) or missing:
+            raise SaexError(
+                f"the feature index {self.path} is incomplete (missing {missing or 'its metadata'}); delete it and "
+                "run saex features again"
+            )
         self.t = t
         self.n_features = int(t["top_ids"].shape[0])
         self.fragment_length = int(t["tokens"].shape[1])

@@ -96,6 +96,10 @@ def _check_existing(out: Path, identity: dict) -> dict | None:
     manifest = read_manifest(out / MANIFEST)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise SaexError(f"output folder {out} holds something other than a saex v{FORMAT_VERSION} activation store")
+    if manifest.get("status") != "complete" and not any(
+        (manifest.get("splits") or {}).get(split, {}).get("shards") for split in SPLITS
+    ):
+        return None  # an attempt that failed before its first shard: nothing to keep, nothing to protect
     recorded = recorded_identity(HarvestConfig, manifest["identity"], identity)
     if "lm_dtype" not in manifest["identity"]:  # stores written before --lm-dtype: the model ran in float32
         recorded["lm_dtype"] = "float32"
@@ -103,14 +107,17 @@ def _check_existing(out: Path, identity: dict) -> dict | None:
     return manifest
 
 
-def _usable_shards(out: Path, split: str, shards: list[dict], shard_contexts: int, target_contexts: int) -> list[dict]:
+def _usable_shards(
+    out: Path, split: str, shards: list[dict], shard_contexts: int, target_contexts: int, T: int
+) -> list[dict]:
     """Shards to keep on resume: intact ones, up to the first that is not. A short last shard is kept only
     when nothing more is asked of the split; otherwise it is recomputed so that shards stay full-size."""
     keep: list[dict] = []
     for s in shards:
         path = out / split / s["file"]
         short = s["contexts"] != shard_contexts and sum(k["contexts"] for k in keep) + s["contexts"] < target_contexts
-        if short or not path.is_file() or path.stat().st_size != s["bytes"]:
+        edited = s.get("rows") != s.get("contexts", 0) * T  # a count changed by hand: rebuild from here
+        if short or edited or not path.is_file() or path.stat().st_size != s["bytes"]:
             break
         if sha256_path(path) != s["sha256"]:
             warnings.warn(f"shard {path} is corrupted; it and the shards after it will be recomputed", stacklevel=2)
@@ -123,6 +130,8 @@ def _usable_shards(out: Path, split: str, shards: list[dict], shard_contexts: in
 def run(cfg: HarvestConfig, progress: bool = True) -> Path:
     """Harvest activations into ``cfg.out``; resumes when the folder holds the same store unfinished."""
     hooks = cfg.hooks
+    if len(set(hooks)) != len(hooks):
+        raise SaexError(f"--hooks names a hook point twice: {hooks}")
     ranks = distributed.setup()
     out = Path(cfg.out)
     check_output_folder(out, MANIFEST, "activation store")  # refuse a wrong --out before the slow model load
@@ -199,7 +208,7 @@ def run(cfg: HarvestConfig, progress: bool = True) -> Path:
     manifest["status"] = "in_progress"
     for split in SPLITS:
         entry = manifest["splits"][split]
-        entry["shards"] = _usable_shards(out, split, entry["shards"], shard_contexts, math.ceil(n_tokens[split] / T))
+        entry["shards"] = _usable_shards(out, split, entry["shards"], shard_contexts, math.ceil(n_tokens[split] / T), T)
         entry["contexts"] = sum(x["contexts"] for x in entry["shards"])
         entry["rows"] = entry["contexts"] * T
         entry["target_tokens"] = n_tokens[split]

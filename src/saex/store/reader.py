@@ -47,6 +47,40 @@ def read_manifest(path: Path) -> dict:
     return data
 
 
+def check_manifest(m: dict, path: Path) -> None:
+    """The manifest's own consistency, before any shard is read: the fields readers use, with their types, and
+    every shard's rows = contexts × context length (an edited count would otherwise surface as a crash deep in a
+    later stage). The shards' contents are checked against it when they are opened (``ActivationStore._open``)."""
+    rebuild = "re-run the same `saex harvest` to rebuild it"
+
+    def bad(what: str) -> SaexError:
+        return SaexError(f"{path} is damaged: {what}; {rebuild}")
+
+    try:
+        T = m["packing"]["context_length"]
+        hooks, splits = m["hooks"], m["splits"]
+    except (KeyError, TypeError) as e:
+        raise bad(f"it lacks {e}") from None
+    if not isinstance(T, int) or T <= 0 or not isinstance(hooks, dict) or not isinstance(splits, dict):
+        raise bad("its packing, hooks or splits are not what saex writes")
+    for h, info in hooks.items():
+        if not isinstance(info, dict) or not isinstance(info.get("width"), int) or info["width"] <= 0:
+            raise bad(f"hook {h!r} has no positive integer width")
+    for split, entry in splits.items():
+        shards = entry.get("shards") if isinstance(entry, dict) else None
+        if not isinstance(shards, list):
+            raise bad(f"split {split!r} has no list of shards")
+        for s in shards:
+            ok = isinstance(s, dict) and all(isinstance(s.get(k), int) for k in ("contexts", "rows", "bytes"))
+            if not ok or not isinstance(s.get("file"), str) or not isinstance(s.get("sha256"), str):
+                raise bad(f"a shard entry of split {split!r} lacks file, contexts, rows, bytes or sha256: {s!r}")
+            if s["contexts"] <= 0 or s["rows"] != s["contexts"] * T:
+                raise bad(
+                    f"shard {split}/{s['file']} records {s['rows']} rows and {s['contexts']} contexts of {T} tokens "
+                    f"({s['contexts'] * T} rows)"
+                )
+
+
 @dataclass
 class RowOptions(Config):
     """The options of every stage that reads activation rows: which rows count (see ``RowFilter``). Stage
@@ -131,6 +165,8 @@ ALL_ROWS = RowFilter(0, False, 0.0)
 #: is checked again. Process-wide, because one ``saex reproduce`` opens the same store in every stage and
 #: hashing a large store's held-out shards each time cost more than the stage's own work.
 _VERIFIED: set[tuple] = set()
+#: shards whose tensor shapes were checked against the manifest (same keys: a changed entry is checked again)
+_SHAPED: set[tuple] = set()
 
 
 def _stamp(path: Path, sha256: str) -> tuple:
@@ -164,6 +200,7 @@ class ActivationStore:
                 f"{mpath} has store format version {self.manifest.get('format_version')}; "
                 f"this saex reads version {FORMAT_VERSION}"
             )
+        check_manifest(self.manifest, mpath)
         self.verify = verify
         self._median_norms: dict[tuple, float] = {}
         self.context_length: int = self.manifest["packing"]["context_length"]
@@ -265,9 +302,30 @@ class ActivationStore:
                 )
             _VERIFIED.add(stamp)
         try:
-            return safe_open(str(path), framework="pt")
+            f = safe_open(str(path), framework="pt")
         except Exception as e:  # safetensors raises its own error types for unreadable headers
             raise SaexError(f"shard {path} is corrupted: {e}; re-run the same `saex harvest` to rebuild it") from e
+        shaped = (*stamp, entry["rows"], entry["contexts"])
+        if shaped not in _SHAPED:
+            self._check_shapes(f, entry, path)
+            _SHAPED.add(shaped)
+        return f
+
+    def _check_shapes(self, f, entry: dict, path: Path) -> None:
+        """A shard's tensors against its manifest entry: [rows, width] per hook, [contexts, T] token ids."""
+        expect = {h: (entry["rows"], info["width"]) for h, info in self.manifest["hooks"].items()}
+        expect |= {
+            "tokens": (entry["contexts"], self.context_length),
+            "doc_ids": (entry["contexts"], self.context_length),
+        }
+        keys = set(f.keys())
+        for key, shape in expect.items():
+            got = tuple(f.get_slice(key).get_shape()) if key in keys else None
+            if got != shape:
+                raise SaexError(
+                    f"shard {path} does not match its manifest entry: {key} is {got}, the manifest implies {shape}; "
+                    "re-run the same `saex harvest` to rebuild it"
+                )
 
     def verify_all(self) -> int:
         """Check every shard's sha256 against the manifest; returns how many were checked."""
@@ -378,10 +436,12 @@ class ActivationStore:
             if keep:
                 buf = buf[torch.cat(keep)]
             gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, g]).integers(2**62)))
-            buf = buf[torch.randperm(len(buf), generator=gen, device="cpu")]
+            # Batches gathered through the permutation, not a permuted copy of the buffer: one buffer in memory.
+            perm = torch.randperm(len(buf), generator=gen, device="cpu")
             for b in range(skip_batches, n_batches):
-                yield buf[b * batch_size : (b + 1) * batch_size]
+                yield buf[perm[b * batch_size : (b + 1) * batch_size]]
             skip_batches = 0
+            del buf  # before the next buffer is read
 
     def _in_order(self, split, hooks, batch_size, skip_batches, drop_last, dtype, rows) -> Iterator[torch.Tensor]:
         """The kept rows of a split in store order, in batches that run across shard boundaries."""

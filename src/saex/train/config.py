@@ -136,9 +136,32 @@ def _member_seed(seed: int, arch: str, ratio: float, alpha: float, k: int | None
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:6], "big")
 
 
+ARCH_OPTIONS = ("alpha", "k", "aux_k", "aux_coef", "target_l0", "matryoshka_prefixes", "decoder_bias")
+"""The options some architectures read and others do not (``Ensemble.reads``): given to one that does not (a
+value other than the default), an option would be ignored, so it is an error instead."""
+
+
+def check_arch_options(cfg: TrainConfig) -> None:
+    """One error for an option the chosen architecture does not read (``--arch topk --alpha 1e-3``)."""
+    defaults, registry = TrainConfig(), architectures()
+    reads = registry[cfg.arch].reads
+    for name in ARCH_OPTIONS:
+        if getattr(cfg, name) != getattr(defaults, name) and name not in reads:
+            readers = sorted(a for a, cls in registry.items() if name in cls.reads)
+            raise SaexError(
+                f"--{name.replace('_', '-')} does not apply to --arch {cfg.arch} (it is read by {', '.join(readers)})"
+                + ("; its sparsity is set by --k" if name == "alpha" and "k" in reads else "")
+            )
+    if "target_l0" in reads and cfg.target_l0 and cfg.alpha != defaults.alpha:
+        raise SaexError(
+            f"--alpha is unused with --target-l0 ({cfg.arch} trains towards the target L0s): give one of them"
+        )
+
+
 def validate(cfg: TrainConfig, d_in: int) -> list[Member]:
     """Check the config against the store's width and expand the sweep into members (each field's own
     range is checked when the config is made)."""
+    check_arch_options(cfg)
     if cfg.dead_window is not None and cfg.dead_window >= cfg.steps * cfg.batch_size:
         raise SaexError(
             f"--dead-window {cfg.dead_window} is not shorter than the run ({cfg.steps} steps × "

@@ -46,7 +46,7 @@ from saex.files import (
 )
 from saex.store.reader import ActivationStore, RowFilter, store_hash
 from saex.train import checkpoint, convergence, online
-from saex.train.config import TrainConfig, dead_window, eval_every, validate
+from saex.train.config import TrainConfig, check_arch_options, dead_window, eval_every, validate
 
 RUN = "run.json"
 METRICS = "metrics.jsonl"
@@ -233,6 +233,7 @@ def check_mode(cfg: TrainConfig) -> list[str]:
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train every dictionary of the sweep(s); resumes from ``cfg.out/checkpoint`` after an interruption."""
     hooks = check_mode(cfg)
+    check_arch_options(cfg)  # before any input is opened
     place = placement(cfg)
     ranks = distributed.setup(cfg.batch_size)
     place = distributed.local_placement(place, ranks)
@@ -451,6 +452,10 @@ def _train(cfg, hooks, members, widths, d_out, hashes, identity, store, source, 
     if not ranks.main:
         ranks.barrier()
         return out
+    for sw in sweeps:  # the last update could have made the weights non-finite after a finite loss
+        for grp in sw.groups:
+            if not all(bool(torch.isfinite(p).all()) for p in grp.model.parameters()):
+                raise Diverged(step - 1, [m.name for m in grp.members], "the weights hold NaN or Inf")
     model_name = store.manifest["model"]["name"] if store is not None else source.lm.name
     for sw in sweeps:
         sw.run["convergence"] = verdicts = _convergence(sw.out, cfg, sw.members, total)
@@ -614,6 +619,8 @@ def _train_step(cfg, parts, opt, step, total, ranks, device_type: str = "cpu") -
                 else contextlib.nullcontext()
             ):
                 o = grp.step_fn(x_bD, grp.coef_K, dead, y_bO)
+            if not bool(torch.isfinite(o.loss)):
+                raise Diverged(step, [m.name for m in grp.members], f"the loss is {float(o.loss)}")
             o.loss.backward()
             grp.since_fired_KF += cfg.batch_size  # the global batch: every rank saw its share of it
             grp.since_fired_KF[ranks.any_fired(o.fired_KF)] = 0
@@ -625,6 +632,16 @@ def _train_step(cfg, parts, opt, step, total, ranks, device_type: str = "cpu") -
             y_BO = None if y_bO is None else ranks.all_rows(y_bO)
             for grp in groups:
                 _resample(cfg, grp, opt, x_BD, y_BO, step)
+
+
+class Diverged(SaexError):
+    """Training produced a NaN / Inf loss: the run stops, and no dictionary is written."""
+
+    def __init__(self, step: int, names: list[str], what: str):
+        super().__init__(
+            f"training diverged at step {step + 1} ({', '.join(names)}: {what}); no dictionary was written. "
+            "Lower --lr (or raise --warmup-steps) and train into a new --out"
+        )
 
 
 def _unit(x_ND: torch.Tensor) -> torch.Tensor:

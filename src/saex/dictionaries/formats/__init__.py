@@ -99,7 +99,12 @@ def load(path: str | Path) -> SAE:
             f"{sparsify.WEIGHTS} (sparsify), {dictionary_learning.WEIGHTS} (dictionary_learning), "
             f"{gemma_scope.NPZ} or {gemma_scope.SAFETENSORS} (Gemma Scope) or an OpenAI .pt state dict"
         )
-    return FORMATS[fmt].read(path)
+    try:
+        return FORMATS[fmt].read(path)
+    except SaexError as e:  # name the dictionary in every error about its contents
+        if str(path) in str(e):
+            raise
+        raise SaexError(f"dictionary {path}: {e}") from None
 
 
 def name_of(path: Path) -> str:
