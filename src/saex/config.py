@@ -287,6 +287,13 @@ def from_namespace(cls: type, ns: argparse.Namespace, base: dict | None = None) 
     names = {f.name for f in dataclasses.fields(cls)}
     values = dict(base or {})
     values.update({k: v for k, v in vars(ns).items() if k in names})
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:  # an option without a default, given neither on the command line nor in a --config file
+        raise SaexError(f"{', '.join(flag(m) for m in missing)} is required")
     return cls(**values)
 
 

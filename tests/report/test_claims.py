@@ -241,3 +241,22 @@ def test_case_study_claims():
     assert c["fig4_apostrophe"].verdict == NOT_HELD
     assert [c[k].verdict for k in ("fig4_s", "fig5_effects", "fig5_cosine")] == [NOT_MEASURED] * 3
     assert {x.verdict for x in case_study_claims(None, None)} == {NOT_MEASURED}
+
+
+def test_autointerp_failures_are_counted_in_the_report(tmp_path):
+    """A backend that left features unanswered: the report says how many, per hook, instead of silently taking
+    the means over the rest."""
+    from saex.report.collect import Run
+    from saex.report.sec_autointerp import failure_notes
+
+    counts = {"considered": 40, "scored": 31, "failed": 9, "failed_explanation": 7, "failed_scoring": 2}
+    run = Run(tmp_path)
+    run.interpret["openai/top_random"] = {
+        "blocks.6.hook_resid_post": {"comparison": {"counts": counts}},
+        "blocks.1.hook_resid_post": {"comparison": {"counts": {**counts, "failed": 0}}},
+    }
+    assert failure_notes(run, "openai/top_random") == [
+        "openai/top_random at blocks.6.hook_resid_post: 9 of 40 features got no usable answer from the backend "
+        "(7 without an explanation, 2 without a scored simulation) and are left out of every mean here."
+    ]
+    assert failure_notes(run, "offline/top_random") == []

@@ -183,6 +183,21 @@ def _bars(
     return layers
 
 
+def failure_notes(run: Run, scorer: str) -> list[str]:
+    """One note per hook whose interpretation had features the backend never answered (``counts`` of the stage's
+    comparison.json): they are left out of every mean, so the reader is told how many."""
+    notes = []
+    for hook, entry in sorted((run.interpret.get(scorer) or {}).items()):
+        counts = (entry.get("comparison") or {}).get("counts") or {}
+        if counts.get("failed"):
+            notes.append(
+                f"{scorer} at {hook}: {counts['failed']} of {counts.get('considered', '?')} features got no usable "
+                f"answer from the backend ({counts.get('failed_explanation', 0)} without an explanation, "
+                f"{counts.get('failed_scoring', 0)} without a scored simulation) and are left out of every mean here."
+            )
+    return notes
+
+
 def table1(run: Run, fig_dir: Path, results: dict) -> Section:
     s = Section(
         "table1",
@@ -195,6 +210,7 @@ def table1(run: Run, fig_dir: Path, results: dict) -> Section:
         (h for h in resid if hook_layer(h) == run.config.get("main_layer")), resid[0] if resid else None
     )
     for scorer in scorers(run):
+        s.notes += failure_notes(run, scorer)
         main = main_method(methods(run, scorer, hook), main_target(run, hook)) if hook else None
         if not main or hook is None:
             continue
