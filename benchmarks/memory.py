@@ -3,7 +3,8 @@
 Each stage runs as ``saex ...`` in its own process (its peak resident set size is read from ``os.wait4``), on the
 embedded SmolLM2-135M at layer 6, once on N tokens and once on 4N tokens:
 
-``harvest``   ``saex harvest --tokens N`` (shards of 65,536 rows; float16 storage)
+``harvest``   ``saex harvest --tokens N`` (shards of N/4 rows, so that every reader's buffer is full at N already;
+              float16 storage)
 ``train``     ``saex train`` on that store, the same 200 steps of 1024 (the shuffle buffer: 4 shards)
 ``features``  ``saex features`` of the trained SAE over the store's held-out split (N/10 tokens, so 4× the
               fragments)
@@ -57,11 +58,16 @@ def main(argv=None) -> int:
         acts, dicts = work / f"acts-{label}", work / f"dicts-{label}"
         common = ["--device", "cpu"]
         runs = {
-            "harvest": ["harvest", "--out", str(acts), "--tokens", str(n), "--hooks", HOOK, *common],
+            # shards of N/4 rows: the readers' buffers (4 shards) are full at N already, so a bound shows as a
+            # flat peak from N to 4N instead of a buffer still filling up
+            "harvest": ["harvest", "--out", str(acts), "--tokens", str(n), "--hooks", HOOK,
+                        "--shard-tokens", str(max(128, a.tokens // 4)), *common],
+            # the held-out evaluation sample (--eval-tokens) and the index's step (--chunk fragments) are bounded
+            # too: set below what N gives, so that they are full at N as well
             "train": ["train", "--acts", str(acts), "--hook", HOOK, "--out", str(dicts), "--steps", "200",
-                      "--batch-size", "1024", "--normalize", "mean_norm", *common],
+                      "--batch-size", "1024", "--normalize", "mean_norm", "--eval-tokens", "1024", *common],
             "features": ["features", "--acts", str(acts), "--dicts", str(dicts), "--out", str(work / f"features-{label}"),
-                         *common],
+                         "--chunk", "8", *common],
             "train-fly": ["train", "--model", "smollm2-135m", "--hooks", HOOK, "--out", str(work / f"fly-{label}"),
                           "--steps", str(steps), "--batch-size", "1024", "--normalize", "mean_norm",
                           "--buffer-tokens", str(max(1024, a.tokens // 2)), *common],

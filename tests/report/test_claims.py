@@ -260,3 +260,20 @@ def test_autointerp_failures_are_counted_in_the_report(tmp_path):
         "(7 without an explanation, 2 without a scored simulation) and are left out of every mean here."
     ]
     assert failure_notes(run, "offline/top_random") == []
+
+
+def test_compare_mean_all_counts_skipped_features_as_zero_and_leaves_failed_ones_out(tmp_path):
+    """`saex compare`'s "skipped as 0" mean: features skipped for too few fragments count as 0 (no information),
+    features the backend never answered are left out of it and counted on their own."""
+    import json
+
+    from saex.report.architectures import collect, markdown
+
+    folder = tmp_path / "interpret" / "offline" / "top_random"
+    folder.mkdir(parents=True)
+    method = {"method": "topk_k30", "kind": "sae", "considered": 10, "skipped": 2, "failed": 3}
+    method["top_random"] = {"mean": 0.5, "ci95": 0.1, "n": 5, "undefined": 0}
+    (folder / "comparison.json").write_text(json.dumps({"methods": [method]}))
+    (row,) = collect(tmp_path)["autointerp"]
+    assert row["failed"] == 3 and row["mean_all"] == 0.5 * 5 / (10 - 3)  # 5 scored + 2 skipped as 0, 3 left out
+    assert "| 3 |" in markdown(collect(tmp_path))

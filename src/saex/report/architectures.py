@@ -80,12 +80,14 @@ def collect(root: Path) -> dict:
                     "skipped": method.get("skipped"),
                     "undefined": score.get("undefined"),
                     "null_mean": (method.get("null_top_random") or {}).get("mean"),
+                    "failed": method.get("failed") or 0,
                     # Features with too few activating fragments (dead or very rare ones) are skipped, not
                     # scored: the mean over all considered features, counting each skipped one as 0 (no
-                    # information), does not reward an architecture for its dead features.
+                    # information), does not reward an architecture for its dead features. Features the backend
+                    # never answered (failed) say nothing about the architecture: they are left out, and counted.
                     "mean_all": None
-                    if score.get("mean") is None or not method.get("considered")
-                    else score["mean"] * score["n"] / method["considered"],
+                    if score.get("mean") is None or not (method.get("considered") or 0) - (method.get("failed") or 0)
+                    else score["mean"] * score["n"] / (method["considered"] - (method.get("failed") or 0)),
                 }
             )
     return {"architectures": rows, "autointerp": autointerp}
@@ -136,14 +138,14 @@ def markdown(data: dict) -> str:
     lines += [
         "",
         "| architecture | dictionary | L0 | autointerp r (mean ± 95% CI) | n scored | of | skipped as 0 | undefined "
-        "| null mean |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| failed (no answer) | null mean |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["autointerp"]:
         lines.append(
             f"| {r['arch']} | {r['dictionary']} | {_fmt(r['l0'], '{:.1f}')} | {_fmt(r['mean'], '{:.3f}')} ± "
             f"{_fmt(r['ci95'], '{:.3f}')} | {r['n']} | {r['considered']} | {_fmt(r['mean_all'], '{:.3f}')} | "
-            f"{r['undefined']} | {_fmt(r['null_mean'], '{:.3f}')} |"
+            f"{r['undefined']} | {r.get('failed', 0)} | {_fmt(r['null_mean'], '{:.3f}')} |"
         )
     return "\n".join(lines) + "\n"
 
