@@ -33,7 +33,6 @@ from saex.files import (
     check_output_folder,
     check_same_identity,
     locked_output,
-    remove_stale_temporaries,
     sha256_path,
     write_json_atomic,
     write_safetensors_atomic,
@@ -200,8 +199,7 @@ def run(cfg: HarvestConfig, progress: bool = True) -> Path:
             "splits": {s: {"shards": []} for s in SPLITS},
         }
     if ranks.main:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out)
+        out.mkdir(parents=True, exist_ok=True)  # its stale temporaries went when the folder lock was taken
     ranks.barrier()
     manifest["config"] = config_dict(cfg)
     manifest["device"] = str(device)  # where this (last) run computed; not part of the store's identity

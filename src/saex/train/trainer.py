@@ -40,7 +40,6 @@ from saex.files import (
     locked_output,
     open_output_folder,
     read_jsonl,
-    remove_stale_temporaries,
     write_json_atomic,
     write_text_atomic,
 )
@@ -310,7 +309,7 @@ def _train(cfg, hooks, members, widths, d_out, hashes, identity, store, source, 
         sweeps.append(
             Sweep(
                 h,
-                out / naming_hook_folder(h) if several else out,
+                out / h if several else out,  # a hook name is a valid folder name
                 members[h],
                 groups,
                 slice(col, col + widths[h]),
@@ -335,10 +334,7 @@ def _train(cfg, hooks, members, widths, d_out, hashes, identity, store, source, 
     total, step = cfg.steps, 0
     local_batch = cfg.batch_size // ranks.world
     position: Any = {"epoch": 0, "in_epoch": 0} if store is not None else online.Position()
-    if ranks.main:
-        remove_stale_temporaries(out)
-    ranks.barrier()
-    state = checkpoint.load(out)
+    state = checkpoint.load(out)  # stale temporaries went when the folder lock was taken (locked_output)
     if state is not None:
         scalars, tensors = state
         recorded = scalars.get("store_hash", scalars.get("source_hash"))
@@ -349,10 +345,8 @@ def _train(cfg, hooks, members, widths, d_out, hashes, identity, store, source, 
         step = scalars["step"]
         if store is not None:
             position = {"epoch": scalars["epoch"], "in_epoch": scalars["in_epoch"]}
-            scales = {cfg.hook: scalars["scale"]} | (
-                {cfg.target: scalars.get("out_scale", scalars["scale"])} if cfg.target else {}
-            )
-            sweeps[0].scale, sweeps[0].out_scale = scales[cfg.hook], scales.get(cfg.target, scales[cfg.hook])
+            sweeps[0].scale = scalars["scale"]
+            sweeps[0].out_scale = scalars.get("out_scale", scalars["scale"]) if cfg.target else scalars["scale"]
         else:
             position = online.positions_of(scalars, ranks.world)[ranks.rank]
         for sw in sweeps:
@@ -492,11 +486,6 @@ def _train(cfg, hooks, members, widths, d_out, hashes, identity, store, source, 
     return out
 
 
-def naming_hook_folder(hook: str) -> str:
-    """A sweep's sub-folder when several hooks train at once: the hook's name (a valid folder name)."""
-    return hook
-
-
 def _scaled(x: torch.Tensor, s: float) -> torch.Tensor:
     return x * s if s != 1.0 else x
 
@@ -537,11 +526,9 @@ def _held_out(cfg, hooks, store, source, rfilter) -> torch.Tensor:
     if source is None or cfg.heldout_acts:
         held_store = store if source is None else ActivationStore(cfg.heldout_acts)
         if source is not None:
-            for h in read:
-                if h not in held_store.hooks or held_store.width(h) != source.widths[read.index(h)]:
-                    raise SaexError(
-                        f"--heldout-acts {cfg.heldout_acts} has no hook {h} of width {source.widths[read.index(h)]}"
-                    )
+            for h, width in zip(read, source.widths, strict=True):
+                if h not in held_store.hooks or held_store.width(h) != width:
+                    raise SaexError(f"--heldout-acts {cfg.heldout_acts} has no hook {h} of width {width}")
         xs = _heldout_sample(held_store, read, cfg.eval_tokens, cfg.seed, rfilter)
         return xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
     return source.heldout(cfg.eval_tokens).cpu()
